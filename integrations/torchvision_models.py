@@ -1,0 +1,135 @@
+"""torchvision Mask R-CNN builders by name, with the knobs the training configs need.
+
+Nothing is downloaded unless ``weights`` or ``weights_backbone`` names torchvision weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torchvision
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import (
+    BackboneWithFPN,
+    _mobilenet_extractor,
+    _resnet_fpn_extractor,
+)
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+MODEL_NAMES = ("maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2",
+               "maskrcnn_mobilenet_v3_large_fpn")
+NORMS = ("frozen_bn", "bn", "gn")
+
+
+def norm_layer(norm: str) -> Callable[[int], nn.Module]:
+    """``"frozen_bn"`` (torchvision's default, for pretrained backbones), ``"bn"`` or ``"gn"``."""
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d
+    if norm == "bn":
+        return nn.BatchNorm2d
+    if norm == "gn":
+        return lambda c: nn.GroupNorm(min(32, c // 4) or 1, c)
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def build_maskrcnn(
+    name: str,
+    num_classes: int,
+    *,
+    weights: str | None = None,
+    weights_backbone: str | None = None,
+    norm: str = "frozen_bn",
+    trainable_layers: int | None = None,
+    fpn_channels: int = 256,
+    mask_head_channels: int = 256,
+    mask_head_convs: int = 4,
+    box_head_dim: int = 1024,
+    head_norm: str | None = None,
+    **detector_kwargs: Any,
+) -> MaskRCNN:
+    """Build a torchvision ``MaskRCNN`` by name.
+
+    Args:
+        name: one of :data:`MODEL_NAMES`.
+        num_classes: including background.
+        weights: torchvision detector weights (e.g. ``"DEFAULT"``; resnet50 models only). With
+            ``num_classes != 91`` the box and mask predictors are replaced (fine-tuning).
+        weights_backbone: torchvision classification weights for the backbone.
+        norm: backbone normalization, see :func:`norm_layer`; from scratch use ``"bn"`` or
+            ``"gn"`` (frozen batch norm does not normalize a random network).
+        trainable_layers: backbone stages that train (default: all from scratch, 3 pretrained).
+        fpn_channels, mask_head_channels, mask_head_convs, box_head_dim: head widths
+            (torchvision's are 256, 256, 4, 1024).
+        head_norm: normalization inside the mask head and FPN (None, ``"bn"`` or ``"gn"``).
+        **detector_kwargs: passed to ``MaskRCNN`` (min_size, max_size, rpn_*, box_*).
+    """
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    stock = (fpn_channels, mask_head_channels, mask_head_convs, box_head_dim) == (256, 256, 4,
+                                                                                  1024)
+    d = torchvision.models.detection
+    if weights is not None:
+        if name not in ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2") or not stock:
+            raise ValueError(f"weights={weights!r}: torchvision has detector weights only for "
+                             "maskrcnn_resnet50_fpn(_v2) with stock head widths")
+        model = getattr(d, name)(weights=weights, **detector_kwargs)
+        if num_classes != model.roi_heads.box_predictor.cls_score.out_features:
+            model.roi_heads.box_predictor = FastRCNNPredictor(box_head_dim, num_classes)
+            model.roi_heads.mask_predictor = MaskRCNNPredictor(256, 256, num_classes)
+        return model
+    if name == "maskrcnn_resnet50_fpn_v2":
+        if not stock or norm != "frozen_bn" or head_norm:
+            raise ValueError("maskrcnn_resnet50_fpn_v2 is built as torchvision defines it; "
+                             "use maskrcnn_resnet50_fpn for custom widths or norms")
+        return d.maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=weights_backbone,
+                                          num_classes=num_classes, **detector_kwargs)
+    if trainable_layers is None:
+        trainable_layers = 3 if weights_backbone else 5
+    fpn_norm = norm_layer(head_norm) if head_norm else None
+    if name == "maskrcnn_mobilenet_v3_large_fpn":
+        body = torchvision.models.mobilenet_v3_large(weights=weights_backbone,
+                                                     norm_layer=norm_layer(norm))
+        backbone = _mobilenet_extractor(body, True, min(trainable_layers + 1, 6),
+                                        norm_layer=fpn_norm)
+        if fpn_channels != 256:
+            backbone = _refit_fpn(backbone, fpn_channels, fpn_norm)
+        featmaps = ["0", "1"]
+        sizes = ((32, 64, 128, 256, 512),) * 3
+        detector_kwargs.setdefault("rpn_anchor_generator",
+                                   AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 3))
+    else:
+        arch = "resnet18" if name == "maskrcnn_resnet18_fpn" else "resnet50"
+        body = getattr(torchvision.models, arch)(weights=weights_backbone,
+                                                 norm_layer=norm_layer(norm))
+        backbone = _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm)
+        if fpn_channels != 256:
+            backbone = _refit_fpn(backbone, fpn_channels, fpn_norm)
+        featmaps = ["0", "1", "2", "3"]
+    mask_norm = norm_layer(head_norm) if head_norm else None
+    return MaskRCNN(
+        backbone,
+        num_classes=None,
+        box_roi_pool=MultiScaleRoIAlign(featmaps, 7, 2),
+        box_head=TwoMLPHead(fpn_channels * 7 * 7, box_head_dim),
+        box_predictor=FastRCNNPredictor(box_head_dim, num_classes),
+        mask_roi_pool=MultiScaleRoIAlign(featmaps, 14, 2),
+        mask_head=MaskRCNNHeads(fpn_channels, [mask_head_channels] * mask_head_convs, 1,
+                                norm_layer=mask_norm),
+        mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes),
+        **detector_kwargs,
+    )
+
+
+def _refit_fpn(backbone: BackboneWithFPN, channels: int,
+               fpn_norm: Callable[[int], nn.Module] | None) -> BackboneWithFPN:
+    """The same body with an FPN of ``channels`` output channels."""
+    in_channels = [block[0].in_channels for block in backbone.fpn.inner_blocks]
+    refit = BackboneWithFPN(nn.Sequential(), {}, in_channels, channels, norm_layer=fpn_norm)
+    refit.body = backbone.body
+    return refit

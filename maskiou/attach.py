@@ -1,0 +1,151 @@
+"""``attach_maskiou_head``: find the adapter for a model and install the MaskIoU head in it.
+
+An adapter is any object with three members (see the README, "Write an adapter"):
+
+- ``name: str``, shown in error messages;
+- ``matches(model) -> bool``;
+- ``head_defaults(model) -> dict``: the head arguments the model implies
+  (``in_channels``, ``num_classes``, ``roi_size``);
+- ``install(model, head, config) -> None``: put the head and a :class:`MaskIoUConfig` in the
+  model and make its forward add ``loss_maskiou`` in training and ``cls_scores``/``mask_ious``
+  (and rescored ``scores``) at inference, calling :mod:`maskiou.branch`.
+
+Built-in adapters are imported lazily, so the core never imports a detector library itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol, runtime_checkable
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .branch import MaskIoUConfig
+from .head import MaskIoUHead
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """What ``attach_maskiou_head`` needs to know about a detector family."""
+
+    name: str
+
+    def matches(self, model: nn.Module) -> bool: ...
+
+    def head_defaults(self, model: nn.Module) -> dict[str, Any]: ...
+
+    def install(self, model: nn.Module, head: MaskIoUHead, config: MaskIoUConfig) -> None: ...
+
+
+BUILTIN_ADAPTERS: dict[str, str] = {
+    "torchvision MaskRCNN": "integrations.torchvision_maskrcnn:TorchvisionMaskRCNNAdapter",
+}
+_registered: list[Adapter] = []
+
+
+def register_adapter(adapter: Adapter) -> Adapter:
+    """Make ``attach_maskiou_head`` recognise another detector family. Returns ``adapter``."""
+    if not isinstance(adapter, Adapter):
+        raise TypeError(f"{adapter!r} is not an adapter: it needs name, matches, head_defaults "
+                        "and install (see maskiou.attach.Adapter)")
+    _registered.insert(0, adapter)
+    return adapter
+
+
+def available_adapters() -> list[Adapter]:
+    """Registered adapters first, then the built-in ones whose library is installed."""
+    adapters = list(_registered)
+    for spec in BUILTIN_ADAPTERS.values():
+        module, _, attr = spec.partition(":")
+        try:
+            adapters.append(getattr(importlib.import_module(module), attr)())
+        except ImportError:
+            continue
+    return adapters
+
+
+def find_adapter(model: nn.Module) -> Adapter:
+    """The first adapter whose ``matches(model)`` is true, or a TypeError saying what exists."""
+    adapters = available_adapters()
+    for adapter in adapters:
+        if adapter.matches(model):
+            return adapter
+    names = ", ".join(a.name for a in adapters) or "none"
+    raise TypeError(
+        f"attach_maskiou_head: no adapter for {type(model).__module__}.{type(model).__name__}. "
+        f"Adapters available: {names}. To support another RoI-based segmenter, write an object "
+        "with name, matches(model), head_defaults(model) and install(model, head, config) "
+        "(see examples/custom_adapter.py) and pass it as adapter=... or call "
+        "maskiou.register_adapter(...)."
+    )
+
+
+def find_maskiou_head(model: nn.Module) -> MaskIoUHead | None:
+    """The MaskIoU head installed somewhere in ``model``, or None."""
+    for module in model.modules():
+        if isinstance(module, MaskIoUHead):
+            return module
+    return None
+
+
+def freeze_model(model: nn.Module) -> None:
+    """Freeze every parameter of ``model`` and keep its batch-norm layers in eval behaviour.
+
+    ``model.train()`` still switches the detector's training logic (proposal sampling, losses),
+    but a forward pre-hook puts the batch-norm layers back in eval mode before every forward, so
+    their running statistics never move: after an optimizer step the detector is bit-identical.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+    def keep_norms_frozen(module: nn.Module, args: Any) -> None:
+        for m in norms:
+            m.eval()
+
+    model.register_forward_pre_hook(keep_norms_frozen)
+    keep_norms_frozen(model, ())
+
+
+def attach_maskiou_head(
+    model: nn.Module,
+    *,
+    freeze_detector: bool = False,
+    rescore_outputs: bool = True,
+    loss_weight: float = 1.0,
+    detach_inputs: bool = False,
+    adapter: Adapter | None = None,
+    **head_kwargs: Any,
+) -> nn.Module:
+    """Turn an RoI-based instance segmenter into its Mask Scoring version, in place.
+
+    Args:
+        model: e.g. any ``torchvision.models.detection.MaskRCNN``.
+        freeze_detector: add-on mode: every parameter the detector had is frozen and its norm
+            layers stay in eval behaviour; only the head trains.
+        rescore_outputs: at inference ``scores`` = cls score x predicted MaskIoU (the original
+            scores stay in ``cls_scores``, the IoUs in ``mask_ious``).
+        loss_weight: weight of ``loss_maskiou`` (paper: 1).
+        detach_inputs: keep the MaskIoU loss out of the RoI features and the mask branch.
+        adapter: use this adapter instead of looking one up.
+        **head_kwargs: passed to :class:`MaskIoUHead` over the model's defaults
+            (``conv_channels``, ``num_convs``, ``fc_dim``, ``fusion``, ...).
+
+    Returns:
+        The same model object.
+    """
+    if find_maskiou_head(model) is not None:
+        raise ValueError("attach_maskiou_head: this model already has a MaskIoU head")
+    adapter = adapter or find_adapter(model)
+    kwargs = {**adapter.head_defaults(model), **head_kwargs}
+    if freeze_detector:
+        freeze_model(model)
+    param = next(model.parameters(), None)
+    head = MaskIoUHead(**kwargs)
+    if param is not None:
+        head = head.to(device=param.device, dtype=param.dtype)
+    config = MaskIoUConfig(rescore_outputs=rescore_outputs, loss_weight=loss_weight,
+                           detach_inputs=detach_inputs, freeze_detector=freeze_detector)
+    adapter.install(model, head, config)
+    return model

@@ -1,0 +1,157 @@
+import pytest
+import torch
+import torchvision
+from conftest import empty_target, square_target, tiny_maskrcnn
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+from integrations.torchvision_models import build_maskrcnn
+from maskiou import attach_maskiou_head, find_maskiou_head
+
+
+def images(n=1, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, size, size, generator=g) for _ in range(n)]
+
+
+def backbones():
+    d = torchvision.models.detection
+    yield "resnet50_fpn", lambda: d.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=64)
+    yield "resnet50_fpn_v2", lambda: d.maskrcnn_resnet50_fpn_v2(
+        weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=64)
+    yield "resnet18_fpn", lambda: tiny_maskrcnn(num_classes=3)
+    yield "mobilenet_v3", lambda: build_maskrcnn(
+        "maskrcnn_mobilenet_v3_large_fpn", 3, norm="bn", min_size=64, max_size=64)
+
+
+@pytest.mark.parametrize("name,build", list(backbones()), ids=[n for n, _ in backbones()])
+def test_every_backbone_trains_and_infers(name, build):
+    torch.manual_seed(0)
+    model = attach_maskiou_head(build())
+    head = find_maskiou_head(model)
+    assert head.num_classes == 3 and head.in_channels == 256 and head.roi_size == 14
+    model.train()
+    losses = model(images(2), [square_target(), empty_target()])
+    assert set(losses) >= {"loss_classifier", "loss_mask", "loss_maskiou", "loss_objectness"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        out = model(images(2))
+    for r in out:
+        assert set(r) >= {"boxes", "labels", "scores", "masks", "cls_scores", "mask_ious"}
+        assert ((r["mask_ious"] >= 0) & (r["mask_ious"] <= 1)).all()
+        torch.testing.assert_close(r["scores"], r["cls_scores"] * r["mask_ious"])
+        assert torch.all(r["scores"][:-1] >= r["scores"][1:])
+
+
+def test_negative_only_batch_has_zero_maskiou_loss(model):
+    attach_maskiou_head(model).train()
+    losses = model(images(2), [empty_target(), empty_target()])
+    assert losses["loss_maskiou"].item() == 0.0 and losses["loss_maskiou"].requires_grad
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_gradients_reach_head_and_mask_head(model):
+    attach_maskiou_head(model).train()
+    torch.manual_seed(1)
+    losses = model(images(1), [square_target()])
+    assert losses["loss_maskiou"].item() > 0
+    losses["loss_maskiou"].backward()
+    head = model.roi_heads.maskiou_head
+    assert head.predictor.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in model.roi_heads.mask_head.parameters())
+
+
+def test_detach_inputs_keeps_maskiou_loss_out_of_the_detector(model):
+    attach_maskiou_head(model, detach_inputs=True).train()
+    torch.manual_seed(1)
+    model(images(1), [square_target()])["loss_maskiou"].backward()
+    assert all(p.grad is None for p in model.roi_heads.mask_head.parameters())
+    assert model.roi_heads.maskiou_head.predictor.weight.grad.abs().sum() > 0
+
+
+def test_frozen_detector_is_bit_identical_after_a_step():
+    torch.manual_seed(0)
+    bb = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
+                             norm_layer=nn.BatchNorm2d)
+    model = MaskRCNN(bb, num_classes=3, min_size=64, max_size=64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attach_maskiou_head(model, freeze_detector=True)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(trainable) == len(list(model.roi_heads.maskiou_head.parameters()))
+    opt = torch.optim.SGD(trainable, lr=0.1, momentum=0.9)
+    for _ in range(2):
+        losses = model(images(2), [square_target(), square_target(box=(20, 4, 60, 30))])
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    after = model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k  # weights and BN running stats untouched
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+
+
+def test_frozen_head_trains():
+    model = attach_maskiou_head(tiny_maskrcnn(), freeze_detector=True).train()
+    head = model.roi_heads.maskiou_head
+    w0 = head.predictor.weight.clone()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    torch.manual_seed(0)
+    sum(model(images(1), [square_target()]).values()).backward()
+    opt.step()
+    assert not torch.equal(head.predictor.weight, w0)
+
+
+def test_image_with_zero_detections(model):
+    model.roi_heads.score_thresh = 1.01  # nothing survives
+    attach_maskiou_head(model).eval()
+    with torch.no_grad():
+        out = model(images(2))
+    for r in out:
+        assert r["boxes"].shape == (0, 4) and r["mask_ious"].shape == (0,)
+        assert r["cls_scores"].shape == (0,) and r["masks"].shape[0] == 0
+
+
+def test_rescore_outputs_false_keeps_scores(model):
+    attach_maskiou_head(model, rescore_outputs=False).eval()
+    with torch.no_grad():
+        r = model(images(1))[0]
+    assert len(r["scores"]) > 0 and torch.equal(r["scores"], r["cls_scores"])
+
+
+def test_bfloat16_autocast_on_cpu(model):
+    attach_maskiou_head(model).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images(2), [square_target(), empty_target()])
+    assert all(torch.isfinite(v.float()) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        r = model(images(1))[0]
+    assert torch.isfinite(r["scores"].float()).all() and torch.isfinite(r["mask_ious"]).all()
+
+
+def test_state_dict_round_trip(model, tmp_path):
+    attach_maskiou_head(model).eval()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    other = attach_maskiou_head(tiny_maskrcnn()).eval()
+    torch.manual_seed(5)
+    nn.init.normal_(other.roi_heads.maskiou_head.predictor.weight)  # differ before loading
+    other.load_state_dict(torch.load(tmp_path / "m.pt"))
+    with torch.no_grad():
+        a, b = model(images(1)), other(images(1))
+    for k in ("boxes", "scores", "mask_ious", "masks"):
+        assert torch.equal(a[0][k], b[0][k])
+
+
+def test_unknown_model_and_double_attach(model):
+    with pytest.raises(TypeError, match="torchvision MaskRCNN.*adapter="):
+        attach_maskiou_head(nn.Linear(2, 2))
+    attach_maskiou_head(model)
+    with pytest.raises(ValueError, match="already"):
+        attach_maskiou_head(model)
