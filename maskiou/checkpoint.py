@@ -1,0 +1,92 @@
+"""Checkpoints that are written atomically, resume exactly, and explain a mismatch in one line."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
+    an interrupted write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint on the CPU; a missing or unreadable file is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"{path}: not a maskiou checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path,
+                     strict: bool = True) -> None:
+    """``load_state_dict`` whose failure is one line naming what does not match."""
+    own = model.state_dict()
+    class_keys = ("cls_score", "mask_fcn_logits", "maskiou_head.predictor")
+    # keys whose first dimension is the class count first: the likeliest mismatch, said plainly
+    for key, value in sorted(state.items(), key=lambda kv: not any(c in kv[0] for c in class_keys)):
+        if key in own and own[key].shape != value.shape:
+            hint = ""
+            if any(c in key for c in class_keys):
+                hint = (f" (the checkpoint has {value.shape[0]} classes, this model "
+                        f"{own[key].shape[0]})")
+            raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)} in the "
+                                  f"checkpoint but {tuple(own[key].shape)} in the model{hint}")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if strict and (missing or unexpected):
+        what = []
+        if missing:
+            what.append(f"{len(missing)} missing (first: {missing[0]})")
+        if unexpected:
+            what.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+        raise CheckpointError(f"{path}: architecture mismatch: {', '.join(what)} parameters")
+    model.load_state_dict(state, strict=False)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state a CPU/GPU run draws from."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,158 @@
+"""Training configurations: one dataclass, named presets, and command-line overrides.
+
+Every field is a ``--flag`` of ``maskiou-train`` (underscores become dashes), so any preset
+value can be overridden; the resolved config is saved with the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """All knobs of a training run (see the README's configuration table)."""
+
+    # model
+    model: str = "maskrcnn_resnet50_fpn"
+    weights: str | None = None
+    weights_backbone: str | None = None
+    norm: str = "frozen_bn"
+    head_norm: str | None = None
+    trainable_layers: int | None = None
+    fpn_channels: int = 256
+    mask_head_channels: int = 256
+    mask_head_convs: int = 4
+    box_head_dim: int = 1024
+    min_size: int = 800
+    max_size: int = 1333
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
+    box_detections_per_img: int = 100
+    # MaskIoU head
+    maskiou: bool = True
+    maskiou_conv_channels: int = 256
+    maskiou_num_convs: int = 4
+    maskiou_fc_dim: int = 1024
+    maskiou_fusion: str = "concat"
+    maskiou_loss_weight: float = 1.0
+    freeze_detector: bool = False
+    detector_checkpoint: str | None = None
+    # optimization
+    optimizer: str = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 2
+    reference_batch_size: int = 16
+    max_iters: int = 90000
+    epochs: int = 0
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    lr_schedule: str = "step"
+    lr_steps: list[int] = field(default_factory=lambda: [60000, 80000])
+    lr_gamma: float = 0.1
+    grad_clip: float = 0.0
+    hflip: float = 0.5
+    aspect_ratio_grouping: bool = True
+    amp: str = "none"
+    # run
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    checkpoint_every: int = 5000
+    log_every: int = 20
+    # data
+    dataset: str = "coco"
+    coco_root: str | None = None
+    train_json: str | None = None
+    train_images: str | None = None
+    val_json: str | None = None
+    val_images: str | None = None
+    synthetic_dir: str | None = None
+    synthetic_train: int = 1000
+    synthetic_val: int = 200
+    synthetic_image_size: int = 128
+
+    def scaled_lr(self, world_size: int = 1) -> float:
+        """``lr`` is given for ``reference_batch_size`` images; linear scaling rule."""
+        return self.lr * self.batch_size * world_size / self.reference_batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Small and fast: trains a useful model on the embedded dataset on 2 CPU cores.
+    "synthetic-cpu": dict(
+        model="maskrcnn_resnet18_fpn", norm="bn", fpn_channels=64, mask_head_channels=64,
+        mask_head_convs=2, box_head_dim=256, min_size=128, max_size=128,
+        rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
+        rpn_batch_size_per_image=128, box_batch_size_per_image=64,
+        maskiou_conv_channels=64, maskiou_num_convs=2, maskiou_fc_dim=256,
+        optimizer="adamw", lr=2e-3, reference_batch_size=8, weight_decay=1e-4, batch_size=8,
+        max_iters=700, warmup_iters=50, warmup_factor=0.01, lr_schedule="cosine",
+        aspect_ratio_grouping=False, workers=0, checkpoint_every=200, log_every=10,
+        dataset="synthetic",
+    ),
+    # The torchvision / Detectron 1x recipe: 16 images, lr 0.02, 90k iterations.
+    "coco-r50-1x": dict(
+        model="maskrcnn_resnet50_fpn", weights_backbone="IMAGENET1K_V1", norm="frozen_bn",
+        optimizer="sgd", lr=0.02, reference_batch_size=16, batch_size=2, momentum=0.9,
+        weight_decay=1e-4, max_iters=90000, warmup_iters=1000, warmup_factor=0.001,
+        lr_schedule="step", lr_steps=[60000, 80000], dataset="coco", workers=4,
+    ),
+}
+DEFAULT_PRESET = "synthetic-cpu"
+
+
+def resolve(preset: str, overrides: dict[str, Any]) -> TrainConfig:
+    """Preset values, then every override that is not None."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown config {preset!r}; choose one of {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    for key, value in values.items():  # "--weights-backbone none" clears a preset's weights
+        if isinstance(value, str) and value.lower() in ("none", "null", ""):
+            values[key] = None
+    return TrainConfig(**values)
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per config field, defaulting to None (= keep the preset's value)."""
+    group = parser.add_argument_group("config overrides (default: the preset's value)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in ("maskiou", "freeze_detector", "amp"):
+            continue  # dedicated flags in the CLI
+        kind = str(f.type)
+        if "bool" in kind:
+            group.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL")
+        elif "list[int]" in kind:
+            group.add_argument(flag, type=int, nargs="+", default=None)
+        elif "int" in kind:
+            group.add_argument(flag, type=int, default=None)
+        elif "float" in kind:
+            group.add_argument(flag, type=float, default=None)
+        else:
+            group.add_argument(flag, type=str, default=None)

@@ -1,0 +1,72 @@
+"""Build the detector a :class:`TrainConfig` describes, with or without the MaskIoU head.
+
+This is the application layer (trainer, benchmarks, demo): it uses the torchvision integration,
+the add-on core in ``maskiou/*`` never does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .attach import attach_maskiou_head
+from .checkpoint import CheckpointError, load_checkpoint, load_model_state
+from .config import TrainConfig
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The torchvision Mask R-CNN of ``cfg`` (``num_classes`` with background), head attached
+    when ``cfg.maskiou``; with ``cfg.detector_checkpoint`` the detector's weights come from it."""
+    from integrations.torchvision_models import build_maskrcnn
+
+    model = build_maskrcnn(
+        cfg.model, num_classes, weights=cfg.weights, weights_backbone=cfg.weights_backbone,
+        norm=cfg.norm, trainable_layers=cfg.trainable_layers, fpn_channels=cfg.fpn_channels,
+        mask_head_channels=cfg.mask_head_channels, mask_head_convs=cfg.mask_head_convs,
+        box_head_dim=cfg.box_head_dim, head_norm=cfg.head_norm, min_size=cfg.min_size,
+        max_size=cfg.max_size, rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        box_batch_size_per_image=cfg.box_batch_size_per_image,
+        box_detections_per_img=cfg.box_detections_per_img,
+    )
+    if cfg.detector_checkpoint:
+        ckpt = load_checkpoint(cfg.detector_checkpoint)
+        state = {k: v for k, v in ckpt["model"].items() if ".maskiou_head." not in k}
+        load_model_state(model, state, cfg.detector_checkpoint, strict=True)
+    if cfg.maskiou:
+        attach_maskiou_head(
+            model, freeze_detector=cfg.freeze_detector, loss_weight=cfg.maskiou_loss_weight,
+            conv_channels=cfg.maskiou_conv_channels, num_convs=cfg.maskiou_num_convs,
+            fc_dim=cfg.maskiou_fc_dim, fusion=cfg.maskiou_fusion,
+        )
+    elif cfg.freeze_detector:
+        raise ValueError("--freeze-detector trains only the MaskIoU head: drop --no-maskiou")
+    return model
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu"
+                       ) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a trainer checkpoint was made with and load its weights.
+
+    Returns:
+        (model in eval mode on ``device``, checkpoint metadata: config, class_names, ...).
+    """
+    ckpt = load_checkpoint(path)
+    try:
+        cfg = TrainConfig(**{**ckpt["config"], "detector_checkpoint": None, "weights": None,
+                             "weights_backbone": None})
+    except TypeError as e:
+        msg = f"{path}: its config does not match this maskiou version ({e})"
+        raise CheckpointError(msg) from e
+    model = build_model(cfg, len(ckpt["class_names"]))
+    load_model_state(model, ckpt["model"], path, strict=True)
+    model.to(device).eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler",
+                                                        "scaler", "rng")}
+    return model, meta

@@ -1,0 +1,297 @@
+"""Train torchvision Mask R-CNN with (or without) the MaskIoU head.
+
+``python -m maskiou.train [--config synthetic-cpu|coco-r50-1x] [overrides]``, or under
+``torchrun --nproc_per_node=K -m maskiou.train ...`` for DDP (NCCL on GPU, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from . import distributed as D
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
+from .config import DEFAULT_PRESET, PRESETS, TrainConfig, add_config_arguments, resolve
+from .datasets import resolve_split
+from .models import build_model
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], world: int
+                   ) -> torch.optim.Optimizer:
+    lr = cfg.scaled_lr(world)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+
+
+def lr_factor(cfg: TrainConfig, it: int, total: int) -> float:
+    """Linear warm-up from ``warmup_factor``, then step decay or cosine to 0."""
+    warm = 1.0
+    if it < cfg.warmup_iters:
+        alpha = it / cfg.warmup_iters
+        warm = cfg.warmup_factor * (1 - alpha) + alpha
+    if cfg.lr_schedule == "step":
+        return warm * cfg.lr_gamma ** sum(it >= s for s in cfg.lr_steps)
+    if cfg.lr_schedule == "cosine":
+        return warm * 0.5 * (1 + math.cos(math.pi * min(it, total) / max(total, 1)))
+    raise ValueError(f"lr_schedule must be step or cosine, got {cfg.lr_schedule!r}")
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.amp in ("none", "", "off"):
+        return None
+    if cfg.amp == "auto":
+        return torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() \
+            else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+
+
+class Trainer:
+    """Owns one run: data, model, optimizer, schedule, checkpoints and logs."""
+
+    def __init__(self, cfg: TrainConfig, output_dir: str | Path, progress: bool = True) -> None:
+        from .data.coco import CocoInstanceDataset
+
+        self.cfg, self.out = cfg, Path(output_dir)
+        self.rank, self.world, self.device = D.init_distributed(cfg.device)
+        self.main = self.rank == 0
+        self.progress = progress and self.main
+        torch.manual_seed(cfg.seed + self.rank)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        D.barrier()
+        json_path, images = resolve_split(cfg, "train", progress=self.progress)
+        self.dataset = CocoInstanceDataset(json_path, images)
+        self.aspect = [w / h for h, w in (self.dataset.get_height_and_width(i)
+                                          for i in range(len(self.dataset)))]
+        self.batches_per_epoch = len(self._batches(0))
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{json_path}: {len(self.dataset)} images are fewer than one batch "
+                             f"of {cfg.batch_size * self.world}")
+        self.total = (cfg.epochs * self.batches_per_epoch if cfg.epochs else cfg.max_iters)
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        model = build_model(cfg, self.dataset.num_classes).to(self.device)
+        torch.manual_seed(cfg.seed + self.rank)
+        self.model = model
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(cfg, params, self.world)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: lr_factor(cfg, it, self.total))
+        self.dtype = amp_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.dtype == torch.float16 and self.device.type == "cuda")
+        self.flip_gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.rank)
+        self.loader_gen = torch.Generator().manual_seed(cfg.seed)
+        self.ddp = (DistributedDataParallel(model, device_ids=[self.device]
+                                            if self.device.type == "cuda" else None)
+                    if self.world > 1 else model)
+        self.iteration = 0
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        from .data.sampling import epoch_batches
+
+        return epoch_batches(self.aspect, self.cfg.batch_size, self.cfg.seed, epoch,
+                             rank=self.rank, world_size=self.world,
+                             group_by_aspect=self.cfg.aspect_ratio_grouping)
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration, "config": self.cfg.to_dict(),
+            "class_names": self.dataset.class_names,
+            "label_to_cat_id": self.dataset.label_to_cat_id,
+            "rng": {**rng_state(), "flip": self.flip_gen.get_state(),
+                    "loader": self.loader_gen.get_state()},
+            "format": "maskiou-train-1",
+        }
+
+    def save(self, name: str = "last.pt") -> Path:
+        path = self.out / name
+        if self.main:
+            save_atomic(self.state(), path)
+        D.barrier()
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        ckpt = load_checkpoint(path)
+        if ckpt.get("class_names") != self.dataset.class_names:
+            raise CheckpointError(
+                f"{path}: trained on classes {ckpt.get('class_names')}, this dataset has "
+                f"{self.dataset.class_names}")
+        load_model_state(self.model, ckpt["model"], path)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:
+            raise CheckpointError(f"{path}: optimizer state does not fit this run ({e})") from e
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.iteration = int(ckpt["iteration"])
+        rng = ckpt["rng"]
+        set_rng_state(rng)
+        self.flip_gen.set_state(rng["flip"])
+        self.loader_gen.set_state(rng["loader"])
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _prepare(self, images, targets):
+        from .data.transforms import hflip
+
+        out_i, out_t = [], []
+        for image, target in zip(images, targets):
+            flip = torch.rand(1, generator=self.flip_gen).item() < self.cfg.hflip
+            if flip:
+                image, target = hflip(image, target)
+            out_i.append(image.to(self.device, non_blocking=True))
+            out_t.append({k: v.to(self.device) if torch.is_tensor(v) else v
+                          for k, v in target.items()})
+        return out_i, out_t
+
+    def step(self, images, targets) -> dict[str, float]:
+        self.ddp.train()
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                            enabled=self.dtype is not None):
+            losses = self.ddp(images, targets)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"iteration {self.iteration}: loss is {total.item()} "
+                                     f"({ {k: round(v.item(), 4) for k, v in losses.items()} })")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {"loss": total.item(), **{k: v.item() for k, v in losses.items()}}
+
+    def train(self) -> Path:
+        from .data.coco import collate_fn
+        from .data.sampling import ResumableBatchSampler
+
+        cfg = self.cfg
+        log = (self.out / "train_log.jsonl").open("a") if self.main else None
+        writer = _tensorboard(self.out) if self.main else None
+        bar = tqdm(total=self.total, initial=self.iteration, desc="train",
+                   disable=not self.progress, dynamic_ncols=True)
+        t0, seen = time.perf_counter(), 0
+        while self.iteration < self.total:
+            epoch, start = divmod(self.iteration, self.batches_per_epoch)
+            loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=ResumableBatchSampler(self._batches(epoch), start),
+                num_workers=cfg.workers, collate_fn=collate_fn, generator=self.loader_gen,
+                pin_memory=self.device.type == "cuda", persistent_workers=False)
+            for images, targets in loader:
+                values = self.step(*self._prepare(images, targets))
+                self.iteration += 1
+                seen += len(images) * self.world
+                bar.update(1)
+                if self.iteration % cfg.log_every == 0 or self.iteration == self.total:
+                    values["lr"] = self.optimizer.param_groups[0]["lr"]
+                    values["images_per_s"] = seen / (time.perf_counter() - t0)
+                    if self.device.type == "cuda":
+                        values["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                    bar.set_postfix({k: f"{values[k]:.3g}" for k in
+                                     ("loss", "loss_mask", "loss_maskiou") if k in values})
+                    if log:
+                        log.write(json.dumps({"iteration": self.iteration, **values}) + "\n")
+                        log.flush()
+                    if writer:
+                        for k, v in values.items():
+                            writer.add_scalar(k, v, self.iteration)
+                if self.iteration % cfg.checkpoint_every == 0 and self.iteration < self.total:
+                    self.save()
+                if self.iteration >= self.total:
+                    break
+        bar.close()
+        path = self.save()
+        if self.main:
+            save_atomic({**self.state(), "optimizer": None, "scheduler": None, "scaler": None,
+                         "rng": None}, self.out / "model_final.pt")
+        if log:
+            log.close()
+        if writer:
+            writer.close()
+        return path
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, TrainConfig]:
+    p = argparse.ArgumentParser(prog="maskiou-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    p.add_argument("--output-dir", default="runs/maskiou")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="checkpoint to continue from (default: OUTPUT_DIR/last.pt)")
+    p.add_argument("--no-maskiou", action="store_true", help="plain Mask R-CNN baseline")
+    p.add_argument("--freeze-detector", action="store_true",
+                   help="train only the head (with --detector-checkpoint or --weights)")
+    p.add_argument("--amp", nargs="?", const="auto", default=None,
+                   choices=["auto", "bf16", "fp16", "none"])
+    p.add_argument("--no-progress", action="store_true")
+    add_config_arguments(p)
+    args = p.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in TrainConfig.__dataclass_fields__}
+    if args.no_maskiou:
+        overrides["maskiou"] = False
+    if args.freeze_detector:
+        overrides["freeze_detector"] = True
+    if args.train_json or args.coco_root:
+        overrides.setdefault("dataset", "coco")
+        overrides["dataset"] = "coco"
+    return args, resolve(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data.coco import CocoFormatError
+
+    args, cfg = parse_args(argv)
+    try:
+        trainer = Trainer(cfg, args.output_dir, progress=not args.no_progress)
+        if args.resume:
+            path = Path(args.output_dir) / "last.pt" if args.resume == "auto" else args.resume
+            trainer.resume(path)
+        if trainer.main:
+            cfg.save(Path(args.output_dir) / "config.json")
+        path = trainer.train()
+        if trainer.main:
+            print(f"done: {trainer.iteration} iterations, checkpoint {path}")
+    except (CocoFormatError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"maskiou-train: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        D.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
