@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                    help="training recipe when a model must be trained")
     p.add_argument("--max-iters", type=int, help="override the recipe's iterations")
+    p.add_argument("--synthetic-train", type=int, help="embedded data: training images")
+    p.add_argument("--synthetic-val", type=int, help="embedded data: validation images")
     p.add_argument("--coco-root", help="DIR with annotations/instances_{train,val}2017.json")
     for split in ("train", "val"):
         p.add_argument(f"--{split}-json")
@@ -55,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {"coco_root": args.coco_root, "train_json": args.train_json,
                  "train_images": args.train_images, "val_json": args.val_json,
-                 "val_images": args.val_images, "max_iters": args.max_iters}
-    custom_data = any(v for k, v in overrides.items() if k != "max_iters")
+                 "val_images": args.val_images}
+    custom_data = any(overrides.values())
+    overrides.update(max_iters=args.max_iters, synthetic_train=args.synthetic_train,
+                     synthetic_val=args.synthetic_val)
     if custom_data:
         overrides["dataset"] = "coco"
     if args.checkpoint is None and custom_data and not (args.coco_root or args.train_json):

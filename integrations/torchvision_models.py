@@ -51,6 +51,7 @@ def build_maskrcnn(
     mask_head_convs: int = 4,
     box_head_dim: int = 1024,
     head_norm: str | None = None,
+    anchor_sizes: list[int] | None = None,
     **detector_kwargs: Any,
 ) -> MaskRCNN:
     """Build a torchvision ``MaskRCNN`` by name.
@@ -67,6 +68,8 @@ def build_maskrcnn(
         fpn_channels, mask_head_channels, mask_head_convs, box_head_dim: head widths
             (torchvision's are 256, 256, 4, 1024).
         head_norm: normalization inside the mask head and FPN (None, ``"bn"`` or ``"gn"``).
+        anchor_sizes: one RPN anchor size per pyramid level (torchvision: 32 ... 512); smaller
+            for small images.
         **detector_kwargs: passed to ``MaskRCNN`` (min_size, max_size, rpn_*, box_*).
     """
     if name not in MODEL_NAMES:
@@ -74,6 +77,8 @@ def build_maskrcnn(
     stock = (fpn_channels, mask_head_channels, mask_head_convs, box_head_dim) == (256, 256, 4,
                                                                                   1024)
     d = torchvision.models.detection
+    if anchor_sizes and len(anchor_sizes) != 5 and name != "maskrcnn_mobilenet_v3_large_fpn":
+        raise ValueError(f"anchor_sizes needs one size per FPN level (5), got {anchor_sizes}")
     if weights is not None:
         if name not in ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2") or not stock:
             raise ValueError(f"weights={weights!r}: torchvision has detector weights only for "
@@ -100,7 +105,7 @@ def build_maskrcnn(
         if fpn_channels != 256:
             backbone = _refit_fpn(backbone, fpn_channels, fpn_norm)
         featmaps = ["0", "1"]
-        sizes = ((32, 64, 128, 256, 512),) * 3
+        sizes = (tuple(anchor_sizes or (32, 64, 128, 256, 512)),) * 3
         detector_kwargs.setdefault("rpn_anchor_generator",
                                    AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 3))
     else:
@@ -111,6 +116,9 @@ def build_maskrcnn(
         if fpn_channels != 256:
             backbone = _refit_fpn(backbone, fpn_channels, fpn_norm)
         featmaps = ["0", "1", "2", "3"]
+        if anchor_sizes and tuple(anchor_sizes) != (32, 64, 128, 256, 512):
+            detector_kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(
+                tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes)))
     mask_norm = norm_layer(head_norm) if head_norm else None
     return MaskRCNN(
         backbone,

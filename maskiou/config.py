@@ -29,6 +29,7 @@ class TrainConfig:
     mask_head_channels: int = 256
     mask_head_convs: int = 4
     box_head_dim: int = 1024
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     min_size: int = 800
     max_size: int = 1333
     rpn_pre_nms_top_n_train: int = 2000
@@ -97,7 +98,8 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # Small and fast: trains a useful model on the embedded dataset on 2 CPU cores.
     "synthetic-cpu": dict(
-        model="maskrcnn_resnet18_fpn", norm="bn", fpn_channels=64, mask_head_channels=64,
+        model="maskrcnn_resnet18_fpn", norm="bn", anchor_sizes=[8, 16, 32, 64, 128],
+        fpn_channels=64, mask_head_channels=64,
         mask_head_convs=2, box_head_dim=256, min_size=128, max_size=128,
         rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,

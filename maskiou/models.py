@@ -33,7 +33,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         box_batch_size_per_image=cfg.box_batch_size_per_image,
-        box_detections_per_img=cfg.box_detections_per_img,
+        box_detections_per_img=cfg.box_detections_per_img, anchor_sizes=cfg.anchor_sizes,
     )
     if cfg.detector_checkpoint:
         ckpt = load_checkpoint(cfg.detector_checkpoint)
