@@ -1,0 +1,108 @@
+"""Where the demo's example images, ground truth and benchmark numbers come from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+from demo.inference import GroundTruth
+from maskiou.config import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_METRICS = ROOT / "results" / "metrics.json"
+
+
+class ValSplit:
+    """The embedded validation split: example images and the ground truth of any of its images.
+
+    Args:
+        json_path, images_dir: a COCO-format split (default: the embedded synthetic one, generated
+            on first use).
+        num_examples: how many images the example gallery shows.
+    """
+
+    def __init__(self, json_path: str | Path, images_dir: str | Path, num_examples: int = 8
+                 ) -> None:
+        from maskiou.data.coco import CocoInstanceDataset
+
+        self.dataset = CocoInstanceDataset(json_path, images_dir)
+        self.images_dir = Path(images_dir)
+        # images with the most instances first: they show the two scorings best
+        counts = [len(self.dataset.coco.getAnnIds(imgIds=[image_id], iscrowd=False))
+                  for image_id in self.dataset.image_ids]
+        order = sorted(range(len(counts)), key=lambda i: (-min(counts[i], 4), i))
+        self.example_indices = order[:num_examples]
+        self._hashes: dict[str, int] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def embedded(cls, num_examples: int = 8) -> ValSplit:
+        """The embedded synthetic split of the default ``synthetic-cpu`` config."""
+        from maskiou.datasets import resolve_split
+
+        json_path, images = resolve_split(resolve("synthetic-cpu", {}), "val")
+        return cls(json_path, images, num_examples)
+
+    def examples(self) -> list[tuple[str, str]]:
+        """(image path, caption) of the example images."""
+        return [(str(self.dataset.image_path(i)), Path(self.dataset.image_path(i)).stem)
+                for i in self.example_indices]
+
+    def index_of_file(self, path: str | Path) -> int | None:
+        """Index of the split's image with the same bytes as ``path``, or None."""
+        with self._lock:
+            if self._hashes is None:
+                self._hashes = {_sha1(self.dataset.image_path(i)): i
+                                for i in range(len(self.dataset))}
+        try:
+            return self._hashes.get(_sha1(path))
+        except OSError:
+            return None
+
+    def ground_truth(self, index: int) -> GroundTruth:
+        _, target = self.dataset[index]
+        return GroundTruth(target["masks"].numpy(), target["labels"].numpy(),
+                           self.dataset.class_names)
+
+
+def _sha1(path: str | Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def benchmark_summary(path: str | Path = DEFAULT_METRICS) -> str:
+    """One Markdown line: mask AP of the split with each scoring, from ``results/metrics.json``
+    (written by ``python benchmarks/coco_eval.py``), or how to get it."""
+    path = Path(path)
+    if not path.is_file():
+        return ("**Dataset split:** no benchmark yet. Run `python benchmarks/coco_eval.py` to "
+                "measure mask AP with classification vs MaskIoU-rescored scores "
+                f"(it writes `{short_path(path)}`).")
+    try:
+        m = json.loads(path.read_text())
+        segm = m["segm"]
+        cls, new = float(segm["cls"]["AP"]), float(segm["rescored"]["AP"])
+        cls75, new75 = float(segm["cls"]["AP75"]), float(segm["rescored"]["AP75"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        name = short_path(path)
+        return f"**Dataset split:** `{name}` could not be read ({type(e).__name__}: {e})."
+    line = (f"**Dataset split** ({m.get('num_images', '?')} validation images, "
+            f"`{short_path(path)}`): "
+            f"mask AP **{cls:.1f}** with classification scores → **{new:.1f}** rescored "
+            f"({new - cls:+.1f}); AP75 {cls75:.1f} → {new75:.1f} ({new75 - cls75:+.1f})")
+    oracle = segm.get("oracle", {}).get("AP")
+    if oracle is not None:
+        line += f"; with the true MaskIoU (oracle) {float(oracle):.1f}"
+    pearson = m.get("correlation", {}).get("pearson")
+    if pearson is not None:
+        line += f". Pearson r of predicted vs true MaskIoU: {float(pearson):.2f}"
+    return line + "."
+
+
+def short_path(path: Path) -> str:
+    """``path`` relative to the current folder when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
