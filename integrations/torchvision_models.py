@@ -52,6 +52,7 @@ def build_maskrcnn(
     box_head_dim: int = 1024,
     head_norm: str | None = None,
     anchor_sizes: list[int] | None = None,
+    returned_layers: list[int] | None = None,
     **detector_kwargs: Any,
 ) -> MaskRCNN:
     """Build a torchvision ``MaskRCNN`` by name.
@@ -70,6 +71,9 @@ def build_maskrcnn(
         head_norm: normalization inside the mask head and FPN (None, ``"bn"`` or ``"gn"``).
         anchor_sizes: one RPN anchor size per pyramid level (torchvision: 32 ... 512); smaller
             for small images.
+        returned_layers: ResNet stages that feed the FPN (torchvision: [1, 2, 3, 4]); stages
+            after the last one are not built at all (``[1, 2, 3]`` drops layer4, 75% of
+            ResNet-18's weights).
         **detector_kwargs: passed to ``MaskRCNN`` (min_size, max_size, rpn_*, box_*).
     """
     if name not in MODEL_NAMES:
@@ -77,8 +81,10 @@ def build_maskrcnn(
     stock = (fpn_channels, mask_head_channels, mask_head_convs, box_head_dim) == (256, 256, 4,
                                                                                   1024)
     d = torchvision.models.detection
-    if anchor_sizes and len(anchor_sizes) != 5 and name != "maskrcnn_mobilenet_v3_large_fpn":
-        raise ValueError(f"anchor_sizes needs one size per FPN level (5), got {anchor_sizes}")
+    levels = len(returned_layers or [1, 2, 3, 4]) + 1
+    if anchor_sizes and len(anchor_sizes) != levels and name != "maskrcnn_mobilenet_v3_large_fpn":
+        raise ValueError(f"anchor_sizes needs one size per FPN level ({levels}), got "
+                         f"{anchor_sizes}")
     if weights is not None:
         if name not in ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2") or not stock:
             raise ValueError(f"weights={weights!r}: torchvision has detector weights only for "
@@ -112,10 +118,11 @@ def build_maskrcnn(
         arch = "resnet18" if name == "maskrcnn_resnet18_fpn" else "resnet50"
         body = getattr(torchvision.models, arch)(weights=weights_backbone,
                                                  norm_layer=norm_layer(norm))
-        backbone = _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm)
+        backbone = _resnet_fpn_extractor(body, trainable_layers, returned_layers,
+                                         norm_layer=fpn_norm)
         if fpn_channels != 256:
             backbone = _refit_fpn(backbone, fpn_channels, fpn_norm)
-        featmaps = ["0", "1", "2", "3"]
+        featmaps = [str(i) for i in range(levels - 1)]
         if anchor_sizes and tuple(anchor_sizes) != (32, 64, 128, 256, 512):
             detector_kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(
                 tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes)))

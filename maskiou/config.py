@@ -30,6 +30,7 @@ class TrainConfig:
     mask_head_convs: int = 4
     box_head_dim: int = 1024
     anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    returned_layers: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     min_size: int = 800
     max_size: int = 1333
     rpn_pre_nms_top_n_train: int = 2000
@@ -98,16 +99,16 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # Small and fast: trains a useful model on the embedded dataset on 2 CPU cores.
     "synthetic-cpu": dict(
-        model="maskrcnn_resnet18_fpn", norm="bn", anchor_sizes=[8, 16, 32, 64, 128],
-        fpn_channels=64, mask_head_channels=64,
+        model="maskrcnn_resnet18_fpn", norm="bn", head_norm="bn", returned_layers=[1, 2, 3],
+        anchor_sizes=[8, 16, 32, 64], fpn_channels=64, mask_head_channels=64,
         mask_head_convs=2, box_head_dim=256, min_size=128, max_size=128,
         rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
         rpn_batch_size_per_image=128, box_batch_size_per_image=64,
         maskiou_conv_channels=64, maskiou_num_convs=2, maskiou_fc_dim=256,
-        optimizer="adamw", lr=2e-3, reference_batch_size=8, weight_decay=1e-4, batch_size=8,
-        max_iters=700, warmup_iters=50, warmup_factor=0.01, lr_schedule="cosine",
-        aspect_ratio_grouping=False, workers=0, checkpoint_every=200, log_every=10,
+        optimizer="adamw", lr=3e-3, reference_batch_size=8, weight_decay=1e-4, batch_size=8,
+        max_iters=3000, warmup_iters=50, warmup_factor=0.01, lr_schedule="cosine",
+        aspect_ratio_grouping=False, workers=0, checkpoint_every=250, log_every=10,
         dataset="synthetic",
     ),
     # The torchvision / Detectron 1x recipe: 16 images, lr 0.02, 90k iterations.

@@ -34,6 +34,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_detections_per_img=cfg.box_detections_per_img, anchor_sizes=cfg.anchor_sizes,
+        returned_layers=cfg.returned_layers,
     )
     if cfg.detector_checkpoint:
         ckpt = load_checkpoint(cfg.detector_checkpoint)
