@@ -148,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo/app.py: error: --device {args.device}: {e}", file=sys.stderr)
             return 2
     print(f"maskiou demo: data and models in {cache_dir()}", flush=True)
+    if args.checkpoint is None:
+        from maskiou.benchmark import install_shipped_model
+        from maskiou.config import resolve
+        from maskiou.datasets import default_model_dir
+
+        if install_shipped_model(resolve("synthetic-cpu", {}), default_model_dir()):
+            print("maskiou demo: installed the shipped warm-start model", flush=True)
     demo = build_app(args.checkpoint, metrics_path=args.metrics, device=args.device,
                      threshold=args.threshold, concurrency=args.concurrency)
     split = demo.maskiou_app.split

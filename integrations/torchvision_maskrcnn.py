@@ -109,6 +109,10 @@ class TorchvisionMaskRCNNAdapter:
 
     def head_defaults(self, model: nn.Module) -> dict[str, Any]:
         rh = model.roi_heads
+        if type(rh) is not RoIHeads:
+            raise TypeError(f"attach_maskiou_head: model.roi_heads is a {type(rh).__name__}, a "
+                            "subclass of torchvision's RoIHeads whose overrides the adapter would "
+                            "drop; write an adapter for it (see examples/custom_adapter.py)")
         if not rh.has_mask():
             raise TypeError("attach_maskiou_head: this MaskRCNN has no mask branch")
         if rh.has_keypoint():

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torchvision
 from torch import nn
 from torchvision.models.detection import MaskRCNN
@@ -53,6 +54,8 @@ def build_maskrcnn(
     head_norm: str | None = None,
     anchor_sizes: list[int] | None = None,
     returned_layers: list[int] | None = None,
+    label_to_cat_id: dict[int, int] | None = None,
+    keep_predictors: bool = False,
     **detector_kwargs: Any,
 ) -> MaskRCNN:
     """Build a torchvision ``MaskRCNN`` by name.
@@ -74,6 +77,11 @@ def build_maskrcnn(
         returned_layers: ResNet stages that feed the FPN (torchvision: [1, 2, 3, 4]); stages
             after the last one are not built at all (``[1, 2, 3]`` drops layer4, 75% of
             ResNet-18's weights).
+        label_to_cat_id: the dataset's label -> COCO category id map; with COCO ``weights``
+            (whose labels are the 91 category ids) the predictors keep the pretrained rows of
+            these categories instead of starting from scratch.
+        keep_predictors: raise instead of re-initializing predictors that cannot be mapped
+            (a frozen detector with random predictors would be useless).
         **detector_kwargs: passed to ``MaskRCNN`` (min_size, max_size, rpn_*, box_*).
     """
     if name not in MODEL_NAMES:
@@ -91,8 +99,7 @@ def build_maskrcnn(
                              "maskrcnn_resnet50_fpn(_v2) with stock head widths")
         model = getattr(d, name)(weights=weights, **detector_kwargs)
         if num_classes != model.roi_heads.box_predictor.cls_score.out_features:
-            model.roi_heads.box_predictor = FastRCNNPredictor(box_head_dim, num_classes)
-            model.roi_heads.mask_predictor = MaskRCNNPredictor(256, 256, num_classes)
+            _adapt_predictors(model, num_classes, label_to_cat_id, keep_predictors)
         return model
     if name == "maskrcnn_resnet50_fpn_v2":
         if not stock or norm != "frozen_bn" or head_norm:
@@ -148,3 +155,35 @@ def _refit_fpn(backbone: BackboneWithFPN, channels: int,
     refit = BackboneWithFPN(nn.Sequential(), {}, in_channels, channels, norm_layer=fpn_norm)
     refit.body = backbone.body
     return refit
+
+
+def _adapt_predictors(model: MaskRCNN, num_classes: int, label_to_cat_id: dict[int, int] | None,
+                      keep: bool) -> None:
+    """Give a COCO-pretrained model ``num_classes`` outputs: the pretrained rows of the
+    dataset's categories when ``label_to_cat_id`` maps into COCO's ids, else fresh predictors."""
+    rh = model.roi_heads
+    old_n = rh.box_predictor.cls_score.out_features
+    ids = [0] + [label_to_cat_id.get(label, -1) for label in range(1, num_classes)] \
+        if label_to_cat_id else []
+    if ids and all(0 < i < old_n for i in ids[1:]):
+        idx = torch.tensor(ids)
+        box, mask = rh.box_predictor, rh.mask_predictor.mask_fcn_logits
+        new_box = FastRCNNPredictor(box.cls_score.in_features, num_classes)
+        new_mask = MaskRCNNPredictor(mask.in_channels, mask.in_channels, num_classes)
+        with torch.no_grad():
+            new_box.cls_score.weight.copy_(box.cls_score.weight[idx])
+            new_box.cls_score.bias.copy_(box.cls_score.bias[idx])
+            rows = box.bbox_pred.weight.view(old_n, 4, -1)[idx]
+            new_box.bbox_pred.weight.copy_(rows.flatten(0, 1))
+            new_box.bbox_pred.bias.copy_(box.bbox_pred.bias.view(old_n, 4)[idx].flatten())
+            new_mask.conv5_mask.load_state_dict(rh.mask_predictor.conv5_mask.state_dict())
+            new_mask.mask_fcn_logits.weight.copy_(mask.weight[idx])
+            new_mask.mask_fcn_logits.bias.copy_(mask.bias[idx])
+        rh.box_predictor, rh.mask_predictor = new_box, new_mask
+        return
+    if keep:
+        raise ValueError(f"the pretrained detector has {old_n} classes and this dataset's "
+                         f"{num_classes} do not map onto them (category ids {ids[1:] or '?'}): "
+                         "a frozen detector needs its own trained predictors")
+    rh.box_predictor = FastRCNNPredictor(rh.box_predictor.cls_score.in_features, num_classes)
+    rh.mask_predictor = MaskRCNNPredictor(256, 256, num_classes)

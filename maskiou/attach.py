@@ -98,11 +98,12 @@ def freeze_model(model: nn.Module) -> None:
     """
     for p in model.parameters():
         p.requires_grad_(False)
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
 
     def keep_norms_frozen(module: nn.Module, args: Any) -> None:
-        for m in norms:
-            m.eval()
+        # the module's own layers (not a captured list), so a deep copy stays frozen too
+        for m in module.modules():
+            if isinstance(m, _BatchNorm):
+                m.eval()
 
     model.register_forward_pre_hook(keep_norms_frozen)
     keep_norms_frozen(model, ())

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from . import distributed as D
+from .checkpoint import load_checkpoint, save_atomic
 from .config import TrainConfig
 from .cost import head_cost
-from .datasets import default_model_dir, resolve_split
+from .datasets import default_model_dir, resolve_split, shipped_model_path
 from .evaluation import Detections, evaluate_scorings, predict, true_mask_ious
 from .metrics import correlation_summary, scorings
 from .models import load_trained_model
@@ -29,14 +30,37 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
+def install_shipped_model(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    """Put the shipped warm-start checkpoint in ``run_dir`` if it was trained with exactly
+    ``cfg`` (and nothing is there yet). Returns its new path, or None."""
+    shipped = shipped_model_path()
+    final = run_dir / "model_final.pt"
+    if final.is_file() or not shipped.is_file():
+        return None
+    config = load_checkpoint(shipped)["config"]
+    if config != cfg.to_dict():
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_atomic(load_checkpoint(shipped), final)
+    cfg.save(run_dir / "config.json")
+    return final
+
+
 def train_or_reuse(cfg: TrainConfig, run_dir: Path, progress: bool, retrain: bool = False
                    ) -> Path:
     """``run_dir/model_final.pt``, training it first unless a checkpoint with the same config is
-    already there (a run interrupted after a checkpoint resumes from ``last.pt``)."""
+    already there (a run interrupted after a checkpoint resumes from ``last.pt``). For the
+    embedded default the shipped warm-start checkpoint is used unless ``retrain``."""
     from .train import Trainer
 
     final = run_dir / "model_final.pt"
     saved = run_dir / "config.json"
+    if retrain and D.is_main():
+        final.unlink(missing_ok=True)
+    if not retrain and D.is_main() and install_shipped_model(cfg, run_dir):
+        log(f"using the shipped warm-start model {shipped_model_path().name} "
+            "(pass --retrain to train it from scratch)")
+    D.barrier()
     same = saved.is_file() and json.loads(saved.read_text()) == cfg.to_dict()
     if final.is_file() and same and not retrain:
         log(f"reusing trained model {final}")
@@ -79,7 +103,10 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None,
     _, _, dev = D.init_distributed(device)
     run_root = run_root or default_model_dir().parent
     t_start = time.perf_counter()
-    val_json, val_images = resolve_split(cfg, "val", progress=progress and D.is_main())
+    if D.is_main():  # generate the embedded data once, not once per rank
+        resolve_split(cfg, "val", progress=progress)
+    D.barrier()
+    val_json, val_images = resolve_split(cfg, "val", progress=False)
     if checkpoint is None:
         checkpoint = str(train_or_reuse(cfg, _run_dir(cfg, run_root), progress, retrain))
     model, meta = load_trained_model(checkpoint, dev)

@@ -75,18 +75,19 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str
     model.load_state_dict(state, strict=False)
 
 
-def rng_state() -> dict[str, Any]:
-    """Every global RNG state a CPU/GPU run draws from."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every global RNG state this process draws from (CUDA: only ``device``'s generator, so a
+    rank never opens a context on another rank's GPU)."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
              "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -54,3 +54,9 @@ def default_model_dir() -> Path:
 def default_model_path() -> Path:
     """Checkpoint of the embedded default model, written by ``benchmarks/coco_eval.py``."""
     return default_model_dir() / "model_final.pt"
+
+
+def shipped_model_path() -> Path:
+    """The warm-start checkpoint shipped in the package (``synthetic-cpu``, trained by this
+    project's own trainer; see ``maskiou/pretrained/README.md``)."""
+    return Path(__file__).resolve().parent / "pretrained" / "synthetic_cpu.pt"

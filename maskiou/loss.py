@@ -30,8 +30,9 @@ def mask_iou_loss(
         Scalar tensor. With no RoI whose target is > 0 it is an exact 0 that still belongs to
         the autograd graph of ``pred_ious``.
     """
-    keep = targets > 0
-    if pred_ious.numel() == 0 or not bool(keep.any()):
+    if pred_ious.numel() == 0:
         return pred_ious.sum() * 0.0
-    pred = select_class(pred_ious, labels)[keep].float()
-    return weight * torch.mean((pred - targets[keep].float()) ** 2)
+    keep = (targets > 0).float()  # a mask instead of indexing: no host sync on the GPU
+    pred = select_class(pred_ious, labels).float()
+    sq = (pred - targets.float()) ** 2 * keep
+    return weight * sq.sum() / keep.sum().clamp(min=1.0)

@@ -17,10 +17,17 @@ from .checkpoint import CheckpointError, load_checkpoint, load_model_state
 from .config import TrainConfig
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+def build_model(cfg: TrainConfig, num_classes: int,
+                label_to_cat_id: dict[int, int] | None = None) -> nn.Module:
     """The torchvision Mask R-CNN of ``cfg`` (``num_classes`` with background), head attached
-    when ``cfg.maskiou``; with ``cfg.detector_checkpoint`` the detector's weights come from it."""
+    when ``cfg.maskiou``; with ``cfg.detector_checkpoint`` the detector's weights come from it.
+    ``label_to_cat_id`` lets COCO-pretrained predictors keep the rows of the dataset's classes.
+    """
     from integrations.torchvision_models import build_maskrcnn
+
+    if cfg.freeze_detector and not (cfg.detector_checkpoint or cfg.weights):
+        raise ValueError("--freeze-detector trains only the head on a trained detector: give "
+                         "--detector-checkpoint PATH or --weights NAME")
 
     model = build_maskrcnn(
         cfg.model, num_classes, weights=cfg.weights, weights_backbone=cfg.weights_backbone,
@@ -34,7 +41,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_detections_per_img=cfg.box_detections_per_img, anchor_sizes=cfg.anchor_sizes,
-        returned_layers=cfg.returned_layers,
+        returned_layers=cfg.returned_layers, label_to_cat_id=label_to_cat_id,
+        keep_predictors=cfg.freeze_detector and not cfg.detector_checkpoint,
     )
     if cfg.detector_checkpoint:
         ckpt = load_checkpoint(cfg.detector_checkpoint)

@@ -19,9 +19,8 @@ def _integral_images(masks: Tensor) -> Tensor:
     """Tensor[G, H, W] (any dtype, nonzero = inside) -> Tensor[G, H + 1, W + 1] int32 sums."""
     g, h, w = masks.shape
     out = torch.zeros((g, h + 1, w + 1), dtype=torch.int32, device=masks.device)
-    out[:, 1:, 1:] = (masks != 0).to(torch.int32).cumsum(1, dtype=torch.int32).cumsum(
-        2, dtype=torch.int32
-    )
+    out[:, 1:, 1:] = (masks != 0).cumsum(1, dtype=torch.int32)
+    out.cumsum_(2)  # in place: one full-resolution int32 copy per mask, not three
     return out
 
 

@@ -80,7 +80,10 @@ class Trainer:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
         D.barrier()
-        json_path, images = resolve_split(cfg, "train", progress=self.progress)
+        if self.main:  # generate the embedded data once, not once per rank
+            resolve_split(cfg, "train", progress=self.progress)
+        D.barrier()
+        json_path, images = resolve_split(cfg, "train", progress=False)
         self.dataset = CocoInstanceDataset(json_path, images)
         self.aspect = [w / h for h, w in (self.dataset.get_height_and_width(i)
                                           for i in range(len(self.dataset)))]
@@ -90,7 +93,8 @@ class Trainer:
                              f"of {cfg.batch_size * self.world}")
         self.total = (cfg.epochs * self.batches_per_epoch if cfg.epochs else cfg.max_iters)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
-        model = build_model(cfg, self.dataset.num_classes).to(self.device)
+        model = build_model(cfg, self.dataset.num_classes,
+                            self.dataset.label_to_cat_id).to(self.device)
         torch.manual_seed(cfg.seed + self.rank)
         self.model = model
         params = [p for p in model.parameters() if p.requires_grad]
@@ -117,21 +121,24 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
+        """Everything a resume needs; RNG states of every rank (collective under DDP)."""
+        rng = {**rng_state(self.device), "flip": self.flip_gen.get_state(),
+               "loader": self.loader_gen.get_state()}
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "iteration": self.iteration, "config": self.cfg.to_dict(),
             "class_names": self.dataset.class_names,
             "label_to_cat_id": self.dataset.label_to_cat_id,
-            "rng": {**rng_state(), "flip": self.flip_gen.get_state(),
-                    "loader": self.loader_gen.get_state()},
+            "rng": D.all_gather_objects(rng), "world_size": self.world,
             "format": "maskiou-train-1",
         }
 
     def save(self, name: str = "last.pt") -> Path:
         path = self.out / name
+        state = self.state()  # every rank takes part in gathering the RNG states
         if self.main:
-            save_atomic(self.state(), path)
+            save_atomic(state, path)
         D.barrier()
         return path
 
@@ -149,8 +156,16 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.iteration = int(ckpt["iteration"])
-        rng = ckpt["rng"]
-        set_rng_state(rng)
+        changed = [k for k in ("batch_size", "seed", "aspect_ratio_grouping", "max_iters",
+                               "epochs") if ckpt["config"].get(k) != getattr(self.cfg, k)]
+        if ckpt.get("world_size", 1) != self.world:
+            changed.append(f"processes {ckpt.get('world_size', 1)} -> {self.world}")
+        if changed and self.main:
+            print(f"warning: resuming {path} with a different {', '.join(changed)}: the run "
+                  "continues, but not as the uninterrupted one would", file=sys.stderr)
+        states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+        rng = states[self.rank % len(states)]
+        set_rng_state(rng, self.device)
         self.flip_gen.set_state(rng["flip"])
         self.loader_gen.set_state(rng["loader"])
 
@@ -162,22 +177,22 @@ class Trainer:
         out_i, out_t = [], []
         for image, target in zip(images, targets):
             flip = torch.rand(1, generator=self.flip_gen).item() < self.cfg.hflip
-            if flip:
+            image = image.to(self.device, non_blocking=True)
+            target = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                      for k, v in target.items()}
+            if flip:  # on the device, after the copy
                 image, target = hflip(image, target)
-            out_i.append(image.to(self.device, non_blocking=True))
-            out_t.append({k: v.to(self.device) if torch.is_tensor(v) else v
-                          for k, v in target.items()})
+            out_i.append(image)
+            out_t.append(target)
         return out_i, out_t
 
-    def step(self, images, targets) -> dict[str, float]:
+    def step(self, images, targets) -> dict[str, torch.Tensor]:
+        """One optimizer step; returns the detached losses (no host sync here)."""
         self.ddp.train()
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                             enabled=self.dtype is not None):
             losses = self.ddp(images, targets)
         total = sum(losses.values())
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"iteration {self.iteration}: loss is {total.item()} "
-                                     f"({ {k: round(v.item(), 4) for k, v in losses.items()} })")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.cfg.grad_clip > 0:
@@ -186,7 +201,15 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return {"loss": total.item(), **{k: v.item() for k, v in losses.items()}}
+        return {"loss": total.detach(), **{k: v.detach() for k, v in losses.items()}}
+
+    def _check_finite(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        values = {k: float(v) for k, v in losses.items()}
+        if not math.isfinite(values["loss"]):
+            shown = {k: round(v, 4) for k, v in values.items()}
+            raise FloatingPointError(f"iteration {self.iteration}: loss is not finite {shown}; "
+                                     f"the last good checkpoint is {self.out / 'last.pt'}")
+        return values
 
     def train(self) -> Path:
         from .data.coco import collate_fn
@@ -205,11 +228,12 @@ class Trainer:
                 num_workers=cfg.workers, collate_fn=collate_fn, generator=self.loader_gen,
                 pin_memory=self.device.type == "cuda", persistent_workers=False)
             for images, targets in loader:
-                values = self.step(*self._prepare(images, targets))
+                losses = self.step(*self._prepare(images, targets))
                 self.iteration += 1
                 seen += len(images) * self.world
                 bar.update(1)
                 if self.iteration % cfg.log_every == 0 or self.iteration == self.total:
+                    values = self._check_finite(losses)
                     values["lr"] = self.optimizer.param_groups[0]["lr"]
                     values["images_per_s"] = seen / (time.perf_counter() - t0)
                     if self.device.type == "cuda":
@@ -223,14 +247,19 @@ class Trainer:
                         for k, v in values.items():
                             writer.add_scalar(k, v, self.iteration)
                 if self.iteration % cfg.checkpoint_every == 0 and self.iteration < self.total:
+                    self._check_finite(losses)  # never checkpoint a diverged model
                     self.save()
                 if self.iteration >= self.total:
                     break
         bar.close()
-        path = self.save()
+        state = self.state()
+        path = self.out / "last.pt"
         if self.main:
-            save_atomic({**self.state(), "optimizer": None, "scheduler": None, "scaler": None,
-                         "rng": None}, self.out / "model_final.pt")
+            save_atomic(state, path)
+            save_atomic({k: v for k, v in state.items()
+                         if k not in ("optimizer", "scheduler", "scaler", "rng")},
+                        self.out / "model_final.pt")
+        D.barrier()
         if log:
             log.close()
         if writer:

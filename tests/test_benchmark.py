@@ -45,3 +45,34 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
     assert len(err) == 1 and "none.pt" in err[0]
     code = coco_eval.main(["--val-json", str(bad), "--val-images", str(tmp_path)])
     assert code == 2 and "--checkpoint" in capsys.readouterr().err
+
+
+def test_export_and_shipped_warm_start(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from maskiou import benchmark
+    from maskiou.config import resolve
+    from maskiou.data.synthetic import generate_synthetic_coco
+    from maskiou.export import export_checkpoint
+    from maskiou.models import load_trained_model
+    from maskiou.train import Trainer
+
+    data = generate_synthetic_coco(tmp_path / "syn", 8, 4, seed=1, image_size=64, progress=False)
+    cfg = resolve("synthetic-cpu", dict(synthetic_dir=str(data.root), synthetic_train=8,
+                                        synthetic_val=4, synthetic_image_size=64, min_size=64,
+                                        max_size=64, batch_size=2, max_iters=1, workers=0))
+    Trainer(cfg, tmp_path / "run", progress=False).train()
+    shipped = tmp_path / "shipped.pt"
+    size = export_checkpoint(tmp_path / "run" / "model_final.pt", shipped)
+    assert size < (tmp_path / "run" / "last.pt").stat().st_size / 4  # fp16, no optimizer
+    monkeypatch.setattr(benchmark, "shipped_model_path", lambda: shipped)
+
+    other = resolve("synthetic-cpu", {**cfg.to_dict(), "lr": 1.0})
+    assert benchmark.install_shipped_model(other, tmp_path / "other") is None
+    path = benchmark.train_or_reuse(cfg, tmp_path / "default", progress=False)
+    assert "using the shipped warm-start model" in capsys.readouterr().out
+    full, _ = load_trained_model(tmp_path / "run" / "model_final.pt")
+    slim, meta = load_trained_model(path)
+    assert meta["iteration"] == 1
+    for (k, a), b in zip(full.state_dict().items(), slim.state_dict().values()):
+        assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), atol=1e-2), k

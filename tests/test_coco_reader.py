@@ -180,6 +180,10 @@ def test_degenerate_annotations_dropped_with_count(
     )
     assert "and dropped its 1 annotations" in caplog.text  # id 25 uses the background category
     assert ds[2][1]["boxes"].shape == (0, 4)
+    # COCOeval can still decode every GT, the emptied polygon list included
+    from pycocotools import mask as mask_utils
+
+    assert mask_utils.area(ds.coco.annToRLE(ds.coco.anns[23])) == 0
 
 
 def test_missing_area_and_bbox_filled_in_from_the_mask(tmp_path: Path) -> None:

@@ -82,3 +82,15 @@ def test_vectorized_matches_reference_on_random_inputs():
     fast = mask_iou_targets(logits, proposals, gt, idx)
     slow = mask_iou_targets_reference(logits, proposals, gt, idx)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_exact_quarter_with_top_half_mask_on_left_half_box():
+    # GT 20x20 at (10, 10); box = its left half (10x20 px on a 28x28 grid: 784 cells for 200 px).
+    # Predicted: the top half of the grid (392 cells, all inside the GT). GT inside the box
+    # fills the grid (784 cells), the 200 px outside count 784 more: IoU = 392 / 1568 = 0.25.
+    logits = torch.full((1, 28, 28), -5.0)
+    logits[:, :14] = 5.0
+    proposals = torch.tensor([[10.0, 10.0, 20.0, 30.0]])
+    gt = square()
+    iou = mask_iou_targets(logits, proposals, gt, torch.tensor([0]))
+    assert iou.item() == pytest.approx(392 / (392 + 784 + 784 - 392), abs=0.01)

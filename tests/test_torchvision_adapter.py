@@ -155,3 +155,42 @@ def test_unknown_model_and_double_attach(model):
     attach_maskiou_head(model)
     with pytest.raises(ValueError, match="already"):
         attach_maskiou_head(model)
+
+
+def test_coco_predictors_keep_the_rows_of_the_dataset_classes():
+    from integrations.torchvision_models import _adapt_predictors
+
+    coco = build_maskrcnn("maskrcnn_resnet18_fpn", 91, min_size=64, max_size=64)
+    box = coco.roi_heads.box_predictor
+    old_cls, old_reg = box.cls_score.weight.clone(), box.bbox_pred.weight.clone()
+    old_mask = coco.roi_heads.mask_predictor.mask_fcn_logits.weight.clone()
+    _adapt_predictors(coco, 3, {1: 5, 2: 17}, keep=True)
+    rh = coco.roi_heads
+    assert torch.equal(rh.box_predictor.cls_score.weight, old_cls[[0, 5, 17]])
+    assert torch.equal(rh.box_predictor.bbox_pred.weight[4:8], old_reg[20:24])  # class 5's box
+    assert torch.equal(rh.mask_predictor.mask_fcn_logits.weight, old_mask[[0, 5, 17]])
+    with pytest.raises(ValueError, match="do not map"):
+        _adapt_predictors(build_maskrcnn("maskrcnn_resnet18_fpn", 91), 3, {1: 5, 2: 200},
+                          keep=True)
+
+
+def test_plain_and_adapted_roi_heads_agree_on_the_detector():
+    """Same weights, same seed: the adapter changes nothing torchvision computes."""
+    plain = tiny_maskrcnn()
+    scored = attach_maskiou_head(tiny_maskrcnn())
+    scored.load_state_dict(plain.state_dict(), strict=False)
+    for m in (plain, scored):
+        m.train()
+    torch.manual_seed(3)
+    a = plain(images(2), [square_target(), empty_target()])
+    torch.manual_seed(3)
+    b = scored(images(2), [square_target(), empty_target()])
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), k
+    scored.roi_heads.maskiou_config.rescore_outputs = False
+    plain.eval(), scored.eval()
+    with torch.no_grad():
+        pa, pb = plain(images(1)), scored(images(1))
+    for k in ("boxes", "labels", "scores", "masks"):
+        assert torch.equal(pa[0][k], pb[0][k]), k
+    assert torch.equal(pb[0]["cls_scores"], pa[0]["scores"])

@@ -74,6 +74,12 @@ def _check_segmentation(seg: Any, h: int, w: int, where: str) -> Any:
     raise CocoFormatError(f"{where}: segmentation must be polygons or an RLE dict")
 
 
+def _empty_rle(h: int, w: int) -> dict[str, Any]:
+    """Compressed RLE of an all-zero H x W mask (``counts`` as str)."""
+    rle = mask_utils.encode(np.zeros((h, w, 1), dtype=np.uint8, order="F"))[0]
+    return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+
+
 def _to_rle(seg: Any, h: int, w: int) -> dict[str, Any]:
     """Polygons / uncompressed RLE / compressed RLE -> one compressed RLE."""
     if isinstance(seg, list):
@@ -184,8 +190,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             img = images[ann["image_id"]]
             h, w = int(img["height"]), int(img["width"])
             ann["iscrowd"] = int(ann.get("iscrowd", 0))
-            ann["segmentation"] = _check_segmentation(ann["segmentation"], h, w, where)
-            seg = ann["segmentation"]
+            seg = _check_segmentation(ann["segmentation"], h, w, where)
+            # pycocotools cannot decode an empty polygon list: COCOeval gets an empty RLE
+            ann["segmentation"] = seg if seg != [] else _empty_rle(h, w)
             if "bbox" not in ann or "area" not in ann:  # COCOeval needs both: fill them in
                 rle = _to_rle(seg, h, w) if seg != [] else None
                 ann.setdefault("bbox", mask_utils.toBbox(rle).tolist() if rle else [0, 0, 0, 0])
