@@ -79,9 +79,14 @@ def binned_means(truth: np.ndarray, scores: np.ndarray, bins: int = 10
 def correlation_summary(cls_scores: np.ndarray, pred_ious: np.ndarray, true_ious: np.ndarray
                         ) -> dict[str, float]:
     """Pearson/Spearman of predicted vs true MaskIoU, Pearson of the classification score, and
-    the ECE of the classification and rescored scores against the true MaskIoU."""
+    the ECE of the classification and rescored scores against the true MaskIoU. ``*_matched``:
+    the same correlations over the detections that overlap a GT of their class (true > 0)."""
     rescored = cls_scores * np.clip(pred_ious, 0, 1)
+    m = true_ious > 0
     return {
+        "pearson_matched": pearson(pred_ious[m], true_ious[m]),
+        "cls_pearson_matched": pearson(cls_scores[m], true_ious[m]),
+        "matched_fraction": float(m.mean()) if len(m) else float("nan"),
         "pearson": pearson(pred_ious, true_ious),
         "spearman": spearman(pred_ious, true_ious),
         "cls_pearson": pearson(cls_scores, true_ious),

@@ -58,6 +58,9 @@ def correlation_table(corr: dict[str, float]) -> str:
         f"| Pearson, predicted vs true MaskIoU (paper: 0.74) | {corr['pearson']:.3f} |",
         f"| Spearman, predicted vs true MaskIoU | {corr['spearman']:.3f} |",
         f"| Pearson, classification score vs true MaskIoU | {corr['cls_pearson']:.3f} |",
+        f"| Pearson over detections that overlap a GT of their class "
+        f"({100 * corr['matched_fraction']:.0f}% of them): predicted MaskIoU / classification "
+        f"score | {corr['pearson_matched']:.3f} / {corr['cls_pearson_matched']:.3f} |",
         f"| ECE of the classification score vs true MaskIoU | {corr['ece_cls']:.3f} |",
         f"| ECE of the rescored score vs true MaskIoU | {corr['ece_rescored']:.3f} |",
     ])

@@ -102,9 +102,13 @@ def test_correlation_and_ece_known_values():
     centres, means, counts = binned_means(np.array([0.05, 0.06, 0.95]), np.array([1.0, 0.0, 0.5]))
     assert means[0] == pytest.approx(0.5) and means[9] == pytest.approx(0.5)
     assert counts.tolist() == [2, 0, 0, 0, 0, 0, 0, 0, 0, 1] and np.isnan(means[4])
-    summary = correlation_summary(np.array([0.9, 0.8, 0.7]), np.array([0.2, 0.5, 0.9]),
-                                  np.array([0.1, 0.5, 1.0]))
-    assert summary["pearson"] > 0.99 and summary["cls_pearson"] < -0.9
+    summary = correlation_summary(np.array([0.9, 0.8, 0.7, 0.6]), np.array([0.2, 0.5, 0.9, 0.9]),
+                                  np.array([0.1, 0.5, 1.0, 0.0]))
+    # one unmatched detection (true 0) with a high predicted IoU drags the overall Pearson down
+    assert summary["pearson"] == pytest.approx(0.3662, abs=1e-3)
+    assert summary["matched_fraction"] == 0.75
+    # without the unmatched detection (true 0) the head's IoUs are almost exactly linear
+    assert summary["pearson_matched"] > 0.99 and summary["cls_pearson_matched"] < -0.9
 
 
 def test_report_renders_metrics(tmp_path):
@@ -112,6 +116,7 @@ def test_report_renders_metrics(tmp_path):
     metrics = {"segm": out["segm"], "bbox": out["bbox"], "num_images": 1, "num_detections": 2,
                "correlation": correlation_summary(np.array([0.7, 0.9]), np.array([0.9, 0.3]),
                                                   np.array([1.0, 0.667]))}
+    assert metrics["correlation"]["pearson"] == pytest.approx(1.0)  # two points on a line
     text = markdown_report(metrics)
     assert "| change, rescored vs cls | +30.0 |" in text
     json.dumps(metrics)  # serializable
