@@ -15,41 +15,42 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 
-def _integral_images(masks: Tensor) -> Tensor:
-    """Tensor[G, H, W] (any dtype, nonzero = inside) -> Tensor[G, H + 1, W + 1] int32 sums."""
-    g, h, w = masks.shape
-    out = torch.zeros((g, h + 1, w + 1), dtype=torch.int32, device=masks.device)
-    out[:, 1:, 1:] = (masks != 0).cumsum(1, dtype=torch.int32)
-    out.cumsum_(2)  # in place: one full-resolution int32 copy per mask, not three
-    return out
-
-
 def gt_area_in_boxes(gt_masks: Tensor, boxes: Tensor, gt_idxs: Tensor) -> tuple[Tensor, Tensor]:
     """Pixel area of each box's matched GT mask, inside the box and in total.
 
+    One pass over the masks: a cumulative sum along each row (float32, exact for rows shorter
+    than 2**24 pixels), then, per box, the row sums between its two columns are gathered
+    (Tensor[N, H]) and added over its rows. No integral image, no loop over boxes.
+
     Args:
-        gt_masks: Tensor[G, H, W], uint8/bool/float, full-image masks.
+        gt_masks: Tensor[G, H, W], binary (0/1) uint8/bool/float, full-image masks.
         boxes: Tensor[N, 4], float (x1, y1, x2, y2) in pixels; rounded to whole pixels.
         gt_idxs: Tensor[N], int64, index into ``gt_masks`` for each box.
 
     Returns:
         (inside, total): two Tensor[N], float32.
     """
-    _, h, w = gt_masks.shape
     used, local = torch.unique(gt_idxs, return_inverse=True)
-    sums = _integral_images(gt_masks[used]).flatten(1)  # [U, (H+1)(W+1)]
+    return _areas(gt_masks[used].float(), boxes, local)
+
+
+def _areas(masks: Tensor, boxes: Tensor, idxs: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`gt_area_in_boxes` on float32 masks that ``idxs`` index directly."""
+    _, h, w = masks.shape
+    rows = torch.zeros((len(masks), h, w + 1), dtype=torch.float32, device=masks.device)
+    torch.cumsum(masks, dim=2, out=rows[:, :, 1:])
     b = boxes.detach().round().to(torch.int64)
     x1 = b[:, 0].clamp(0, w)
     y1 = b[:, 1].clamp(0, h)
     x2 = torch.maximum(b[:, 2].clamp(0, w), x1)
     y2 = torch.maximum(b[:, 3].clamp(0, h), y1)
-
-    def at(y: Tensor, x: Tensor) -> Tensor:
-        return sums[local, y * (w + 1) + x]
-
-    inside = at(y2, x2) - at(y1, x2) - at(y2, x1) + at(y1, x1)
-    total = sums[local, -1]
-    return inside.float(), total.float()
+    ys = torch.arange(h, device=rows.device)
+    i = idxs[:, None]
+    per_row = rows[i, ys[None], x2[:, None]] - rows[i, ys[None], x1[:, None]]  # [N, H]
+    in_rows = (ys[None] >= y1[:, None]) & (ys[None] < y2[:, None])
+    inside = (per_row * in_rows).sum(1)
+    total = rows[:, :, -1].sum(1)[idxs]
+    return inside, total
 
 
 def project_masks(gt_masks: Tensor, boxes: Tensor, gt_idxs: Tensor, size: int) -> Tensor:
@@ -91,14 +92,17 @@ def mask_iou_targets(
         return torch.zeros(0, dtype=torch.float32, device=device)
     boxes = proposals.detach().float()
     idx = matched_idxs.to(device=device, dtype=torch.int64)
-    gt_grid = project_masks(gt_masks, boxes, idx, m) >= 0.5
+    # one float copy of the GT masks these RoIs use, shared by the projection and the areas
+    used, local = torch.unique(idx, return_inverse=True)
+    masks = gt_masks[used].float()
+    gt_grid = project_masks(masks, boxes, local, m) >= 0.5
     pred = mask_logits.detach() > 0
 
     inter = (pred & gt_grid).sum((1, 2)).float()
     pred_area = pred.sum((1, 2)).float()
     gt_in_grid = gt_grid.sum((1, 2)).float()
 
-    inside, total = gt_area_in_boxes(gt_masks, boxes, idx)
+    inside, total = _areas(masks, boxes, local)
     box_area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6)
     cells_per_pixel = (m * m) / box_area
     gt_outside_grid = (total - inside).clamp(min=0) * cells_per_pixel
