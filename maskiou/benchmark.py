@@ -142,8 +142,10 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None,
 
 
 def _run_dir(cfg: TrainConfig, root: Path) -> Path:
-    return root / ("synthetic-cpu" if cfg.maskiou else "synthetic-cpu-baseline") \
-        if cfg.dataset == "synthetic" else root / ("maskiou" if cfg.maskiou else "baseline")
+    base = "synthetic-cpu" if cfg.dataset == "synthetic" else "maskiou"
+    if cfg.maskiou:
+        return root / base
+    return root / ("synthetic-cpu-baseline" if cfg.dataset == "synthetic" else "baseline")
 
 
 def write_outputs(out: Path, metrics: dict[str, Any], results: dict[str, list], dets: Detections,

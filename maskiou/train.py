@@ -134,11 +134,16 @@ class Trainer:
             "format": "maskiou-train-1",
         }
 
-    def save(self, name: str = "last.pt") -> Path:
-        path = self.out / name
+    def save(self, final: bool = False) -> Path:
+        """Write ``last.pt`` (and, when ``final``, the slim ``model_final.pt``)."""
+        path = self.out / "last.pt"
         state = self.state()  # every rank takes part in gathering the RNG states
         if self.main:
             save_atomic(state, path)
+            if final:
+                save_atomic({k: v for k, v in state.items()
+                             if k not in ("optimizer", "scheduler", "scaler", "rng")},
+                            self.out / "model_final.pt")
         D.barrier()
         return path
 
@@ -252,14 +257,7 @@ class Trainer:
                 if self.iteration >= self.total:
                     break
         bar.close()
-        state = self.state()
-        path = self.out / "last.pt"
-        if self.main:
-            save_atomic(state, path)
-            save_atomic({k: v for k, v in state.items()
-                         if k not in ("optimizer", "scheduler", "scaler", "rng")},
-                        self.out / "model_final.pt")
-        D.barrier()
+        path = self.save(final=True)
         if log:
             log.close()
         if writer:
@@ -297,7 +295,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
     if args.freeze_detector:
         overrides["freeze_detector"] = True
     if args.train_json or args.coco_root:
-        overrides.setdefault("dataset", "coco")
         overrides["dataset"] = "coco"
     return args, resolve(args.config, overrides)
 
