@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maskiou.checkpoint import CheckpointError  # noqa: E402
-from maskiou.config import DEFAULT_PRESET, PRESETS, resolve  # noqa: E402
 from maskiou.data.coco import CocoFormatError  # noqa: E402
+from maskiou.training.checkpoint import CheckpointError  # noqa: E402
+from maskiou.training.config import DEFAULT_PRESET, PRESETS, resolve  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,9 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maskiou import distributed as D
-    from maskiou.benchmark import run
-    from maskiou.report import markdown_report
+    from maskiou.evaluation.benchmark import run
+    from maskiou.evaluation.report import markdown_report
+    from maskiou.training import distributed as D
 
     args = parse_args(argv)
     overrides = {"coco_root": args.coco_root, "train_json": args.train_json,

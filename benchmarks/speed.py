@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from integrations.torchvision_models import MODEL_NAMES, build_maskrcnn  # noqa: E402
 from maskiou import attach_maskiou_head  # noqa: E402
-from maskiou.cost import head_cost  # noqa: E402
-from maskiou.targets import mask_iou_targets, mask_iou_targets_reference  # noqa: E402
+from maskiou.evaluation.cost import head_cost  # noqa: E402
+from maskiou.targets import mask_iou_targets, project_masks  # noqa: E402
+from maskiou.training.builders import MODEL_NAMES, build_maskrcnn  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -65,6 +66,34 @@ def scene(h: int, w: int, n_gt: int, device: torch.device, seed: int = 0):
         targets.append({"boxes": boxes.to(device), "labels": torch.randint(
             1, 5, (n_gt,), generator=g).to(device), "masks": masks.to(device)})
     return images, targets
+
+
+def mask_iou_targets_reference(
+    mask_logits: Tensor, proposals: Tensor, gt_masks: Tensor, matched_idxs: Tensor
+) -> Tensor:
+    """The same targets computed one RoI at a time on the CPU, the way public ports do.
+
+    Slow on purpose: it is the reference the vectorized version is checked and timed against.
+    Shapes as in :func:`mask_iou_targets`.
+    """
+    m = mask_logits.shape[-1]
+    out = []
+    masks = gt_masks.cpu()
+    h, w = masks.shape[-2:]
+    for logits, box, g in zip(mask_logits.cpu(), proposals.cpu().float(), matched_idxs.cpu()):
+        gt = masks[int(g)]
+        proj = project_masks(gt[None], box[None], torch.zeros(1, dtype=torch.int64), m)[0] >= 0.5
+        pred = logits > 0
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        x1, y1 = min(max(x1, 0), w), min(max(y1, 0), h)
+        x2, y2 = max(min(max(x2, 0), w), x1), max(min(max(y2, 0), h), y1)
+        total = float((gt != 0).sum())
+        inside = float((gt[y1:y2, x1:x2] != 0).sum())
+        box_area = max(float((box[2] - box[0]) * (box[3] - box[1])), 1e-6)
+        inter = float((pred & proj).sum())
+        union = float(pred.sum()) + float(proj.sum()) + (total - inside) * m * m / box_area - inter
+        out.append(inter / union if union > 0 else 0.0)
+    return torch.tensor(out, dtype=torch.float32).clamp(0.0, 1.0)
 
 
 def model_timings(name: str, h: int, w: int, device: torch.device, repeats: int

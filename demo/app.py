@@ -33,8 +33,8 @@ import gradio as gr  # noqa: E402
 from demo.handlers import IN_MEMORY, DemoApp  # noqa: E402
 from demo.inference import Predictor, run_detection  # noqa: E402
 from demo.sources import DEFAULT_METRICS, ValSplit, benchmark_summary  # noqa: E402
-from maskiou.config import TrainConfig  # noqa: E402
-from maskiou.datasets import cache_dir, default_model_path  # noqa: E402
+from maskiou.training.config import TrainConfig  # noqa: E402
+from maskiou.training.paths import cache_dir, default_model_path  # noqa: E402
 
 __all__ = ["IN_MEMORY", "DemoApp", "ValSplit", "benchmark_summary", "build_app", "main",
            "run_detection"]
@@ -149,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     print(f"maskiou demo: data and models in {cache_dir()}", flush=True)
     if args.checkpoint is None:
-        from maskiou.benchmark import install_shipped_model
-        from maskiou.config import resolve
-        from maskiou.datasets import default_model_dir
+        from maskiou.evaluation.benchmark import install_shipped_model
+        from maskiou.training.config import resolve
+        from maskiou.training.paths import default_model_dir
 
         if install_shipped_model(resolve("synthetic-cpu", {}), default_model_dir()):
             print("maskiou demo: installed the shipped warm-start model", flush=True)

@@ -12,9 +12,9 @@ import pandas as pd
 from demo.images import ImageInputError
 from demo.inference import TABLE_HEADERS, Prediction, Predictor, predict, render
 from demo.sources import DEFAULT_METRICS, ValSplit, short_path
-from maskiou.checkpoint import CheckpointError
-from maskiou.config import TrainConfig, resolve
-from maskiou.datasets import default_model_path
+from maskiou.training.checkpoint import CheckpointError
+from maskiou.training.config import TrainConfig, resolve
+from maskiou.training.paths import default_model_path
 
 IN_MEMORY = "in-memory model"
 
@@ -108,7 +108,7 @@ class DemoApp:
         """Train the embedded default model into its cache folder (resumes an interrupted run).
 
         Returns (status Markdown, train-button update, checkpoint-dropdown update)."""
-        from maskiou.benchmark import train_or_reuse
+        from maskiou.evaluation.benchmark import train_or_reuse
 
         if progress is not None:
             progress(0, desc="preparing the embedded dataset")

@@ -17,7 +17,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from demo.images import ImageSource, load_image
-from maskiou.evaluation import encode_masks
+from maskiou.evaluation.predict import encode_masks
 
 MASK_THRESHOLD = 0.5  # mask probability -> binary mask, as in COCO evaluation
 TABLE_HEADERS = ["class", "classification score", "predicted MaskIoU", "rescored score",
@@ -58,7 +58,7 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None
                         ) -> Predictor:
         """Load a ``maskiou-train`` checkpoint (raises ``CheckpointError`` with one line)."""
-        from maskiou.models import load_trained_model
+        from maskiou.training.models import load_trained_model
 
         device = torch.device(device) if device is not None else default_device()
         model, meta = load_trained_model(path, device)

@@ -89,16 +89,16 @@ class _ScoredTinySegmenter(TinySegmenter):
         losses["loss_maskiou"] = maskiou_training_loss(
             self.maskiou_head, rois, mask_logits, [t["labels"] for t in targets], proposals,
             [t["masks"] for t in targets], [torch.arange(len(p)) for p in proposals],
-            self.maskiou_config,
+            self.maskiou_config.loss_weight, self.maskiou_config.detach_inputs,
         )
         return losses
 
     def detections(self, rois, class_logits, mask_logits, proposals):  # noqa: D102
         results = super().detections(rois, class_logits, mask_logits, proposals)
-        ious = maskiou_inference(self.maskiou_head, rois, mask_logits,
-                                 [r["labels"] for r in results])
-        for r, iou in zip(results, ious):
-            add_maskiou_outputs(r, iou, self.maskiou_config.rescore_outputs)
+        ious, mask_maskness = maskiou_inference(self.maskiou_head, rois, mask_logits,
+                                                [r["labels"] for r in results])
+        for r, iou, mk in zip(results, ious, mask_maskness):
+            add_maskiou_outputs(r, iou, mk, self.maskiou_config.rescore_outputs)
         return results
 
 

@@ -1,14 +1,17 @@
-"""Adapter for ``torchvision.models.detection.MaskRCNN`` (any backbone).
+"""Adapter for ``torchvision.models.detection.MaskRCNN`` (any backbone), installed as
+``maskiou_integrations.torchvision_maskrcnn`` and found through the ``maskiou.adapters`` entry
+point.
 
-torchvision's ``RoIHeads`` has no hook between the mask RoI pooling and the mask convs, so the
-adapter swaps the class of ``model.roi_heads`` for a subclass whose ``forward`` is torchvision's
-with the MaskIoU branch added. No parameter moves: a checkpoint of the plain detector loads into
-the attached model with ``strict=False`` (only ``roi_heads.maskiou_head.*`` is new).
+torchvision's ``RoIHeads`` has no hook between the mask RoI pooling and the mask convs, and a
+scripted ``forward`` cannot call its parent's, so the adapter gives ``model.roi_heads`` a class
+whose ``forward`` is torchvision's with the MaskIoU branch added. That class is made on top of
+the model's own ``RoIHeads`` class: a subclass that overrides anything but ``forward`` (say
+``postprocess_detections``) keeps its override. No parameter moves: a checkpoint of the plain
+detector loads into the attached model with ``strict=False`` (only ``roi_heads.maskiou_head.*``
+is new), and the attached model still scripts with TorchScript.
 """
 
-from __future__ import annotations
-
-from typing import Any
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -20,50 +23,64 @@ from torchvision.models.detection.roi_heads import (
     maskrcnn_loss,
 )
 
-from maskiou.branch import MaskIoUConfig, maskiou_inference, maskiou_training_loss
+from maskiou.branch import (
+    MaskIoUConfig,
+    maskiou_outputs,
+    maskiou_training_inputs,
+    predicted_mask_probs,
+)
 from maskiou.head import MaskIoUHead
+from maskiou.loss import mask_iou_loss
 from maskiou.scoring import add_maskiou_outputs
 
 
 class MaskScoringRoIHeads(RoIHeads):
-    """torchvision's RoIHeads plus a MaskIoU head (``maskiou_head``, ``maskiou_config``)."""
+    """torchvision's RoIHeads plus a MaskIoU head.
 
-    maskiou_head: MaskIoUHead
-    maskiou_config: MaskIoUConfig
+    Attributes set by the adapter: ``maskiou_head`` (:class:`maskiou.MaskIoUHead`) and the
+    :class:`maskiou.MaskIoUConfig` values ``maskiou_rescore``, ``maskiou_loss_weight``,
+    ``maskiou_detach_inputs`` (plain attributes, so that TorchScript can compile them).
+    """
 
     def forward(
         self,
-        features: dict[str, Tensor],
-        proposals: list[Tensor],
-        image_shapes: list[tuple[int, int]],
-        targets: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """Same contract as ``RoIHeads.forward``; adds ``loss_maskiou`` in training and
-        ``cls_scores``/``mask_ious`` (and rescored ``scores``) to each result at inference."""
+        features: Dict[str, Tensor],
+        proposals: List[Tensor],
+        image_shapes: List[Tuple[int, int]],
+        targets: List[Dict[str, Tensor]] | None = None,
+    ) -> Tuple[List[Dict[str, Tensor]], Dict[str, Tensor]]:
+        """``RoIHeads.forward`` with the MaskIoU branch: ``loss_maskiou`` in training;
+        ``cls_scores``, ``mask_ious``, ``maskness`` (and rescored ``scores``) at inference."""
         if targets is not None:
             for t in targets:
                 if not t["boxes"].is_floating_point():
-                    raise TypeError(f"target boxes must be float, got {t['boxes'].dtype}")
+                    raise TypeError("target boxes must be of float type")
                 if t["labels"].dtype != torch.int64:
-                    raise TypeError(f"target labels must be int64, got {t['labels'].dtype}")
-        matched_idxs = labels = None
+                    raise TypeError("target labels must be of int64 type")
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
-                proposals, targets
-            )
+                proposals, targets)
+        else:
+            matched_idxs = None
+            labels = None
+            regression_targets = None
+
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
 
-        result: list[dict[str, Tensor]] = []
-        losses: dict[str, Tensor] = {}
+        result: List[Dict[str, Tensor]] = []
+        losses: Dict[str, Tensor] = {}
+        mask_proposals: List[Tensor] = []
+        pos_matched: List[Tensor] = []
+        pos_labels: List[Tensor] = []
         if self.training:
-            loss_classifier, loss_box_reg = fastrcnn_loss(
-                class_logits, box_regression, labels, regression_targets
-            )
+            if labels is None or regression_targets is None or matched_idxs is None:
+                raise ValueError("training samples missing")
+            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels,
+                                                          regression_targets)
             losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-            mask_proposals, pos_matched, pos_labels = [], [], []
             for props, lab, idx in zip(proposals, labels, matched_idxs):
                 pos = torch.where(lab > 0)[0]
                 mask_proposals.append(props[pos])
@@ -71,68 +88,93 @@ class MaskScoringRoIHeads(RoIHeads):
                 pos_labels.append(lab[pos])
         else:
             boxes, scores, det_labels = self.postprocess_detections(
-                class_logits, box_regression, proposals, image_shapes
-            )
-            result = [{"boxes": b, "labels": lab, "scores": s}
-                      for b, s, lab in zip(boxes, scores, det_labels)]
-            mask_proposals = boxes
+                class_logits, box_regression, proposals, image_shapes)
+            for b, s, lab in zip(boxes, scores, det_labels):
+                result.append({"boxes": b, "labels": lab, "scores": s})
+                mask_proposals.append(b)
+                pos_labels.append(lab)
 
+        if self.mask_roi_pool is None:
+            raise ValueError("this RoIHeads has no mask branch")
         roi_features = self.mask_roi_pool(features, mask_proposals, image_shapes)
         mask_logits = self.mask_predictor(self.mask_head(roi_features))
 
         if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
             gt_masks = [t["masks"] for t in targets]
             gt_labels = [t["labels"] for t in targets]
-            losses["loss_mask"] = maskrcnn_loss(
-                mask_logits, mask_proposals, gt_masks, gt_labels, pos_matched
-            )
-            losses["loss_maskiou"] = maskiou_training_loss(
-                self.maskiou_head, roi_features, mask_logits, pos_labels, mask_proposals,
-                gt_masks, pos_matched, self.maskiou_config,
-            )
+            losses["loss_mask"] = maskrcnn_loss(mask_logits, mask_proposals, gt_masks, gt_labels,
+                                                pos_matched)
+            probs, iou_targets, all_labels = maskiou_training_inputs(
+                mask_logits, pos_labels, mask_proposals, gt_masks, pos_matched)
+            head_features = roi_features
+            if self.maskiou_detach_inputs:
+                head_features, probs = roi_features.detach(), probs.detach()
+            losses["loss_maskiou"] = mask_iou_loss(self.maskiou_head(head_features, probs),
+                                                   all_labels, iou_targets,
+                                                   self.maskiou_loss_weight)
         else:
-            det_labels = [r["labels"] for r in result]
-            ious = maskiou_inference(self.maskiou_head, roi_features, mask_logits, det_labels)
-            for r, probs, iou in zip(result, maskrcnn_inference(mask_logits, det_labels), ious):
-                r["masks"] = probs
-                add_maskiou_outputs(r, iou, self.maskiou_config.rescore_outputs)
+            probs, all_labels = predicted_mask_probs(mask_logits, pos_labels)
+            ious, mask_maskness = maskiou_outputs(self.maskiou_head(roi_features, probs), probs,
+                                                  all_labels, [int(x.shape[0]) for x in pos_labels])
+            masks = maskrcnn_inference(mask_logits, pos_labels)
+            for i, r in enumerate(result):
+                r["masks"] = masks[i]
+                add_maskiou_outputs(r, ious[i], mask_maskness[i], self.maskiou_rescore)
         return result, losses
+
+
+_SCORING_CLASSES: Dict[type, type] = {RoIHeads: MaskScoringRoIHeads}
+
+
+def scoring_class(base: type) -> type:
+    """The class an attached ``base`` (``RoIHeads`` or a subclass) becomes: our ``forward`` first
+    in the MRO, every other method of ``base`` kept. Made once per class and kept in this module
+    under its own name, so that pickling and TorchScript find it."""
+    if base not in _SCORING_CLASSES:
+        name = f"MaskScoring{base.__name__}_{len(_SCORING_CLASSES)}"
+        cls = type(name, (MaskScoringRoIHeads, base), {"__module__": __name__,
+                                                         "__qualname__": name})
+        globals()[name] = cls
+        _SCORING_CLASSES[base] = cls
+    return _SCORING_CLASSES[base]
 
 
 class TorchvisionMaskRCNNAdapter:
     """Attaches the head to ``model.roi_heads`` of a torchvision ``MaskRCNN``."""
 
-    name = "torchvision MaskRCNN (integrations.torchvision_maskrcnn)"
+    name = "torchvision MaskRCNN (maskiou_integrations.torchvision_maskrcnn)"
 
     def matches(self, model: nn.Module) -> bool:
         return isinstance(model, MaskRCNN)
 
-    def head_defaults(self, model: nn.Module) -> dict[str, Any]:
+    def head_defaults(self, model: nn.Module) -> Dict[str, Any]:
         rh = model.roi_heads
-        if type(rh) is not RoIHeads:
-            raise TypeError(f"attach_maskiou_head: model.roi_heads is a {type(rh).__name__}, a "
-                            "subclass of torchvision's RoIHeads whose overrides the adapter would "
-                            "drop; write an adapter for it (see examples/custom_adapter.py)")
+        if not isinstance(rh, RoIHeads):
+            raise TypeError(f"attach_maskiou_head: model.roi_heads is a {type(rh).__name__}, not "
+                            "torchvision's RoIHeads; write an adapter for it "
+                            "(see examples/custom_adapter.py)")
+        if type(rh).forward is not RoIHeads.forward:
+            raise TypeError(f"attach_maskiou_head: {type(rh).__name__} overrides "
+                            "RoIHeads.forward, which the MaskIoU branch replaces; write an "
+                            "adapter for it (see examples/custom_adapter.py)")
         if not rh.has_mask():
             raise TypeError("attach_maskiou_head: this MaskRCNN has no mask branch")
         if rh.has_keypoint():
             raise TypeError("attach_maskiou_head: keypoint branches are not supported")
         num_classes = rh.box_predictor.cls_score.out_features
-        in_channels = _out_channels(rh.mask_roi_pool, model)
+        channels = getattr(model.backbone, "out_channels", None)
+        if channels is None:
+            raise TypeError("attach_maskiou_head: model.backbone has no out_channels")
         size = getattr(rh.mask_roi_pool, "output_size", (14, 14))
         roi_size = size[0] if isinstance(size, (tuple, list)) else int(size)
-        return {"in_channels": in_channels, "num_classes": num_classes, "roi_size": roi_size}
+        return {"in_channels": int(channels), "num_classes": num_classes, "roi_size": roi_size}
 
     def install(self, model: nn.Module, head: MaskIoUHead, config: MaskIoUConfig) -> None:
         rh = model.roi_heads
-        rh.__class__ = MaskScoringRoIHeads
+        rh.__class__ = scoring_class(type(rh))
         rh.maskiou_head = head
-        rh.maskiou_config = config
-
-
-def _out_channels(mask_roi_pool: nn.Module, model: nn.Module) -> int:
-    """Channels of the mask RoI features: the backbone's ``out_channels`` (256 for FPN)."""
-    channels = getattr(model.backbone, "out_channels", None)
-    if channels is None:
-        raise TypeError("attach_maskiou_head: model.backbone has no out_channels")
-    return int(channels)
+        rh.maskiou_rescore = bool(config.rescore_outputs)
+        rh.maskiou_loss_weight = float(config.loss_weight)
+        rh.maskiou_detach_inputs = bool(config.detach_inputs)

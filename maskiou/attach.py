@@ -1,21 +1,26 @@
 """``attach_maskiou_head``: find the adapter for a model and install the MaskIoU head in it.
 
-An adapter is any object with three members (see the README, "Write an adapter"):
+An adapter is any object with four members (see the README, "Write an adapter"):
 
 - ``name: str``, shown in error messages;
 - ``matches(model) -> bool``;
 - ``head_defaults(model) -> dict``: the head arguments the model implies
   (``in_channels``, ``num_classes``, ``roi_size``);
-- ``install(model, head, config) -> None``: put the head and a :class:`MaskIoUConfig` in the
-  model and make its forward add ``loss_maskiou`` in training and ``cls_scores``/``mask_ious``
-  (and rescored ``scores``) at inference, calling :mod:`maskiou.branch`.
+- ``install(model, head, config) -> None``: put the head and the :class:`MaskIoUConfig` values in
+  the model and make its forward add ``loss_maskiou`` in training and ``cls_scores``,
+  ``mask_ious``, ``maskness`` (and rescored ``scores``) at inference, with :mod:`maskiou.branch`.
 
-Built-in adapters are imported lazily, so the core never imports a detector library itself.
+Adapters are plugins. A package ships one by declaring an entry point in the group
+``maskiou.adapters`` (``name = "package.module:AdapterClass"``, a class or an instance); the
+built-in torchvision adapter (``maskiou_integrations.torchvision_maskrcnn``) is found the same
+way. ``register_adapter`` adds one at run time. The core itself never imports an adapter or a
+detector library.
 """
 
 from __future__ import annotations
 
-import importlib
+import warnings
+from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
@@ -38,14 +43,13 @@ class Adapter(Protocol):
     def install(self, model: nn.Module, head: MaskIoUHead, config: MaskIoUConfig) -> None: ...
 
 
-BUILTIN_ADAPTERS: dict[str, str] = {
-    "torchvision MaskRCNN": "integrations.torchvision_maskrcnn:TorchvisionMaskRCNNAdapter",
-}
+ENTRY_POINT_GROUP = "maskiou.adapters"
 _registered: list[Adapter] = []
 
 
 def register_adapter(adapter: Adapter) -> Adapter:
-    """Make ``attach_maskiou_head`` recognise another detector family. Returns ``adapter``."""
+    """Make ``attach_maskiou_head`` recognise another detector family, ahead of the adapters
+    found through entry points. Returns ``adapter``."""
     if not isinstance(adapter, Adapter):
         raise TypeError(f"{adapter!r} is not an adapter: it needs name, matches, head_defaults "
                         "and install (see maskiou.attach.Adapter)")
@@ -53,16 +57,33 @@ def register_adapter(adapter: Adapter) -> Adapter:
     return adapter
 
 
-def available_adapters() -> list[Adapter]:
-    """Registered adapters first, then the built-in ones whose library is installed."""
-    adapters = list(_registered)
-    for spec in BUILTIN_ADAPTERS.values():
-        module, _, attr = spec.partition(":")
+def entry_point_adapters() -> list[Adapter]:
+    """The adapters that installed packages declare in the ``maskiou.adapters`` entry-point
+    group. An adapter whose module cannot be imported (its detector library is not installed)
+    is skipped; one that loads but is not an adapter is skipped with a warning."""
+    adapters: list[Adapter] = []
+    seen: set[str] = set()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value in seen:  # the same distribution found twice on sys.path
+            continue
+        seen.add(ep.value)
         try:
-            adapters.append(getattr(importlib.import_module(module), attr)())
+            obj = ep.load()
         except ImportError:
             continue
+        adapter = obj() if isinstance(obj, type) else obj
+        if isinstance(adapter, Adapter):
+            adapters.append(adapter)
+        else:
+            warnings.warn(f"entry point {ep.name} = {ep.value} in {ENTRY_POINT_GROUP} is not an "
+                          "adapter (needs name, matches, head_defaults, install); ignored",
+                          stacklevel=2)
     return adapters
+
+
+def available_adapters() -> list[Adapter]:
+    """Registered adapters first (newest first), then those found through entry points."""
+    return [*_registered, *entry_point_adapters()]
 
 
 def find_adapter(model: nn.Module) -> Adapter:
@@ -76,8 +97,9 @@ def find_adapter(model: nn.Module) -> Adapter:
         f"attach_maskiou_head: no adapter for {type(model).__module__}.{type(model).__name__}. "
         f"Adapters available: {names}. To support another RoI-based segmenter, write an object "
         "with name, matches(model), head_defaults(model) and install(model, head, config) "
-        "(see examples/custom_adapter.py) and pass it as adapter=... or call "
-        "maskiou.register_adapter(...)."
+        "(see examples/custom_adapter.py) and pass it as adapter=..., call "
+        "maskiou.register_adapter(...), or declare it as an entry point in the group "
+        f"'{ENTRY_POINT_GROUP}'."
     )
 
 

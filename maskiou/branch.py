@@ -1,19 +1,28 @@
-"""The MaskIoU branch as two functions an adapter calls: one for training, one for inference.
+"""The MaskIoU branch between a detector's mask branch and its outputs, shared by every adapter.
 
 An adapter only has to find, in its detector, the RoI features of the mask branch, the mask
 logits, and (in training) the proposals with their labels, GT masks and matched GT indices. The
-rest is here, shared by every detector family.
+tensor work is here, in functions TorchScript can compile (a scripted ``forward`` cannot pass a
+module to a free function, so the adapter calls the head itself between them):
+
+- training: ``probs, targets, labels = maskiou_training_inputs(...)``, then
+  ``mask_iou_loss(head(roi_features, probs), labels, targets, weight)``;
+- inference: ``probs = predicted_mask_probs(...)``, then
+  ``maskiou_outputs(head(roi_features, probs), probs, labels, sizes)``, then
+  :func:`maskiou.scoring.add_maskiou_outputs` on each image's result.
+
+:func:`maskiou_training_loss` and :func:`maskiou_inference` chain the same steps for adapters
+written in plain Python (see ``examples/custom_adapter.py``).
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
+from typing import List, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .head import MaskIoUHead
 from .loss import mask_iou_loss, select_class
+from .scoring import maskness
 from .targets import mask_iou_targets
 
 
@@ -50,51 +59,106 @@ def select_masks(mask_logits: Tensor, labels: Tensor) -> Tensor:
     return select_class(mask_logits, labels)
 
 
-def maskiou_training_loss(
-    head: MaskIoUHead,
-    roi_features: Tensor,
+def _cat_labels(labels: List[Tensor], like: Tensor) -> Tensor:
+    if len(labels) == 0:
+        return torch.zeros(0, dtype=torch.int64, device=like.device)
+    return torch.cat(labels)
+
+
+def maskiou_training_inputs(
     mask_logits: Tensor,
-    labels: list[Tensor],
-    proposals: list[Tensor],
-    gt_masks: list[Tensor],
-    matched_idxs: list[Tensor],
-    config: MaskIoUConfig | None = None,
-) -> Tensor:
-    """``loss_maskiou`` for a batch of positive RoIs (the RoIs of the mask loss).
+    labels: List[Tensor],
+    proposals: List[Tensor],
+    gt_masks: List[Tensor],
+    matched_idxs: List[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Head input and regression targets for a batch of training RoIs.
 
     Args:
-        head: the MaskIoU head.
-        roi_features: Tensor[N, C, S, S], RoI features of all images, concatenated in image order.
-        mask_logits: Tensor[N, K, M, M], the mask predictor's output for the same RoIs.
+        mask_logits: Tensor[N, K, M, M], the mask predictor's output for the RoIs of all images,
+            concatenated in image order.
         labels: per image, Tensor[n_i] int64, GT class of each RoI (sum n_i == N).
         proposals: per image, Tensor[n_i, 4], boxes (x1, y1, x2, y2) in pixels.
         gt_masks: per image, Tensor[G_i, H, W], full-image GT masks.
         matched_idxs: per image, Tensor[n_i] int64, index into that image's ``gt_masks``.
-        config: behaviour; defaults to :class:`MaskIoUConfig()`.
+
+    Returns:
+        (probs Tensor[N, M, M]: the GT class's mask probability, the head's mask input;
+        targets Tensor[N] float32: full-instance MaskIoU, :func:`maskiou.mask_iou_targets`;
+        labels Tensor[N] int64, concatenated).
+    """
+    all_labels = _cat_labels(labels, mask_logits)
+    logits = select_masks(mask_logits, all_labels)
+    sizes = [int(x.shape[0]) for x in labels]
+    targets: List[Tensor] = []
+    for lg, p, g, m in zip(logits.split(sizes), proposals, gt_masks, matched_idxs):
+        targets.append(mask_iou_targets(lg, p, g, m))
+    target = torch.cat(targets) if len(targets) > 0 else logits.new_zeros(0)
+    return logits.sigmoid(), target, all_labels
+
+
+def predicted_mask_probs(mask_logits: Tensor, labels: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    """(Tensor[N, M, M] mask probability of each detection's predicted class, Tensor[N] labels).
+
+    Args:
+        mask_logits: Tensor[N, K, M, M] of the final detections of all images.
+        labels: per image, Tensor[n_i] int64, the predicted classes.
+    """
+    all_labels = _cat_labels(labels, mask_logits)
+    return select_masks(mask_logits, all_labels).sigmoid(), all_labels
+
+
+def maskiou_outputs(pred_ious: Tensor, probs: Tensor, labels: Tensor, sizes: List[int]
+                    ) -> Tuple[List[Tensor], List[Tensor]]:
+    """Per image, the predicted MaskIoU of each detection's class and its maskness.
+
+    Args:
+        pred_ious: Tensor[N, C], the head's output.
+        probs: Tensor[N, M, M], the head's mask input (predicted class's probability).
+        labels: Tensor[N] int64, predicted classes.
+        sizes: detections per image (sum == N).
+
+    Returns:
+        (per image Tensor[n_i] float32 in [0, 1], per image Tensor[n_i] float32 maskness).
+    """
+    ious = select_class(pred_ious, labels).float().clamp(0.0, 1.0)
+    return list(ious.split(sizes)), list(maskness(probs).split(sizes))
+
+
+def maskiou_training_loss(
+    head: nn.Module,
+    roi_features: Tensor,
+    mask_logits: Tensor,
+    labels: List[Tensor],
+    proposals: List[Tensor],
+    gt_masks: List[Tensor],
+    matched_idxs: List[Tensor],
+    loss_weight: float = 1.0,
+    detach_inputs: bool = False,
+) -> Tensor:
+    """``loss_maskiou`` for a batch of positive RoIs (the RoIs of the mask loss), in one call.
+
+    Args:
+        head: the MaskIoU head.
+        roi_features: Tensor[N, C, S, S], RoI features of all images, in image order.
+        mask_logits, labels, proposals, gt_masks, matched_idxs: see
+            :func:`maskiou_training_inputs`.
+        loss_weight: weight of the loss.
+        detach_inputs: keep the loss out of the RoI features and the mask branch.
 
     Returns:
         Scalar tensor; exactly 0 (in the graph) when no RoI has a positive target.
     """
-    config = config or MaskIoUConfig()
-    all_labels = torch.cat(labels) if labels else mask_logits.new_zeros(0, dtype=torch.int64)
-    logits = select_masks(mask_logits, all_labels)
-    targets = [
-        mask_iou_targets(lg, p, g, m)
-        for lg, p, g, m in zip(logits.split([len(x) for x in labels]), proposals, gt_masks,
-                               matched_idxs)
-    ]
-    target = torch.cat(targets) if targets else logits.new_zeros(0)
-    probs = logits.sigmoid()
-    if config.detach_inputs:
+    probs, targets, all_labels = maskiou_training_inputs(mask_logits, labels, proposals, gt_masks,
+                                                         matched_idxs)
+    if detach_inputs:
         roi_features, probs = roi_features.detach(), probs.detach()
-    pred = head(roi_features, probs)
-    return mask_iou_loss(pred, all_labels, target, config.loss_weight)
+    return mask_iou_loss(head(roi_features, probs), all_labels, targets, loss_weight)
 
 
-def maskiou_inference(
-    head: MaskIoUHead, roi_features: Tensor, mask_logits: Tensor, labels: list[Tensor]
-) -> list[Tensor]:
-    """Predicted MaskIoU of each detection's predicted class.
+def maskiou_inference(head: nn.Module, roi_features: Tensor, mask_logits: Tensor,
+                      labels: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+    """Predicted MaskIoU and maskness of each detection's predicted class, in one call.
 
     Args:
         head: the MaskIoU head.
@@ -103,9 +167,9 @@ def maskiou_inference(
         labels: per image, Tensor[n_i] int64, the predicted classes.
 
     Returns:
-        Per image, Tensor[n_i] float32 in [0, 1].
+        (per image Tensor[n_i] float32 IoUs in [0, 1], per image Tensor[n_i] maskness).
     """
-    all_labels = torch.cat(labels) if labels else mask_logits.new_zeros(0, dtype=torch.int64)
-    probs = select_masks(mask_logits, all_labels).sigmoid()
-    ious = select_class(head(roi_features, probs), all_labels).float().clamp(0.0, 1.0)
-    return list(ious.split([len(x) for x in labels]))
+    probs, all_labels = predicted_mask_probs(mask_logits, labels)
+    return maskiou_outputs(head(roi_features, probs), probs, all_labels,
+                           [int(x.shape[0]) for x in labels])
+

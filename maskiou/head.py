@@ -5,8 +5,6 @@ ground-truth mask. Input: the RoI feature of the mask branch (before the mask co
 predicted mask probability of the target class, max-pooled to the RoI feature's size.
 """
 
-from __future__ import annotations
-
 from typing import Literal
 
 import torch

@@ -1,7 +1,5 @@
 """The MaskIoU regression loss (paper section 3.2: L2, loss weight 1)."""
 
-from __future__ import annotations
-
 import torch
 from torch import Tensor
 

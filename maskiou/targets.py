@@ -8,14 +8,14 @@ an integral image of the GT mask and is converted to grid cells with the box's c
 scale. Everything is batched on the inputs' device: no loop over RoIs, no host transfer.
 """
 
-from __future__ import annotations
+from typing import Tuple
 
 import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
 
-def gt_area_in_boxes(gt_masks: Tensor, boxes: Tensor, gt_idxs: Tensor) -> tuple[Tensor, Tensor]:
+def gt_area_in_boxes(gt_masks: Tensor, boxes: Tensor, gt_idxs: Tensor) -> Tuple[Tensor, Tensor]:
     """Pixel area of each box's matched GT mask, inside the box and in total.
 
     One pass over the masks: a cumulative sum along each row (float32, exact for rows shorter
@@ -34,7 +34,7 @@ def gt_area_in_boxes(gt_masks: Tensor, boxes: Tensor, gt_idxs: Tensor) -> tuple[
     return _areas(gt_masks[used].float(), boxes, local)
 
 
-def _areas(masks: Tensor, boxes: Tensor, idxs: Tensor) -> tuple[Tensor, Tensor]:
+def _areas(masks: Tensor, boxes: Tensor, idxs: Tensor) -> Tuple[Tensor, Tensor]:
     """:func:`gt_area_in_boxes` on float32 masks that ``idxs`` index directly."""
     _, h, w = masks.shape
     rows = torch.zeros((len(masks), h, w + 1), dtype=torch.float32, device=masks.device)
@@ -70,7 +70,6 @@ def project_masks(gt_masks: Tensor, boxes: Tensor, gt_idxs: Tensor, size: int) -
     return roi_align(gt_masks[:, None].to(boxes.dtype), rois, (size, size), 1.0)[:, 0]
 
 
-@torch.no_grad()
 def mask_iou_targets(
     mask_logits: Tensor, proposals: Tensor, gt_masks: Tensor, matched_idxs: Tensor
 ) -> Tensor:
@@ -110,31 +109,3 @@ def mask_iou_targets(
     union = pred_area + gt_in_grid + gt_outside_grid - inter
     iou = torch.where(union > 0, inter / union.clamp(min=1e-6), torch.zeros_like(union))
     return iou.clamp(0.0, 1.0)
-
-
-def mask_iou_targets_reference(
-    mask_logits: Tensor, proposals: Tensor, gt_masks: Tensor, matched_idxs: Tensor
-) -> Tensor:
-    """The same targets computed one RoI at a time on the CPU, the way public ports do.
-
-    Slow on purpose: it is the reference the vectorized version is checked and timed against.
-    Shapes as in :func:`mask_iou_targets`.
-    """
-    m = mask_logits.shape[-1]
-    out = []
-    masks = gt_masks.cpu()
-    h, w = masks.shape[-2:]
-    for logits, box, g in zip(mask_logits.cpu(), proposals.cpu().float(), matched_idxs.cpu()):
-        gt = masks[int(g)]
-        proj = project_masks(gt[None], box[None], torch.zeros(1, dtype=torch.int64), m)[0] >= 0.5
-        pred = logits > 0
-        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
-        x1, y1 = min(max(x1, 0), w), min(max(y1, 0), h)
-        x2, y2 = max(min(max(x2, 0), w), x1), max(min(max(y2, 0), h), y1)
-        total = float((gt != 0).sum())
-        inside = float((gt[y1:y2, x1:x2] != 0).sum())
-        box_area = max(float((box[2] - box[0]) * (box[3] - box[1])), 1e-6)
-        inter = float((pred & proj).sum())
-        union = float(pred.sum()) + float(proj.sum()) + (total - inside) * m * m / box_area - inter
-        out.append(inter / union if union > 0 else 0.0)
-    return torch.tensor(out, dtype=torch.float32).clamp(0.0, 1.0)

@@ -50,12 +50,12 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
 def test_export_and_shipped_warm_start(tmp_path, monkeypatch, capsys):
     import torch
 
-    from maskiou import benchmark
-    from maskiou.config import resolve
     from maskiou.data.synthetic import generate_synthetic_coco
-    from maskiou.export import export_checkpoint
-    from maskiou.models import load_trained_model
-    from maskiou.train import Trainer
+    from maskiou.evaluation import benchmark
+    from maskiou.training.config import resolve
+    from maskiou.training.export import export_checkpoint
+    from maskiou.training.models import load_trained_model
+    from maskiou.training.trainer import Trainer
 
     data = generate_synthetic_coco(tmp_path / "syn", 8, 4, seed=1, image_size=64, progress=False)
     cfg = resolve("synthetic-cpu", dict(synthetic_dir=str(data.root), synthetic_train=8,

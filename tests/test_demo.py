@@ -169,7 +169,8 @@ def test_real_model_forced_head(split: ValSplit) -> None:
     assert len(left[1]) == len(pred) and len(right[1]) == len(pred) - n1  # 0.12 < 0.25 <= 0.27
     assert all(names[2] in label for _, label in right[1])
     # the true MaskIoU column agrees with the benchmark's COCO-based computation
-    from maskiou.evaluation import Detections, true_mask_ious
+    from maskiou.evaluation.cocoeval import true_mask_ious
+    from maskiou.evaluation.predict import Detections
 
     image_id = split.dataset.image_ids[0]
     cats = np.array([split.dataset.label_to_cat_id[int(x)] for x in pred.labels])
@@ -271,7 +272,7 @@ def test_default_model_missing_offers_training(split: ValSplit, tmp_path: Path,
         trained.append(run_dir)
         return write_tiny_checkpoint(run_dir / "model_final.pt", split.dataset.class_names)
 
-    monkeypatch.setattr("maskiou.benchmark.train_or_reuse", fake_train)
+    monkeypatch.setattr("maskiou.evaluation.benchmark.train_or_reuse", fake_train)
     app = DemoApp(split=split)
     default = tmp_path / "models" / "synthetic-cpu" / "model_final.pt"
     assert app.checkpoint == str(default)

@@ -24,7 +24,7 @@ if not Path(CHROMIUM).is_file():
 from test_demo import checkpoint, free_port, split  # noqa: E402, F401 - fixtures
 
 from demo.app import build_app  # noqa: E402
-from maskiou.datasets import default_model_path  # noqa: E402
+from maskiou.training.paths import default_model_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -5,15 +5,8 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from maskiou.evaluation import (
-    Detections,
-    coco_ap,
-    coco_results,
-    encode_masks,
-    evaluate_scorings,
-    true_mask_ious,
-)
-from maskiou.metrics import (
+from maskiou.evaluation.cocoeval import coco_ap, coco_results, evaluate_scorings, true_mask_ious
+from maskiou.evaluation.metrics import (
     binned_means,
     correlation_summary,
     expected_calibration_error,
@@ -21,7 +14,8 @@ from maskiou.metrics import (
     scorings,
     spearman,
 )
-from maskiou.report import markdown_report
+from maskiou.evaluation.predict import Detections, encode_masks
+from maskiou.evaluation.report import markdown_report
 
 
 def square(x, y, s=20, size=64):

@@ -75,7 +75,7 @@ def test_rescore_and_output_fields():
         pytest.approx([0.4, 0.5, 0.0])
     r = {"scores": torch.tensor([0.9, 0.8]), "boxes": torch.tensor([[0.0, 0, 1, 1], [1, 1, 2, 2]]),
          "labels": torch.tensor([1, 2])}
-    add_maskiou_outputs(r, torch.tensor([0.5, 1.0]), rescore_outputs=True)
+    add_maskiou_outputs(r, torch.tensor([0.5, 1.0]), torch.tensor([0.7, 0.6]), rescore_outputs=True)
     assert r["scores"].tolist() == pytest.approx([0.8, 0.45])  # re-sorted, highest first
     assert r["labels"].tolist() == [2, 1] and r["cls_scores"].tolist() == pytest.approx([0.8, 0.9])
     assert r["mask_ious"].tolist() == [1.0, 0.5]

@@ -6,8 +6,8 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-from integrations.torchvision_models import build_maskrcnn
 from maskiou import attach_maskiou_head, find_maskiou_head
+from maskiou.training.builders import build_maskrcnn
 
 
 def images(n=1, size=64, seed=0):
@@ -158,7 +158,7 @@ def test_unknown_model_and_double_attach(model):
 
 
 def test_coco_predictors_keep_the_rows_of_the_dataset_classes():
-    from integrations.torchvision_models import _adapt_predictors
+    from maskiou.training.builders import _adapt_predictors
 
     coco = build_maskrcnn("maskrcnn_resnet18_fpn", 91, min_size=64, max_size=64)
     box = coco.roi_heads.box_predictor
@@ -187,7 +187,7 @@ def test_plain_and_adapted_roi_heads_agree_on_the_detector():
     b = scored(images(2), [square_target(), empty_target()])
     for k, v in a.items():
         assert torch.equal(v, b[k]), k
-    scored.roi_heads.maskiou_config.rescore_outputs = False
+    scored.roi_heads.maskiou_rescore = False
     plain.eval(), scored.eval()
     with torch.no_grad():
         pa, pb = plain(images(1)), scored(images(1))

@@ -6,10 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskiou.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_atomic
-from maskiou.config import resolve
-from maskiou.models import build_model, load_trained_model
-from maskiou.train import Trainer, lr_factor, main
+from maskiou.training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    save_atomic,
+)
+from maskiou.training.config import resolve
+from maskiou.training.models import build_model, load_trained_model
+from maskiou.training.trainer import Trainer, lr_factor, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,7 +158,7 @@ def test_cli_bad_input_exits_nonzero(tmp_path, capsys):
 def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29517", "-m", "maskiou.train",
+           "--master_port=29517", "-m", "maskiou.training",
            *tiny_args(tiny_data, tmp_path, "--max-iters", "2", "--batch-size", "1")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

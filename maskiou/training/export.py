@@ -1,8 +1,8 @@
 """Shrink a trainer checkpoint to what inference needs: weights (float16 by default) + metadata.
 
-    python -m maskiou.export runs/synthetic-cpu/model_final.pt maskiou/pretrained/synthetic_cpu.pt
+    maskiou-export runs/synthetic-cpu/model_final.pt maskiou/pretrained/synthetic_cpu.pt
 
-This is how the shipped warm-start model was made (see maskiou/pretrained/README.md). Loading
+This is how the shipped models in ``maskiou/pretrained/`` were made. Loading
 casts the weights back to the model's dtype.
 """
 

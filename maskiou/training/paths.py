@@ -23,7 +23,7 @@ def synthetic_dir(cfg: TrainConfig) -> Path:
 
 def resolve_split(cfg: TrainConfig, split: str, progress: bool = True) -> tuple[Path, Path]:
     """(annotation JSON, image folder) of ``split`` ("train" or "val") for ``cfg``."""
-    from .data.coco import coco_root_paths
+    from maskiou.data.coco import coco_root_paths
 
     explicit = (cfg.train_json, cfg.train_images) if split == "train" else (cfg.val_json,
                                                                            cfg.val_images)
@@ -34,7 +34,7 @@ def resolve_split(cfg: TrainConfig, split: str, progress: bool = True) -> tuple[
     if cfg.coco_root:
         return coco_root_paths(cfg.coco_root, split)
     if cfg.dataset == "synthetic":
-        from .data.synthetic import generate_synthetic_coco
+        from maskiou.data.synthetic import generate_synthetic_coco
 
         paths = generate_synthetic_coco(synthetic_dir(cfg), cfg.synthetic_train,
                                         cfg.synthetic_val, seed=0,
@@ -58,5 +58,5 @@ def default_model_path() -> Path:
 
 def shipped_model_path() -> Path:
     """The warm-start checkpoint shipped in the package (``synthetic-cpu``, trained by this
-    project's own trainer; see ``maskiou/pretrained/README.md``)."""
-    return Path(__file__).resolve().parent / "pretrained" / "synthetic_cpu.pt"
+    project's own trainer; its config and training log lie beside it)."""
+    return Path(__file__).resolve().parents[1] / "pretrained" / "synthetic_cpu.pt"

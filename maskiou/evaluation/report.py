@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .evaluation import AP_KEYS
+from .cocoeval import AP_KEYS
 from .metrics import SCORINGS, binned_means
 
 SCORING_TITLES = {"cls": "Mask R-CNN (classification score)",

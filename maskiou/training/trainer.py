@@ -1,7 +1,7 @@
 """Train torchvision Mask R-CNN with (or without) the MaskIoU head.
 
-``python -m maskiou.train [--config synthetic-cpu|coco-r50-1x] [overrides]``, or under
-``torchrun --nproc_per_node=K -m maskiou.train ...`` for DDP (NCCL on GPU, gloo on CPU).
+``python -m maskiou.training [--config synthetic-cpu|coco-r50-1x] [overrides]``, or under
+``torchrun --nproc_per_node=K -m maskiou.training ...`` for DDP (NCCL on GPU, gloo on CPU).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import DEFAULT_PRESET, PRESETS, TrainConfig, add_config_arguments, resolve
-from .datasets import resolve_split
 from .models import build_model
+from .paths import resolve_split
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], world: int
@@ -70,7 +70,7 @@ class Trainer:
     """Owns one run: data, model, optimizer, schedule, checkpoints and logs."""
 
     def __init__(self, cfg: TrainConfig, output_dir: str | Path, progress: bool = True) -> None:
-        from .data.coco import CocoInstanceDataset
+        from maskiou.data.coco import CocoInstanceDataset
 
         self.cfg, self.out = cfg, Path(output_dir)
         self.rank, self.world, self.device = D.init_distributed(cfg.device)
@@ -112,7 +112,7 @@ class Trainer:
         self.iteration = 0
 
     def _batches(self, epoch: int) -> list[list[int]]:
-        from .data.sampling import epoch_batches
+        from maskiou.data.sampling import epoch_batches
 
         return epoch_batches(self.aspect, self.cfg.batch_size, self.cfg.seed, epoch,
                              rank=self.rank, world_size=self.world,
@@ -177,7 +177,7 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------
 
     def _prepare(self, images, targets):
-        from .data.transforms import hflip
+        from maskiou.data.transforms import hflip
 
         out_i, out_t = [], []
         for image, target in zip(images, targets):
@@ -217,8 +217,8 @@ class Trainer:
         return values
 
     def train(self) -> Path:
-        from .data.coco import collate_fn
-        from .data.sampling import ResumableBatchSampler
+        from maskiou.data.coco import collate_fn
+        from maskiou.data.sampling import ResumableBatchSampler
 
         cfg = self.cfg
         log = (self.out / "train_log.jsonl").open("a") if self.main else None
@@ -300,7 +300,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data.coco import CocoFormatError
+    from maskiou.data.coco import CocoFormatError
 
     args, cfg = parse_args(argv)
     try:

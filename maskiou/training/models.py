@@ -1,7 +1,5 @@
-"""Build the detector a :class:`TrainConfig` describes, with or without the MaskIoU head.
-
-This is the application layer (trainer, benchmarks, demo): it uses the torchvision integration,
-the add-on core in ``maskiou/*`` never does.
+"""Build the detector a :class:`TrainConfig` describes, with or without the MaskIoU head, and
+rebuild the model of any checkpoint the trainer (or the add-on trainer) writes.
 """
 
 from __future__ import annotations
@@ -12,7 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attach import attach_maskiou_head
+from maskiou.attach import attach_maskiou_head
+
+from .builders import build_maskrcnn
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
 from .config import TrainConfig
 
@@ -23,8 +23,6 @@ def build_model(cfg: TrainConfig, num_classes: int,
     when ``cfg.maskiou``; with ``cfg.detector_checkpoint`` the detector's weights come from it.
     ``label_to_cat_id`` lets COCO-pretrained predictors keep the rows of the dataset's classes.
     """
-    from integrations.torchvision_models import build_maskrcnn
-
     if cfg.freeze_detector and not (cfg.detector_checkpoint or cfg.weights):
         raise ValueError("--freeze-detector trains only the head on a trained detector: give "
                          "--detector-checkpoint PATH or --weights NAME")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .attach import find_maskiou_head
+from maskiou.attach import find_maskiou_head
 
 
 def count_flops(fn: Any, *args: Any) -> int:

@@ -1,7 +1,7 @@
 """The main job behind ``benchmarks/coco_eval.py``: get a model, evaluate three scorings, report.
 
 With no data flags it uses the embedded synthetic dataset and the default ``synthetic-cpu``
-model, trained once and cached under ``maskiou.datasets.default_model_dir()``.
+model, trained once and cached under ``maskiou.training.paths.default_model_dir()``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed as D
-from .checkpoint import load_checkpoint, save_atomic
-from .config import TrainConfig
+from maskiou.training import distributed as D
+from maskiou.training.checkpoint import load_checkpoint, save_atomic
+from maskiou.training.config import TrainConfig
+from maskiou.training.models import load_trained_model
+from maskiou.training.paths import default_model_dir, resolve_split, shipped_model_path
+
+from .cocoeval import evaluate_scorings, true_mask_ious
 from .cost import head_cost
-from .datasets import default_model_dir, resolve_split, shipped_model_path
-from .evaluation import Detections, evaluate_scorings, predict, true_mask_ious
 from .metrics import correlation_summary, scorings
-from .models import load_trained_model
+from .predict import Detections, predict
 from .report import markdown_report, plot_correlation, plot_score_vs_iou, write_metrics
 
 
@@ -51,7 +53,7 @@ def train_or_reuse(cfg: TrainConfig, run_dir: Path, progress: bool, retrain: boo
     """``run_dir/model_final.pt``, training it first unless a checkpoint with the same config is
     already there (a run interrupted after a checkpoint resumes from ``last.pt``). For the
     embedded default the shipped warm-start checkpoint is used unless ``retrain``."""
-    from .train import Trainer
+    from maskiou.training.trainer import Trainer
 
     final = run_dir / "model_final.pt"
     saved = run_dir / "config.json"
@@ -98,7 +100,7 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None,
         batch_size: int = 8, backend: str = "pycocotools", progress: bool = True,
         retrain: bool = False, run_root: Path | None = None) -> dict[str, Any]:
     """Evaluate (training first if needed) and write the report; returns metrics.json's dict."""
-    from .data.coco import CocoInstanceDataset
+    from maskiou.data.coco import CocoInstanceDataset
 
     _, _, dev = D.init_distributed(device)
     run_root = run_root or default_model_dir().parent

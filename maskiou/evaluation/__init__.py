@@ -1,0 +1,7 @@
+"""The evaluation application: inference over a dataset, COCO AP under each scoring, correlation
+and calibration of the scores, the cost of the head, reports, and the benchmark runner behind
+``benchmarks/coco_eval.py`` (shared with the demo).
+
+Built on the core (``maskiou``), ``maskiou.data`` and ``maskiou.training``; the core never
+imports it.
+"""

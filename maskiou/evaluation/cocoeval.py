@@ -1,0 +1,94 @@
+"""COCO AP of the same detections under each scoring, and the true MaskIoU of each detection.
+
+The true MaskIoU comes from pycocotools' RLE IoU against the GT masks of the detection's class;
+AP comes from COCOeval (or faster-coco-eval, which must agree).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from .metrics import SCORINGS, scorings
+from .predict import Detections
+
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def true_mask_ious(dets: Detections, coco_gt: Any) -> np.ndarray:
+    """For each detection, the best mask IoU with a non-crowd GT instance of its category in its
+    image (0 when there is none). One pycocotools call per (image, category)."""
+    out = np.zeros(len(dets))
+    keys = np.stack([dets.image_ids, dets.category_ids], 1) if len(dets) else np.zeros((0, 2))
+    for image_id, cat_id in {tuple(k) for k in keys.tolist()}:
+        sel = np.where((dets.image_ids == image_id) & (dets.category_ids == cat_id))[0]
+        ann_ids = coco_gt.getAnnIds(imgIds=[int(image_id)], catIds=[int(cat_id)], iscrowd=False)
+        anns = coco_gt.loadAnns(ann_ids)
+        if not anns:
+            continue
+        gts = [coco_gt.annToRLE(a) for a in anns]
+        ious = mask_utils.iou([dets.rles[i] for i in sel], gts, [0] * len(gts))
+        out[sel] = np.asarray(ious).reshape(len(sel), len(gts)).max(axis=1)
+    return out
+
+
+def coco_results(dets: Detections, scores: np.ndarray, iou_type: str) -> list[dict[str, Any]]:
+    """COCO results JSON entries for ``iou_type`` "segm" or "bbox" with the given scores."""
+    out = []
+    for i in range(len(dets)):
+        entry = {"image_id": int(dets.image_ids[i]), "category_id": int(dets.category_ids[i]),
+                 "score": float(scores[i])}
+        if iou_type == "segm":
+            entry["segmentation"] = dets.rles[i]
+        else:
+            entry["bbox"] = [round(float(v), 2) for v in dets.boxes_xywh[i]]
+        out.append(entry)
+    return out
+
+
+def coco_ap(coco_gt: Any, results: list[dict[str, Any]], iou_type: str,
+            backend: str = "pycocotools") -> dict[str, float]:
+    """AP, AP50, AP75, APs, APm, APl in percent (pycocotools' stats x 100; -1 where the split
+    has no GT of that size)."""
+    if not results:
+        return dict.fromkeys(AP_KEYS, 0.0)
+    if backend not in ("pycocotools", "faster-coco-eval"):
+        raise ValueError(f"eval backend must be pycocotools or faster-coco-eval, got {backend!r}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        if backend == "pycocotools":
+            from pycocotools.cocoeval import COCOeval
+        else:
+            from faster_coco_eval import COCO
+            from faster_coco_eval import COCOeval_faster as COCOeval
+
+            gt = COCO()
+            gt.dataset = coco_gt.dataset
+            gt.createIndex()
+            coco_gt = gt
+        dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes edits the dicts it gets
+        ev = COCOeval(coco_gt, dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    # -1 (no GT in that area range) stays -1, as pycocotools reports it
+    return {k: round(float(v) * 100, 3) if v >= 0 else -1.0 for k, v in zip(AP_KEYS, ev.stats[:6])}
+
+
+def evaluate_scorings(dets: Detections, coco_gt: Any, backend: str = "pycocotools",
+                      true_ious: np.ndarray | None = None) -> dict[str, Any]:
+    """``{"segm": {scoring: APs}, "bbox": {...}}`` for the three scorings of the same
+    detections, plus the results lists under ``"results"`` (for writing JSON files)."""
+    if true_ious is None:
+        true_ious = true_mask_ious(dets, coco_gt)
+    scores = scorings(dets.cls_scores, dets.pred_ious, true_ious)
+    out: dict[str, Any] = {"segm": {}, "bbox": {}, "results": {}}
+    for iou_type in ("segm", "bbox"):
+        for name in SCORINGS:
+            res = coco_results(dets, scores[name], iou_type)
+            out[iou_type][name] = coco_ap(coco_gt, res, iou_type, backend)
+            out["results"][f"{iou_type}_{name}"] = res
+    return out

@@ -1,0 +1,95 @@
+"""One inference pass over a dataset, kept as compact per-detection records (RLE masks, not
+pixel arrays): shared by the benchmarks and the demo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+
+@dataclass
+class Detections:
+    """All detections of a dataset split, flattened: arrays of length N (RLEs a list)."""
+
+    image_ids: np.ndarray
+    category_ids: np.ndarray
+    boxes_xywh: np.ndarray  # [N, 4]
+    rles: list[dict[str, Any]]
+    cls_scores: np.ndarray
+    pred_ious: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @staticmethod
+    def concat(parts: list[Detections]) -> Detections:
+        if not parts:
+            return Detections(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), [],
+                              np.zeros(0), np.zeros(0))
+        return Detections(
+            np.concatenate([p.image_ids for p in parts]),
+            np.concatenate([p.category_ids for p in parts]),
+            np.concatenate([p.boxes_xywh for p in parts]).reshape(-1, 4),
+            [r for p in parts for r in p.rles],
+            np.concatenate([p.cls_scores for p in parts]),
+            np.concatenate([p.pred_ious for p in parts]),
+        )
+
+
+def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """Tensor[n, H, W] bool -> n compressed RLEs (``counts`` as str, JSON-ready)."""
+    if len(masks) == 0:
+        return []
+    arr = np.asfortranarray(masks.permute(1, 2, 0).cpu().numpy().astype(np.uint8))
+    rles = mask_utils.encode(arr)
+    for r in rles:
+        r["counts"] = r["counts"].decode("ascii")
+    return rles
+
+
+def output_to_detections(output: dict[str, torch.Tensor], image_id: int,
+                         label_to_cat_id: dict[int, int], mask_threshold: float = 0.5
+                         ) -> Detections:
+    """One image's model output -> :class:`Detections`.
+
+    Args:
+        output: boxes Tensor[n, 4] xyxy, labels Tensor[n], masks Tensor[n, 1, H, W]
+            probabilities, ``cls_scores`` and ``mask_ious`` Tensor[n] (or only ``scores`` for a
+            model without the head: then the predicted IoU is taken as 1).
+    """
+    n = len(output["boxes"])
+    boxes = output["boxes"].detach().float().cpu().numpy()
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if n else \
+        np.zeros((0, 4))
+    cls = output.get("cls_scores", output["scores"]).detach().float().cpu().numpy()
+    pred = output["mask_ious"].detach().float().cpu().numpy() if "mask_ious" in output \
+        else np.ones(n)
+    labels = output["labels"].cpu().tolist()
+    return Detections(
+        np.full(n, image_id, dtype=np.int64),
+        np.array([label_to_cat_id[int(x)] for x in labels], dtype=np.int64),
+        xywh, encode_masks(output["masks"][:, 0] > mask_threshold), cls, pred,
+    )
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, dataset: Any, indices: list[int] | None = None, *,
+            device: str | torch.device = "cpu", batch_size: int = 4, progress: bool = True,
+            desc: str = "inference") -> Detections:
+    """Run ``model`` over ``dataset`` items (all, or ``indices``) in batches."""
+    model.eval().to(device)
+    indices = list(range(len(dataset))) if indices is None else indices
+    parts = []
+    for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not progress,
+                      dynamic_ncols=True):
+        batch = [dataset[i] for i in indices[start:start + batch_size]]
+        outputs = model([img.to(device) for img, _ in batch])
+        for (_, target), out in zip(batch, outputs):
+            parts.append(output_to_detections(out, int(target["image_id"]),
+                                              dataset.label_to_cat_id))
+    return Detections.concat(parts)

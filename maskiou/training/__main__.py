@@ -1,0 +1,8 @@
+"""``python -m maskiou.training`` (or ``maskiou-train``, or under ``torchrun -m``): train."""
+
+import sys
+
+from maskiou.training.trainer import main
+
+if __name__ == "__main__":
+    sys.exit(main())
