@@ -117,7 +117,7 @@ class MaskScoringRoIHeads(RoIHeads):
         else:
             probs, all_labels = predicted_mask_probs(mask_logits, pos_labels)
             ious, mask_maskness = maskiou_outputs(self.maskiou_head(roi_features, probs), probs,
-                                                  all_labels, [int(x.shape[0]) for x in pos_labels])
+                                                  all_labels, [x.shape[0] for x in pos_labels])
             masks = maskrcnn_inference(mask_logits, pos_labels)
             for i, r in enumerate(result):
                 r["masks"] = masks[i]

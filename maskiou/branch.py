@@ -89,7 +89,7 @@ def maskiou_training_inputs(
     """
     all_labels = _cat_labels(labels, mask_logits)
     logits = select_masks(mask_logits, all_labels)
-    sizes = [int(x.shape[0]) for x in labels]
+    sizes = [x.shape[0] for x in labels]
     targets: List[Tensor] = []
     for lg, p, g, m in zip(logits.split(sizes), proposals, gt_masks, matched_idxs):
         targets.append(mask_iou_targets(lg, p, g, m))
@@ -171,5 +171,5 @@ def maskiou_inference(head: nn.Module, roi_features: Tensor, mask_logits: Tensor
     """
     probs, all_labels = predicted_mask_probs(mask_logits, labels)
     return maskiou_outputs(head(roi_features, probs), probs, all_labels,
-                           [int(x.shape[0]) for x in labels])
+                           [x.shape[0] for x in labels])
 

@@ -26,6 +26,9 @@ class MaskIoUHead(nn.Module):
         in_channels: channels of the RoI feature (256 for an FPN backbone).
         num_classes: number of outputs, one IoU per class (torchvision: background included).
         roi_size: spatial size S of the RoI feature (14 for torchvision's mask RoIAlign).
+        mask_size: side M of the mask probabilities (28 for torchvision); when M is a multiple
+            of S the mask is max-pooled with a fixed M/S x M/S kernel (2 x 2 in the paper),
+            which exports to ONNX, else adaptively to S x S.
         conv_channels: channels of the four convolutions.
         num_convs: number of convolutions; the last one has stride 2.
         fc_dim: width of the two hidden fully connected layers.
@@ -41,6 +44,7 @@ class MaskIoUHead(nn.Module):
         num_classes: int = 81,
         *,
         roi_size: int = 14,
+        mask_size: int = 0,
         conv_channels: int = 256,
         num_convs: int = 4,
         fc_dim: int = 1024,
@@ -54,6 +58,9 @@ class MaskIoUHead(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.roi_size = roi_size
+        self.mask_size = mask_size or 2 * roi_size
+        # 0: adaptive pooling; k: a fixed k x k max pool (TorchScript and ONNX keep it constant)
+        self.mask_pool = self.mask_size // roi_size if self.mask_size % roi_size == 0 else 0
         self.fusion = fusion
         first = {"concat": in_channels + 1, "multiply": in_channels, "mask": 1, "roi": in_channels}
         convs = []
@@ -82,13 +89,16 @@ class MaskIoUHead(nn.Module):
         Args:
             roi_features: Tensor[N, in_channels, S, S], float.
             mask_probs: Tensor[N, M, M], float in [0, 1], the target (or predicted) class's mask
-                probability; max-pooled to S x S (a 2x2 max pool when M == 2 S).
+                probability; max-pooled to S x S (a 2x2 max pool when M == 2 S, as in the paper).
 
         Returns:
             Tensor[N, K, S, S] with K = in_channels + 1, in_channels or 1 by ``fusion``.
         """
-        size = roi_features.shape[-2:]
-        pooled = F.adaptive_max_pool2d(mask_probs[:, None].to(roi_features.dtype), size)
+        mask = mask_probs[:, None].to(roi_features.dtype)
+        if self.mask_pool > 0 and mask.shape[-1] == self.mask_size:
+            pooled = F.max_pool2d(mask, self.mask_pool, self.mask_pool)
+        else:
+            pooled = F.adaptive_max_pool2d(mask, [roi_features.shape[-2], roi_features.shape[-1]])
         if self.fusion == "concat":
             return torch.cat([roi_features, pooled], dim=1)
         if self.fusion == "multiply":

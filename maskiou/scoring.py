@@ -63,7 +63,10 @@ def add_maskiou_outputs(result: Dict[str, Tensor], mask_ious: Tensor, mask_maskn
     result["maskness"] = mask_maskness
     if rescore_outputs:
         scores = rescore(cls_scores, mask_ious)
-        order = torch.argsort(scores, descending=True, stable=True)
+        if torch.jit.is_tracing():  # ONNX export: TopK (the exporter has no stable sort)
+            order = torch.sort(scores, descending=True)[1]
+        else:  # ties keep the detector's order
+            order = torch.argsort(scores, descending=True, stable=True)
         n = scores.shape[0]
         for key in list(result.keys()):
             value = result[key]

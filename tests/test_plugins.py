@@ -1,0 +1,133 @@
+"""Adapters are plugins: found through the ``maskiou.adapters`` entry-point group, the built-in
+torchvision one included, and the package installs no generic top-level ``integrations``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PLUGIN_PYPROJECT = """
+[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "tiny-maskiou-plugin"
+version = "0.0.1"
+
+[project.entry-points."maskiou.adapters"]
+tiny = "tiny_plugin:TinyAdapter"
+
+[tool.setuptools]
+py-modules = ["tiny_plugin"]
+"""
+
+PLUGIN_MODULE = '''
+"""A third-party segmenter that ships its own maskiou adapter through an entry point."""
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    pass
+
+
+class TinyAdapter:
+    name = "tiny plugin adapter"
+
+    def matches(self, model):
+        return isinstance(model, TinyNet)
+
+    def head_defaults(self, model):
+        return {"in_channels": 8, "num_classes": 3, "roi_size": 14}
+
+    def install(self, model, head, config):
+        model.installed_by = self.name
+        model.maskiou_head = head
+'''
+
+CHECK_PLUGIN = """
+import maskiou, tiny_plugin
+from maskiou import attach_maskiou_head, available_adapters
+model = attach_maskiou_head(tiny_plugin.TinyNet())
+print("installed by:", model.installed_by)
+print("head input:", model.maskiou_head.convs[0].in_channels)
+print("adapters:", sorted(a.name for a in available_adapters()))
+"""
+
+CHECK_TORCHVISION = """
+import maskiou, maskiou_integrations
+from torchvision.models.detection import maskrcnn_resnet50_fpn
+from maskiou import attach_maskiou_head, find_maskiou_head
+m = attach_maskiou_head(maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3))
+print("maskiou from:", maskiou.__file__)
+print("adapter from:", maskiou_integrations.__file__)
+print("head classes:", find_maskiou_head(m).num_classes)
+"""
+
+
+def _pip(*args: str, cwd: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
+                   check=True, cwd=cwd, capture_output=True, text=True)
+
+
+def _run(code: str, pythonpath: Path, cwd: Path) -> str:
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_adapter_of_an_installed_package_is_found_through_its_entry_point(tmp_path):
+    src = tmp_path / "plugin"
+    src.mkdir()
+    (src / "pyproject.toml").write_text(PLUGIN_PYPROJECT)
+    (src / "tiny_plugin.py").write_text(textwrap.dedent(PLUGIN_MODULE))
+    site = tmp_path / "site"
+    _pip("install", "--no-deps", "--no-build-isolation", "--target", str(site), str(src),
+         cwd=tmp_path)
+    out = _run(CHECK_PLUGIN, site, tmp_path)
+    assert "installed by: tiny plugin adapter" in out
+    assert "head input: 9" in out  # 8 RoI-feature channels + the mask
+    assert "torchvision MaskRCNN" in out  # the built-in adapter is still there
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    # from a copy of the sources: a stale build/ folder in a checkout would leak into the wheel
+    src = out / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "results", "runs", "__pycache__", ".*cache"))
+    _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(src), cwd=out)
+    return next(out.glob("maskiou-*.whl"))
+
+
+def test_wheel_installs_maskiou_integrations_not_a_top_level_integrations(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.startswith("maskiou-")}
+    assert tops == {"maskiou", "maskiou_integrations"}
+    assert "maskiou_integrations/torchvision_maskrcnn.py" in names
+    assert "maskiou/pretrained/synthetic_cpu.pt" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[maskiou.adapters]" in text
+    assert "maskiou_integrations.torchvision_maskrcnn:TorchvisionMaskRCNNAdapter" in text
+
+
+def test_non_editable_install_finds_the_torchvision_adapter(wheel, tmp_path):
+    site = tmp_path / "site"
+    _pip("install", "--no-deps", "--target", str(site), str(wheel), cwd=tmp_path)
+    out = _run(CHECK_TORCHVISION, site, tmp_path)  # run outside the checkout
+    assert f"maskiou from: {site}" in out and f"adapter from: {site}" in out
+    assert "head classes: 3" in out
+    assert not (site / "integrations").exists()
