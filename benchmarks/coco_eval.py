@@ -1,11 +1,16 @@
-"""COCO AP with classification scores vs MaskIoU-rescored vs oracle, correlation, cost.
+"""COCO AP of the same detections under each scoring: classification score, the free maskness,
+the MaskIoU head's rescoring, a recalibrated score, and the oracle; correlation and cost.
 
-    python benchmarks/coco_eval.py                       # embedded synthetic default, CPU
-    python benchmarks/coco_eval.py --checkpoint run/model_final.pt --coco-root /data/coco
-    python benchmarks/coco_eval.py --coco-root /data/coco --config coco-r50-1x --train-baseline
+    python benchmarks/coco_eval.py                       # embedded default: the add-on story
+    python benchmarks/coco_eval.py --checkpoint plain.pt --train-json addon.json \
+        --train-images addon/ --val-json val.json --val-images val/   # add-on, your data
+    python benchmarks/coco_eval.py --checkpoint runs/x/model_final.pt --coco-root /data/coco
     torchrun --nproc_per_node=8 benchmarks/coco_eval.py --checkpoint ... --coco-root ...
 
-Writes report.md, metrics.json, results_*.json and PNG plots to --output-dir (default results/).
+A plain detector checkpoint gets the MaskIoU head attached and trained alone on the detections
+of --train-json/--train-images (labeled images the detector did not train on); a checkpoint with
+a head (end to end, --freeze-detector or add-on) is scored as it is. Writes report.md,
+metrics.json, results_*.json, detections.json and PNG plots to --output-dir (default results/).
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ from maskiou.training.config import DEFAULT_PRESET, PRESETS, resolve  # noqa: E4
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from maskiou.training.addon import add_config_flags
+
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="trained MS R-CNN checkpoint (maskiou-train output)")
+    p.add_argument("--checkpoint", help="the model to measure: a plain detector (gets the "
+                   "add-on) or a model with a head (maskiou-train or maskiou-addon output)")
     p.add_argument("--baseline-checkpoint", help="plain Mask R-CNN checkpoint, same recipe")
+    p.add_argument("--end-to-end-checkpoint", help="an end-to-end model to score beside it")
     p.add_argument("--train-baseline", action="store_true",
                    help="train the plain Mask R-CNN with the same recipe (--no-maskiou) too")
     p.add_argument("--config", default=DEFAULT_PRESET, choices=sorted(PRESETS),
@@ -33,10 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-iters", type=int, help="override the recipe's iterations")
     p.add_argument("--synthetic-train", type=int, help="embedded data: training images")
     p.add_argument("--synthetic-val", type=int, help="embedded data: validation images")
+    p.add_argument("--addon-images", type=int, default=None,
+                   help="embedded data: add-on images the head trains on (default 2000)")
     p.add_argument("--coco-root", help="DIR with annotations/instances_{train,val}2017.json")
-    for split in ("train", "val"):
-        p.add_argument(f"--{split}-json")
-        p.add_argument(f"--{split}-images")
+    p.add_argument("--train-json", help="with a plain --checkpoint: labeled images the add-on "
+                   "head trains on (not the detector's training images); without --checkpoint: "
+                   "what the model is trained on first")
+    p.add_argument("--train-images")
+    p.add_argument("--val-json", help="the split that is scored")
+    p.add_argument("--val-images")
     p.add_argument("--output-dir", default="results")
     p.add_argument("--runs-dir", help="where trained models go (default: the maskiou cache for "
                    "the embedded data, OUTPUT_DIR/runs otherwise)")
@@ -44,23 +58,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="inference batch size")
     p.add_argument("--eval-backend", default="pycocotools",
                    choices=["pycocotools", "faster-coco-eval"])
-    p.add_argument("--retrain", action="store_true", help="ignore a cached trained model")
+    p.add_argument("--retrain", action="store_true", help="ignore cached trained models")
     p.add_argument("--no-progress", action="store_true")
+    add_config_flags(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maskiou.evaluation.benchmark import run
+    from maskiou.evaluation.benchmark import ADDON_IMAGES, run
     from maskiou.evaluation.report import markdown_report
     from maskiou.training import distributed as D
+    from maskiou.training.addon import config_from_args
+    from maskiou.training.recalibration import RecalibrationError
 
     args = parse_args(argv)
-    overrides = {"coco_root": args.coco_root, "train_json": args.train_json,
-                 "train_images": args.train_images, "val_json": args.val_json,
-                 "val_images": args.val_images}
-    custom_data = any(overrides.values())
-    overrides.update(max_iters=args.max_iters, synthetic_train=args.synthetic_train,
+    if bool(args.train_json) != bool(args.train_images):
+        print("coco_eval: error: --train-json and --train-images go together", file=sys.stderr)
+        return 2
+    data = {"coco_root": args.coco_root, "val_json": args.val_json,
+            "val_images": args.val_images}
+    custom_data = any(data.values())
+    addon_train = None
+    overrides = dict(data, max_iters=args.max_iters, synthetic_train=args.synthetic_train,
                      synthetic_val=args.synthetic_val)
+    if args.checkpoint and args.train_json:
+        addon_train = (args.train_json, args.train_images)  # the add-on head's images
+    elif args.train_json:
+        overrides.update(train_json=args.train_json, train_images=args.train_images)
+        custom_data = True
     if custom_data:
         overrides["dataset"] = "coco"
     if args.checkpoint is None and custom_data and not (args.coco_root or args.train_json):
@@ -72,11 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         runs = Path(args.runs_dir) if args.runs_dir else (
             Path(args.output_dir) / "runs" if custom_data else None)
         metrics = run(cfg, output_dir=Path(args.output_dir), checkpoint=args.checkpoint,
-                      baseline_checkpoint=args.baseline_checkpoint,
+                      addon_train=addon_train, baseline_checkpoint=args.baseline_checkpoint,
+                      end_to_end_checkpoint=args.end_to_end_checkpoint,
                       train_baseline=args.train_baseline, device=args.device,
                       batch_size=args.batch_size, backend=args.eval_backend,
-                      progress=not args.no_progress, retrain=args.retrain, run_root=runs)
-    except (CocoFormatError, CheckpointError, ValueError, FileNotFoundError) as e:
+                      progress=not args.no_progress, retrain=args.retrain, run_root=runs,
+                      addon=config_from_args(args), addon_images=args.addon_images or
+                      ADDON_IMAGES)
+    except (CocoFormatError, CheckpointError, RecalibrationError, ValueError,
+            FileNotFoundError) as e:
         print(f"coco_eval: error: {e}", file=sys.stderr)
         return 2
     finally:
@@ -84,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     if metrics:
         print()
         print(markdown_report(metrics))
-        print(f"wrote {args.output_dir}/report.md, metrics.json, results_*.json and plots "
-              f"({metrics['seconds']:.0f} s)")
+        print(f"wrote {args.output_dir}/report.md, metrics.json, results_*.json, "
+              f"detections.json and plots ({metrics['seconds']['total']:.0f} s)")
     return 0
 
 

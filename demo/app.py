@@ -1,18 +1,18 @@
-"""Side-by-side score viewer: Mask R-CNN's classification scores vs MaskIoU-rescored scores.
+"""Why the ranking changed: the same detections under four scorings, side by side.
 
-    python demo/app.py                              # embedded default model, http://127.0.0.1:7860
-    python demo/app.py --checkpoint runs/maskiou/model_final.pt --port 8080
-    python demo/app.py --host 0.0.0.0 --share       # reachable from other machines / a public link
+    python demo/app.py                              # embedded default models, http://127.0.0.1:7860
+    python demo/app.py --detector plain.pt --checkpoint addon.pt --port 8080
+    python demo/app.py --host 0.0.0.0 --share       # reachable from other machines: no training
 
-Left: every detection with its classification confidence; right: the same detections with
-cls x predicted MaskIoU. One threshold applies to both, so masks the head judges poor drop out
-on the right. The table lists each detection's scores, its rank under each, and, for images of
-the embedded validation split, the true MaskIoU against the ground truth.
+Panels: the classification score (Mask R-CNN), cls x maskness (free), cls x the head's
+predicted MaskIoU, and, for images with ground truth, cls x the true MaskIoU (the oracle). Each
+shows the detections whose score clears the threshold, numbered as in the table, which ranks
+every detection under every scoring and highlights those the head moves. The gallery opens on
+the validation images where the head fixes the ranking most (from the benchmark's gallery.json).
 
 The page is :func:`build_app`; its handlers are ``demo/handlers.py``; the logic they call,
-without any UI, is ``demo/inference.py`` (``run_detection``: detect, draw both scorings, table),
-``demo/images.py`` (input checks and conversions) and ``demo/sources.py`` (example images,
-ground truth, benchmark summary).
+without any UI, is ``demo/inference.py``, ``demo/draw.py``, ``demo/images.py`` and
+``demo/sources.py``.
 """
 
 from __future__ import annotations
@@ -30,91 +30,119 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the
 
 import gradio as gr  # noqa: E402
 
-from demo.handlers import IN_MEMORY, DemoApp  # noqa: E402
-from demo.inference import Predictor, run_detection  # noqa: E402
-from demo.sources import DEFAULT_METRICS, ValSplit, benchmark_summary  # noqa: E402
-from maskiou.training.config import TrainConfig  # noqa: E402
-from maskiou.training.paths import cache_dir, default_model_path  # noqa: E402
+from demo.handlers import (  # noqa: E402
+    IN_MEMORY,
+    MAX_UPLOAD_BYTES,
+    UPLOAD_TYPES,
+    DemoApp,
+    training_allowed,
+)
+from demo.inference import PANELS, Predictor  # noqa: E402
+from demo.sources import DEFAULT_GALLERY, DEFAULT_METRICS, ValSplit, benchmark_summary  # noqa: E402
+from maskiou.training.paths import cache_dir  # noqa: E402
 
-__all__ = ["IN_MEMORY", "DemoApp", "ValSplit", "benchmark_summary", "build_app", "main",
-           "run_detection"]
+__all__ = ["IN_MEMORY", "DemoApp", "ValSplit", "benchmark_summary", "build_app", "main"]
 
-DEFAULT_THRESHOLD = 0.5
-LEFT_TITLE = "Mask R-CNN: classification score"
-RIGHT_TITLE = "Mask Scoring R-CNN: classification score x predicted MaskIoU"
+DEFAULT_THRESHOLD = 0.3
+ORDERS = [("classification score", "cls"), ("maskness", "maskness"),
+          ("predicted MaskIoU (head)", "rescored"), ("true MaskIoU (oracle)", "oracle")]
 
 
-def build_app(checkpoint: str | Path | None = None, *, split: ValSplit | None | str = "embedded",
-              predictor: Predictor | None = None, metrics_path: str | Path = DEFAULT_METRICS,
-              device: str | None = None, train_config: TrainConfig | None = None,
+def build_app(detectors: list[str] | None = None, heads: list[str] | None = None, *,
+              split: ValSplit | None | str = "embedded", predictor: Predictor | None = None,
+              metrics_path: str | Path = DEFAULT_METRICS,
+              gallery_path: str | Path = DEFAULT_GALLERY, device: str | None = None,
+              allow_training: bool = False, train_args: dict[str, Any] | None = None,
               threshold: float = DEFAULT_THRESHOLD, concurrency: int = 2) -> gr.Blocks:
     """The Gradio page (queue enabled); ``launch()`` it.
 
     Args:
-        checkpoint: selected model (default: the embedded default model, trained on request).
-        split: example images + ground truth: "embedded" (the synthetic validation split,
-            generated on first use), a :class:`ValSplit`, or None for uploads only.
-        predictor: an already loaded model to offer first (tests, notebooks).
-        metrics_path: ``results/metrics.json`` of the benchmark, for the summary line.
-        device: "cpu", "cuda", ... (default: the GPU when there is one).
-        train_config: what the train button trains (default: the ``synthetic-cpu`` preset).
-        threshold: initial score threshold.
-        concurrency: detections running at once; more requests wait in the queue.
+        detectors, heads: offered checkpoints (see :class:`demo.handlers.DemoApp`).
+        split: example images + ground truth: "embedded" (the synthetic validation split), a
+            :class:`ValSplit`, or None for uploads only.
+        predictor: an already loaded model to offer as the head (tests, notebooks).
+        metrics_path, gallery_path: the benchmark's metrics.json and gallery.json.
+        allow_training: show the train button (only for a page this machine alone reaches).
+        threshold: initial score threshold; concurrency: detections running at once.
     """
     if split == "embedded":
         split = ValSplit.embedded()
-    app = DemoApp(checkpoint, split, predictor, metrics_path, device, train_config)
-    with gr.Blocks(title="maskiou: MaskIoU rescoring") as demo:
+    if split is not None:
+        split.use_gallery(gallery_path)
+    app = DemoApp(detectors, heads, split, predictor, metrics_path, device, allow_training,
+                  train_args)
+    with gr.Blocks(title="maskiou: why the ranking changed") as demo:
         demo.maskiou_app = app  # for tests and notebooks
-        gr.Markdown("# Classification score vs MaskIoU-rescored score\nMask Scoring R-CNN "
-                    "multiplies each detection's classification confidence by the mask IoU "
-                    "its MaskIoU head predicts. Masks the head judges poor lose rank and drop "
-                    "below the threshold on the right.")
-        with gr.Row():
-            with gr.Column(scale=1):
-                upload = gr.File(label="Upload an image", type="filepath",
-                                 elem_id="upload")
-                checkpoint_box = gr.Dropdown(app.checkpoint_choices(), value=app.checkpoint,
-                                             label="Checkpoint",
-                                             elem_id="checkpoint")
-                threshold_box = gr.Slider(0.0, 1.0, value=threshold, step=0.01,
-                                          label="Score threshold (both sides)",
-                                          elem_id="threshold")
-            with gr.Column(scale=2):
-                gallery = gr.Gallery(
-                    [] if split is None else split.examples(), elem_id="examples",
-                    label="Examples from the validation split (click one)", columns=4,
-                    height="auto", allow_preview=False, visible=split is not None)
-        status_text, offer_training = app.model_status(app.checkpoint)
-        status = gr.Markdown(status_text, elem_id="status")
-        train_button = gr.Button("Train the embedded default model", variant="primary",
-                                 elem_id="train", visible=offer_training)
-        with gr.Row():
-            left = gr.AnnotatedImage(label=LEFT_TITLE, elem_id="left", height=460)
-            right = gr.AnnotatedImage(label=RIGHT_TITLE, elem_id="right", height=460)
-        table = gr.Dataframe(app._table([]), label="Detections (ranks among all detections)",
-                             interactive=False, elem_id="table")
+        gr.Markdown("# Why the ranking changed\nMask R-CNN ranks each mask by the confidence of "
+                    "its *class*. The MaskIoU head predicts how good the mask is; the final "
+                    "score multiplies the two. Same detections, four scorings.")
         gr.Markdown(benchmark_summary(app.metrics_path), elem_id="summary")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=260):
+                label = ("Where the head fixes the ranking (validation images)"
+                         if split is not None and split.gallery_size else
+                         "Validation images (click one)")
+                gallery = gr.Gallery([] if split is None else split.examples(), label=label,
+                                     elem_id="examples", columns=3, height="auto",
+                                     allow_preview=False, visible=split is not None)
+                upload = gr.File(label="Upload an image", type="filepath", elem_id="upload",
+                                 file_types=list(UPLOAD_TYPES))
+                detector_box = gr.Dropdown(app.detector_choices(), value=app.detectors[0],
+                                           label="Detector (plain Mask R-CNN)",
+                                           elem_id="detector")
+                head_default = IN_MEMORY if predictor is not None else app.heads[0]
+                head_box = gr.Dropdown(app.head_choices(), value=head_default,
+                                       label="MaskIoU head (add-on or end-to-end checkpoint)",
+                                       elem_id="head")
+                threshold_box = gr.Slider(0.0, 1.0, value=threshold, step=0.01,
+                                          label="Score threshold (every panel)",
+                                          elem_id="threshold")
+                order_box = gr.Radio(ORDERS, value="rescored", label="Rank the table by",
+                                     elem_id="order")
+                gt_box = gr.Checkbox(False, label="Show the ground truth (white contours)",
+                                     elem_id="show_gt")
+                train_button = None
+                if app.allow_training:
+                    train_button = gr.Button("Train the add-on head (detector frozen; minutes "
+                                             "on a CPU)", elem_id="train")
+            with gr.Column(scale=4):
+                status = gr.Markdown(elem_id="status")
+                with gr.Row():
+                    panels = [gr.Image(label=title, elem_id=f"panel-{name}", interactive=False,
+                                       buttons=[], height=300)
+                              for name, title in PANELS.items()]
+                with gr.Row():
+                    table = gr.Dataframe(label="Detections: rank under each scoring (green: the "
+                                         "head moves it up, red: down)", interactive=False,
+                                         elem_id="table", wrap=True, scale=3, max_height=420)
+                    plot = gr.Image(label="Predicted vs true MaskIoU", elem_id="plot",
+                                    interactive=False, buttons=[], scale=1)
         pred_state, current = gr.State(None), gr.State(None)
+        view = [*panels, table, plot, status]
+        outputs = [*view, pred_state, current]
+        settings = [threshold_box, order_box, gt_box]
+        models = [detector_box, head_box]
+        upload.upload(app.detect, [upload, *models, *settings], outputs, api_name="detect")
 
-        outputs = [left, right, table, status, pred_state, current]
-        upload.upload(app.detect, [upload, threshold_box, checkpoint_box], outputs,
-                      api_name="detect")
-        gallery.select(app.detect_example, [threshold_box, checkpoint_box], outputs,
-                       api_name="detect_example")
-        threshold_box.release(app.rethreshold, [pred_state, threshold_box],
-                              [left, right, table, status], api_name="threshold")
-        checkpoint_box.change(app.rerun, [current, threshold_box, checkpoint_box], outputs,
-                              api_name="select_checkpoint").then(
-            app.train_button_update, [checkpoint_box], [train_button], api_name="train_button")
+        def pick(evt: gr.SelectData, detector: str, head: str, threshold: float, order: str,
+                 show_gt: bool) -> tuple[Any, ...]:
+            return app.example(evt.index, detector, head, threshold, order, show_gt)
+
+        gallery.select(pick, [*models, *settings], outputs, api_name="detect_example")
+        for box in settings:
+            box.change(app.redraw, [pred_state, *settings], view, api_name=False)
+        for box in models:
+            box.change(app.rerun, [current, *models, *settings], outputs, api_name=False)
+        if split is not None and len(split.example_indices):
+            demo.load(lambda d, h, t, o, g: app.example(0, d, h, t, o, g),
+                      [*models, *settings], outputs, api_name="first_example")
 
         def train(progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:  # noqa: B008
-            return app.train_default(progress)
+            return app.train_addon(progress)
 
-        train_button.click(train, None, [status, train_button, checkpoint_box], api_name="train",
-                           concurrency_limit=1, concurrency_id="train")
-        demo.load(app.status_update, [checkpoint_box], [status, train_button],
-                  api_name="model_status")
+        if train_button is not None:
+            train_button.click(train, None, [status, head_box], api_name="train",
+                               concurrency_limit=1, concurrency_id="train")
     demo.queue(default_concurrency_limit=concurrency)
     return demo
 
@@ -122,15 +150,21 @@ def build_app(checkpoint: str | Path | None = None, *, split: ValSplit | None | 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="demo/app.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="maskiou-train checkpoint (default: the embedded "
-                   f"default model, {default_model_path()})")
+    p.add_argument("--detector", action="append", help="plain detector checkpoint to offer "
+                   "(repeatable; default: the embedded plain detector)")
+    p.add_argument("--checkpoint", action="append", help="checkpoint with a MaskIoU head to "
+                   "offer: add-on or end to end (repeatable; default: the embedded ones)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: "
-                   "127.0.0.1, this machine only; 0.0.0.0 for every interface)")
+                   "127.0.0.1, this machine only; 0.0.0.0 for every interface, which switches "
+                   "training off)")
     p.add_argument("--port", type=int, default=7860, help="default: %(default)s")
-    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link "
+                   "(switches training off)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU when present)")
     p.add_argument("--metrics", default=str(DEFAULT_METRICS), help="benchmark metrics.json "
                    "for the summary line (default: results/metrics.json)")
+    p.add_argument("--gallery", default=str(DEFAULT_GALLERY), help="benchmark gallery.json "
+                   "(default: results/gallery.json)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="initial score threshold (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=2, help="detections running at once")
@@ -148,17 +182,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo/app.py: error: --device {args.device}: {e}", file=sys.stderr)
             return 2
     print(f"maskiou demo: data and models in {cache_dir()}", flush=True)
-    if args.checkpoint is None:
-        from maskiou.evaluation.benchmark import install_shipped_model
-        from maskiou.training.config import resolve
-        from maskiou.training.paths import default_model_dir
+    if args.detector is None:
+        from maskiou.evaluation.benchmark import default_detector, default_end_to_end
 
-        if install_shipped_model(resolve("synthetic-cpu", {}), default_model_dir()):
-            print("maskiou demo: installed the shipped warm-start model", flush=True)
-    demo = build_app(args.checkpoint, metrics_path=args.metrics, device=args.device,
+        default_detector(progress=False)  # installs the shipped models (no training)
+        default_end_to_end(progress=False)
+    allow = training_allowed(args.host, args.share)
+    if not allow:
+        print("maskiou demo: reachable from other machines: training from the page is off",
+              flush=True)
+    demo = build_app(args.detector, args.checkpoint, metrics_path=args.metrics,
+                     gallery_path=args.gallery, device=args.device, allow_training=allow,
                      threshold=args.threshold, concurrency=args.concurrency)
     split = demo.maskiou_app.split
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                max_file_size=MAX_UPLOAD_BYTES,
                 allowed_paths=[str(split.images_dir)] if split is not None else None)
     return 0
 

@@ -10,198 +10,277 @@ import gradio as gr
 import pandas as pd
 
 from demo.images import ImageInputError
-from demo.inference import TABLE_HEADERS, Prediction, Predictor, predict, render
+from demo.inference import (
+    PANELS,
+    Prediction,
+    Predictor,
+    iou_plot,
+    panel,
+    predict,
+    rank_changes,
+    style_moves,
+    table,
+)
 from demo.sources import DEFAULT_METRICS, ValSplit, short_path
-from maskiou.training.checkpoint import CheckpointError
-from maskiou.training.config import TrainConfig, resolve
-from maskiou.training.paths import default_model_path
+from maskiou.training.checkpoint import CheckpointError, load_checkpoint
+from maskiou.training.paths import model_dir
 
 IN_MEMORY = "in-memory model"
+NO_HEAD = "none: the detector's own scores"
+MAX_UPLOAD_BYTES = 20 * 2**20
+UPLOAD_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def training_allowed(host: str, share: bool) -> bool:
+    """Training runs minutes of CPU work: only from a page that this machine alone can reach."""
+    return host in LOCAL_HOSTS and not share
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """``"plain"``, ``"add-on"`` or ``"end to end"`` (reads the checkpoint's config)."""
+    ckpt = load_checkpoint(path)
+    if not ckpt.get("config", {}).get("maskiou", True):
+        return "plain"
+    return "add-on" if ckpt.get("addon") else "end to end"
 
 
 class DemoApp:
     """State and event handlers of the page; each handler returns plain values or updates.
 
     Args:
-        checkpoint: the checkpoint selected at start (default: the embedded default model).
+        detectors: plain detector checkpoints offered (default: the embedded plain detector).
+        heads: checkpoints with a MaskIoU head offered: add-ons trained on a detector, or
+            end-to-end models (default: the embedded add-on and end-to-end models).
         split: where example images and ground truth come from (None: uploads only).
         predictor: an already loaded model, offered as "in-memory model" (tests, notebooks).
         metrics_path: the benchmark's metrics.json for the summary line.
         device: where models run (default: the GPU when there is one).
-        train_config: what the "train" button trains (default: the ``synthetic-cpu`` preset).
+        allow_training: offer the "train the add-on head" button (only for a page reachable
+            from this machine alone: see :func:`training_allowed`).
+        train_args: what the button trains (``addon_images``, ``AddonConfig`` overrides).
     """
 
-    def __init__(self, checkpoint: str | Path | None = None, split: ValSplit | None = None,
-                 predictor: Predictor | None = None, metrics_path: str | Path = DEFAULT_METRICS,
-                 device: str | None = None, train_config: TrainConfig | None = None) -> None:
-        self.default_checkpoint = str(default_model_path())
-        self.checkpoint = IN_MEMORY if predictor is not None and checkpoint is None else \
-            str(checkpoint or self.default_checkpoint)
+    def __init__(self, detectors: list[str] | None = None, heads: list[str] | None = None,
+                 split: ValSplit | None = None, predictor: Predictor | None = None,
+                 metrics_path: str | Path = DEFAULT_METRICS, device: str | None = None,
+                 allow_training: bool = False, train_args: dict[str, Any] | None = None) -> None:
+        self.default_detector = str(model_dir("plain") / "model_final.pt")
+        self.default_head = str(model_dir("addon") / "model_final.pt")
+        self.detectors = [str(p) for p in (detectors or [self.default_detector])]
+        heads = [str(p) for p in heads] if heads is not None else [
+            self.default_head, str(model_dir("end_to_end") / "model_final.pt")]
+        self.heads = ([IN_MEMORY] if predictor is not None else []) + heads
         self.split = split
         self.metrics_path = Path(metrics_path)
         self.device = device
-        self.train_config = train_config or resolve("synthetic-cpu", {})
+        self.allow_training = allow_training
+        self.train_args = train_args or {}
         self._models: dict[tuple[str, float], Predictor] = {}
         self._memory = predictor
         self._load_lock = threading.Lock()
         self._train_lock = threading.Lock()
+        self.trainings = 0  # how many trainings this app started (tests)
 
     # --- models ------------------------------------------------------------------------------
 
-    def checkpoint_choices(self) -> list[tuple[str, str]]:
-        """(label, path) pairs for the dropdown: the default model, the one given at start, and
-        any ``runs/*/model_final.pt`` below the current folder."""
-        choices = [(f"embedded default model ({short_path(Path(self.default_checkpoint))})",
-                    self.default_checkpoint)]
-        if self._memory is not None:
-            choices.insert(0, (IN_MEMORY, IN_MEMORY))
-        found = sorted(str(p) for p in Path.cwd().glob("runs/*/model_final.pt"))
-        for path in [self.checkpoint, *found]:
-            if path not in [c[1] for c in choices]:
-                choices.append((short_path(Path(path)), path))
-        return choices
+    def detector_choices(self) -> list[tuple[str, str]]:
+        return [(f"{short_path(Path(p))}", p) for p in self.detectors]
 
-    def predictor(self, checkpoint: str) -> Predictor:
-        """The model of ``checkpoint``, loaded once (again when the file changes).
+    def head_choices(self) -> list[tuple[str, str]]:
+        return [(NO_HEAD, NO_HEAD)] + [(p if p == IN_MEMORY else short_path(Path(p)), p)
+                                       for p in self.heads]
 
-        Raises:
-            FileNotFoundError: no such checkpoint yet. CheckpointError: not offered,
-                unreadable or wrong.
-        """
+    def _load(self, checkpoint: str) -> Predictor:
         if checkpoint == IN_MEMORY and self._memory is not None:
             return self._memory
-        if checkpoint not in {path for _, path in self.checkpoint_choices()}:
+        if checkpoint not in self.detectors + self.heads:
             # loading a checkpoint unpickles it: only files the operator offered, never a path
             # a visitor typed (or uploaded)
             raise CheckpointError(f"{checkpoint}: not one of the offered checkpoints; start "
-                                  "the app with --checkpoint PATH to offer it")
+                                  "the app with --detector PATH or --checkpoint PATH to offer it")
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise FileNotFoundError(checkpoint)
         key = (str(path.resolve()), path.stat().st_mtime)
         with self._load_lock:
             if key not in self._models:
-                self._models = {key: Predictor.from_checkpoint(path, self.device)}
+                self._models[key] = Predictor.from_checkpoint(path, self.device)
+                while len(self._models) > 3:  # keep a few models, not every one ever chosen
+                    self._models.pop(next(iter(self._models)))
             return self._models[key]
 
-    def model_status(self, checkpoint: str) -> tuple[str, bool]:
-        """(status Markdown, whether to offer the train button) for the selected checkpoint."""
-        if checkpoint == IN_MEMORY or Path(checkpoint).expanduser().is_file():
-            return f"Model: `{short_path(Path(checkpoint))}`.", False
-        if checkpoint == self.default_checkpoint:
-            return (f"⚠️ The embedded default model is not trained yet (`{checkpoint}`). "
-                    "Train it with the button below (on a CPU this takes a while; the progress "
-                    "shows here), or run `python benchmarks/coco_eval.py`, which also trains it.",
-                    True)
-        return f"⚠️ Checkpoint not found: `{checkpoint}`.", False
+    def model(self, detector: str, head: str) -> tuple[Predictor, list[str]]:
+        """The model the two choices make, and notes for the page.
 
-    def train_button_update(self, checkpoint: str) -> Any:
-        """Show the train button only while the default model is missing."""
-        return gr.update(visible=self.model_status(checkpoint)[1])
+        With a head the head's checkpoint is used (it embeds its detector); a head trained on
+        another detector than the chosen one is said so. Raises ``CheckpointError`` for a
+        checkpoint that cannot be used, FileNotFoundError for one that does not exist yet.
+        """
+        if head in (None, "", NO_HEAD):
+            predictor = self._load(detector)
+            if predictor.kind not in ("plain", ""):
+                return predictor, [f"`{short_path(Path(detector))}` has a MaskIoU head: it is "
+                                   "shown with its head"]
+            return predictor, []
+        predictor = self._load(head)
+        if predictor.kind == "plain":
+            raise CheckpointError(f"{head}: this checkpoint has no MaskIoU head; choose it as "
+                                  "the detector, or choose an add-on checkpoint as the head")
+        notes = []
+        if head != IN_MEMORY and predictor.kind == "add-on" and Path(detector).is_file():
+            from maskiou.training.samples import file_sha1
 
-    def status_update(self, checkpoint: str) -> tuple[str, Any]:
-        """(status Markdown, train-button update): on page load and checkpoint change."""
-        text, offer = self.model_status(checkpoint)
-        return text, gr.update(visible=offer)
+            trained_on = load_checkpoint(head)["addon"].get("detector_sha1")
+            if trained_on and trained_on != file_sha1(detector):
+                notes.append("this head was trained on another detector than the one chosen: "
+                             "it is shown with its own, which its checkpoint embeds")
+        elif predictor.kind == "end to end":
+            notes.append("an end-to-end model brings its own detector")
+        return predictor, notes
 
-    def train_default(self, progress: Any = None) -> tuple[str, Any, Any]:
-        """Train the embedded default model into its cache folder (resumes an interrupted run).
+    def model_status(self, detector: str, head: str) -> tuple[str, bool]:
+        """(status Markdown, whether the page may offer training) for the chosen models."""
+        missing = [p for p in (detector, head) if p not in (NO_HEAD, IN_MEMORY, "", None)
+                   and not Path(p).expanduser().is_file()]
+        if not missing:
+            return "", False
+        hint = ("Run `python benchmarks/coco_eval.py` once: it installs the shipped detector and "
+                "trains the add-on head (minutes on a CPU)")
+        if self.allow_training and head == self.default_head:
+            hint += ", or press the button below"
+        return f"⚠️ Not there yet: `{'`, `'.join(missing)}`. {hint}.", self.allow_training
 
-        Returns (status Markdown, train-button update, checkpoint-dropdown update)."""
-        from maskiou.evaluation.benchmark import train_or_reuse
+    # --- training ----------------------------------------------------------------------------
 
-        if progress is not None:
-            progress(0, desc="preparing the embedded dataset")
+    def train_addon(self, progress: Any = None) -> tuple[str, Any]:
+        """Train the add-on head of the embedded default (the detector frozen; minutes on a CPU).
+
+        Refused unless the app listens on this machine only (``allow_training``).
+        Returns (status Markdown, head-dropdown update)."""
+        if not self.allow_training:
+            return ("⚠️ Training is switched off: this page can be reached from other machines "
+                    "(--host or --share). Train with `python benchmarks/coco_eval.py` on the "
+                    "server.", gr.update())
         if not self._train_lock.acquire(blocking=False):
-            return ("⚠️ The default model is already being trained; its progress shows in the "
-                    "first window.", gr.update(), gr.update())
+            return "⚠️ The add-on head is already being trained.", gr.update()
         try:
-            out = train_or_reuse(self.train_config, Path(self.default_checkpoint).parent,
-                                 progress=True)
+            from maskiou.evaluation.benchmark import addon_or_reuse, addon_split, default_detector
+            from maskiou.training.addon import AddonConfig
+
+            self.trainings += 1
+            if progress is not None:
+                progress(0, desc="detector and add-on images")
+            images = int(self.train_args.get("addon_images", 1600))
+            cfg = AddonConfig(**self.train_args.get("config", {}))
+            detector = default_detector(progress=True)
+            train_json, train_images = addon_split(images, progress=True)
+            path = addon_or_reuse(detector, train_json, train_images,
+                                  Path(self.default_head).parent, cfg, progress=True)
         except Exception as e:  # noqa: BLE001 - shown on the page, the app stays up
-            return f"⚠️ Training failed: {type(e).__name__}: {e}", gr.update(), gr.update()
+            return f"⚠️ Training failed: {type(e).__name__}: {e}", gr.update()
         finally:
             self._train_lock.release()
-        return (f"Trained the default model: `{out}`.", gr.update(visible=False),
-                gr.update(value=self.default_checkpoint))
+        return f"Trained the add-on head: `{short_path(path)}`.", gr.update(value=str(path))
 
     # --- detection ---------------------------------------------------------------------------
 
-    def analyse(self, source: str | None, example: int | None, threshold: float,
-                checkpoint: str) -> tuple[Any, ...]:
-        """Run the selected model on a file path or split image ``example``.
-
-        Returns the outputs of the page: left, right, table, status, prediction, current input.
-        """
-        current = {"source": source, "example": example}
-        empty = (None, None, self._table([]), None, current)
+    def analyse(self, source: str | None, example: int | None, detector: str, head: str
+                ) -> tuple[Prediction | None, str]:
+        """Run the chosen model on a file path or split image ``example``: (prediction or None,
+        status Markdown)."""
         if source is None and example is None:
-            return (*empty[:3], "Upload an image or click an example.", *empty[3:])
+            return None, "Upload an image or click one in the gallery."
+        if source is not None and example is None:
+            problem = upload_problem(source)
+            if problem:
+                return None, f"⚠️ {problem}"
         try:
-            predictor = self.predictor(checkpoint)
+            predictor, notes = self.model(detector, head)
         except FileNotFoundError:
-            return (*empty[:3], self.model_status(checkpoint)[0], *empty[3:])
+            return None, self.model_status(detector, head)[0]
         except CheckpointError as e:
-            return self._fail(f"Cannot use this checkpoint: {e}", empty)
+            return None, f"⚠️ Cannot use this checkpoint: {e}"
         gt, where = None, ""
         if self.split is not None:
             index = example if example is not None else self.split.index_of_file(source)
             if index is not None:
                 source = str(self.split.dataset.image_path(index))
+                if self.split.dataset.class_names != predictor.class_names:
+                    return None, (f"⚠️ Cannot use this checkpoint: its classes "
+                                  f"{predictor.class_names[1:]} are not the dataset's "
+                                  f"{self.split.dataset.class_names[1:]}")
                 gt = self.split.ground_truth(index)
                 where = f"; validation image {Path(source).stem}, with ground truth"
         try:
             pred = predict(source, predictor, gt)
         except ImageInputError as e:
-            return self._fail(str(e), empty)
-        pred.caption = f"Model: `{short_path(Path(predictor.source or checkpoint))}`{where}."
-        return *self._render(pred, threshold), pred, current
+            return None, f"⚠️ {e}"
+        pred.notes[:0] = notes
+        kind = f" ({predictor.kind})" if predictor.kind else ""
+        pred.caption = f"Model: `{short_path(Path(predictor.source or head))}`{kind}{where}."
+        return pred, ""
 
-    def detect(self, file: str | None, threshold: float, checkpoint: str) -> tuple[Any, ...]:
-        """Handler of an upload (and the ``/detect`` API endpoint)."""
-        return self.analyse(file, None, threshold, checkpoint)
-
-    def example(self, number: int, threshold: float, checkpoint: str) -> tuple[Any, ...]:
-        """Run on example image ``number`` of the gallery (0-based)."""
-        return self.analyse(None, self.split.example_indices[number], threshold, checkpoint)
-
-    def detect_example(self, threshold: float, checkpoint: str, evt: gr.SelectData
-                       ) -> tuple[Any, ...]:
-        """Handler of a click on the example gallery."""
-        return self.example(evt.index, threshold, checkpoint)
-
-    def rerun(self, current: dict[str, Any] | None, threshold: float, checkpoint: str
-              ) -> tuple[Any, ...]:
-        """Run the current input again (after the checkpoint changed)."""
-        if not current or (current.get("source") is None and current.get("example") is None):
-            return (gr.update(), gr.update(), gr.update(), self.model_status(checkpoint)[0],
-                    None, current)
-        return self.analyse(current["source"], current["example"], threshold, checkpoint)
-
-    def rethreshold(self, pred: Prediction | None, threshold: float) -> tuple[Any, ...]:
-        """Redraw at a new threshold without running the model again."""
+    def view(self, pred: Prediction | None, status: str, threshold: float, order_by: str,
+             show_gt: bool) -> tuple[Any, ...]:
+        """Every output of the page for ``pred``: the four panels, the table, the plot, the
+        status line."""
+        blank = (None,) * len(PANELS)
         if pred is None:
-            return gr.update(), gr.update(), gr.update(), gr.update()
-        return self._render(pred, threshold)
-
-    def _render(self, pred: Prediction, threshold: float
-                ) -> tuple[Any, Any, pd.DataFrame, str]:
-        """(left, right, table, status) of ``pred`` at ``threshold``."""
-        left, right, rows, (lc, rc) = render(pred, threshold)
-        table = self._table(rows)
-        status = (f"{len(pred)} detections; {len(rows)} with classification score ≥ "
-                  f"{threshold:.2f}, {int((table['shown'] == 'both').sum())} of them also "
-                  f"with the rescored score. {pred.caption}")
+            return (*blank, pd.DataFrame(), None, status)
+        scores = pred.scores()
+        panels = tuple(panel(pred, name, threshold, show_gt) if name in scores else None
+                       for name in PANELS)
+        df = table(pred, order_by)
+        moves = rank_changes(pred)
+        text = (f"{len(pred)} detections; the head changes the rank of {moves}. " if
+                "rescored" in scores else f"{len(pred)} detections. ") + pred.caption
         if pred.notes:
-            status += "  \nNote: " + "; ".join(pred.notes) + "."
-        return (gr.update(value=left, color_map=lc), gr.update(value=right, color_map=rc),
-                table, status)
+            text += "  \nNote: " + "; ".join(pred.notes) + "."
+        return (*panels, style_moves(df), iou_plot(pred), text)
 
-    @staticmethod
-    def _table(rows: list[list[Any]]) -> pd.DataFrame:
-        return pd.DataFrame(rows, columns=TABLE_HEADERS)
+    def detect(self, file: str | None, detector: str, head: str, threshold: float,
+               order_by: str, show_gt: bool) -> tuple[Any, ...]:
+        """Handler of an upload (and the ``/detect`` API endpoint)."""
+        pred, status = self.analyse(file, None, detector, head)
+        return (*self.view(pred, status, threshold, order_by, show_gt), pred,
+                {"source": file, "example": None})
 
-    @staticmethod
-    def _fail(message: str, empty: tuple[Any, ...]) -> tuple[Any, ...]:
-        gr.Warning(message)
-        return (*empty[:3], f"⚠️ {message}", *empty[3:])
+    def example(self, number: int, detector: str, head: str, threshold: float, order_by: str,
+                show_gt: bool) -> tuple[Any, ...]:
+        """Run on gallery image ``number`` (0-based)."""
+        index = self.split.example_indices[number] if self.split is not None else None
+        pred, status = self.analyse(None, index, detector, head)
+        return (*self.view(pred, status, threshold, order_by, show_gt), pred,
+                {"source": None, "example": index})
+
+    def rerun(self, current: dict[str, Any] | None, detector: str, head: str, threshold: float,
+              order_by: str, show_gt: bool) -> tuple[Any, ...]:
+        """Run the current input again (after a model choice changed)."""
+        current = current or {}
+        pred, status = self.analyse(current.get("source"), current.get("example"), detector,
+                                    head)
+        if pred is None and not status:
+            status = self.model_status(detector, head)[0]
+        return (*self.view(pred, status, threshold, order_by, show_gt), pred, current)
+
+    def redraw(self, pred: Prediction | None, threshold: float, order_by: str, show_gt: bool
+               ) -> tuple[Any, ...]:
+        """Redraw at a new threshold, order or ground-truth toggle without running the model."""
+        if pred is None:
+            return (gr.update(),) * (len(PANELS) + 3)
+        return self.view(pred, "", threshold, order_by, show_gt)
+
+
+def upload_problem(path: str | Path) -> str | None:
+    """One line saying why an upload is refused before it is opened, or None."""
+    p = Path(path)
+    if not p.is_file():
+        return f"{p.name}: file not found"
+    if p.suffix.lower() not in UPLOAD_TYPES:
+        return (f"{p.name}: not an image file (accepted: "
+                f"{', '.join(t.lstrip('.').upper() for t in UPLOAD_TYPES)})")
+    if p.stat().st_size > MAX_UPLOAD_BYTES:
+        return (f"{p.name}: {p.stat().st_size / 2**20:.1f} MiB is over the "
+                f"{MAX_UPLOAD_BYTES // 2**20} MiB upload limit")
+    return None

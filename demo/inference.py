@@ -1,8 +1,9 @@
-"""The demo's logic without any UI: run a model once, then draw both scorings and the table.
+"""The demo's logic without any UI: run a model once, then draw every scoring and the table.
 
-``run_detection`` = :func:`predict` (the model, once per image) + :func:`render` (cheap, once
-per threshold). Everything here takes and returns numpy arrays and plain Python values, so tests
-call it directly and the Gradio app is a thin layer over it.
+``predict`` runs the model (once per image and model); ``render`` is cheap and runs again for a
+new threshold, scoring order or ground-truth toggle. Everything here takes and returns numpy
+arrays, pandas frames and plain values, so tests call it directly and the Gradio app is a thin
+layer over it.
 """
 
 from __future__ import annotations
@@ -13,21 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from pycocotools import mask as mask_utils
 
+from demo.draw import Shape, color, draw
 from demo.images import ImageSource, load_image
+from maskiou.evaluation.metrics import scorings
 from maskiou.evaluation.predict import encode_masks
+from maskiou.scoring import maskness
 
 MASK_THRESHOLD = 0.5  # mask probability -> binary mask, as in COCO evaluation
-TABLE_HEADERS = ["class", "classification score", "predicted MaskIoU", "rescored score",
-                 "rank (classification)", "rank (rescored)", "true MaskIoU", "shown"]
-PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
-           "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000",
-           "#aaffc3", "#808000", "#ffd8b1", "#000075", "#a9a9a9", "#ffe119"]
-
-Annotated = tuple[np.ndarray, list[tuple[np.ndarray, str]]]
-ColorMaps = tuple[dict[str, str], dict[str, str]]
+PANELS = {"cls": "classification score (Mask R-CNN)",
+          "maskness": "cls × maskness (free)",
+          "rescored": "cls × predicted MaskIoU (the head)",
+          "oracle": "cls × true MaskIoU (oracle)"}
+SCORE_COLUMNS = {"cls": "cls score", "maskness": "maskness", "rescored": "predicted MaskIoU",
+                 "oracle": "true MaskIoU"}
 
 
 def default_device() -> torch.device:
@@ -40,50 +43,52 @@ class Predictor:
 
     Args:
         model: called as ``model([Tensor[3, H, W] float in [0, 1]])``; returns a list with one
-            dict: boxes Tensor[n, 4], labels Tensor[n], scores Tensor[n] (rescored when the
-            model has the MaskIoU head), masks Tensor[n, 1, H, W] probabilities, and, with the
-            head, cls_scores and mask_ious Tensor[n].
+            dict: boxes Tensor[n, 4], labels Tensor[n], scores Tensor[n], masks
+            Tensor[n, 1, H, W] probabilities, and, with the MaskIoU head, cls_scores,
+            mask_ious and maskness Tensor[n].
         class_names: index 0 is the background.
+        kind: ``"plain"`` (no head) or ``"add-on"``/``"end to end"``, for the page.
     """
 
     def __init__(self, model: Any, class_names: list[str], device: str | torch.device | None = None,
-                 source: str = "") -> None:
+                 source: str = "", kind: str = "") -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
         self.class_names = list(class_names)
         self.source = source
+        self.kind = kind
         self.lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None
                         ) -> Predictor:
-        """Load a ``maskiou-train`` checkpoint (raises ``CheckpointError`` with one line)."""
+        """Load any maskiou checkpoint (raises ``CheckpointError`` with one line)."""
+        from maskiou.attach import find_maskiou_head
         from maskiou.training.models import load_trained_model
 
         device = torch.device(device) if device is not None else default_device()
         model, meta = load_trained_model(path, device)
-        return cls(model, meta["class_names"], device, source=str(path))
+        kind = "plain" if find_maskiou_head(model) is None else (
+            "add-on" if meta.get("addon") else "end to end")
+        return cls(model, meta["class_names"], device, source=str(path), kind=kind)
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """image: UInt8[H, W, 3]. Returns numpy arrays: boxes [n, 4], labels [n], cls_scores [n],
-        mask_ious [n], scores [n] (rescored), masks Bool[n, H, W]; ``has_head`` says whether
-        mask_ious came from a MaskIoU head (else they are all 1)."""
+        """image: UInt8[H, W, 3]. Returns numpy arrays: boxes [n, 4], labels [n], cls_scores
+        [n], maskness [n], mask_ious [n] (None without a head), masks Bool[n, H, W]."""
         tensor = torch.from_numpy(np.array(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        tensor = tensor.to(self.device)
         with self.lock:
-            out = self.model([tensor])[0]
+            out = self.model([tensor.to(self.device)])[0]
         n = len(out["boxes"])
-        has_head = "mask_ious" in out
-        cls_scores = out.get("cls_scores", out["scores"])
+        probs = out["masks"][:, 0].float()
+        mk = out["maskness"] if "maskness" in out else maskness(probs, MASK_THRESHOLD)
         return {
             "boxes": out["boxes"].float().cpu().numpy().reshape(n, 4),
             "labels": out["labels"].cpu().numpy().astype(np.int64),
-            "cls_scores": cls_scores.float().cpu().numpy(),
-            "mask_ious": out["mask_ious"].float().cpu().numpy() if has_head else np.ones(n),
-            "scores": out["scores"].float().cpu().numpy(),
-            "masks": (out["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy(),
-            "has_head": np.array(has_head),
+            "cls_scores": out.get("cls_scores", out["scores"]).float().cpu().numpy(),
+            "maskness": mk.float().cpu().numpy(),
+            "mask_ious": out["mask_ious"].float().cpu().numpy() if "mask_ious" in out else None,
+            "masks": (probs > MASK_THRESHOLD).cpu().numpy(),
         }
 
 
@@ -99,28 +104,36 @@ class GroundTruth:
 
 @dataclass
 class Prediction:
-    """One image's detections, kept compact (RLE masks) between threshold changes.
-
-    Arrays are [n], in the model's order; ``true_ious`` is None without ground truth.
-    """
+    """One image's detections, kept compact (RLE masks) between redraws. Arrays are [n], in the
+    model's order; ``mask_ious`` is None without a head, ``true_ious`` without ground truth."""
 
     image: np.ndarray  # UInt8[H, W, 3]
     class_names: list[str]
     labels: np.ndarray
+    boxes: np.ndarray
     cls_scores: np.ndarray
-    mask_ious: np.ndarray
-    scores: np.ndarray  # rescored: cls x predicted MaskIoU
+    maskness: np.ndarray
+    mask_ious: np.ndarray | None
     rles: list[dict[str, Any]]
     true_ious: np.ndarray | None = None
-    has_head: bool = True
+    ground_truth: GroundTruth | None = None
     notes: list[str] = field(default_factory=list)
-    caption: str = ""  # where it came from (model, image), for the page
+    caption: str = ""
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def class_name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else f"class {label}"
+
+    def scores(self) -> dict[str, np.ndarray]:
+        """Every scoring this prediction has: cls and maskness always, rescored with a head,
+        oracle with ground truth."""
+        true = self.true_ious if self.true_ious is not None else np.zeros(len(self))
+        out = scorings(self.cls_scores, self.mask_ious, self.maskness, true)
+        if self.true_ious is None:
+            out.pop("oracle")
+        return out
 
 
 def ranks(scores: np.ndarray) -> np.ndarray:
@@ -135,8 +148,8 @@ def true_mask_ious(rles: list[dict[str, Any]], labels: np.ndarray, class_names: 
                    gt: GroundTruth) -> np.ndarray:
     """Best mask IoU of each detection with a GT instance of the same class (0 if none).
 
-    Same rule as :func:`maskiou.evaluation.true_mask_ious`, for one image whose GT is given as
-    masks rather than a COCO object. Classes are matched by name. Returns Float[n].
+    Same rule as :func:`maskiou.evaluation.cocoeval.true_mask_ious`, for one image whose GT is
+    given as masks rather than a COCO object. Classes are matched by name. Returns Float[n].
     """
     out = np.zeros(len(rles))
     if not rles or len(gt.labels) == 0:
@@ -162,73 +175,111 @@ def predict(image: ImageSource, predictor: Predictor, ground_truth: GroundTruth 
     loaded = load_image(image)
     out = predictor(loaded.array)
     rles = encode_masks(torch.from_numpy(out["masks"]))
-    pred = Prediction(loaded.array, predictor.class_names, out["labels"], out["cls_scores"],
-                      out["mask_ious"], out["scores"], rles, has_head=bool(out["has_head"]),
+    pred = Prediction(loaded.array, predictor.class_names, out["labels"], out["boxes"],
+                      out["cls_scores"], out["maskness"], out["mask_ious"], rles,
                       notes=list(loaded.notes))
     if ground_truth is not None:
         if ground_truth.masks.shape[1:] != loaded.array.shape[:2]:
             pred.notes.append("ground truth not used: its size differs from the image's")
+        elif [n for n in ground_truth.class_names] != pred.class_names:
+            pred.notes.append("ground truth not used: the model's classes are not the "
+                              "dataset's")
         else:
+            pred.ground_truth = ground_truth
             pred.true_ious = true_mask_ious(rles, pred.labels, pred.class_names, ground_truth)
-    if not pred.has_head:
-        pred.notes.append("this model has no MaskIoU head: both sides use the "
-                          "classification score")
+    if pred.mask_ious is None:
+        pred.notes.append("this model has no MaskIoU head: classification score and maskness "
+                          "only (load an add-on checkpoint for the head's scores)")
     return pred
 
 
-def _annotations(pred: Prediction, idx: np.ndarray, scores: np.ndarray
-                 ) -> tuple[list[tuple[np.ndarray, str]], dict[str, str]]:
-    anns, colors, cls_rank = [], {}, ranks(pred.cls_scores)
-    for i in idx:
-        # the number (= rank by classification, as in the table) keeps labels unique
-        label = f"{pred.class_name(int(pred.labels[i]))} {scores[i]:.2f} (#{cls_rank[i]})"
-        mask = mask_utils.decode(pred.rles[i]).astype(np.float32)
-        anns.append((mask, label))
-        colors[label] = PALETTE[(cls_rank[i] - 1) % len(PALETTE)]
-    return anns, colors
+def panel(pred: Prediction, scoring: str, threshold: float, show_gt: bool = False
+          ) -> np.ndarray:
+    """The image with the detections whose ``scoring`` score is >= ``threshold``, labelled
+    ``#k class cls→score`` (k: the detection's number in the table), best on top."""
+    scores = pred.scores()[scoring]
+    shapes = []
+    if show_gt and pred.ground_truth is not None:
+        for m in pred.ground_truth.masks:
+            shapes.append(Shape(np.asarray(m, bool), (0, 0, 0, 0), "#ffffff", "", True))
+    for i in np.argsort(scores, kind="stable"):  # lowest first: the best is drawn on top
+        if scores[i] < threshold:
+            continue
+        text = f"#{i + 1} {pred.class_name(int(pred.labels[i]))} "
+        text += f"{scores[i]:.2f}" if scoring == "cls" else \
+            f"{pred.cls_scores[i]:.2f}→{scores[i]:.2f}"
+        shapes.append(Shape(mask_utils.decode(pred.rles[i]).astype(bool),
+                            tuple(pred.boxes[i]), color(i), text))
+    return draw(pred.image, shapes)
 
 
-def render(pred: Prediction, threshold: float
-           ) -> tuple[Annotated, Annotated, list[list[Any]], ColorMaps]:
-    """Draw both scorings at ``threshold`` and build the per-instance table.
-
-    Returns:
-        left: (image, [(mask Float[H, W] in {0, 1}, "ring 0.91 (#1)"), ...]) with the detections
-            whose classification score is >= threshold, highest first (#k: the detection's
-            rank by classification score, as in the table);
-        right: the same with the rescored score (cls x predicted MaskIoU);
-        rows: one per detection shown on the left, by classification rank, with the columns
-            of :data:`TABLE_HEADERS` (scores rounded to 3 decimals, ranks among all detections
-            of the image, true MaskIoU None without ground truth);
-        colors: (left, right) label -> colour maps; a detection has the same colour on both
-            sides.
-    """
-    cls, rescored = pred.cls_scores, pred.scores
-    rank_cls, rank_new = ranks(cls), ranks(rescored)
-    left_idx = np.argsort(-cls, kind="stable")
-    left_idx = left_idx[cls[left_idx] >= threshold]
-    right_idx = np.argsort(-rescored, kind="stable")
-    right_idx = right_idx[rescored[right_idx] >= threshold]
-    left_anns, left_colors = _annotations(pred, left_idx, cls)
-    right_anns, right_colors = _annotations(pred, right_idx, rescored)
-    shown_right = set(right_idx.tolist())
-    rows = []
-    for i in left_idx:
-        true = None if pred.true_ious is None else round(float(pred.true_ious[i]), 3)
-        rows.append([pred.class_name(int(pred.labels[i])), round(float(cls[i]), 3),
-                     round(float(pred.mask_ious[i]), 3), round(float(rescored[i]), 3),
-                     int(rank_cls[i]), int(rank_new[i]), true,
-                     "both" if i in shown_right else "left only"])
-    return (pred.image, left_anns), (pred.image, right_anns), rows, (left_colors, right_colors)
+def table(pred: Prediction, order_by: str = "rescored") -> pd.DataFrame:
+    """One row per detection: its number, class, every score it has, its rank under every
+    scoring, and how far the learned score moves it against the classification score; sorted
+    by the rank under ``order_by`` (or the classification score where that scoring is
+    missing)."""
+    scores = pred.scores()
+    order_by = order_by if order_by in scores else "cls"
+    df = pd.DataFrame({"#": np.arange(1, len(pred) + 1),
+                       "class": [pred.class_name(int(x)) for x in pred.labels],
+                       "cls score": pred.cls_scores.round(3),
+                       "maskness": pred.maskness.round(3)})
+    if pred.mask_ious is not None:
+        df["predicted MaskIoU"] = pred.mask_ious.round(3)
+    if pred.true_ious is not None:
+        df["true MaskIoU"] = pred.true_ious.round(3)
+    for name, s in scores.items():
+        df[f"rank: {name}"] = ranks(s)
+    if "rescored" in scores:
+        df["move"] = df["rank: cls"] - df["rank: rescored"]  # > 0: the head moves it up
+    return df.sort_values(f"rank: {order_by}", kind="stable").reset_index(drop=True)
 
 
-def run_detection(image: ImageSource, threshold: float, predictor: Predictor,
-                  ground_truth: GroundTruth | None = None
-                  ) -> tuple[Annotated, Annotated, list[list[Any]]]:
-    """Detect once and render both scorings: ``(left, right, table_rows)`` as in :func:`render`.
+def style_moves(df: pd.DataFrame) -> Any:
+    """The table with the rows whose rank the learned score changes highlighted."""
+    def row_style(row: pd.Series) -> list[str]:
+        move = row.get("move", 0)
+        tint = "background-color: #d8f5d0" if move > 0 else (
+            "background-color: #fbd9d3" if move < 0 else "")
+        return [tint] * len(row)
 
-    Raises:
-        ImageInputError: ``image`` is not a usable image (one line saying why).
-    """
-    left, right, rows, _ = render(predict(image, predictor, ground_truth), threshold)
-    return left, right, rows
+    return df.style.apply(row_style, axis=1).format(precision=3)
+
+
+def iou_plot(pred: Prediction) -> np.ndarray | None:
+    """Predicted MaskIoU (and maskness) against the true MaskIoU of this image's detections,
+    numbered as in the table: the benchmark's correlation plot for one image. None without
+    ground truth."""
+    if pred.true_ious is None or len(pred) == 0:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3.6, 3.4), dpi=100)
+    ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1)
+    if pred.mask_ious is not None:
+        ax.scatter(pred.true_ious, pred.mask_ious, s=28, c=[color(i) for i in range(len(pred))],
+                   edgecolors="k", linewidths=0.5, label="predicted MaskIoU", zorder=3)
+        for i, (x, y) in enumerate(zip(pred.true_ious, pred.mask_ious)):
+            ax.annotate(str(i + 1), (x, y), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.scatter(pred.true_ious, pred.maskness, s=14, marker="x", c="gray", label="maskness")
+    ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), xlabel="true MaskIoU",
+           ylabel="score", title="this image")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.canvas.draw()
+    out = np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()
+    plt.close(fig)
+    return out
+
+
+def rank_changes(pred: Prediction) -> int:
+    """How many detections the learned score ranks differently from the classification
+    score (0 without a head)."""
+    if pred.mask_ious is None:
+        return 0
+    s = pred.scores()
+    return int((ranks(s["cls"]) != ranks(s["rescored"])).sum())

@@ -12,6 +12,7 @@ from maskiou.training.config import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_METRICS = ROOT / "results" / "metrics.json"
+DEFAULT_GALLERY = ROOT / "results" / "gallery.json"
 
 
 class ValSplit:
@@ -34,6 +35,7 @@ class ValSplit:
                   for image_id in self.dataset.image_ids]
         order = sorted(range(len(counts)), key=lambda i: (-min(counts[i], 4), i))
         self.example_indices = order[:num_examples]
+        self.gallery_size = 0  # how many examples come from the benchmark's gallery.json
         self._hashes: dict[str, int] | None = None
         self._lock = threading.Lock()
 
@@ -49,6 +51,24 @@ class ValSplit:
         """(image path, caption) of the example images."""
         return [(str(self.dataset.image_path(i)), Path(self.dataset.image_path(i)).stem)
                 for i in self.example_indices]
+
+    def use_gallery(self, path: str | Path) -> bool:
+        """Show first the images of the benchmark's ``gallery.json`` (those whose ranking the
+        learned score fixes most), when it was computed on this split. Returns whether it was."""
+        try:
+            data = json.loads(Path(path).read_text())
+            if Path(data["val_json"]).resolve() != self.dataset.ann_file.resolve():
+                return False
+            index = {int(image_id): i for i, image_id in enumerate(self.dataset.image_ids)}
+            picked = [index[int(r["image_id"])] for r in data["images"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if not picked:
+            return False
+        rest = [i for i in self.example_indices if i not in picked]
+        self.example_indices = (picked + rest)[:max(len(self.example_indices), len(picked))]
+        self.gallery_size = len(picked)
+        return True
 
     def index_of_file(self, path: str | Path) -> int | None:
         """Index of the split's image with the same bytes as ``path``, or None."""
@@ -72,29 +92,29 @@ def _sha1(path: str | Path) -> str:
 
 
 def benchmark_summary(path: str | Path = DEFAULT_METRICS) -> str:
-    """One Markdown line: mask AP of the split with each scoring, from ``results/metrics.json``
+    """One Markdown line: mask AP of the split under each scoring, from ``results/metrics.json``
     (written by ``python benchmarks/coco_eval.py``), or how to get it."""
     path = Path(path)
     if not path.is_file():
-        return ("**Dataset split:** no benchmark yet. Run `python benchmarks/coco_eval.py` to "
-                "measure mask AP with classification vs MaskIoU-rescored scores "
-                f"(it writes `{short_path(path)}`).")
+        return ("**Benchmark:** none yet. Run `python benchmarks/coco_eval.py` to measure mask AP "
+                "under each scoring (it writes "
+                f"`{short_path(path)}`).")
     try:
         m = json.loads(path.read_text())
         segm = m["segm"]
-        cls, new = float(segm["cls"]["AP"]), float(segm["rescored"]["AP"])
-        cls75, new75 = float(segm["cls"]["AP75"]), float(segm["rescored"]["AP75"])
+        aps = {name: float(segm[name]["AP"]) for name in
+               ("cls", "maskness", "rescored", "recalibrated", "oracle") if name in segm}
+        aps["cls"], aps["maskness"]  # noqa: B018 - both must be there
     except (OSError, ValueError, KeyError, TypeError) as e:
         name = short_path(path)
-        return f"**Dataset split:** `{name}` could not be read ({type(e).__name__}: {e})."
-    line = (f"**Dataset split** ({m.get('num_images', '?')} validation images, "
-            f"`{short_path(path)}`): "
-            f"mask AP **{cls:.1f}** with classification scores → **{new:.1f}** rescored "
-            f"({new - cls:+.1f}); AP75 {cls75:.1f} → {new75:.1f} ({new75 - cls75:+.1f})")
-    oracle = segm.get("oracle", {}).get("AP")
-    if oracle is not None:
-        line += f"; with the true MaskIoU (oracle) {float(oracle):.1f}"
-    pearson = m.get("correlation", {}).get("pearson")
+        return f"**Benchmark:** `{name}` could not be read ({type(e).__name__}: {e})."
+    titles = {"cls": "classification score", "maskness": "× maskness (free)",
+              "rescored": "× predicted MaskIoU", "recalibrated": "recalibrated",
+              "oracle": "× true MaskIoU (oracle)"}
+    parts = [f"{titles[k]} **{v:.1f}**" for k, v in aps.items()]
+    line = (f"**Benchmark** ({m.get('num_images', '?')} validation images, "
+            f"`{short_path(path)}`), mask AP: " + " · ".join(parts))
+    pearson = m.get("correlation", {}).get("head_pearson")
     if pearson is not None:
         line += f". Pearson r of predicted vs true MaskIoU: {float(pearson):.2f}"
     return line + "."

@@ -61,3 +61,15 @@ def write_tiny_checkpoint(path: str | Path, class_names: list[str],
                  "class_names": list(class_names), "label_to_cat_id": label_to_cat_id,
                  "iteration": 0, "format": "maskiou-train-1"}, path)
     return Path(path)
+
+
+def write_tiny_plain_checkpoint(path: str | Path, class_names: list[str],
+                                label_to_cat_id: dict[int, int] | None = None) -> Path:
+    """The detector of :func:`tiny_model` without its head, as a plain checkpoint."""
+    model = tiny_model(len(class_names))
+    state = {k: v for k, v in model.state_dict().items() if ".maskiou_head." not in k}
+    label_to_cat_id = label_to_cat_id or {i: i for i in range(1, len(class_names))}
+    save_atomic({"model": state, "config": {**tiny_config().to_dict(), "maskiou": False},
+                 "class_names": list(class_names), "label_to_cat_id": label_to_cat_id,
+                 "iteration": 0, "format": "maskiou-train-1"}, path)
+    return Path(path)

@@ -31,7 +31,7 @@ from maskiou.branch import (
 )
 from maskiou.head import MaskIoUHead
 from maskiou.loss import mask_iou_loss
-from maskiou.scoring import add_maskiou_outputs
+from maskiou.scoring import add_maskiou_outputs, maskness
 
 
 class MaskScoringRoIHeads(RoIHeads):
@@ -75,17 +75,20 @@ class MaskScoringRoIHeads(RoIHeads):
         mask_proposals: List[Tensor] = []
         pos_matched: List[Tensor] = []
         pos_labels: List[Tensor] = []
+        pos_scores: List[Tensor] = []  # classification score of each mask RoI's class
         if self.training:
             if labels is None or regression_targets is None or matched_idxs is None:
                 raise ValueError("training samples missing")
             loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels,
                                                           regression_targets)
             losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-            for props, lab, idx in zip(proposals, labels, matched_idxs):
+            probs_all = class_logits.detach().softmax(-1).split([p.shape[0] for p in proposals])
+            for props, lab, idx, cls_probs in zip(proposals, labels, matched_idxs, probs_all):
                 pos = torch.where(lab > 0)[0]
                 mask_proposals.append(props[pos])
                 pos_matched.append(idx[pos])
                 pos_labels.append(lab[pos])
+                pos_scores.append(cls_probs[pos, lab[pos]])
         else:
             boxes, scores, det_labels = self.postprocess_detections(
                 class_logits, box_regression, proposals, image_shapes)
@@ -93,6 +96,7 @@ class MaskScoringRoIHeads(RoIHeads):
                 result.append({"boxes": b, "labels": lab, "scores": s})
                 mask_proposals.append(b)
                 pos_labels.append(lab)
+                pos_scores.append(s)
 
         if self.mask_roi_pool is None:
             raise ValueError("this RoIHeads has no mask branch")
@@ -111,18 +115,26 @@ class MaskScoringRoIHeads(RoIHeads):
             head_features = roi_features
             if self.maskiou_detach_inputs:
                 head_features, probs = roi_features.detach(), probs.detach()
-            losses["loss_maskiou"] = mask_iou_loss(self.maskiou_head(head_features, probs),
-                                                   all_labels, iou_targets,
+            pred = self.maskiou_head(head_features, probs, self._score_inputs(pos_scores, probs))
+            losses["loss_maskiou"] = mask_iou_loss(pred, all_labels, iou_targets,
                                                    self.maskiou_loss_weight)
         else:
             probs, all_labels = predicted_mask_probs(mask_logits, pos_labels)
-            ious, mask_maskness = maskiou_outputs(self.maskiou_head(roi_features, probs), probs,
-                                                  all_labels, [x.shape[0] for x in pos_labels])
+            pred = self.maskiou_head(roi_features, probs, self._score_inputs(pos_scores, probs))
+            ious, mask_maskness = maskiou_outputs(pred, probs, all_labels,
+                                                  [x.shape[0] for x in pos_labels])
             masks = maskrcnn_inference(mask_logits, pos_labels)
             for i, r in enumerate(result):
                 r["masks"] = masks[i]
                 add_maskiou_outputs(r, ious[i], mask_maskness[i], self.maskiou_rescore)
         return result, losses
+
+    def _score_inputs(self, cls_scores: List[Tensor], probs: Tensor) -> Tensor | None:
+        """Tensor[N, 2] (classification score, maskness) for a head with score inputs."""
+        if self.maskiou_head.score_inputs == 0:
+            return None
+        scores = torch.cat(cls_scores) if len(cls_scores) > 0 else probs.new_zeros(0)
+        return torch.stack([scores.to(probs.dtype), maskness(probs.detach()).to(probs.dtype)], 1)
 
 
 _SCORING_CLASSES: Dict[type, type] = {RoIHeads: MaskScoringRoIHeads}

@@ -30,12 +30,22 @@ class MaskIoUHead(nn.Module):
             of S the mask is max-pooled with a fixed M/S x M/S kernel (2 x 2 in the paper),
             which exports to ONNX, else adaptively to S x S.
         conv_channels: channels of the four convolutions.
+        reduce_channels: 0 (the paper) or the channels of a 1x1 convolution put before the 3x3
+            ones: a light head whose cost hardly depends on ``in_channels`` (for CPUs).
         num_convs: number of convolutions; the last one has stride 2.
         fc_dim: width of the two hidden fully connected layers.
         fusion: how the mask enters the head, the cases of the paper's table 4:
             ``"concat"`` (a, default) concatenates the pooled mask to the RoI feature;
             ``"multiply"`` (b) multiplies the RoI feature by it; ``"mask"`` (e) uses the mask only;
             ``"roi"`` (f) uses the RoI feature only.
+        mask_features: 0 (the paper) or the channels of a learned 3x3 stride-2 convolution of
+            the full-resolution M x M mask probabilities, concatenated to the head's input
+            beside the max-pooled mask (max pooling keeps where the mask is, not how sure the
+            mask branch is about its edges).
+        score_inputs: number of per-RoI scores the head also sees (0 in the paper; 2 for the
+            classification score and the maskness), appended to the second FC layer's input.
+        output: ``"linear"`` (the paper: raw regression, clamped to [0, 1] when used) or
+            ``"sigmoid"`` (for a BCE loss on the IoU).
     """
 
     def __init__(
@@ -46,13 +56,19 @@ class MaskIoUHead(nn.Module):
         roi_size: int = 14,
         mask_size: int = 0,
         conv_channels: int = 256,
+        reduce_channels: int = 0,
         num_convs: int = 4,
         fc_dim: int = 1024,
         fusion: Fusion = "concat",
+        mask_features: int = 0,
+        score_inputs: int = 0,
+        output: str = "linear",
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if output not in ("linear", "sigmoid"):
+            raise ValueError(f"output must be 'linear' or 'sigmoid', got {output!r}")
         if num_convs < 1:
             raise ValueError(f"num_convs must be >= 1, got {num_convs}")
         self.in_channels = in_channels
@@ -62,9 +78,20 @@ class MaskIoUHead(nn.Module):
         # 0: adaptive pooling; k: a fixed k x k max pool (TorchScript and ONNX keep it constant)
         self.mask_pool = self.mask_size // roi_size if self.mask_size % roi_size == 0 else 0
         self.fusion = fusion
+        self.score_inputs = score_inputs
+        self.sigmoid_output = output == "sigmoid"
         first = {"concat": in_channels + 1, "multiply": in_channels, "mask": 1, "roi": in_channels}
         convs = []
-        channels = first[fusion]
+        channels = first[fusion] + mask_features
+        self.mask_conv: nn.Conv2d | None = None
+        if mask_features > 0:
+            if self.mask_size != 2 * roi_size:
+                raise ValueError("mask_features needs masks of twice the RoI size")
+            self.mask_conv = nn.Conv2d(1, mask_features, 3, stride=2, padding=1)
+        self.reduce: nn.Conv2d | None = None
+        if reduce_channels > 0:
+            self.reduce = nn.Conv2d(channels, reduce_channels, 1)
+            channels = reduce_channels
         for i in range(num_convs):
             stride = 2 if i == num_convs - 1 else 1
             convs.append(nn.Conv2d(channels, conv_channels, 3, stride=stride, padding=1))
@@ -72,9 +99,10 @@ class MaskIoUHead(nn.Module):
         self.convs = nn.ModuleList(convs)
         out_size = (roi_size + 1) // 2
         self.fc1 = nn.Linear(conv_channels * out_size * out_size, fc_dim)
-        self.fc2 = nn.Linear(fc_dim, fc_dim)
+        self.fc2 = nn.Linear(fc_dim + score_inputs, fc_dim)
         self.predictor = nn.Linear(fc_dim, num_classes)
-        for conv in self.convs:
+        extra = [c for c in (self.reduce, self.mask_conv) if c is not None]
+        for conv in [*self.convs, *extra]:
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
         for fc in (self.fc1, self.fc2):
@@ -100,19 +128,33 @@ class MaskIoUHead(nn.Module):
         else:
             pooled = F.adaptive_max_pool2d(mask, [roi_features.shape[-2], roi_features.shape[-1]])
         if self.fusion == "concat":
-            return torch.cat([roi_features, pooled], dim=1)
-        if self.fusion == "multiply":
-            return roi_features * pooled
-        if self.fusion == "mask":
-            return pooled
-        return roi_features
+            x = torch.cat([roi_features, pooled], dim=1)
+        elif self.fusion == "multiply":
+            x = roi_features * pooled
+        elif self.fusion == "mask":
+            x = pooled
+        else:
+            x = roi_features
+        if self.mask_conv is not None:
+            x = torch.cat([x, F.relu(self.mask_conv(mask))], dim=1)
+        return x
 
-    def forward(self, roi_features: Tensor, mask_probs: Tensor) -> Tensor:
-        """Args: see :meth:`fuse`. Returns: Tensor[N, num_classes], raw predicted IoUs."""
+    def forward(self, roi_features: Tensor, mask_probs: Tensor,
+                scores: Tensor | None = None) -> Tensor:
+        """Args: see :meth:`fuse`; ``scores``: Tensor[N, score_inputs] when the head has score
+        inputs. Returns: Tensor[N, num_classes], predicted IoUs (raw unless ``output`` is
+        ``"sigmoid"``)."""
         x = self.fuse(roi_features, mask_probs)
+        if self.reduce is not None:
+            x = F.relu(self.reduce(x))
         for conv in self.convs:
             x = F.relu(conv(x))
-        x = x.flatten(1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.predictor(x)
+        x = F.relu(self.fc1(x.flatten(1)))
+        if self.score_inputs > 0:
+            if scores is None:
+                raise ValueError("this MaskIoU head needs its score inputs")
+            x = torch.cat([x, scores.to(x.dtype)], dim=1)
+        x = self.predictor(F.relu(self.fc2(x)))
+        if self.sigmoid_output:
+            x = torch.sigmoid(x)
+        return x

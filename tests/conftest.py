@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 for p in (ROOT, ROOT / "examples"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
+
+if "MUTANT_UNDER_TEST" in os.environ:
+    # Under mutmut the mutated copy of integrations/ (in mutants/) must be the adapter that the
+    # entry point loads, not the installed maskiou_integrations that points at the original.
+    import importlib
+
+    _adapters = importlib.import_module("integrations")
+    sys.modules["maskiou_integrations"] = _adapters
+    sys.modules["maskiou_integrations.torchvision_maskrcnn"] = importlib.import_module(
+        "integrations.torchvision_maskrcnn")
 
 
 def tiny_maskrcnn(num_classes: int = 4, backbone: str = "resnet18", size: int = 64, **kw):

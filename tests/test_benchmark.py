@@ -1,102 +1,289 @@
+"""The main job's numbers, checked against independent recomputations, and every CLI path.
+
+One tiny run (module fixture): the shipped plain detector gets the add-on head trained on 6
+add-on images for one epoch, and is scored on the first 20 images of the embedded validation
+split beside the shipped end-to-end model. The tests then recompute what the benchmark wrote
+without its code: COCO AP with pycocotools from the results files, the scores from the
+per-detection file, the Pearson correlation with scipy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import coco_eval  # noqa: E402
 
+from maskiou.data.synthetic import generate_synthetic_coco  # noqa: E402
+from maskiou.training.checkpoint import load_checkpoint, save_atomic  # noqa: E402
+from maskiou.training.paths import shipped_model_path  # noqa: E402
+
 SCORES = {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+PLAIN, END_TO_END = shipped_model_path("plain"), shipped_model_path("end_to_end")
 
 
-def test_end_to_end_on_a_tiny_synthetic_split(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MASKIOU_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "results"
-    args = ["--max-iters", "2", "--synthetic-train", "8", "--synthetic-val", "4",
-            "--output-dir", str(out), "--no-progress", "--batch-size", "2"]
-    assert coco_eval.main([*args, "--train-baseline"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    val = generate_synthetic_coco(d / "val", 0, 20, seed=0, progress=False)  # = embedded val[:20]
+    addon = generate_synthetic_coco(d / "addon", 6, 0, seed=1, progress=False)
+    return {"val": ["--val-json", str(val.val_json), "--val-images", str(val.val_images)],
+            "addon": ["--train-json", str(addon.train_json),
+                      "--train-images", str(addon.train_images)],
+            "val_json": val.val_json, "addon_json": addon.train_json,
+            "addon_images": addon.train_images, "root": d}
+
+
+def addon_args(data, out: Path, *extra: str) -> list[str]:
+    return ["--checkpoint", str(PLAIN), *data["addon"], *data["val"], "--output-dir", str(out),
+            "--runs-dir", str(data["root"] / "runs"), "--no-progress", "--addon-epochs", "1",
+            "--addon-flip", "false", "--addon-recalibration", "logistic", "--batch-size", "4",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = coco_eval.main(addon_args(data, out, "--end-to-end-checkpoint", str(END_TO_END)))
+    assert code == 0
+    return out, json.loads((out / "metrics.json").read_text()), buf.getvalue()
+
+
+def pycocotools_ap(val_json: Path, results_file: Path, iou_type: str) -> list[float]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(val_json))
+        ev = COCOeval(gt, gt.loadRes(str(results_file)), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return [round(float(v) * 100, 3) if v >= 0 else -1.0 for v in ev.stats[:6]]
+
+
+def test_every_reported_ap_equals_pycocotools_on_the_written_results(data, run):
+    out, metrics, _ = run
+    assert set(metrics["segm"]) == {"cls", "maskness", "rescored", "recalibrated", "oracle"}
     for iou_type in ("segm", "bbox"):
-        assert set(metrics[iou_type]) == {"cls", "rescored", "oracle"}
-        for scoring in metrics[iou_type].values():
-            assert set(scoring) == SCORES
-    assert {"pearson", "spearman", "cls_pearson", "ece_cls", "ece_rescored"} <= \
-        set(metrics["correlation"])
-    assert metrics["num_images"] == 4 and metrics["num_detections"] >= 0
-    assert set(metrics["baseline"]["segm"]) == SCORES
+        for name, aps in metrics[iou_type].items():
+            assert set(aps) == SCORES
+            expected = pycocotools_ap(data["val_json"], out / f"results_{iou_type}_{name}.json",
+                                      iou_type)
+            assert [aps[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")] == expected, \
+                (iou_type, name)
+    assert metrics["segm"]["cls"]["AP"] > 20  # the shipped detector finds the shapes
+
+
+def test_oracle_bounds_every_other_scoring(run):
+    _, metrics, _ = run
+    oracle = metrics["segm"]["oracle"]["AP"]
+    assert all(oracle >= s["AP"] for s in metrics["segm"].values())
+
+
+def test_each_scoring_is_its_formula_of_the_written_detections(run):
+    out, _, _ = run
+    d = {k: np.asarray(v) for k, v in json.loads((out / "detections.json").read_text()).items()}
+    cls, mk, pred, true = d["cls_score"], d["maskness"], d["predicted_iou"], d["true_iou"]
+    assert len(cls) > 50 and np.ptp(pred) > 0.1  # a real head, not a constant
+    for name, expected in (("cls", cls), ("maskness", cls * mk), ("rescored", cls * pred),
+                           ("oracle", cls * true)):
+        res = json.loads((out / f"results_segm_{name}.json").read_text())
+        assert [r["score"] for r in res] == pytest.approx(expected, abs=1e-6), name
+    # the rescored scores are not the classification scores (nor maskness ones)
+    assert not np.allclose(cls * pred, cls) and not np.allclose(cls * pred, cls * mk)
+
+
+def test_pearson_equals_scipy_on_the_written_detections(run):
+    out, metrics, _ = run
+    d = json.loads((out / "detections.json").read_text())
+    pred, true = np.array(d["predicted_iou"]), np.array(d["true_iou"])
+    assert metrics["correlation"]["head_pearson"] == pytest.approx(
+        stats.pearsonr(pred, true).statistic, abs=1e-9)
+    m = true > 0
+    assert metrics["correlation"]["head_pearson_matched"] == pytest.approx(
+        stats.pearsonr(pred[m], true[m]).statistic, abs=1e-9)
+
+
+def test_true_iou_is_pycocotools_mask_iou_with_the_best_gt(data, run):
+    from pycocotools import mask as mask_utils
+
+    out, _, _ = run
+    res = json.loads((out / "results_segm_cls.json").read_text())
+    true = json.loads((out / "detections.json").read_text())["true_iou"]
+    gt = _quiet_coco(data["val_json"])
+    for r, t in list(zip(res, true))[:40]:
+        anns = gt.loadAnns(gt.getAnnIds(imgIds=[r["image_id"]], catIds=[r["category_id"]]))
+        best = max((float(mask_utils.iou([r["segmentation"]], [gt.annToRLE(a)], [0])[0][0])
+                    for a in anns), default=0.0)
+        assert t == pytest.approx(best, abs=1e-9)
+
+
+def _quiet_coco(path: Path) -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(path))
+
+
+def test_report_files_and_models_side_by_side(run):
+    out, metrics, printed = run
     for name in ("report.md", "maskiou_correlation.png", "score_vs_maskiou.png",
-                 "results_segm_rescored.json", "results_bbox_cls.json"):
+                 "detections.json", "gallery.json", "results_segm_recalibrated.json"):
         assert (out / name).stat().st_size > 0, name
-    printed = capsys.readouterr().out
-    assert "| MS R-CNN (cls x predicted MaskIoU) |" in printed
-    # the second run reuses the cached model instead of training again
-    assert coco_eval.main(args) == 0
-    assert "reusing trained model" in capsys.readouterr().out
+    assert set(metrics["models"]) == {"addon", "plain", "end_to_end"}
+    e2e = metrics["models"]["end_to_end"]
+    assert set(e2e["segm"]) == {"cls", "maskness", "rescored", "oracle"}
+    assert "| plain Mask R-CNN (the detector the user has) | maskness |" in printed
+    assert "| Mask Scoring R-CNN trained end to end | rescored |" in printed
+    # the add-on's detector is frozen: its box AP with the class score is the plain detector's
+    assert metrics["bbox"]["cls"] == metrics["models"]["addon"]["bbox"]["cls"]
+    gallery = json.loads((out / "gallery.json").read_text())
+    assert gallery["images"] and Path(gallery["images"][0]["file"]).is_file()
 
 
-def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json")
-    code = coco_eval.main(["--checkpoint", str(tmp_path / "none.pt"), "--val-json", str(bad),
-                           "--val-images", str(tmp_path), "--no-progress"])
-    assert code == 2
+def test_second_run_reuses_the_add_on_and_retrain_trains_it_again(data, run, tmp_path, capsys):
+    assert coco_eval.main(addon_args(data, tmp_path)) == 0
+    assert "reusing the add-on model" in capsys.readouterr().out
+    assert coco_eval.main(addon_args(data, tmp_path, "--retrain")) == 0
+    assert "training the add-on" in capsys.readouterr().out
+
+
+def test_faster_coco_eval_backend_gives_the_same_numbers(data, run, tmp_path):
+    pytest.importorskip("faster_coco_eval")
+    _, metrics, _ = run
+    assert coco_eval.main(addon_args(data, tmp_path, "--eval-backend", "faster-coco-eval")) == 0
+    fast = json.loads((tmp_path / "metrics.json").read_text())
+    for iou_type in ("segm", "bbox"):
+        for name in metrics[iou_type]:
+            assert fast[iou_type][name] == pytest.approx(metrics[iou_type][name], abs=1e-3)
+
+
+def test_checkpoint_with_a_head_on_a_coco_root_and_a_baseline(data, tmp_path):
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    val_json = Path(data["val"][1])
+    (root / "annotations" / "instances_val2017.json").write_bytes(val_json.read_bytes())
+    (root / "val2017").symlink_to(Path(data["val"][3]))
+    assert coco_eval.main(["--checkpoint", str(END_TO_END), "--coco-root", str(root),
+                           "--baseline-checkpoint", str(PLAIN), "--output-dir", str(tmp_path),
+                           "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["main_model"] == "model" and "baseline" in metrics["models"]
+    assert set(metrics["models"]["baseline"]["segm"]) == {"cls", "maskness", "oracle"}
+
+
+def test_a_frozen_detector_checkpoint_of_maskiou_train_evaluates(data, tmp_path):
+    from maskiou.training.trainer import main as train
+
+    args = ["--output-dir", str(tmp_path / "head"), "--freeze-detector", "--detector-checkpoint",
+            str(PLAIN), "--train-json", str(data["addon_json"]), "--train-images",
+            str(data["addon_images"]), "--max-iters", "2", "--batch-size", "2", "--no-progress",
+            "--workers", "0"]
+    assert train(args) == 0
+    ckpt = tmp_path / "head" / "model_final.pt"
+    assert load_checkpoint(ckpt)["config"]["freeze_detector"] is True
+    assert coco_eval.main(["--checkpoint", str(ckpt), *data["val"], "--output-dir",
+                           str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "rescored" in json.loads((tmp_path / "out" / "metrics.json").read_text())["segm"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "checkpoint not found"),
+    ("corrupt", "not a readable checkpoint"),
+    ("classes", "trained on classes"),
+    ("architecture", "architecture mismatch"),
+    ("fitted", "images the add-on head"),
+    ("plain-without-images", "give --train-json and --train-images"),
+    ("bad-json", "malformed JSON"),
+])
+def test_bad_input_is_one_line_and_a_nonzero_exit_with_nothing_written(data, run, tmp_path,
+                                                                       capsys, case, message):
+    out = tmp_path / "out"
+    ckpt = tmp_path / "model.pt"
+    val = data["val"]
+    if case == "corrupt":
+        ckpt.write_text("junk")
+    elif case == "classes":  # a model of other classes than the dataset's
+        c = load_checkpoint(END_TO_END)
+        c["class_names"] = [*c["class_names"][:-1], "blob"]
+        save_atomic(c, ckpt)
+    elif case == "architecture":
+        c = load_checkpoint(END_TO_END)
+        c["config"] = {**c["config"], "maskiou_num_convs": 3}
+        save_atomic(c, ckpt)
+    elif case == "fitted":  # scoring the add-on on the very images its head was trained on
+        addon = next((data["root"] / "runs").glob("addon-*/model_final.pt"))
+        ckpt = addon
+        val = ["--val-json", str(data["addon_json"]), "--val-images", str(data["addon_images"])]
+    elif case == "plain-without-images":
+        ckpt = PLAIN
+    elif case == "bad-json":
+        ckpt = END_TO_END
+        bad = tmp_path / "bad.json"
+        bad.write_text("{not json")
+        val = ["--val-json", str(bad), "--val-images", str(tmp_path)]
+    code = coco_eval.main(["--checkpoint", str(ckpt), *val, "--output-dir", str(out),
+                           "--no-progress", "--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "none.pt" in err[0]
-    code = coco_eval.main(["--val-json", str(bad), "--val-images", str(tmp_path)])
-    assert code == 2 and "--checkpoint" in capsys.readouterr().err
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (out / "metrics.json").exists()
 
 
-def test_export_and_shipped_warm_start(tmp_path, monkeypatch, capsys):
-    import torch
-
-    from maskiou.data.synthetic import generate_synthetic_coco
-    from maskiou.evaluation import benchmark
-    from maskiou.training.config import resolve
-    from maskiou.training.export import export_checkpoint
-    from maskiou.training.models import load_trained_model
-    from maskiou.training.trainer import Trainer
-
-    data = generate_synthetic_coco(tmp_path / "syn", 8, 4, seed=1, image_size=64, progress=False)
-    cfg = resolve("synthetic-cpu", dict(synthetic_dir=str(data.root), synthetic_train=8,
-                                        synthetic_val=4, synthetic_image_size=64, min_size=64,
-                                        max_size=64, batch_size=2, max_iters=1, workers=0))
-    Trainer(cfg, tmp_path / "run", progress=False).train()
-    shipped = tmp_path / "shipped.pt"
-    size = export_checkpoint(tmp_path / "run" / "model_final.pt", shipped)
-    assert size < (tmp_path / "run" / "last.pt").stat().st_size / 4  # fp16, no optimizer
-    monkeypatch.setattr(benchmark, "shipped_model_path", lambda: shipped)
-
-    other = resolve("synthetic-cpu", {**cfg.to_dict(), "lr": 1.0})
-    assert benchmark.install_shipped_model(other, tmp_path / "other") is None
-    path = benchmark.train_or_reuse(cfg, tmp_path / "default", progress=False)
-    assert "using the shipped warm-start model" in capsys.readouterr().out
-    full, _ = load_trained_model(tmp_path / "run" / "model_final.pt")
-    slim, meta = load_trained_model(path)
-    assert meta["iteration"] == 1
-    for (k, a), b in zip(full.state_dict().items(), slim.state_dict().values()):
-        assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), atol=1e-2), k
-
-
-def test_distributed_evaluation_matches_single_process(tmp_path):
-    """torchrun with 2 gloo processes: each rank a shard, gathered on rank 0, same metrics."""
-    import os
-    import subprocess
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASKIOU_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": str(ROOT)}
-    common = ["--max-iters", "2", "--synthetic-train", "8", "--synthetic-val", "6",
-              "--no-progress", "--batch-size", "1"]  # same batches in both: same numerics
-    single = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "coco_eval.py"), *common,
-                             "--output-dir", str(tmp_path / "one")], env=env,
-                            capture_output=True, text=True, timeout=300)
+def test_distributed_evaluation_matches_single_process(data, tmp_path):
+    """torchrun with 2 gloo processes: each rank a shard, gathered on rank 0, same metrics. The
+    port comes from the --standalone rendezvous, never a fixed number."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    common = ["--checkpoint", str(END_TO_END), *data["val"], "--no-progress", "--batch-size", "1"]
+    script = str(ROOT / "benchmarks" / "coco_eval.py")
+    single = subprocess.run([sys.executable, script, *common, "--output-dir",
+                             str(tmp_path / "one")], env=env, capture_output=True, text=True,
+                            timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
-    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_port=29533", str(ROOT / "benchmarks" / "coco_eval.py"),
-                           *common, "--output-dir", str(tmp_path / "two")], env=env,
-                          capture_output=True, text=True, timeout=300)
+    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", script, *common, "--output-dir",
+                           str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                          timeout=300)
     assert dist.returncode == 0, dist.stderr[-2000:]
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert two["num_images"] == 6 and two["num_detections"] == one["num_detections"]
+    assert two["num_images"] == 20 and two["num_detections"] == one["num_detections"]
     assert two["segm"] == one["segm"] and two["bbox"] == one["bbox"]
+
+
+def test_speed_benchmark_runs_and_reports_ratios(tmp_path):
+    import speed
+
+    out = tmp_path / "speed.json"
+    assert speed.main(["--model", "maskrcnn_resnet18_fpn", "--sizes", "64x64", "--repeats", "1",
+                       "--no-train", "--output", str(out)]) == 0
+    r = json.loads(out.read_text())["cpu"]
+    s = r["sizes"]["64x64"]
+    assert s["detections_per_image"] == 100
+    assert s["inference_ratio"] > 0 and s["light_inference_ratio"] > 0
+    assert s["cost"]["head_gmacs_per_roi"] == pytest.approx(0.390, abs=0.001)
+    assert s["light_cost"]["head_gmacs_per_roi"] < 0.02
+    assert r["targets"]["max_abs_difference"] < 1e-5  # timings are reported, never asserted
+
+
+def test_head_cost_counts_the_papers_multiply_adds():
+    from maskiou import MaskIoUHead
+    from maskiou.evaluation.cost import count_flops
+
+    head = MaskIoUHead(num_classes=81)
+    flops = count_flops(head, torch.zeros(1, 256, 14, 14), torch.zeros(1, 28, 28))
+    convs = 14 * 14 * 9 * (257 * 256 + 2 * 256 * 256) + 7 * 7 * 9 * 256 * 256
+    fcs = 256 * 49 * 1024 + 1024 * 1024 + 1024 * 81
+    assert flops == 2 * (convs + fcs)  # 0.390 GMACs: the paper's 0.39

@@ -1,7 +1,9 @@
-"""The Gradio demo: known-answer scoring, bad inputs, training offer, and the live app over HTTP.
+"""The Gradio demo: known-answer scorings and ranks, drawing, bad inputs and checkpoints, the
+training switch, and every endpoint of the live app over HTTP.
 
 Models are built here (a fake detector with fixed outputs, and the tiny Mask R-CNN of
-``demo/testing.py`` whose classifier and MaskIoU head are forced), never trained or downloaded.
+``demo/testing.py`` whose classifier and MaskIoU head are forced); the one real training is the
+add-on head on a handful of images, for seconds.
 """
 
 from __future__ import annotations
@@ -20,17 +22,31 @@ gr = pytest.importorskip("gradio", reason="the demo needs gradio: pip install -e
 gradio_client = pytest.importorskip("gradio_client", reason="pip install -e '.[demo]'")
 
 from demo.app import DemoApp, ValSplit, benchmark_summary, build_app, parse_args  # noqa: E402
+from demo.draw import Shape, contour, draw  # noqa: E402
+from demo.handlers import (  # noqa: E402
+    IN_MEMORY,
+    MAX_UPLOAD_BYTES,
+    NO_HEAD,
+    training_allowed,
+    upload_problem,
+)
 from demo.images import MAX_SIDE, ImageInputError, load_image  # noqa: E402
 from demo.inference import (  # noqa: E402
-    TABLE_HEADERS,
     GroundTruth,
     Predictor,
+    panel,
     predict,
+    rank_changes,
     ranks,
-    render,
-    run_detection,
+    table,
 )
-from demo.testing import CLASS_PROBS, MASK_IOUS, tiny_model, write_tiny_checkpoint  # noqa: E402
+from demo.testing import (  # noqa: E402
+    CLASS_PROBS,
+    MASK_IOUS,
+    tiny_model,
+    write_tiny_checkpoint,
+    write_tiny_plain_checkpoint,
+)
 from maskiou.data.synthetic import generate_synthetic_coco  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(  # pandas 3 deprecations inside gradio's queue
@@ -45,7 +61,8 @@ class FakeDetector(torch.nn.Module):
     """Two detections with fixed scores, in a model's output format (sorted by rescored score).
 
     ring: cls 0.9, predicted IoU 0.2 -> 0.18; its mask is the left half of the GT ring (true
-    IoU 0.5). rectangle: cls 0.6, predicted IoU 0.9 -> 0.54; its mask is the GT (true IoU 1).
+    IoU 0.5), maskness 0.9. rectangle: cls 0.6, predicted IoU 0.9 -> 0.54; its mask is the GT
+    (true IoU 1), maskness 0.8.
     """
 
     calls = 0
@@ -61,7 +78,7 @@ class FakeDetector(torch.nn.Module):
         order = torch.argsort(cls * iou, descending=True)
         out = {"boxes": torch.tensor([[8.0, 8, 24, 40], [44, 44, 60, 60]]),
                "labels": torch.tensor([2, 1]), "masks": masks, "cls_scores": cls,
-               "mask_ious": iou, "scores": cls * iou}
+               "mask_ious": iou, "maskness": torch.tensor([0.9, 0.8]), "scores": cls * iou}
         return [{k: v[order] for k, v in out.items()}]
 
 
@@ -79,7 +96,7 @@ def image(size: int = SIZE) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def fake() -> Predictor:
-    return Predictor(FakeDetector(), NAMES, "cpu")
+    return Predictor(FakeDetector(), NAMES, "cpu", kind="add-on")
 
 
 @pytest.fixture(scope="module")
@@ -89,62 +106,83 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> ValSplit:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(split: ValSplit, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    return write_tiny_checkpoint(path, split.dataset.class_names, split.dataset.label_to_cat_id)
+def checkpoints(split: ValSplit, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("ckpt")
+    names, ids = split.dataset.class_names, split.dataset.label_to_cat_id
+    return {"head": write_tiny_checkpoint(d / "tiny.pt", names, ids),
+            "plain": write_tiny_plain_checkpoint(d / "plain.pt", names, ids)}
 
 
 # --- known answers -------------------------------------------------------------------------------
 
 
-def test_two_scorings_known_answer(fake: Predictor) -> None:
-    left, right, rows = run_detection(image(), 0.3, fake, gt())
-    # left: classification score, both above 0.3; right: only the rectangle (0.54) stays
-    assert [label for _, label in left[1]] == ["ring 0.90 (#1)", "rectangle 0.60 (#2)"]
-    assert [label for _, label in right[1]] == ["rectangle 0.54 (#2)"]
-    assert rows == [
-        ["ring", 0.9, 0.2, 0.18, 1, 2, 0.5, "left only"],
-        ["rectangle", 0.6, 0.9, 0.54, 2, 1, 1.0, "both"],
-    ]
-    expected_ring = np.zeros((SIZE, SIZE), np.float32)
-    expected_ring[8:40, 8:24] = 1
-    np.testing.assert_array_equal(left[1][0][0], expected_ring)
-    np.testing.assert_array_equal(right[1][0][0], gt().masks[1].astype(np.float32))
-    np.testing.assert_array_equal(left[0], image())
-    # a lower threshold shows both on the right, in the rescored order
-    _, right, rows = run_detection(image(), 0.1, fake, gt())
-    assert [label for _, label in right[1]] == ["rectangle 0.54 (#2)", "ring 0.18 (#1)"]
-    assert [r[-1] for r in rows] == ["both", "both"]
-    # without ground truth the true MaskIoU is unknown, not 0
-    _, _, rows = run_detection(image(), 0.1, fake)
-    assert [r[6] for r in rows] == [None, None]
-
-
-def test_render_rethreshold_and_ranks(fake: Predictor) -> None:
+def test_every_scoring_ranks_the_two_detections_as_computed_by_hand(fake: Predictor) -> None:
     pred = predict(image(), fake, gt())
-    np.testing.assert_allclose(pred.true_ious[np.argsort(pred.labels)], [1.0, 0.5])
-    assert render(pred, 0.95)[2] == []
-    left, right, rows, (lc, rc) = render(pred, 0.55)
-    assert len(left[1]) == 2 and right[1] == [] and len(rows) == 2
-    assert lc["ring 0.90 (#1)"] != lc["rectangle 0.60 (#2)"]
+    by_label = np.argsort(pred.labels)  # rectangle (1), ring (2)
+    assert pred.true_ious[by_label].tolist() == pytest.approx([1.0, 0.5])
+    s = pred.scores()
+    assert list(s) == ["cls", "maskness", "rescored", "oracle"]
+    # rectangle: cls 0.6, maskness 0.48, rescored 0.54, oracle 0.6
+    # ring:      cls 0.9, maskness 0.81, rescored 0.18, oracle 0.45
+    expected = {"cls": [0.6, 0.9], "maskness": [0.48, 0.81], "rescored": [0.54, 0.18],
+                "oracle": [0.6, 0.45]}
+    for k, v in expected.items():
+        assert s[k][by_label].tolist() == pytest.approx(v, abs=1e-6), k
+    assert rank_changes(pred) == 2
+    df = table(pred, "rescored")
+    assert df["class"].tolist() == ["rectangle", "ring"]
+    assert df["rank: cls"].tolist() == [2, 1] and df["rank: rescored"].tolist() == [1, 2]
+    assert df["move"].tolist() == [1, -1]  # the head moves the rectangle up, the ring down
+    assert table(pred, "cls")["class"].tolist() == ["ring", "rectangle"]  # the order switches
+    assert table(pred, "oracle")["class"].tolist() == ["rectangle", "ring"]
     np.testing.assert_array_equal(ranks(np.array([0.2, 0.9, 0.2, 0.5])), [3, 1, 4, 2])
 
 
-def test_threshold_redraw_does_not_rerun_the_model(fake: Predictor, tmp_path: Path) -> None:
-    Image.fromarray(image()).save(tmp_path / "x.png")
-    app = DemoApp(predictor=fake, split=None)
-    calls = FakeDetector.calls
-    *_, status, pred, current = app.detect(str(tmp_path / "x.png"), 0.1, app.checkpoint)
-    assert status == ("2 detections; 2 with classification score ≥ 0.10, 2 of them also with "
-                      "the rescored score. Model: `in-memory model`.")
-    left, right, table, status = app.rethreshold(pred, 0.55)
-    assert FakeDetector.calls == calls + 1
-    assert status.startswith("2 detections; 2 with classification score ≥ 0.55, 0 of them")
-    assert right["value"][1] == [] and table["shown"].tolist() == ["left only", "left only"]
-    assert app.rethreshold(None, 0.5)[3] == gr.update()  # nothing run yet: nothing changes
+def test_panels_show_what_clears_the_threshold_under_their_own_scoring(fake: Predictor) -> None:
+    pred = predict(image(), fake, gt())
+    blank = draw(pred.image, [])
+    # at 0.5: cls shows both, rescored only the rectangle (0.54), oracle both (0.6, 0.45 < 0.5:
+    # only the rectangle)
+    for scoring, shown in (("cls", 2), ("rescored", 1), ("oracle", 1), ("maskness", 1)):
+        out = panel(pred, scoring, 0.5)
+        changed = (out != blank).any(axis=2)
+        ring_area = changed[8 * 6:40 * 6, 8 * 6:24 * 6].mean()  # drawn 6x larger (64 -> 384)
+        assert (ring_area > 0.5) == (shown == 2 or scoring == "maskness"), scoring
+    assert (panel(pred, "cls", 0.95) == blank).all()  # nothing clears 0.95
 
 
-def test_real_model_forced_head(split: ValSplit) -> None:
+def test_draw_fills_at_low_opacity_and_outlines_in_colour() -> None:
+    img = np.full((40, 40, 3), 100, np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True
+    out = draw(img, [Shape(mask, (10, 10, 30, 30), "#ff0000", "x")])
+    k = out.shape[0] // 40
+    inside = out[20 * k, 20 * k]
+    assert inside.tolist() == [round(0.65 * 100 + 0.35 * 255), 65, 65]  # 35% red fill
+    edge = contour(np.repeat(np.repeat(mask, k, 0), k, 1), max(1, k // 2))
+    assert (out[edge] == [255, 0, 0]).all()  # a solid red contour
+    assert out[2 * k, 35 * k].tolist() == [100, 100, 100]  # far from it: untouched
+
+
+def test_without_ground_truth_or_head_the_missing_scorings_are_absent(fake: Predictor) -> None:
+    pred = predict(image(), fake)
+    assert list(pred.scores()) == ["cls", "maskness", "rescored"]
+    assert "true MaskIoU" not in table(pred).columns
+    plain = Predictor(FakeDetector(), NAMES, "cpu", kind="plain")
+    plain.model = _Headless()
+    pred = predict(image(), plain, gt())
+    assert list(pred.scores()) == ["cls", "maskness", "oracle"]
+    assert rank_changes(pred) == 0 and any("no MaskIoU head" in n for n in pred.notes)
+
+
+class _Headless(torch.nn.Module):
+    def forward(self, images):
+        out = FakeDetector()(images)[0]
+        return [{"boxes": out["boxes"], "labels": out["labels"], "scores": out["cls_scores"],
+                 "masks": out["masks"]}]
+
+
+def test_real_model_forced_head_reverses_the_classes(split: ValSplit) -> None:
     """The tiny Mask R-CNN: every proposal gets cls 0.6 for class 1 and 0.3 for class 2, and the
     head predicts IoU 0.2 and 0.9: rescoring must reverse the two classes' ranks."""
     names = split.dataset.class_names
@@ -155,31 +193,22 @@ def test_real_model_forced_head(split: ValSplit) -> None:
         sel = pred.labels == label
         np.testing.assert_allclose(pred.cls_scores[sel], CLASS_PROBS[label], rtol=1e-5)
         np.testing.assert_allclose(pred.mask_ious[sel], MASK_IOUS[label], rtol=1e-5)
-        np.testing.assert_allclose(pred.scores[sel], CLASS_PROBS[label] * MASK_IOUS[label],
-                                   rtol=1e-5)
-    left, right, rows = run_detection(split.dataset.image_path(0), 0.25, predictor,
-                                      split.ground_truth(0))
-    n1 = int((pred.labels == 1).sum())
-    by_name = {names[1]: (1, n1), names[2]: (n1 + 1, len(pred))}
-    for row in rows:
-        first, last = by_name[row[0]]
-        assert first <= row[4] <= last  # class 1 first by classification score ...
-    assert sorted(r[5] for r in rows if r[0] == names[2]) == list(range(1, len(pred) - n1 + 1))
-    assert all(r[3] == round(r[1] * r[2], 3) for r in rows)  # ... class 2 first rescored
-    assert len(left[1]) == len(pred) and len(right[1]) == len(pred) - n1  # 0.12 < 0.25 <= 0.27
-    assert all(names[2] in label for _, label in right[1])
+    df = table(pred, "rescored")
+    n2 = int((pred.labels == 2).sum())
+    assert set(df["class"][:n2]) == {names[2]}  # class 2 first when rescored ...
+    assert set(table(pred, "cls")["class"][:len(pred) - n2]) == {names[1]}  # ... 1 by cls
     # the true MaskIoU column agrees with the benchmark's COCO-based computation
     from maskiou.evaluation.cocoeval import true_mask_ious
     from maskiou.evaluation.predict import Detections
 
-    image_id = split.dataset.image_ids[0]
+    n = len(pred)
     cats = np.array([split.dataset.label_to_cat_id[int(x)] for x in pred.labels])
-    dets = Detections(np.full(len(pred), image_id), cats, np.zeros((len(pred), 4)), pred.rles,
-                      pred.cls_scores, pred.mask_ious)
+    dets = Detections(np.full(n, split.dataset.image_ids[0]), cats, np.zeros((n, 4)), pred.rles,
+                      pred.cls_scores, pred.mask_ious, pred.maskness, pred.labels, np.zeros(n))
     np.testing.assert_allclose(pred.true_ious, true_mask_ious(dets, split.dataset.coco))
 
 
-# --- inputs --------------------------------------------------------------------------------------
+# --- inputs and checkpoints ----------------------------------------------------------------------
 
 
 def test_load_image_conversions(tmp_path: Path) -> None:
@@ -194,8 +223,6 @@ def test_load_image_conversions(tmp_path: Path) -> None:
     rgba[:, :10] = [10, 20, 30, 255]  # opaque left half, transparent right half
     loaded = load_image(rgba)
     assert loaded.array[0, 0].tolist() == [10, 20, 30] and loaded.array[0, 19].tolist() == [255] * 3
-    loaded = load_image(np.full((20, 30), 0.5))
-    assert loaded.array.shape == (20, 30, 3) and (loaded.array == 128).all()
     with pytest.raises(ImageInputError, match="NaN"):
         load_image(np.full((20, 20), np.nan))
     with pytest.raises(ImageInputError, match="too thin"):
@@ -204,168 +231,191 @@ def test_load_image_conversions(tmp_path: Path) -> None:
 
 def _bad_inputs(tmp: Path) -> dict[str, Path]:
     (tmp / "notes.txt").write_text("not an image\n")
+    (tmp / "fake.png").write_text("text with an image's name\n")
     Image.fromarray(np.zeros((1200, 2666, 3), np.uint8)).save(tmp / "huge.png")
     (tmp / "truncated.png").write_bytes((tmp / "huge.png").read_bytes()[:200])
     Image.fromarray(np.full((40, 50), 77, np.uint8)).save(tmp / "gray.png")
-    Image.fromarray(np.full((40, 50, 4), [200, 0, 0, 0], np.uint8)).save(tmp / "rgba.png")
-    Image.fromarray(np.full((40, 50), 65535, np.uint16)).save(tmp / "deep.png")
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp / "pixel.png")
+    with open(tmp / "big.png", "wb") as f:  # over the upload limit, refused before opening
+        f.truncate(MAX_UPLOAD_BYTES + 1)
     return {p.stem: p for p in tmp.iterdir()}
 
 
-@pytest.mark.parametrize("name, message, shape", [
-    ("notes", "notes.txt: not an image file", None),
-    ("truncated", "truncated.png: the image file is damaged or truncated", None),
-    ("pixel", "pixel.png: the image is 1x1 px, too small", None),
-    ("huge", "(2666x1200 px) downscaled to 1333x600 px", (600, MAX_SIDE, 3)),
-    ("gray", "grayscale image", (40, 50, 3)),
-    ("rgba", "transparency flattened onto white", (40, 50, 3)),
-    ("deep", "16-bit image scaled to 8 bits", (40, 50, 3)),
+@pytest.mark.parametrize("name, message", [
+    ("notes", "notes.txt: not an image file (accepted: PNG, JPG"),
+    ("fake", "fake.png: not an image file (PNG, JPEG"),
+    ("truncated", "truncated.png: the image file is damaged or truncated"),
+    ("pixel", "pixel.png: the image is 1x1 px, too small"),
+    ("big", f"big.png: 20.0 MiB is over the {MAX_UPLOAD_BYTES // 2**20} MiB upload limit"),
+    ("huge", "(2666x1200 px) downscaled to 1333x600 px"),
+    ("gray", "grayscale image"),
 ])
-def test_bad_inputs_message_on_page(fake: Predictor, tmp_path: Path, name: str, message: str,
-                                    shape: tuple[int, ...] | None) -> None:
-    app = DemoApp(predictor=fake, split=None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # gr.Warning outside a request is a Python warning
-        left, right, table, status, pred, current = app.detect(
-            str(_bad_inputs(tmp_path)[name]), 0.1, app.checkpoint)
+def test_bad_inputs_one_clear_message(fake: Predictor, tmp_path: Path, name: str,
+                                      message: str) -> None:
+    app = DemoApp(heads=[], split=None, predictor=fake)
+    out = app.detect(str(_bad_inputs(tmp_path)[name]), NO_HEAD, IN_MEMORY, 0.1, "rescored",
+                     False)
+    status, pred = out[6], out[7]
     assert message in status
-    assert list(table.columns) == TABLE_HEADERS
-    if shape is None:  # rejected: nothing drawn, the page says why
-        assert status.startswith("⚠️") and left is None and pred is None and table.empty
-    else:  # converted: detections drawn on the converted image, with a note
-        assert left["value"][0].shape == shape and len(table) == 2
-        if name == "gray":
-            assert (left["value"][0] == 77).all()
-        if name == "rgba":
-            assert (left["value"][0] == 255).all()
-        if name == "deep":
-            assert (left["value"][0] == 255).all()
+    if name in ("huge", "gray"):  # converted: detections drawn, with a note
+        assert pred is not None and out[0] is not None and len(out[4].data) == 2
+        if name == "huge":
+            assert pred.image.shape == (600, MAX_SIDE, 3)
+    else:  # refused: nothing drawn, one line saying why
+        assert status.startswith("⚠️") and status.count("\n") == 0 and pred is None
+        assert out[0] is None
 
 
-def test_no_input_and_checkpoint_problems(fake: Predictor, tmp_path: Path) -> None:
-    app = DemoApp(predictor=fake, split=None)
-    assert "Upload an image" in app.detect(None, 0.5, app.checkpoint)[3]
-    image_path = tmp_path / "x.png"
-    Image.fromarray(image()).save(image_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # a path the operator did not offer is never unpickled
-        (tmp_path / "other.pt").write_text("junk")
-        status = app.detect(str(image_path), 0.5, str(tmp_path / "other.pt"))[3]
-        assert "other.pt: not one of the offered checkpoints" in status
-        app = DemoApp(tmp_path / "nope.pt", split=None)
-        status = app.detect(str(image_path), 0.5, str(tmp_path / "nope.pt"))[3]
-        assert status == f"⚠️ Checkpoint not found: `{tmp_path / 'nope.pt'}`."
-        (tmp_path / "bad.pt").write_text("junk")
-        app = DemoApp(tmp_path / "bad.pt", split=None)
-        status = app.detect(str(image_path), 0.5, str(tmp_path / "bad.pt"))[3]
-    assert status.startswith("⚠️ Cannot use this checkpoint") and "bad.pt" in status
+def test_upload_limits() -> None:
+    assert upload_problem("/nonexistent/a.png") == "a.png: file not found"
+    assert MAX_UPLOAD_BYTES == 20 * 2**20
 
 
-def test_default_model_missing_offers_training(split: ValSplit, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MASKIOU_CACHE", str(tmp_path))
-    trained = []
+def test_checkpoint_problems_each_say_what_is_wrong(split: ValSplit, checkpoints, tmp_path
+                                                    ) -> None:
+    (tmp_path / "corrupt.pt").write_text("junk")
+    (tmp_path / "other.pt").write_text("junk")
+    wrong = write_tiny_checkpoint(tmp_path / "wrong.pt", ["__background__", "a", "b", "c"])
+    heads = [checkpoints["head"], checkpoints["plain"], tmp_path / "corrupt.pt", wrong,
+             tmp_path / "missing.pt"]
+    app = DemoApp([str(checkpoints["plain"])], [str(h) for h in heads], split=split)
+    plain = str(checkpoints["plain"])
 
-    def fake_train(cfg, run_dir, progress, retrain=False):  # the real one takes minutes
-        trained.append(run_dir)
-        return write_tiny_checkpoint(run_dir / "model_final.pt", split.dataset.class_names)
+    def status(head: str) -> str:
+        return app.example(0, plain, head, 0.25, "rescored", False)[6]
 
-    monkeypatch.setattr("maskiou.evaluation.benchmark.train_or_reuse", fake_train)
-    app = DemoApp(split=split)
-    default = tmp_path / "models" / "synthetic-cpu" / "model_final.pt"
-    assert app.checkpoint == str(default)
-    text, offer = app.model_status(app.checkpoint)
-    assert offer and "not trained yet" in text and "benchmarks/coco_eval.py" in text
-    status = app.example(0, 0.25, app.checkpoint)[3]
-    assert "not trained yet" in status  # says so instead of failing
-    status, button, choice = app.train_default()
-    assert trained == [default.parent] and default.is_file()
-    assert status == f"Trained the default model: `{default}`."
-    assert button["visible"] is False and choice["value"] == str(default)
-    assert app.model_status(app.checkpoint) == (f"Model: `{default}`.", False)
-    left, right, table, status, *_ = app.example(0, 0.25, app.checkpoint)
-    assert "with ground truth" in status and len(table) >= 2
+    assert "not one of the offered checkpoints" in status(str(tmp_path / "other.pt"))
+    assert "Not there yet" in status(str(tmp_path / "missing.pt"))
+    assert "not a readable checkpoint" in status(str(tmp_path / "corrupt.pt"))
+    assert "has no MaskIoU head; choose it as the detector" in status(plain)
+    assert "are not the dataset's" in status(str(wrong))
+    # the add-on flow: the plain detector alone, then with the head
+    text = status(NO_HEAD)
+    assert text.startswith("") and "(plain)" in text and "no MaskIoU head" in text
+    assert "the head changes the rank of" in status(str(checkpoints["head"]))
+
+
+def test_training_is_refused_unless_the_page_is_local_only(split: ValSplit) -> None:
+    assert training_allowed("127.0.0.1", False) and training_allowed("localhost", False)
+    assert not training_allowed("0.0.0.0", False) and not training_allowed("127.0.0.1", True)
+    for host, share in (("0.0.0.0", False), ("127.0.0.1", True)):
+        app = DemoApp(split=split, allow_training=training_allowed(host, share))
+        text, _ = app.train_addon()
+        assert text.startswith("⚠️ Training is switched off") and app.trainings == 0
+        demo = build_app(split=split, allow_training=False)
+        assert "train" not in {d["api_name"] for d in demo.config["dependencies"]}
 
 
 def test_benchmark_summary(tmp_path: Path) -> None:
     assert "python benchmarks/coco_eval.py" in benchmark_summary(tmp_path / "metrics.json")
-    metrics = {"segm": {"cls": {"AP": 31.24, "AP50": 50.0, "AP75": 30.0},
-                        "rescored": {"AP": 32.5, "AP50": 50.5, "AP75": 32.1},
-                        "oracle": {"AP": 35.0, "AP50": 52.0, "AP75": 36.0}},
-               "bbox": {}, "correlation": {"pearson": 0.741}, "num_images": 200}
+    ap = lambda v: {"AP": v, "AP50": 0.0, "AP75": 0.0}  # noqa: E731
+    metrics = {"segm": {"cls": ap(31.24), "maskness": ap(32.0), "rescored": ap(32.5),
+                        "oracle": ap(35.0)}, "correlation": {"head_pearson": 0.741},
+               "num_images": 200}
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     line = benchmark_summary(tmp_path / "metrics.json")
-    assert "(200 validation images" in line
-    assert "mask AP **31.2** with classification scores → **32.5** rescored (+1.3)" in line
-    assert "AP75 30.0 → 32.1 (+2.1)" in line and "oracle) 35.0" in line and "0.74" in line
+    assert "(200 validation images" in line and "classification score **31.2**" in line
+    assert "× maskness (free) **32.0**" in line and "× predicted MaskIoU **32.5**" in line
+    assert "oracle) **35.0**" in line and "0.74" in line
     (tmp_path / "metrics.json").write_text("{")
     assert "could not be read" in benchmark_summary(tmp_path / "metrics.json")
+
+
+def test_gallery_json_puts_its_images_first(split: ValSplit, tmp_path: Path) -> None:
+    ids = split.dataset.image_ids
+    path = tmp_path / "gallery.json"
+    path.write_text(json.dumps({"val_json": str(split.dataset.ann_file),
+                                "images": [{"image_id": int(ids[3])}, {"image_id": int(ids[2])}]}))
+    fresh = ValSplit(split.dataset.ann_file, split.images_dir, num_examples=4)
+    assert fresh.use_gallery(path) and fresh.example_indices[:2] == [3, 2]
+    assert fresh.gallery_size == 2
+    path.write_text(json.dumps({"val_json": "/elsewhere.json", "images": []}))
+    assert not ValSplit(split.dataset.ann_file, split.images_dir).use_gallery(path)
 
 
 def test_cli_defaults() -> None:
     args = parse_args([])
     assert (args.host, args.port, args.share, args.checkpoint) == ("127.0.0.1", 7860, False, None)
-    args = parse_args(["--checkpoint", "m.pt", "--host", "0.0.0.0", "--port", "8080", "--share"])
-    assert (args.host, args.port, args.share, args.checkpoint) == ("0.0.0.0", 8080, True, "m.pt")
+    args = parse_args(["--checkpoint", "m.pt", "--detector", "p.pt", "--host", "0.0.0.0",
+                       "--share"])
+    assert (args.host, args.share, args.checkpoint, args.detector) == (
+        "0.0.0.0", True, ["m.pt"], ["p.pt"])
 
 
 # --- the live app --------------------------------------------------------------------------------
 
 
 def free_port() -> int:
+    """A port the OS gives now (the app binds it right after; tests never use fixed ports)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def live_app(split: ValSplit, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
-    metrics = tmp_path_factory.mktemp("results") / "metrics.json"
-    demo = build_app(checkpoint, split=split, metrics_path=metrics)
+def live_app(split: ValSplit, checkpoints, tmp_path_factory: pytest.TempPathFactory):
+    cache = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MASKIOU_CACHE", str(cache))
+    demo = build_app([str(checkpoints["plain"])], [str(checkpoints["head"])], split=split,
+                     metrics_path=cache / "none.json", allow_training=True, threshold=0.25,
+                     train_args={"addon_images": 4, "config": {"epochs": 1, "flip": False}})
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
                             prevent_thread_lock=True, quiet=True)
-    yield url
+    yield url, demo
     demo.close()
+    mp.undo()
 
 
-def _check_table(table: dict, names: list[str]) -> None:
-    assert table["headers"] == TABLE_HEADERS
-    rows = table["data"]
-    n1 = sum(r[0] == names[1] for r in rows)
-    assert n1 >= 1 and len(rows) > n1
-    for row in rows:
-        label = names.index(row[0])
-        assert row[1:4] == [CLASS_PROBS[label], MASK_IOUS[label],
-                            round(CLASS_PROBS[label] * MASK_IOUS[label], 3)]
-        assert row[7] == ("left only" if label == 1 else "both")
-        assert 0.0 <= row[6] <= 1.0  # a validation image: the true MaskIoU is known
-
-
-def test_live_app_client(live_app: str, split: ValSplit, checkpoint: Path) -> None:
-    client = gradio_client.Client(live_app, verbose=False)
+def test_live_app_every_endpoint(live_app, split: ValSplit, checkpoints) -> None:
+    url, demo = live_app
+    client = gradio_client.Client(url, verbose=False)
+    plain, head = str(checkpoints["plain"]), str(checkpoints["head"])
+    # first screen: the first gallery image, rescored
+    *panels, table_, plot, status = client.predict(plain, head, 0.25, "rescored", False,
+                                                   api_name="/first_example")
+    assert "the head changes the rank of" in status and "with ground truth" in status
+    assert all(Path(p).is_file() for p in panels) and Path(plot).is_file()
+    rows = table_["data"]
+    assert table_["headers"][:2] == ["#", "class"] and len(rows) >= 2
+    # an upload of a validation image: recognised, so its ground truth is used
     path = gradio_client.handle_file(str(split.dataset.image_path(1)))
-    left, right, table, status = client.predict(path, 0.25, str(checkpoint), api_name="/detect")
-    _check_table(table, split.dataset.class_names)
+    *_, status = client.predict(path, plain, head, 0.25, "cls", True, api_name="/detect")
     assert "with ground truth" in status
-    left, right = left["value"], right["value"]  # updates: value + color_map
-    assert len(left["annotations"]) == len(table["data"])
-    assert len(right["annotations"]) == sum(r[7] == "both" for r in table["data"])
-    assert Path(left["image"]).is_file()
+    # a gallery click
+    *_, status = client.predict(plain, NO_HEAD, 0.25, "cls", False, api_name="/detect_example")
+    assert "(plain)" in status
     # a non-image upload: the message comes back, the server stays up
-    bad = Path(checkpoint).with_name("notes.txt")
+    bad = Path(checkpoints["head"]).with_name("notes.txt")
     bad.write_text("hello")
-    out = client.predict(gradio_client.handle_file(str(bad)), 0.25, str(checkpoint),
-                         api_name="/detect")
-    assert "notes.txt: not an image file" in out[3] and out[2]["data"] == []
+    out = client.predict(gradio_client.handle_file(str(bad)), plain, head, 0.25, "rescored",
+                         False, api_name="/detect")
+    assert "notes.txt: not an image file" in out[-1]
+    # training, for real on 4 add-on images and one epoch (the page is local-only here)
+    status, choice = client.predict(api_name="/train")
+    assert status.startswith("Trained the add-on head") and choice.endswith("model_final.pt")
+    assert demo.maskiou_app.trainings == 1
 
 
-def test_live_app_concurrent_clients(live_app: str, split: ValSplit, checkpoint: Path) -> None:
-    clients = [gradio_client.Client(live_app, verbose=False) for _ in range(3)]
-    jobs = [c.submit(gradio_client.handle_file(str(split.dataset.image_path(i))), 0.25,
-                     str(checkpoint), api_name="/detect") for i, c in enumerate(clients)]
-    results = [job.result(timeout=120) for job in jobs]
-    for (_, _, table, status), i in zip(results, range(3)):
-        _check_table(table, split.dataset.class_names)
-        assert split.dataset.image_path(i).stem in status
+def test_live_app_concurrent_clients(live_app, split: ValSplit, checkpoints) -> None:
+    url, _ = live_app
+    clients = [gradio_client.Client(url, verbose=False) for _ in range(3)]
+    jobs = [c.submit(gradio_client.handle_file(str(split.dataset.image_path(i))),
+                     str(checkpoints["plain"]), str(checkpoints["head"]), 0.25, "rescored",
+                     False, api_name="/detect") for i, c in enumerate(clients)]
+    for job in jobs:
+        assert "the head changes the rank of" in job.result(timeout=120)[-1]
+
+
+def test_in_memory_predictor(fake: Predictor, tmp_path: Path) -> None:
+    Image.fromarray(image()).save(tmp_path / "x.png")
+    app = DemoApp(heads=[], split=None, predictor=fake)
+    calls = FakeDetector.calls
+    out = app.detect(str(tmp_path / "x.png"), NO_HEAD, IN_MEMORY, 0.1, "rescored", False)
+    assert out[6].startswith("2 detections; the head changes the rank of 2.")
+    redrawn = app.redraw(out[7], 0.55, "cls", False)
+    assert FakeDetector.calls == calls + 1  # a redraw does not run the model again
+    assert redrawn[4].data["class"].tolist() == ["ring", "rectangle"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert app.redraw(None, 0.5, "cls", False)[0] == gr.update()

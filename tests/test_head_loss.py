@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from maskiou import MaskIoUHead, mask_iou_loss, rescore
+from maskiou import MaskIoUHead, mask_iou_loss, maskness, rescore
 from maskiou.scoring import add_maskiou_outputs
 
 
@@ -70,12 +70,84 @@ def test_loss_is_exact_zero_in_graph_without_positive_targets():
     assert empty.item() == 0.0 and empty.requires_grad
 
 
-def test_rescore_and_output_fields():
-    assert rescore(torch.tensor([0.8, 0.5, 0.9]), torch.tensor([0.5, 1.3, -0.2])).tolist() == \
-        pytest.approx([0.4, 0.5, 0.0])
+def test_loss_of_one_roi_is_its_squared_error_and_empty_is_zero_in_graph():
+    pred = torch.tensor([[0.1, 0.4]], requires_grad=True)
+    loss = mask_iou_loss(pred, torch.tensor([1]), torch.tensor([0.9]))
+    assert loss.item() == pytest.approx(0.25)
+    empty = mask_iou_loss(torch.zeros(0, 2, requires_grad=True), torch.zeros(0).long(),
+                          torch.zeros(0), weight=3.0)
+    assert empty.item() == 0.0 and empty.requires_grad and empty.grad_fn is not None
+
+
+def test_rescore_clamps_the_iou_and_keeps_the_dtype():
+    out = rescore(torch.tensor([0.8, 0.5, 0.9]), torch.tensor([0.5, 1.3, -0.2]))
+    assert out.tolist() == pytest.approx([0.4, 0.5, 0.0])
+    half = rescore(torch.tensor([0.5], dtype=torch.float16), torch.tensor([0.5]))
+    assert half.dtype == torch.float16 and half.item() == 0.25
+
+
+def test_maskness_of_a_constant_0_8_mask_is_0_8():
+    assert maskness(torch.full((1, 28, 28), 0.8)).tolist() == pytest.approx([0.8])
+
+
+def test_maskness_without_a_pixel_above_half_is_exactly_0_not_nan():
+    out = maskness(torch.tensor([[[0.5, 0.2], [0.0, 0.49]]]))
+    assert out.tolist() == [0.0]
+
+
+def test_maskness_averages_only_the_pixels_above_half():
+    # pixels 0.9, 0.7 and 0.6 are in the mask; 0.5 (not > 0.5), 0.4 and 0.1 are not
+    probs = torch.tensor([[[0.9, 0.7, 0.6], [0.5, 0.4, 0.1]]])
+    assert maskness(probs).item() == pytest.approx((0.9 + 0.7 + 0.6) / 3)
+    assert maskness(probs, threshold=0.65).item() == pytest.approx(0.8)
+    batch = maskness(torch.stack([torch.full((4, 4), 0.75), torch.zeros(4, 4)]))
+    assert batch.tolist() == pytest.approx([0.75, 0.0])
+
+
+def test_output_fields_and_rescored_order():
     r = {"scores": torch.tensor([0.9, 0.8]), "boxes": torch.tensor([[0.0, 0, 1, 1], [1, 1, 2, 2]]),
          "labels": torch.tensor([1, 2])}
-    add_maskiou_outputs(r, torch.tensor([0.5, 1.0]), torch.tensor([0.7, 0.6]), rescore_outputs=True)
+    add_maskiou_outputs(r, torch.tensor([0.5, 1.0]), torch.tensor([0.7, 0.6]),
+                        rescore_outputs=True)
     assert r["scores"].tolist() == pytest.approx([0.8, 0.45])  # re-sorted, highest first
     assert r["labels"].tolist() == [2, 1] and r["cls_scores"].tolist() == pytest.approx([0.8, 0.9])
     assert r["mask_ious"].tolist() == [1.0, 0.5]
+    assert r["maskness"].tolist() == pytest.approx([0.6, 0.7])
+    assert r["boxes"].tolist() == [[1, 1, 2, 2], [0, 0, 1, 1]]
+
+
+def test_output_fields_without_rescoring_keep_order_and_scores():
+    r = {"scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 2])}
+    add_maskiou_outputs(r, torch.tensor([0.1, 1.0]), torch.tensor([0.7, 0.6]),
+                        rescore_outputs=False)
+    assert r["scores"].tolist() == pytest.approx([0.9, 0.8])
+    assert r["labels"].tolist() == [1, 2] and r["mask_ious"].tolist() == pytest.approx([0.1, 1.0])
+
+
+def test_ties_keep_the_detector_order():
+    r = {"scores": torch.tensor([1.0, 0.5, 0.25]), "labels": torch.tensor([1, 2, 3])}
+    add_maskiou_outputs(r, torch.tensor([0.25, 0.5, 1.0]), torch.zeros(3), rescore_outputs=True)
+    assert r["scores"].tolist() == [0.25, 0.25, 0.25]
+    assert r["labels"].tolist() == [1, 2, 3]  # exact ties: the detector's order stays
+
+
+def test_score_inputs_reach_the_head():
+    torch.manual_seed(0)
+    head = MaskIoUHead(8, 3, conv_channels=8, num_convs=2, fc_dim=16, score_inputs=2)
+    x, p = torch.rand(2, 8, 14, 14), torch.rand(2, 28, 28)
+    a = head(x, p, torch.tensor([[0.9, 0.8], [0.9, 0.8]]))
+    b = head(x, p, torch.tensor([[0.1, 0.2], [0.1, 0.2]]))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="score inputs"):
+        head(x, p)
+    sig = MaskIoUHead(8, 3, conv_channels=8, num_convs=2, fc_dim=16, output="sigmoid")
+    out = sig(x, p)
+    assert ((out > 0) & (out < 1)).all()
+
+
+def test_light_head_has_a_1x1_reduction_and_the_paper_head_has_none():
+    light = MaskIoUHead(256, 81, reduce_channels=32, conv_channels=32, num_convs=2, fc_dim=256)
+    assert light.reduce.kernel_size == (1, 1) and light.reduce.in_channels == 257
+    assert light.convs[0].in_channels == 32
+    assert light(torch.randn(2, 256, 14, 14), torch.rand(2, 28, 28)).shape == (2, 81)
+    assert MaskIoUHead().reduce is None

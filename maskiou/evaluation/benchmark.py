@@ -1,11 +1,15 @@
-"""The main job behind ``benchmarks/coco_eval.py``: get a model, evaluate three scorings, report.
+"""The main job behind ``benchmarks/coco_eval.py``: get the models, score, report.
 
-With no data flags it uses the embedded synthetic dataset and the default ``synthetic-cpu``
-model, trained once and cached under ``maskiou.training.paths.default_model_dir()``.
+With no data flags it runs the add-on story on the embedded synthetic data: the shipped plain
+Mask R-CNN (the detector a user has) gets the head attached, the head trains alone on the
+detections of add-on images the detector never saw, and the validation split is scored with
+every scoring; the shipped end-to-end Mask Scoring R-CNN is scored beside it. Trained models
+are cached under ``maskiou.training.paths.cache_dir()``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -14,17 +18,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskiou.attach import find_maskiou_head
 from maskiou.training import distributed as D
+from maskiou.training.addon import ADDON_VERSION, AddonConfig, load_recalibration, train_addon
 from maskiou.training.checkpoint import load_checkpoint, save_atomic
 from maskiou.training.config import TrainConfig
 from maskiou.training.models import load_trained_model
-from maskiou.training.paths import default_model_dir, resolve_split, shipped_model_path
+from maskiou.training.paths import (
+    addon_dir,
+    model_dir,
+    resolve_split,
+    shipped_model_path,
+)
+from maskiou.training.samples import file_sha1, image_fingerprints
 
-from .cocoeval import evaluate_scorings, true_mask_ious
+from .cocoeval import evaluate_detections, true_mask_ious
 from .cost import head_cost
-from .metrics import correlation_summary, scorings
+from .gallery import rank_change_gallery
+from .metrics import scorings
 from .predict import Detections, predict
-from .report import markdown_report, plot_correlation, plot_score_vs_iou, write_metrics
+from .report import best_learned, markdown_report, write_metrics, write_plots
+
+ADDON_IMAGES = 2000  # add-on images of the embedded default (see the README's ablation)
 
 
 def log(msg: str) -> None:
@@ -32,38 +47,47 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
-def install_shipped_model(cfg: TrainConfig, run_dir: Path) -> Path | None:
-    """Put the shipped warm-start checkpoint in ``run_dir`` if it was trained with exactly
-    ``cfg`` (and nothing is there yet). Returns its new path, or None."""
-    shipped = shipped_model_path()
+def same_config(stored: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether a checkpoint's stored config is ``cfg``: fields added to TrainConfig since it
+    was written count with their defaults (which do not change what a run does)."""
+    try:
+        return TrainConfig(**stored).to_dict() == cfg.to_dict()
+    except TypeError:
+        return False
+
+
+def install_shipped_model(cfg: TrainConfig, run_dir: Path, name: str) -> Path | None:
+    """Put the shipped checkpoint ``name`` in ``run_dir`` if it was trained with ``cfg`` (and
+    nothing is there yet). Returns its new path, or None."""
+    shipped = shipped_model_path(name)
     final = run_dir / "model_final.pt"
     if final.is_file() or not shipped.is_file():
         return None
-    config = load_checkpoint(shipped)["config"]
-    if config != cfg.to_dict():
+    ckpt = load_checkpoint(shipped)
+    if not same_config(ckpt["config"], cfg):
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_atomic(load_checkpoint(shipped), final)
+    save_atomic(ckpt, final)
     cfg.save(run_dir / "config.json")
     return final
 
 
-def train_or_reuse(cfg: TrainConfig, run_dir: Path, progress: bool, retrain: bool = False
-                   ) -> Path:
+def train_or_reuse(cfg: TrainConfig, run_dir: Path, progress: bool, retrain: bool = False,
+                   shipped: str | None = None) -> Path:
     """``run_dir/model_final.pt``, training it first unless a checkpoint with the same config is
-    already there (a run interrupted after a checkpoint resumes from ``last.pt``). For the
-    embedded default the shipped warm-start checkpoint is used unless ``retrain``."""
+    already there (a run interrupted after a checkpoint resumes from ``last.pt``). With
+    ``shipped`` the shipped checkpoint of that name is used unless ``retrain``."""
     from maskiou.training.trainer import Trainer
 
     final = run_dir / "model_final.pt"
     saved = run_dir / "config.json"
     if retrain and D.is_main():
         final.unlink(missing_ok=True)
-    if not retrain and D.is_main() and install_shipped_model(cfg, run_dir):
-        log(f"using the shipped warm-start model {shipped_model_path().name} "
+    if shipped and not retrain and D.is_main() and install_shipped_model(cfg, run_dir, shipped):
+        log(f"using the shipped model {shipped_model_path(shipped).name} "
             "(pass --retrain to train it from scratch)")
     D.barrier()
-    same = saved.is_file() and json.loads(saved.read_text()) == cfg.to_dict()
+    same = saved.is_file() and same_config(json.loads(saved.read_text()), cfg)
     if final.is_file() and same and not retrain:
         log(f"reusing trained model {final}")
         return final
@@ -81,6 +105,64 @@ def train_or_reuse(cfg: TrainConfig, run_dir: Path, progress: bool, retrain: boo
     return final
 
 
+def embedded_config(**overrides: Any) -> TrainConfig:
+    from maskiou.training.config import resolve
+
+    return resolve("synthetic-cpu", overrides)
+
+
+def default_detector(progress: bool = True, retrain: bool = False,
+                     cfg: TrainConfig | None = None) -> Path:
+    """The plain Mask R-CNN of the embedded data: the shipped one, or trained (``--no-maskiou``)
+    with the ``synthetic-cpu`` recipe."""
+    cfg = dataclasses.replace(cfg or embedded_config(), maskiou=False)
+    return train_or_reuse(cfg, model_dir("plain"), progress, retrain, shipped="plain")
+
+
+def default_end_to_end(progress: bool = True, retrain: bool = False,
+                       cfg: TrainConfig | None = None) -> Path:
+    """Mask Scoring R-CNN trained end to end on the embedded data (shipped, or trained)."""
+    cfg = dataclasses.replace(cfg or embedded_config(), maskiou=True)
+    return train_or_reuse(cfg, model_dir("end_to_end"), progress, retrain, shipped="end_to_end")
+
+
+def embedded_val(progress: bool = True, cfg: TrainConfig | None = None) -> tuple[Path, Path]:
+    return resolve_split(cfg or embedded_config(), "val", progress=progress)
+
+
+def addon_split(num_images: int = ADDON_IMAGES, progress: bool = True, image_size: int = 128
+                ) -> tuple[Path, Path]:
+    """Labeled add-on images for the embedded data, generated with another seed than the
+    detector's training images (the detector never saw them)."""
+    from maskiou.data.synthetic import generate_synthetic_coco
+    from maskiou.training.paths import ADDON_SEED
+
+    paths = generate_synthetic_coco(addon_dir(num_images, image_size), num_images, 0,
+                                    seed=ADDON_SEED, image_size=image_size, progress=progress)
+    return paths.train_json, paths.train_images
+
+
+def addon_or_reuse(detector: Path, train_json: Path, train_images: Path, run_dir: Path,
+                   cfg: AddonConfig, progress: bool, retrain: bool = False) -> Path:
+    """``run_dir/model_final.pt``: the add-on of ``detector``, trained unless one with the same
+    detector, images and config is already there."""
+    final = run_dir / "model_final.pt"
+    stamp = run_dir / "addon_stamp.json"
+    wanted = {"detector": file_sha1(detector), "train_json": file_sha1(train_json),
+              "config": dataclasses.asdict(cfg), "version": ADDON_VERSION}
+    if (final.is_file() and stamp.is_file() and not retrain
+            and json.loads(stamp.read_text()) == wanted):
+        log(f"reusing the add-on model {final}")
+        return final
+    log(f"training the add-on: the MaskIoU head alone on the frozen detector {detector}")
+    t0 = time.perf_counter()
+    path = train_addon(detector, train_json, train_images, run_dir, cfg, progress=progress,
+                       log=log)
+    stamp.write_text(json.dumps(wanted) + "\n")
+    log(f"add-on trained in {time.perf_counter() - t0:.0f} s")
+    return path
+
+
 def _shard(n: int) -> list[int]:
     if not torch.distributed.is_initialized():
         return list(range(n))
@@ -95,70 +177,188 @@ def detect(model: torch.nn.Module, dataset: Any, device: torch.device, batch_siz
     return Detections.concat(D.all_gather_objects(part))
 
 
-def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None,
-        baseline_checkpoint: str | None, train_baseline: bool, device: str,
-        batch_size: int = 8, backend: str = "pycocotools", progress: bool = True,
-        retrain: bool = False, run_root: Path | None = None) -> dict[str, Any]:
-    """Evaluate (training first if needed) and write the report; returns metrics.json's dict."""
+def evaluate_checkpoint(checkpoint: str | Path, dataset: Any, device: torch.device, *,
+                        batch_size: int = 8, backend: str = "pycocotools", progress: bool = True,
+                        desc: str = "inference") -> dict[str, Any] | None:
+    """Score one checkpoint's detections of ``dataset`` under every applicable scoring.
+
+    Refuses (ValueError) a model whose classes differ from the dataset's, and an add-on whose
+    head or recalibration was fitted on any image of ``dataset``.
+
+    Returns (on the main process; None elsewhere): metrics with ``"results"``, ``"detections"``
+    and ``"true_ious"`` for the report.
+    """
+    model, meta = load_trained_model(checkpoint, device)
+    where = str(dataset.ann_file)
+    if meta["class_names"] != dataset.class_names:
+        raise ValueError(f"{checkpoint}: trained on classes {meta['class_names']}, but {where} "
+                         f"has {dataset.class_names}")
+    recal = load_recalibration(meta)
+    fitted = (meta.get("addon") or {}).get("fitted_on") or {}
+    if fitted or recal is not None:
+        prints = image_fingerprints(dataset)
+        seen = prints.keys() & fitted.keys()
+        if seen:
+            raise ValueError(f"{where}: {len(seen)} of its images are images the add-on head "
+                             f"of {checkpoint} was trained on; evaluate it on images it has "
+                             "not seen")
+        if recal is not None:
+            recal.check_not_fitted_on(prints, where)
+    t0 = time.perf_counter()
+    dets = detect(model, dataset, device, batch_size, progress, desc)
+    seconds = time.perf_counter() - t0
+    if not D.is_main():
+        return None
+    true = true_mask_ious(dets, dataset.coco)
+    has_head = find_maskiou_head(model) is not None
+    recal_scores = None
+    if recal is not None:
+        recal_scores = recal.predict(dets.cls_scores, dets.pred_ious, dets.maskness,
+                                     dets.rel_areas, dets.labels)
+    metrics, results = evaluate_detections(dets, dataset.coco, true, has_head=has_head,
+                                           recalibrated=recal_scores, backend=backend)
+    scores = scorings(dets.cls_scores, dets.pred_ious if has_head else None, dets.maskness,
+                      true, recal_scores)
+    metrics.update(checkpoint=str(checkpoint), has_head=has_head,
+                   inference_seconds=round(seconds, 1))
+    if has_head:
+        metrics["cost"] = head_cost(model)
+    if recal is not None:
+        metrics["recalibration"] = recal.kind
+    return {**metrics, "results": results, "detections": dets, "true_ious": true,
+            "scores": scores}
+
+
+def is_plain(checkpoint: str | Path) -> bool:
+    """Whether a checkpoint is a detector without the MaskIoU head."""
+    return not load_checkpoint(checkpoint)["config"].get("maskiou", True)
+
+
+def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
+        addon_train: tuple[str, str] | None = None, baseline_checkpoint: str | None = None,
+        end_to_end_checkpoint: str | None = None, train_baseline: bool = False,
+        device: str = "auto", batch_size: int = 8, backend: str = "pycocotools",
+        progress: bool = True, retrain: bool = False, run_root: Path | None = None,
+        addon: AddonConfig | None = None, addon_images: int = ADDON_IMAGES) -> dict[str, Any]:
+    """The main job; returns metrics.json's dict (on the main process).
+
+    Args:
+        cfg: the training recipe (data paths included) for models that must be trained.
+        checkpoint: the model to measure. A plain detector gets the add-on (trained on
+            ``addon_train``); a model with a head is scored as it is. Default: the embedded
+            add-on story (shipped plain detector + add-on, shipped end-to-end model beside it).
+        addon_train: (annotation JSON, image folder) of the labeled images the add-on head
+            trains on; on the embedded data, generated add-on images.
+        baseline_checkpoint, train_baseline: also score a plain detector (the paper's table 1).
+        end_to_end_checkpoint: also score an end-to-end model.
+    """
     from maskiou.data.coco import CocoInstanceDataset
 
     _, _, dev = D.init_distributed(device)
-    run_root = run_root or default_model_dir().parent
+    addon = addon or AddonConfig()
+    embedded = cfg.dataset == "synthetic" and not (cfg.val_json or cfg.coco_root)
+    run_root = run_root or model_dir().parent
     t_start = time.perf_counter()
+    timings: dict[str, float] = {}
     if D.is_main():  # generate the embedded data once, not once per rank
         resolve_split(cfg, "val", progress=progress)
     D.barrier()
     val_json, val_images = resolve_split(cfg, "val", progress=False)
-    if checkpoint is None:
-        checkpoint = str(train_or_reuse(cfg, _run_dir(cfg, run_root), progress, retrain))
-    model, meta = load_trained_model(checkpoint, dev)
-    dataset = CocoInstanceDataset(val_json, val_images)
-    if meta["class_names"] != dataset.class_names:
-        raise ValueError(f"{checkpoint}: trained on classes {meta['class_names']}, but "
-                         f"{val_json} has {dataset.class_names}")
-    dets = detect(model, dataset, dev, batch_size, progress, "inference")
-    metrics: dict[str, Any] = {}
-    if D.is_main():
-        true = true_mask_ious(dets, dataset.coco)
-        ev = evaluate_scorings(dets, dataset.coco, backend, true_ious=true)
-        metrics = {"segm": ev["segm"], "bbox": ev["bbox"],
-                   "correlation": correlation_summary(dets.cls_scores, dets.pred_ious, true),
-                   "num_images": len(dataset), "num_detections": len(dets),
-                   "checkpoint": str(checkpoint), "val_json": str(val_json),
-                   "cost": head_cost(model)}
+    timings["data"] = time.perf_counter() - t_start
+
+    models: dict[str, str] = {}
+    if checkpoint is None and embedded:
+        checkpoint = str(default_detector(progress, retrain, cfg))
+        end_to_end_checkpoint = end_to_end_checkpoint or str(
+            default_end_to_end(progress, retrain, cfg))
+    elif checkpoint is None:
+        checkpoint = str(train_or_reuse(cfg, run_root / "maskiou", progress, retrain))
+    if is_plain(checkpoint):
+        t0 = time.perf_counter()
+        if addon_train is None:
+            if not embedded:
+                raise ValueError(f"{checkpoint} is a plain detector: give --train-json and "
+                                 "--train-images, labeled images it did not train on, for the "
+                                 "add-on head to train on")
+            addon_train = tuple(map(str, addon_split(addon_images, progress)))
+        timings["addon_data"] = time.perf_counter() - t0
+        run_dir = (model_dir("addon") if embedded and addon_images == ADDON_IMAGES
+                   else run_root / f"addon-{file_sha1(checkpoint)[:8]}")
+        t0 = time.perf_counter()
+        if D.is_main():
+            addon_or_reuse(Path(checkpoint), Path(addon_train[0]), Path(addon_train[1]),
+                           run_dir, addon, progress, retrain)
+        D.barrier()
+        timings["addon_training"] = time.perf_counter() - t0
+        models["plain"] = checkpoint
+        models["addon"] = str(run_dir / "model_final.pt")
+        main_model = "addon"
+    else:
+        models["model"] = checkpoint
+        main_model = "model"
     if baseline_checkpoint or train_baseline:
         if baseline_checkpoint is None:
-            base_cfg = TrainConfig(**{**cfg.to_dict(), "maskiou": False})
-            baseline_checkpoint = str(train_or_reuse(base_cfg, _run_dir(base_cfg, run_root),
-                                                     progress, retrain))
-        base_model, _ = load_trained_model(baseline_checkpoint, dev)
-        base = detect(base_model, dataset, dev, batch_size, progress, "baseline inference")
-        if D.is_main():
-            bev = evaluate_scorings(base, dataset.coco, backend)
-            metrics["baseline"] = {"segm": bev["segm"]["cls"], "bbox": bev["bbox"]["cls"],
-                                   "checkpoint": str(baseline_checkpoint)}
-    if D.is_main():
-        metrics["seconds"] = round(time.perf_counter() - t_start, 1)
-        write_outputs(output_dir, metrics, ev["results"], dets, true)
+            base_cfg = dataclasses.replace(cfg, maskiou=False)
+            baseline_checkpoint = str(train_or_reuse(
+                base_cfg, run_root / ("synthetic-cpu-baseline" if embedded else "baseline"),
+                progress, retrain))
+        models["baseline"] = baseline_checkpoint
+    if end_to_end_checkpoint:
+        models["end_to_end"] = end_to_end_checkpoint
+
+    dataset = CocoInstanceDataset(val_json, val_images)
+    evaluated: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for name, path in models.items():
+        if name == "plain":
+            continue  # the add-on's own cls and maskness rows: the same frozen detector
+        evaluated[name] = evaluate_checkpoint(path, dataset, dev, batch_size=batch_size,
+                                              backend=backend, progress=progress,
+                                              desc=f"inference ({name})")
+    timings["evaluation"] = time.perf_counter() - t0
+    if not D.is_main():
+        return {}
+    main = evaluated[main_model]
+    metrics: dict[str, Any] = {
+        "segm": main["segm"], "bbox": main["bbox"], "correlation": main["correlation"],
+        "num_images": len(dataset), "num_detections": main["num_detections"],
+        "main_model": main_model, "checkpoint": models[main_model],
+        "val_json": str(val_json),
+        "models": {name: {k: v for k, v in m.items()
+                          if k not in ("results", "detections", "true_ious", "scores")}
+                   for name, m in evaluated.items()},
+    }
+    if "plain" in models:
+        metrics["models"]["plain"] = {"checkpoint": models["plain"], "note": "the add-on's "
+                                      "detector, frozen: its cls and maskness rows"}
+        metrics["addon"] = {"train_json": addon_train[0], "config": dataclasses.asdict(addon),
+                            "images": addon_images if embedded else None}
+    timings["total"] = time.perf_counter() - t_start
+    metrics["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    write_outputs(output_dir, metrics, main, dataset)
     return metrics
 
 
-def _run_dir(cfg: TrainConfig, root: Path) -> Path:
-    base = "synthetic-cpu" if cfg.dataset == "synthetic" else "maskiou"
-    if cfg.maskiou:
-        return root / base
-    return root / ("synthetic-cpu-baseline" if cfg.dataset == "synthetic" else "baseline")
-
-
-def write_outputs(out: Path, metrics: dict[str, Any], results: dict[str, list], dets: Detections,
-                  true: np.ndarray) -> None:
-    """report.md, metrics.json, the COCO results JSON files and the two PNG plots."""
+def write_outputs(out: Path, metrics: dict[str, Any], main: dict[str, Any], dataset: Any) -> None:
+    """report.md, metrics.json, the COCO results JSON files, per-detection scores, plots, and
+    gallery.json (the images whose ranking the learned score fixes most, for the demo)."""
     out.mkdir(parents=True, exist_ok=True)
     write_metrics(out / "metrics.json", metrics)
     (out / "report.md").write_text(markdown_report(metrics))
-    for name, res in results.items():
+    for name, res in main["results"].items():
         (out / f"results_{name}.json").write_text(json.dumps(res))
-    s = scorings(dets.cls_scores, dets.pred_ious, true)
-    plot_correlation(out / "maskiou_correlation.png", dets.pred_ious, true,
-                     metrics["correlation"]["pearson"])
-    plot_score_vs_iou(out / "score_vs_maskiou.png", true, s["cls"], s["rescored"])
+    dets, true = main["detections"], main["true_ious"]
+    per_det = {"image_id": dets.image_ids.tolist(), "category_id": dets.category_ids.tolist(),
+               "cls_score": dets.cls_scores.tolist(), "maskness": dets.maskness.tolist(),
+               "true_iou": np.asarray(true).tolist()}
+    if main["has_head"]:
+        per_det["predicted_iou"] = dets.pred_ious.tolist()
+    (out / "detections.json").write_text(json.dumps(per_det))
+    write_plots(out, metrics, dets.pred_ious if main["has_head"] else None, true, main["scores"])
+    best = best_learned(main["segm"])
+    if best:
+        rows = rank_change_gallery(dets.image_ids, dets.cls_scores, main["scores"][best], true)
+        for r in rows:
+            r["file"] = str(dataset.image_dir / dataset.coco.imgs[r["image_id"]]["file_name"])
+        (out / "gallery.json").write_text(json.dumps(
+            {"scoring": best, "val_json": str(dataset.ann_file), "images": rows}, indent=2))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .metrics import SCORINGS, scorings
+from .metrics import correlation_summary, scorings
 from .predict import Detections
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -78,17 +78,34 @@ def coco_ap(coco_gt: Any, results: list[dict[str, Any]], iou_type: str,
     return {k: round(float(v) * 100, 3) if v >= 0 else -1.0 for k, v in zip(AP_KEYS, ev.stats[:6])}
 
 
-def evaluate_scorings(dets: Detections, coco_gt: Any, backend: str = "pycocotools",
-                      true_ious: np.ndarray | None = None) -> dict[str, Any]:
-    """``{"segm": {scoring: APs}, "bbox": {...}}`` for the three scorings of the same
-    detections, plus the results lists under ``"results"`` (for writing JSON files)."""
-    if true_ious is None:
-        true_ious = true_mask_ious(dets, coco_gt)
-    scores = scorings(dets.cls_scores, dets.pred_ious, true_ious)
+def evaluate_scorings(dets: Detections, coco_gt: Any, scores: dict[str, np.ndarray],
+                      backend: str = "pycocotools") -> dict[str, Any]:
+    """``{"segm": {scoring: APs}, "bbox": {...}}`` for each named score of the same detections
+    (see :func:`maskiou.evaluation.metrics.scorings`), plus the COCO results lists under
+    ``"results"`` (``"segm_<scoring>"``, for writing JSON files)."""
     out: dict[str, Any] = {"segm": {}, "bbox": {}, "results": {}}
     for iou_type in ("segm", "bbox"):
-        for name in SCORINGS:
-            res = coco_results(dets, scores[name], iou_type)
+        for name, score in scores.items():
+            res = coco_results(dets, score, iou_type)
             out[iou_type][name] = coco_ap(coco_gt, res, iou_type, backend)
             out["results"][f"{iou_type}_{name}"] = res
     return out
+
+
+def evaluate_detections(dets: Detections, coco_gt: Any, true_ious: np.ndarray, *,
+                        has_head: bool, recalibrated: np.ndarray | None = None,
+                        backend: str = "pycocotools") -> tuple[dict[str, Any], dict[str, list]]:
+    """Every applicable scoring of ``dets`` with its COCO AP (segm and bbox), and the
+    correlation and calibration of the signals with the true MaskIoU.
+
+    Returns:
+        (metrics: ``{"segm", "bbox", "correlation", "num_detections"}``, COCO results lists).
+    """
+    pred = dets.pred_ious if has_head else None
+    scores = scorings(dets.cls_scores, pred, dets.maskness, true_ious, recalibrated)
+    ev = evaluate_scorings(dets, coco_gt, scores, backend)
+    metrics = {"segm": ev["segm"], "bbox": ev["bbox"],
+               "correlation": correlation_summary(dets.cls_scores, pred, dets.maskness,
+                                                  true_ious, recalibrated),
+               "num_detections": len(dets)}
+    return metrics, ev["results"]

@@ -30,8 +30,10 @@ def head_cost(model: nn.Module) -> dict[str, Any]:
     param = next(head.parameters())
     s = head.roi_size
     roi = torch.zeros(1, head.in_channels, s, s, device=param.device, dtype=param.dtype)
-    probs = torch.zeros(1, 2 * s, 2 * s, device=param.device, dtype=param.dtype)
-    head_flops = count_flops(head, roi, probs)
+    probs = torch.zeros(1, head.mask_size, head.mask_size, device=param.device, dtype=param.dtype)
+    scores = (torch.zeros(1, head.score_inputs, device=param.device, dtype=param.dtype)
+              if head.score_inputs else None)
+    head_flops = count_flops(head, roi, probs, scores)
     out: dict[str, Any] = {
         "head_params": sum(p.numel() for p in head.parameters()),
         "model_params": sum(p.numel() for p in model.parameters()),

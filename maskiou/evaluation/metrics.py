@@ -5,25 +5,29 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-SCORINGS = ("cls", "rescored", "oracle")
+SCORINGS = ("cls", "maskness", "rescored", "recalibrated", "oracle")
+"""Every scoring of the same detections, in the order the tables show them."""
 
 
-def scorings(cls_scores: np.ndarray, pred_ious: np.ndarray, true_ious: np.ndarray
+def scorings(cls_scores: np.ndarray, pred_ious: np.ndarray | None, maskness: np.ndarray,
+             true_ious: np.ndarray, recalibrated: np.ndarray | None = None
              ) -> dict[str, np.ndarray]:
-    """The three scores of the same detections (paper table 7).
-
-    Args:
-        cls_scores, pred_ious, true_ious: float arrays [N].
+    """The scores each scoring gives the same detections (float arrays [N]).
 
     Returns:
-        ``cls``: the classification score (Mask R-CNN); ``rescored``: cls x predicted MaskIoU
-        (MS R-CNN); ``oracle``: cls x true MaskIoU where the true MaskIoU is > 0, else
-        cls x predicted MaskIoU, so unmatched false positives are not promoted above matched
-        ones.
+        ``cls``: the classification score (Mask R-CNN); ``maskness``: cls x maskness, free
+        (SOLOv2, Mask2Former); ``rescored``: cls x predicted MaskIoU (MS R-CNN; only with a
+        head, ``pred_ious`` not None); ``recalibrated``: the recalibration model's score (only
+        when given); ``oracle``: cls x true MaskIoU for every detection, 0 for one that overlaps
+        no GT of its class (the paper's table 7 upper bound).
     """
-    pred = np.clip(pred_ious, 0.0, 1.0)
-    oracle_iou = np.where(true_ious > 0, true_ious, pred)
-    return {"cls": cls_scores, "rescored": cls_scores * pred, "oracle": cls_scores * oracle_iou}
+    out = {"cls": cls_scores, "maskness": cls_scores * np.clip(maskness, 0.0, 1.0)}
+    if pred_ious is not None:
+        out["rescored"] = cls_scores * np.clip(pred_ious, 0.0, 1.0)
+    if recalibrated is not None:
+        out["recalibrated"] = np.asarray(recalibrated, dtype=np.float64)
+    out["oracle"] = cls_scores * np.clip(true_ious, 0.0, 1.0)
+    return out
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -76,21 +80,27 @@ def binned_means(truth: np.ndarray, scores: np.ndarray, bins: int = 10
     return (edges[:-1] + edges[1:]) / 2, means, counts
 
 
-def correlation_summary(cls_scores: np.ndarray, pred_ious: np.ndarray, true_ious: np.ndarray
-                        ) -> dict[str, float]:
-    """Pearson/Spearman of predicted vs true MaskIoU, Pearson of the classification score, and
-    the ECE of the classification and rescored scores against the true MaskIoU. ``*_matched``:
-    the same correlations over the detections that overlap a GT of their class (true > 0)."""
-    rescored = cls_scores * np.clip(pred_ious, 0, 1)
+def correlation_summary(cls_scores: np.ndarray, pred_ious: np.ndarray | None,
+                        maskness: np.ndarray, true_ious: np.ndarray,
+                        recalibrated: np.ndarray | None = None) -> dict[str, float]:
+    """How well each signal predicts the true MaskIoU of the detections (the paper's figure 5).
+
+    Pearson (and Spearman) of the head's predicted MaskIoU, the maskness and the classification
+    score against the true MaskIoU, over all detections and (``*_matched``) over those that
+    overlap a GT of their class (true > 0); the expected calibration error of each final score
+    against the true MaskIoU.
+    """
     m = true_ious > 0
-    return {
-        "pearson_matched": pearson(pred_ious[m], true_ious[m]),
-        "cls_pearson_matched": pearson(cls_scores[m], true_ious[m]),
-        "matched_fraction": float(m.mean()) if len(m) else float("nan"),
-        "pearson": pearson(pred_ious, true_ious),
-        "spearman": spearman(pred_ious, true_ious),
-        "cls_pearson": pearson(cls_scores, true_ious),
-        "cls_spearman": spearman(cls_scores, true_ious),
-        "ece_cls": expected_calibration_error(cls_scores, true_ious),
-        "ece_rescored": expected_calibration_error(rescored, true_ious),
-    }
+    out: dict[str, float] = {"matched_fraction": float(m.mean()) if len(m) else float("nan")}
+    signals = {"cls": cls_scores, "maskness": maskness}
+    if pred_ious is not None:
+        signals = {"head": pred_ious, **signals}
+    for name, x in signals.items():
+        out[f"{name}_pearson"] = pearson(x, true_ious)
+        out[f"{name}_spearman"] = spearman(x, true_ious)
+        out[f"{name}_pearson_matched"] = pearson(x[m], true_ious[m])
+    finals = scorings(cls_scores, pred_ious, maskness, true_ious, recalibrated)
+    for name, score in finals.items():
+        if name != "oracle":
+            out[f"ece_{name}"] = expected_calibration_error(score, true_ious)
+    return out

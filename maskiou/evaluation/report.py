@@ -11,9 +11,18 @@ import numpy as np
 from .cocoeval import AP_KEYS
 from .metrics import SCORINGS, binned_means
 
-SCORING_TITLES = {"cls": "Mask R-CNN (classification score)",
-                  "rescored": "MS R-CNN (cls x predicted MaskIoU)",
-                  "oracle": "MS R-CNN* (oracle MaskIoU)"}
+SCORING_TITLES = {
+    "cls": "classification score (Mask R-CNN)",
+    "maskness": "cls x maskness (free: SOLOv2, Mask2Former)",
+    "rescored": "cls x predicted MaskIoU (MS R-CNN head)",
+    "recalibrated": "recalibrated (cls, predicted MaskIoU, maskness, box size)",
+    "oracle": "cls x true MaskIoU (oracle, paper table 7)",
+}
+MODEL_TITLES = {"plain": "plain Mask R-CNN (the detector the user has)",
+                "addon": "+ MaskIoU head trained alone (add-on)",
+                "model": "the model", "baseline": "Mask R-CNN trained without the head",
+                "end_to_end": "Mask Scoring R-CNN trained end to end"}
+LEARNED = ("rescored", "recalibrated")
 
 
 def _fmt(v: Any) -> str:
@@ -22,48 +31,63 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def best_learned(rows: dict[str, Any]) -> str | None:
+    """The learned scoring with the highest mask AP (None for a model without the head)."""
+    learned = [n for n in LEARNED if n in rows]
+    return max(learned, key=lambda n: rows[n]["AP"]) if learned else None
+
+
 def ap_table(metrics: dict[str, Any], iou_type: str) -> str:
-    """Markdown table of the three scorings for ``iou_type`` ("segm" or "bbox"), with the
-    change against the classification score."""
+    """Markdown table of every scoring for ``iou_type`` ("segm" or "bbox"), then the change of
+    the best learned scoring against the free maskness and against the classification score."""
     rows = metrics[iou_type]
-    head = "| scoring | " + " | ".join(AP_KEYS) + " |"
-    lines = [head, "|" + "---|" * (len(AP_KEYS) + 1)]
+    lines = ["| scoring | " + " | ".join(AP_KEYS) + " |", "|" + "---|" * (len(AP_KEYS) + 1)]
     for name in SCORINGS:
-        lines.append(f"| {SCORING_TITLES[name]} | " +
-                     " | ".join(_fmt(rows[name][k]) for k in AP_KEYS) + " |")
-    for name in ("rescored", "oracle"):
-        d = {k: rows[name][k] - rows["cls"][k] for k in AP_KEYS}
-        lines.append(f"| change, {name} vs cls | " +
-                     " | ".join(f"{d[k]:+.1f}" for k in AP_KEYS) + " |")
+        if name in rows:
+            lines.append(f"| {SCORING_TITLES[name]} | " +
+                         " | ".join(_fmt(rows[name][k]) for k in AP_KEYS) + " |")
+    best = best_learned(rows)
+    if best:
+        for ref in ("maskness", "cls"):
+            d = {k: rows[best][k] - rows[ref][k] for k in AP_KEYS}
+            lines.append(f"| change, {best} vs {ref} | " +
+                         " | ".join(f"{d[k]:+.1f}" for k in AP_KEYS) + " |")
     return "\n".join(lines)
 
 
-def baseline_table(metrics: dict[str, Any]) -> str:
-    """Paper table 1: plain Mask R-CNN vs MS R-CNN, mask and box AP. As in the paper, only
-    masks are rescored: the MS R-CNN box AP uses the classification score."""
-    b = metrics["baseline"]
-    lines = ["| model | mask AP | mask AP50 | mask AP75 | box AP | box AP50 | box AP75 |",
-             "|---|---|---|---|---|---|---|"]
-    for title, segm, bbox in (("Mask R-CNN (trained without the head)", b["segm"], b["bbox"]),
-                              ("MS R-CNN (masks rescored, boxes by cls score)",
-                               metrics["segm"]["rescored"], metrics["bbox"]["cls"])):
-        lines.append(f"| {title} | " + " | ".join(_fmt(segm[k]) for k in ("AP", "AP50", "AP75"))
-                     + " | " + " | ".join(_fmt(bbox[k]) for k in ("AP", "AP50", "AP75")) + " |")
+def comparison_table(metrics: dict[str, Any]) -> str:
+    """Plain detector, add-on and end-to-end (and a plain baseline) side by side: mask AP and
+    AP75 under each of the model's scorings, box AP with the classification score."""
+    lines = ["| model | scoring | mask AP | mask AP75 | box AP (cls) |", "|---|---|---|---|---|"]
+    models = metrics["models"]
+    for name in ("plain", "baseline", "addon", "model", "end_to_end"):
+        if name not in models:
+            continue
+        m = models["addon"] if name == "plain" else models[name]
+        names = ["cls", "maskness"] if name in ("plain", "baseline") else \
+            [n for n in ("rescored", "recalibrated") if n in m["segm"]] or ["cls", "maskness"]
+        if name in ("model", "end_to_end"):
+            names = [n for n in ("cls", "maskness", "rescored", "recalibrated") if n in m["segm"]]
+        for scoring in names:
+            s = m["segm"][scoring]
+            lines.append(f"| {MODEL_TITLES[name]} | {scoring} | {s['AP']:.1f} | "
+                         f"{s['AP75']:.1f} | {m['bbox']['cls']['AP']:.1f} |")
     return "\n".join(lines)
 
 
 def correlation_table(corr: dict[str, float]) -> str:
-    return "\n".join([
-        "| quantity | value |", "|---|---|",
-        f"| Pearson, predicted vs true MaskIoU (paper: 0.74) | {corr['pearson']:.3f} |",
-        f"| Spearman, predicted vs true MaskIoU | {corr['spearman']:.3f} |",
-        f"| Pearson, classification score vs true MaskIoU | {corr['cls_pearson']:.3f} |",
-        f"| Pearson over detections that overlap a GT of their class "
-        f"({100 * corr['matched_fraction']:.0f}% of them): predicted MaskIoU / classification "
-        f"score | {corr['pearson_matched']:.3f} / {corr['cls_pearson_matched']:.3f} |",
-        f"| ECE of the classification score vs true MaskIoU | {corr['ece_cls']:.3f} |",
-        f"| ECE of the rescored score vs true MaskIoU | {corr['ece_rescored']:.3f} |",
-    ])
+    lines = ["| signal vs true MaskIoU | Pearson | Spearman | Pearson, matched "
+             f"({100 * corr['matched_fraction']:.0f}% of detections) |", "|---|---|---|---|"]
+    for name, title in (("head", "predicted MaskIoU (head; paper: 0.74)"),
+                        ("maskness", "maskness"), ("cls", "classification score")):
+        if f"{name}_pearson" in corr:
+            lines.append(f"| {title} | {corr[name + '_pearson']:.3f} | "
+                         f"{corr[name + '_spearman']:.3f} | "
+                         f"{corr[name + '_pearson_matched']:.3f} |")
+    eces = ", ".join(f"{k[4:]} {v:.3f}" for k, v in corr.items() if k.startswith("ece_"))
+    lines.append(f"\nExpected calibration error of each final score against the true MaskIoU: "
+                 f"{eces}.")
+    return "\n".join(lines)
 
 
 def cost_table(cost: dict[str, Any]) -> str:
@@ -71,28 +95,41 @@ def cost_table(cost: dict[str, Any]) -> str:
         "| cost of the head | value |", "|---|---|",
         f"| MaskIoU head parameters | {cost['head_params'] / 1e6:.2f} M "
         f"({100 * cost['head_params'] / cost['model_params']:.1f}% of the model) |",
-        f"| MaskIoU head GFLOPs per RoI | {cost['head_gflops_per_roi']:.3f} |",
-        f"| mask head GFLOPs per RoI | {cost['mask_head_gflops_per_roi']:.3f} |",
+        f"| MaskIoU head GMACs per RoI | {cost['head_gmacs_per_roi']:.4f} |",
+        f"| mask head GMACs per RoI | {cost['mask_head_gmacs_per_roi']:.4f} |",
     ])
 
 
 def markdown_report(metrics: dict[str, Any]) -> str:
+    main = metrics["models"][metrics["main_model"]]
     parts = [f"# MaskIoU rescoring: {metrics['num_images']} images, "
              f"{metrics['num_detections']} detections", "",
-             "## Mask AP (segm)", "", ap_table(metrics, "segm"), "",
+             f"Model: `{metrics['checkpoint']}`", "",
+             "## Mask AP (segm) under each scoring", "", ap_table(metrics, "segm"), "",
              "## Box AP (bbox)", "", ap_table(metrics, "bbox"), "",
+             "## Models side by side", "", comparison_table(metrics), "",
              "## Predicted vs true MaskIoU (top-100 detections per image)", "",
              correlation_table(metrics["correlation"])]
-    if "baseline" in metrics:
-        parts += ["", "## Same recipe without the head (paper table 1)", "",
-                  baseline_table(metrics)]
-    if "cost" in metrics:
-        parts += ["", "## Cost", "", cost_table(metrics["cost"])]
+    if "cost" in main:
+        parts += ["", "## Cost", "", cost_table(main["cost"])]
+    if "seconds" in metrics:
+        parts += ["", "Seconds: " + ", ".join(f"{k} {v:.0f}"
+                                              for k, v in metrics["seconds"].items())]
     return "\n".join(parts) + "\n"
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     path.write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+
+
+def write_plots(out: Path, metrics: dict[str, Any], pred: np.ndarray | None, true: np.ndarray,
+                scores: dict[str, np.ndarray]) -> None:
+    """maskiou_correlation.png (figure 5, when there is a head) and score_vs_maskiou.png."""
+    if pred is not None:
+        plot_correlation(out / "maskiou_correlation.png", pred, true,
+                         metrics["correlation"]["head_pearson"])
+    plot_score_vs_iou(out / "score_vs_maskiou.png", true,
+                      {k: v for k, v in scores.items() if k != "oracle"})
 
 
 def plot_correlation(path: Path, pred: np.ndarray, true: np.ndarray, pearson: float) -> None:
@@ -108,33 +145,33 @@ def plot_correlation(path: Path, pred: np.ndarray, true: np.ndarray, pearson: fl
                        cmap="viridis", mincnt=1)
         fig.colorbar(hb, ax=ax, label="detections (log)")
     ax.plot([0, 1], [0, 1], "r--", lw=1)
-    ax.set(xlabel="true MaskIoU", ylabel="predicted MaskIoU", xlim=(0, 1), ylim=(0, 1),
-           title=f"Predicted vs true MaskIoU (Pearson {pearson:.2f})")
+    ax.set(xlabel="true MaskIoU (0: no GT of the class)", ylabel="predicted MaskIoU",
+           xlim=(0, 1), ylim=(0, 1), title=f"Predicted vs true MaskIoU (Pearson {pearson:.2f})")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def plot_score_vs_iou(path: Path, true: np.ndarray, cls: np.ndarray, rescored: np.ndarray
-                      ) -> None:
-    """Paper figure 2c: mean score per true-MaskIoU bin, for both scores."""
+def plot_score_vs_iou(path: Path, true: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+    """Paper figure 2c: mean score per true-MaskIoU bin, one line per scoring."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    centres, m_cls, counts = binned_means(true, cls)
-    _, m_res, _ = binned_means(true, rescored)
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1, label="ideal (score = MaskIoU)")
-    ax.plot(centres, m_cls, "o-", label="classification score (Mask R-CNN)")
-    ax.plot(centres, m_res, "s-", label="cls x predicted MaskIoU (MS R-CNN)")
-    ax2 = ax.twinx()
-    ax2.bar(centres, counts, width=0.08, alpha=0.15, color="k")
-    ax2.set_ylabel("detections per bin")
+    centres, counts = None, None
+    for name, score in scores.items():
+        centres, means, counts = binned_means(true, score)
+        ax.plot(centres, means, "o-", ms=3, label=SCORING_TITLES.get(name, name))
+    if centres is not None:
+        ax2 = ax.twinx()
+        ax2.bar(centres, counts, width=0.08, alpha=0.15, color="k")
+        ax2.set_ylabel("detections per bin")
     ax.set(xlabel="true MaskIoU", ylabel="mean score", xlim=(0, 1), ylim=(0, 1),
            title="Score vs mask quality")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -46,6 +46,10 @@ class TrainConfig:
     maskiou_num_convs: int = 4
     maskiou_fc_dim: int = 1024
     maskiou_fusion: str = "concat"
+    maskiou_reduce_channels: int = 0
+    maskiou_mask_features: int = 0
+    maskiou_score_inputs: int = 0
+    maskiou_output: str = "linear"
     maskiou_loss_weight: float = 1.0
     freeze_detector: bool = False
     detector_checkpoint: str | None = None

@@ -51,6 +51,9 @@ def build_model(cfg: TrainConfig, num_classes: int,
             model, freeze_detector=cfg.freeze_detector, loss_weight=cfg.maskiou_loss_weight,
             conv_channels=cfg.maskiou_conv_channels, num_convs=cfg.maskiou_num_convs,
             fc_dim=cfg.maskiou_fc_dim, fusion=cfg.maskiou_fusion,
+            reduce_channels=cfg.maskiou_reduce_channels, score_inputs=cfg.maskiou_score_inputs,
+            mask_features=cfg.maskiou_mask_features,
+            output=cfg.maskiou_output,
         )
     elif cfg.freeze_detector:
         raise ValueError("--freeze-detector trains only the MaskIoU head: drop --no-maskiou")
@@ -59,15 +62,21 @@ def build_model(cfg: TrainConfig, num_classes: int,
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu"
                        ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a trainer checkpoint was made with and load its weights.
+    """Rebuild the model a checkpoint was made with and load its weights: any checkpoint that
+    ``maskiou-train`` (``--freeze-detector`` runs included) or the add-on trainer writes. These
+    embed every weight, the frozen detector's too, so the detector's own file is not needed.
 
     Returns:
         (model in eval mode on ``device``, checkpoint metadata: config, class_names, ...).
     """
     ckpt = load_checkpoint(path)
+    if "config" not in ckpt or "class_names" not in ckpt:
+        raise CheckpointError(f"{path}: not a maskiou-train checkpoint (no config or class "
+                              "names): a bare state dict cannot be rebuilt")
     try:
+        # how the weights were obtained does not matter any more: they are all in the file
         cfg = TrainConfig(**{**ckpt["config"], "detector_checkpoint": None, "weights": None,
-                             "weights_backbone": None})
+                             "weights_backbone": None, "freeze_detector": False})
     except TypeError as e:
         msg = f"{path}: its config does not match this maskiou version ({e})"
         raise CheckpointError(msg) from e

@@ -46,17 +46,39 @@ def resolve_split(cfg: TrainConfig, split: str, progress: bool = True) -> tuple[
                      f"--{split}-images, or --dataset synthetic")
 
 
+ADDON_SEED = 1  # the add-on images of the embedded data: generated with another seed
+
+
+def addon_dir(num_images: int, image_size: int = 128) -> Path:
+    """Where the embedded add-on images live: labeled images the shipped detector never saw."""
+    return cache_dir() / f"addon_s{image_size}_n{num_images}_seed{ADDON_SEED}"
+
+
+SHIPPED = {"end_to_end": "synthetic_cpu.pt", "plain": "synthetic_cpu_plain.pt",
+           "addon": "synthetic_cpu_addon.pt"}
+MODEL_DIRS = {"end_to_end": "synthetic-cpu", "plain": "synthetic-cpu-plain",
+              "addon": "synthetic-cpu-addon"}
+
+
+def model_dir(name: str = "addon") -> Path:
+    """Run folder of an embedded default model: ``"plain"`` (the detector the user has),
+    ``"addon"`` (it with the head trained alone: the main job's model) or ``"end_to_end"``."""
+    return cache_dir() / "models" / MODEL_DIRS[name]
+
+
 def default_model_dir() -> Path:
-    """Run folder of the embedded default model (``synthetic-cpu`` with the head)."""
-    return cache_dir() / "models" / "synthetic-cpu"
+    """Run folder of the main job's model: the add-on on the shipped plain detector."""
+    return model_dir("addon")
 
 
 def default_model_path() -> Path:
-    """Checkpoint of the embedded default model, written by ``benchmarks/coco_eval.py``."""
+    """Checkpoint of the main job's model, written by ``benchmarks/coco_eval.py``."""
     return default_model_dir() / "model_final.pt"
 
 
-def shipped_model_path() -> Path:
-    """The warm-start checkpoint shipped in the package (``synthetic-cpu``, trained by this
-    project's own trainer; its config and training log lie beside it)."""
-    return Path(__file__).resolve().parents[1] / "pretrained" / "synthetic_cpu.pt"
+def shipped_model_path(name: str = "end_to_end") -> Path:
+    """A checkpoint shipped in the package, trained by this project's own trainer on the embedded
+    data (its config and training log lie beside it): ``"plain"``, the Mask R-CNN a user has;
+    ``"end_to_end"``, Mask Scoring R-CNN trained with the head; ``"addon"``, the plain one with
+    the head the main job trains alone (shipped for the tests and the demo)."""
+    return Path(__file__).resolve().parents[1] / "pretrained" / SHIPPED[name]

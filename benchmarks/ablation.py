@@ -1,0 +1,170 @@
+"""Ablation of the add-on's levers, each a row measured on the same frozen detector.
+
+    python benchmarks/ablation.py                          # every row, embedded default
+    python benchmarks/ablation.py --rows shipped no-flip   # some rows
+    python benchmarks/ablation.py --detector plain.pt --train-json a.json --train-images a/ \\
+        --val-json v.json --val-images v/                  # any COCO-format dataset
+
+Each row trains a head alone on the cached detections of the add-on images (the same cache the
+main job uses) and scores the cached detections of the validation split with it, so a row costs
+only its head training. Prints a table; writes ablation.json and ablation.md to --output-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from maskiou.attach import find_maskiou_head  # noqa: E402
+from maskiou.data.coco import CocoInstanceDataset  # noqa: E402
+from maskiou.evaluation.benchmark import ADDON_IMAGES  # noqa: E402
+from maskiou.evaluation.cocoeval import evaluate_detections  # noqa: E402
+from maskiou.training.addon import (  # noqa: E402
+    AddonConfig,
+    attach_to_detector,
+    fit_addon,
+    predict_ious,
+)
+from maskiou.training.samples import collect_samples, file_sha1  # noqa: E402
+
+# name -> (what it tests, AddonConfig overrides, add-on images on the embedded data)
+ROWS: dict[str, tuple[str, dict[str, Any], int]] = {
+    "shipped": ("the shipped add-on (AddonConfig defaults)", {}, ADDON_IMAGES),
+    "iou-target": ("regress the true MaskIoU itself (the paper) instead of the share of COCO "
+                   "thresholds passed", {"target": "iou"}, ADDON_IMAGES),
+    "no-rank-loss": ("no pairwise ranking loss", {"rank_weight": 0.0}, ADDON_IMAGES),
+    "paper": ("the paper's recipe on detections: IoU target, L2 only, matched detections only "
+              "(true MaskIoU > 0, table 6 tau = 0), no score inputs",
+              {"target": "iou", "rank_weight": 0.0, "min_target": 0.0, "score_inputs": False},
+              ADDON_IMAGES),
+    "all-detections-iou": ("IoU target and L2 only, on every detection (false positives: 0)",
+                           {"target": "iou", "rank_weight": 0.0}, ADDON_IMAGES),
+    "tau-0.5": ("only detections with true MaskIoU > 0.5 (table 6 tau = 0.5)",
+                {"min_target": 0.5}, ADDON_IMAGES),
+    "no-score-inputs": ("the head does not see the classification score and the maskness",
+                        {"score_inputs": False}, ADDON_IMAGES),
+    "no-flip": ("no mirror images of the add-on images", {"flip": False}, ADDON_IMAGES),
+    "rank-0.3": ("ranking-loss weight 0.3", {"rank_weight": 0.3}, ADDON_IMAGES),
+    "bce": ("BCE on the target (sigmoid output)", {"loss": "bce"}, ADDON_IMAGES),
+    "smooth-l1": ("smooth L1 loss", {"loss": "smooth_l1"}, ADDON_IMAGES),
+    "mask-features": ("8 learned channels of the full 28 x 28 mask beside the max-pooled one",
+                      {"mask_features": 8}, ADDON_IMAGES),
+    "light": ("light head: 1x1 conv to 32, two 3x3 convs of 32, FC 256",
+              {"reduce_channels": 32, "conv_channels": 32}, ADDON_IMAGES),
+    "epochs-8": ("8 epochs instead of 12", {"epochs": 8}, ADDON_IMAGES),
+    "gbm": ("gradient-boosting recalibration instead of logistic", {"recalibration": "gbm"},
+            ADDON_IMAGES),
+    "no-holdout": ("no recalibration: the head trains on every add-on image",
+                   {"recalibration": "none"}, ADDON_IMAGES),
+    "images-1000": ("1,000 add-on images", {}, 1000),
+    "images-4000": ("4,000 add-on images", {}, 4000),
+}
+
+
+def evaluate_row(name: str, cfg: AddonConfig, detector: str, train_set: Any, cache: Path,
+                 val: Any, val_dets: Any, coco_gt: Any, device: str, progress: bool
+                 ) -> dict[str, Any]:
+    model, _ = attach_to_detector(detector, cfg, device)
+    t0 = time.perf_counter()
+    fit = fit_addon(model, train_set, cfg, detector_sha1=file_sha1(detector), cache=cache,
+                    device=device, progress=progress, log=lambda msg: None)
+    seconds = time.perf_counter() - t0
+    head = find_maskiou_head(model)
+    dets = dataclasses.replace(val_dets, pred_ious=predict_ious(head, val).numpy())
+    recal_scores = None
+    if fit.recalibration is not None:
+        recal_scores = fit.recalibration.predict(dets.cls_scores, dets.pred_ious, dets.maskness,
+                                                 dets.rel_areas, dets.labels)
+    metrics, _ = evaluate_detections(dets, coco_gt, val.targets.numpy(), has_head=True,
+                                     recalibrated=recal_scores)
+    return {"row": name, "train_detections": fit.num_detections,
+            "seconds": round(seconds, 1), "segm": metrics["segm"],
+            "bbox_cls_AP": metrics["bbox"]["cls"]["AP"], "correlation": metrics["correlation"]}
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """One row per lever: mask AP and AP75 of the head's rescoring and of the recalibration,
+    their change against the free maskness, the head's Pearson (all / matched detections), the
+    ECE of the rescored score and the add-on's training time."""
+    lines = ["| row | rescored AP / AP75 | recalibrated AP / AP75 | best - maskness (AP / AP75) "
+             "| Pearson all / matched | ECE rescored | fit time, detections |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        s, c = r["segm"], r["correlation"]
+        rec = f"{s['recalibrated']['AP']:.2f} / {s['recalibrated']['AP75']:.2f}" \
+            if "recalibrated" in s else "-"
+        best = max((n for n in ("rescored", "recalibrated") if n in s), key=lambda n: s[n]["AP"])
+        lines.append(
+            f"| {r['row']} | {s['rescored']['AP']:.2f} / {s['rescored']['AP75']:.2f} | {rec} | "
+            f"{s[best]['AP'] - s['maskness']['AP']:+.2f} / "
+            f"{s[best]['AP75'] - s['maskness']['AP75']:+.2f} | "
+            f"{c['head_pearson']:.3f} / {c['head_pearson_matched']:.3f} | "
+            f"{c['ece_rescored']:.3f} | {r['seconds']:.0f} s, {r['train_detections']} |")
+    if results:
+        s = results[0]["segm"]
+        lines.append(f"| (reference) cls / cls x maskness / oracle | {s['cls']['AP']:.2f} / "
+                     f"{s['cls']['AP75']:.2f} · {s['maskness']['AP']:.2f} / "
+                     f"{s['maskness']['AP75']:.2f} · {s['oracle']['AP']:.2f} / "
+                     f"{s['oracle']['AP75']:.2f} | | | | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from maskiou.evaluation.benchmark import addon_split, default_detector, embedded_val
+
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
+    p.add_argument("--detector", help="plain detector checkpoint (default: the shipped one)")
+    for split in ("train", "val"):
+        p.add_argument(f"--{split}-json")
+        p.add_argument(f"--{split}-images")
+    p.add_argument("--output-dir", default="results/ablation")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    progress = not args.no_progress
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    detector = args.detector or str(default_detector(progress))
+    val_json, val_images = (args.val_json, args.val_images) if args.val_json else \
+        embedded_val(progress)
+    val_set = CocoInstanceDataset(val_json, val_images)
+    model, _ = attach_to_detector(detector, AddonConfig(), args.device)
+    val, val_dets = collect_samples(model, val_set, device=args.device, progress=progress,
+                                    return_detections=True)
+    results = []
+    for name in args.rows:
+        what, overrides, images = ROWS[name]
+        cfg = dataclasses.replace(AddonConfig(), **overrides)
+        train_json, train_images = (args.train_json, args.train_images) if args.train_json \
+            else addon_split(images, progress)
+        train_set = CocoInstanceDataset(train_json, train_images)
+        cache = out / (f"samples_{file_sha1(train_json)[:10]}_flip{int(cfg.flip)}"
+                       f"_held{int(cfg.recalibration != 'none')}.pt")
+        r = evaluate_row(name, cfg, detector, train_set, cache, val, val_dets, val_set.coco,
+                         args.device, progress)
+        r["what"], r["config"], r["images"] = what, dataclasses.asdict(cfg), len(train_set)
+        results.append(r)
+        print(table([r]).splitlines()[2], flush=True)
+        (out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
+    md = table(results) + "\n\n" + "\n".join(f"- **{r['row']}**: {r['what']}" for r in results)
+    (out / "ablation.md").write_text(md + "\n")
+    print()
+    print(md)
+    print(f"\nwrote {out}/ablation.json and ablation.md")
+    return 0
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    sys.exit(main())
