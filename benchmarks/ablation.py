@@ -65,6 +65,9 @@ ROWS: dict[str, tuple[str, dict[str, Any], int]] = {
             ADDON_IMAGES),
     "no-holdout": ("no recalibration: the head trains on every add-on image",
                    {"recalibration": "none"}, ADDON_IMAGES),
+    "seed-1": ("the shipped config with another seed (head initialization, batch order, "
+               "held-out images): the run-to-run spread", {"seed": 1}, ADDON_IMAGES),
+    "seed-2": ("... and a third seed", {"seed": 2}, ADDON_IMAGES),
     "images-1000": ("1,000 add-on images", {}, 1000),
     "images-4000": ("4,000 add-on images", {}, 4000),
 }
@@ -142,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = attach_to_detector(detector, AddonConfig(), args.device)
     val, val_dets = collect_samples(model, val_set, device=args.device, progress=progress,
                                     return_detections=True)
-    results = []
+    saved = out / "ablation.json"  # rows measured before stay, rerun ones are replaced
+    results = [r for r in (json.loads(saved.read_text()) if saved.is_file() else [])
+               if r["row"] not in args.rows]
     for name in args.rows:
         what, overrides, images = ROWS[name]
         cfg = dataclasses.replace(AddonConfig(), **overrides)
@@ -156,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         r["what"], r["config"], r["images"] = what, dataclasses.asdict(cfg), len(train_set)
         results.append(r)
         print(table([r]).splitlines()[2], flush=True)
-        (out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
+        results.sort(key=lambda x: list(ROWS).index(x["row"]) if x["row"] in ROWS else 99)
+        saved.write_text(json.dumps(results, indent=2) + "\n")
     md = table(results) + "\n\n" + "\n".join(f"- **{r['row']}**: {r['what']}" for r in results)
     (out / "ablation.md").write_text(md + "\n")
     print()

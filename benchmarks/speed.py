@@ -33,9 +33,9 @@ from maskiou.evaluation.cost import head_cost  # noqa: E402
 from maskiou.targets import mask_iou_targets, project_masks  # noqa: E402
 from maskiou.training.builders import MODEL_NAMES, build_maskrcnn  # noqa: E402
 
-# the light head for CPU deployment: a 1x1 convolution to 64 channels, two 3x3 convolutions
-# of 64 (the last with stride 2), FC 256: 0.013 GMACs per RoI against the paper's 0.39
-LIGHT_HEAD = {"reduce_channels": 64, "conv_channels": 64, "num_convs": 2, "fc_dim": 256}
+# the light head for CPU deployment (the "light" row of benchmarks/ablation.py): a 1x1
+# convolution to 32 channels, two 3x3 convolutions of 32 (the last with stride 2), FC 256
+LIGHT_HEAD = {"reduce_channels": 32, "conv_channels": 32, "num_convs": 2, "fc_dim": 256}
 
 
 def mask_iou_targets_reference(
@@ -152,7 +152,7 @@ def model_timings(name: str, h: int, w: int, device: torch.device, repeats: int,
 
 
 def target_timings(device: torch.device, repeats: int, n: int = 512) -> dict[str, Any]:
-    """mask_iou_targets vectorized vs the per-RoI loop, 512 RoIs on 800x1333 images."""
+    """mask_iou_targets vectorized vs the per-RoI loop, ``n`` RoIs on 800x1333 images."""
     g = torch.Generator().manual_seed(0)
     h, w, n_gt = 800, 1333, 20
     gt = torch.zeros(n_gt, h, w, dtype=torch.uint8)
@@ -173,7 +173,7 @@ def target_timings(device: torch.device, repeats: int, n: int = 512) -> dict[str
     slow = mask_iou_targets_reference(*args)
     t = interleaved({"loop": lambda: mask_iou_targets_reference(*args),
                      "vectorized": lambda: mask_iou_targets(*args)}, repeats, device)
-    return {"seconds": t, "speedup": t["loop"]["median"] / t["vectorized"]["median"],
+    return {"seconds": t, "speedup": t["loop"]["median"] / t["vectorized"]["median"], "rois": n,
             "max_abs_difference": float((fast.cpu() - slow).abs().max())}
 
 
@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="image sizes (default: 512x853 and the paper's 800x1333)")
     p.add_argument("--device", nargs="+", default=None, help="default: cpu, and cuda if present")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--target-rois", type=int, default=512,
+                   help="RoIs of the mask_iou_targets timing (default: %(default)s)")
     p.add_argument("--no-train", action="store_true", help="skip the training-step figure")
     p.add_argument("--output", default="results/speed.json")
     args = p.parse_args(argv)
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             results[name]["sizes"][size] = model_timings(
                 args.model, h, w, device, args.repeats, train=not args.no_train and i == 0)
-        results[name]["targets"] = target_timings(device, args.repeats)
+        results[name]["targets"] = target_timings(device, args.repeats, args.target_rois)
     print(table(results))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -245,7 +247,7 @@ def table(results: dict[str, Any]) -> str:
         g, c, lc = r["targets"], next(iter(r["sizes"].values()))["cost"], \
             next(iter(r["sizes"].values()))["light_cost"]
         lines += [
-            f"| {dev} | mask_iou_targets, 512 RoIs, 800x1333 (loop vs vectorized) | "
+            f"| {dev} | mask_iou_targets, {g['rois']} RoIs, 800x1333 (loop vs vectorized) | "
             f"{_ms(g['seconds']['loop'])} | {_ms(g['seconds']['vectorized'])} | "
             f"{g['speedup']:.1f}x faster (>= 20x), max diff {g['max_abs_difference']:.1e} |",
             f"| {dev} | GMACs per RoI: mask head vs paper head / light head | "

@@ -41,6 +41,9 @@ from demo.inference import PANELS, Predictor  # noqa: E402
 from demo.sources import DEFAULT_GALLERY, DEFAULT_METRICS, ValSplit, benchmark_summary  # noqa: E402
 from maskiou.training.paths import cache_dir  # noqa: E402
 
+UPLOAD_NAMES = sorted({t.lstrip(".").upper().replace("JPEG", "JPG").replace("TIFF", "TIF")
+                       for t in UPLOAD_TYPES})
+
 __all__ = ["IN_MEMORY", "DemoApp", "ValSplit", "benchmark_summary", "build_app", "main"]
 
 DEFAULT_THRESHOLD = 0.3
@@ -85,8 +88,11 @@ def build_app(detectors: list[str] | None = None, heads: list[str] | None = None
                 gallery = gr.Gallery([] if split is None else split.examples(), label=label,
                                      elem_id="examples", columns=3, height="auto",
                                      allow_preview=False, visible=split is not None)
-                upload = gr.File(label="Upload an image", type="filepath", elem_id="upload",
-                                 file_types=list(UPLOAD_TYPES))
+                # types and size are checked by the handler, so that a refused file gets the
+                # same one-line message on the page as any other bad input
+                upload = gr.File(label=f"Upload an image ({', '.join(UPLOAD_NAMES)}; at most "
+                                 f"{MAX_UPLOAD_BYTES // 2**20} MiB)", type="filepath",
+                                 elem_id="upload")
                 detector_box = gr.Dropdown(app.detector_choices(), value=app.detectors[0],
                                            label="Detector (plain Mask R-CNN)",
                                            elem_id="detector")
@@ -128,7 +134,12 @@ def build_app(detectors: list[str] | None = None, heads: list[str] | None = None
                  show_gt: bool) -> tuple[Any, ...]:
             return app.example(evt.index, detector, head, threshold, order, show_gt)
 
-        gallery.select(pick, [*models, *settings], outputs, api_name="detect_example")
+        gallery.select(pick, [*models, *settings], outputs, api_name=False)
+        # the same as a gallery click, for API clients (a click's event data has no API form)
+        example_number = gr.Number(0, precision=0, visible=False)
+        example_button = gr.Button(visible=False)
+        example_button.click(lambda n, d, h, t, o, g: app.example(int(n), d, h, t, o, g),
+                             [example_number, *models, *settings], outputs, api_name="example")
         for box in settings:
             box.change(app.redraw, [pred_state, *settings], view, api_name=False)
         for box in models:

@@ -181,7 +181,10 @@ class DemoApp:
             return f"⚠️ Training failed: {type(e).__name__}: {e}", gr.update()
         finally:
             self._train_lock.release()
-        return f"Trained the add-on head: `{short_path(path)}`.", gr.update(value=str(path))
+        if str(path) not in self.heads:
+            self.heads.append(str(path))
+        return (f"Trained the add-on head: `{short_path(path)}`.",
+                gr.update(choices=self.head_choices(), value=str(path)))
 
     # --- detection ---------------------------------------------------------------------------
 

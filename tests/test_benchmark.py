@@ -52,7 +52,7 @@ def data(tmp_path_factory):
 def addon_args(data, out: Path, *extra: str) -> list[str]:
     return ["--checkpoint", str(PLAIN), *data["addon"], *data["val"], "--output-dir", str(out),
             "--runs-dir", str(data["root"] / "runs"), "--no-progress", "--addon-epochs", "1",
-            "--addon-flip", "false", "--addon-recalibration", "logistic", "--batch-size", "4",
+            "--addon-flip", "false", "--addon-recalibration-holdout", "0.5", "--batch-size", "4",
             *extra]
 
 
@@ -268,13 +268,13 @@ def test_speed_benchmark_runs_and_reports_ratios(tmp_path):
 
     out = tmp_path / "speed.json"
     assert speed.main(["--model", "maskrcnn_resnet18_fpn", "--sizes", "64x64", "--repeats", "1",
-                       "--no-train", "--output", str(out)]) == 0
+                       "--no-train", "--target-rois", "32", "--output", str(out)]) == 0
     r = json.loads(out.read_text())["cpu"]
     s = r["sizes"]["64x64"]
     assert s["detections_per_image"] == 100
     assert s["inference_ratio"] > 0 and s["light_inference_ratio"] > 0
     assert s["cost"]["head_gmacs_per_roi"] == pytest.approx(0.390, abs=0.001)
-    assert s["light_cost"]["head_gmacs_per_roi"] < 0.02
+    assert s["light_cost"]["head_gmacs_per_roi"] < 0.005
     assert r["targets"]["max_abs_difference"] < 1e-5  # timings are reported, never asserted
 
 

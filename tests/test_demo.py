@@ -359,7 +359,7 @@ def live_app(split: ValSplit, checkpoints, tmp_path_factory: pytest.TempPathFact
     mp.setenv("MASKIOU_CACHE", str(cache))
     demo = build_app([str(checkpoints["plain"])], [str(checkpoints["head"])], split=split,
                      metrics_path=cache / "none.json", allow_training=True, threshold=0.25,
-                     train_args={"addon_images": 4, "config": {"epochs": 1, "flip": False}})
+                     train_args={"addon_images": 10, "config": {"epochs": 1}})
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
                             prevent_thread_lock=True, quiet=True)
     yield url, demo
@@ -382,18 +382,23 @@ def test_live_app_every_endpoint(live_app, split: ValSplit, checkpoints) -> None
     path = gradio_client.handle_file(str(split.dataset.image_path(1)))
     *_, status = client.predict(path, plain, head, 0.25, "cls", True, api_name="/detect")
     assert "with ground truth" in status
-    # a gallery click
-    *_, status = client.predict(plain, NO_HEAD, 0.25, "cls", False, api_name="/detect_example")
-    assert "(plain)" in status
+    # a gallery image by number (what a click does), with the plain detector alone
+    *_, status = client.predict(2, plain, NO_HEAD, 0.25, "cls", False, api_name="/example")
+    assert "(plain)" in status and "validation image" in status
     # a non-image upload: the message comes back, the server stays up
     bad = Path(checkpoints["head"]).with_name("notes.txt")
     bad.write_text("hello")
     out = client.predict(gradio_client.handle_file(str(bad)), plain, head, 0.25, "rescored",
                          False, api_name="/detect")
     assert "notes.txt: not an image file" in out[-1]
-    # training, for real on 4 add-on images and one epoch (the page is local-only here)
+    # training, for real on 10 add-on images and one epoch (the page is local-only here)
     status, choice = client.predict(api_name="/train")
-    assert status.startswith("Trained the add-on head") and choice.endswith("model_final.pt")
+    assert status.startswith("Trained the add-on head")
+    assert choice["value"].endswith("synthetic-cpu-addon/model_final.pt")  # a dropdown update
+    assert [choice["value"]] * 2 in choice["choices"]  # ... that offers the new head
+    *_, status = client.predict(3, plain, choice["value"], 0.25, "rescored", False,
+                                api_name="/example")
+    assert "(add-on)" in status
     assert demo.maskiou_app.trainings == 1
 
 

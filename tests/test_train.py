@@ -1,3 +1,6 @@
+import importlib.util
+import json
+import math
 import os
 import subprocess
 import sys
@@ -199,3 +202,41 @@ def test_two_gloo_processes_update_like_one_process_with_the_same_global_batch(t
           f"control: {float((ctl - one).norm() / step):.4f}")
     assert (two - one).norm() < 0.01 * step  # measured: 0.0002
     assert (ctl - one).norm() > 0.2 * step  # measured: 0.76
+
+
+def test_cli_resume_continues_and_amp_runs(tiny_data, tmp_path, capsys):
+    assert main(tiny_args(tiny_data, tmp_path, "--max-iters", "2")) == 0
+    assert main(tiny_args(tiny_data, tmp_path, "--max-iters", "3", "--resume")) == 0
+    out = capsys.readouterr()
+    assert "done: 3 iterations" in out.out and "different max_iters" in out.err
+    log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in log] == [1, 2, 3]  # the resumed run appends
+    amp = tmp_path / "amp"
+    assert main(tiny_args(tiny_data, amp, "--max-iters", "1", "--amp", "bf16")) == 0
+    assert load_checkpoint(amp / "model_final.pt")["config"]["amp"] == "bf16"
+    assert math.isfinite(json.loads((amp / "train_log.jsonl").read_text())["loss"])
+
+
+def test_export_cli_writes_slim_torchscript_and_onnx_or_says_why(tiny_data, tmp_path, capsys):
+    from maskiou.training.export import main as export
+
+    assert main(tiny_args(tiny_data, tmp_path, "--max-iters", "1")) == 0
+    src = tmp_path / "model_final.pt"
+    assert export([str(src), str(tmp_path / "slim.pt"), "--torchscript",
+                   str(tmp_path / "m.ts")]) == 0
+    slim = load_checkpoint(tmp_path / "slim.pt")
+    assert all(v.dtype == torch.float16 for k, v in slim["model"].items()
+               if v.is_floating_point() and ".maskiou_head." not in k)
+    assert all(v.dtype == torch.float32 for k, v in slim["model"].items()
+               if ".maskiou_head." in k and v.is_floating_point())  # the head stays exact
+    scripted = torch.jit.load(str(tmp_path / "m.ts"))
+    _, out = scripted([torch.rand(3, 64, 64)])
+    assert {"cls_scores", "mask_ious", "maskness"} <= set(out[0])
+    if importlib.util.find_spec("onnxruntime"):
+        assert export([str(src), "--onnx", str(tmp_path / "m.onnx")]) == 0
+        assert (tmp_path / "m.onnx").stat().st_size > 100_000
+    capsys.readouterr()
+    assert export([str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.pt: checkpoint not found" in err[0]
+    assert not (tmp_path / "x.pt").exists()

@@ -282,8 +282,10 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
                                  "add-on head to train on")
             addon_train = tuple(map(str, addon_split(addon_images, progress)))
         timings["addon_data"] = time.perf_counter() - t0
-        run_dir = (model_dir("addon") if embedded and addon_images == ADDON_IMAGES
-                   else run_root / f"addon-{file_sha1(checkpoint)[:8]}")
+        default = (embedded and addon_images == ADDON_IMAGES
+                   and Path(checkpoint) == model_dir("plain") / "model_final.pt")
+        run_dir = model_dir("addon") if default else \
+            run_root / f"addon-{file_sha1(checkpoint)[:8]}"
         t0 = time.perf_counter()
         if D.is_main():
             addon_or_reuse(Path(checkpoint), Path(addon_train[0]), Path(addon_train[1]),

@@ -137,7 +137,7 @@ def resolve(preset: str, overrides: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):
@@ -145,21 +145,31 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per config field, defaulting to None (= keep the preset's value)."""
-    group = parser.add_argument_group("config overrides (default: the preset's value)")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name in ("maskiou", "freeze_detector", "amp"):
-            continue  # dedicated flags in the CLI
-        kind = str(f.type)
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, title: str,
+                            prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """One ``--<prefix><field>`` flag per field of the dataclass ``cls`` (dest
+    ``<prefix><field>`` with underscores), defaulting to None (= keep the config's value)."""
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        name = prefix + f.name
+        flag, kind = "--" + name.replace("_", "-"), str(f.type)
+        kw: dict[str, Any] = {"default": None, "dest": name}
         if "bool" in kind:
-            group.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL")
+            kw.update(type=parse_bool, metavar="BOOL")
         elif "list[int]" in kind:
-            group.add_argument(flag, type=int, nargs="+", default=None)
+            kw.update(type=int, nargs="+")
         elif "int" in kind:
-            group.add_argument(flag, type=int, default=None)
+            kw.update(type=int)
         elif "float" in kind:
-            group.add_argument(flag, type=float, default=None)
+            kw.update(type=float)
         else:
-            group.add_argument(flag, type=str, default=None)
+            kw.update(type=str)
+        group.add_argument(flag, **kw)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per TrainConfig field, defaulting to None (= keep the preset's value)."""
+    add_dataclass_arguments(parser, TrainConfig, "config overrides (default: the preset's value)",
+                            skip=("maskiou", "freeze_detector", "amp"))  # dedicated CLI flags

@@ -1,0 +1,196 @@
+"""Add-on mode: the cached detections, the head's targets and losses, the held-out split, the
+recalibration and the add-on checkpoint, on hand-built values and tiny real runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from demo.testing import tiny_model, write_tiny_plain_checkpoint
+from maskiou import MaskIoUHead
+from maskiou.data.coco import CocoInstanceDataset
+from maskiou.data.synthetic import generate_synthetic_coco
+from maskiou.evaluation.cocoeval import true_mask_ious
+from maskiou.training.addon import (
+    AddonConfig,
+    head_loss,
+    holdout_images,
+    holdout_split,
+    load_recalibration,
+    pairwise_rank_loss,
+    predict_ious,
+    regression_target,
+    train_addon,
+    train_head,
+)
+from maskiou.training.checkpoint import load_checkpoint
+from maskiou.training.models import load_trained_model
+from maskiou.training.recalibration import Recalibration, RecalibrationError
+from maskiou.training.samples import HeadSamples, collect_samples, image_fingerprints
+
+
+def test_coco_target_is_the_share_of_the_ten_thresholds_passed():
+    iou = torch.tensor([0.0, 0.3, 0.4999, 0.5, 0.74, 0.75, 0.9, 0.95, 1.0])
+    assert regression_target(iou, "coco").tolist() == pytest.approx(
+        [0.0, 0.0, 0.0, 0.1, 0.5, 0.6, 0.9, 1.0, 1.0])
+    assert torch.equal(regression_target(iou, "iou"), iou)
+    with pytest.raises(ValueError, match="target"):
+        regression_target(iou, "map")
+
+
+def test_pairwise_rank_loss_known_values():
+    scores = torch.tensor([0.5, 0.5], requires_grad=True)
+    # one pair of the same class whose targets differ by more than 0.1, tied scores: log 2
+    loss = pairwise_rank_loss(scores, torch.tensor([0.9, 0.2]), torch.tensor([1, 1]))
+    assert loss.item() == pytest.approx(math.log(2))
+    loss.backward()
+    assert scores.grad[0] < 0 < scores.grad[1]  # push the better one up, the worse one down
+    # other classes, or targets within the margin: no pair, an exact 0 in the graph
+    none = pairwise_rank_loss(scores, torch.tensor([0.9, 0.2]), torch.tensor([1, 2]))
+    assert none.item() == 0.0 and none.requires_grad
+    close = pairwise_rank_loss(scores, torch.tensor([0.3, 0.25]), torch.tensor([1, 1]))
+    assert close.item() == 0.0
+    right = pairwise_rank_loss(torch.tensor([0.9, 0.1]), torch.tensor([0.9, 0.2]),
+                               torch.tensor([1, 1]))
+    assert right.item() == pytest.approx(math.log1p(math.exp(-0.8 / 0.05)))
+
+
+def test_head_losses_known_values():
+    pred, target = torch.tensor([0.5, 1.0]), torch.tensor([0.0, 1.0])
+    assert head_loss(pred, target, "l2").item() == pytest.approx(0.125)
+    assert head_loss(pred, target, "smooth_l1").item() == pytest.approx((0.5 - 0.05) / 2)
+    assert head_loss(pred, target, "bce").item() == pytest.approx(
+        (math.log(2) - math.log(1 - 1e-6)) / 2, rel=1e-4)
+    with pytest.raises(ValueError, match="loss"):
+        head_loss(pred, target, "hinge")
+
+
+def test_holdout_is_a_seeded_share_of_the_images():
+    ids = list(range(100, 120))
+    held = holdout_images(ids, 0.25, seed=0)
+    assert len(held) == 5 and held <= set(ids) and held == holdout_images(ids, 0.25, seed=0)
+    assert held != holdout_images(ids, 0.25, seed=1)
+    head, out = holdout_split(torch.tensor([100, 101, 102, 100]), {100})
+    assert head.tolist() == [1, 2] and out.tolist() == [0, 3]
+
+
+def _samples(n: int = 64, seed: int = 0) -> HeadSamples:
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.rand(n, generator=g)
+    probs = torch.rand(n, 28, 28, generator=g) * targets[:, None, None]  # quality shows
+    return HeadSamples(torch.randn(n, 8, 14, 14, generator=g).half(), probs.half(),
+                       torch.randint(1, 3, (n,), generator=g), torch.rand(n, generator=g),
+                       probs.float().mean((1, 2)), torch.rand(n, generator=g), targets,
+                       torch.arange(n))
+
+
+def test_train_head_lowers_the_loss_and_leaves_a_contiguous_eval_head():
+    samples = _samples()
+    cfg = AddonConfig(epochs=6, batch_size=16, lr=3e-3, score_inputs=True, target="iou")
+    torch.manual_seed(0)
+    head = MaskIoUHead(8, 3, conv_channels=8, num_convs=2, fc_dim=32, score_inputs=2)
+    log = train_head(head, samples, cfg, progress=False)
+    assert len(log) == 6 and log[-1]["loss"] < log[0]["loss"]
+    assert not head.training
+    assert all(p.is_contiguous() for p in head.parameters())
+    q = predict_ious(head, samples)
+    assert q.shape == (64,) and (q >= 0).all() and (q <= 1).all()
+    with pytest.raises(ValueError, match="no detections"):
+        train_head(head, samples, AddonConfig(min_target=2.0), progress=False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("addon")
+    det = generate_synthetic_coco(d / "det", 8, 6, seed=0, progress=False)
+    addon = generate_synthetic_coco(d / "addon", 10, 0, seed=1, progress=False)
+    return {"root": d, "det": det, "addon": addon}
+
+
+def test_collected_samples_align_with_the_detections_and_their_true_mask_iou(data):
+    val = CocoInstanceDataset(data["det"].val_json, data["det"].val_images)
+    model = tiny_model(len(val.class_names))
+    model.roi_heads.maskiou_rescore = True
+    samples, dets = collect_samples(model, val, progress=False, return_detections=True)
+    assert len(samples) == len(dets) > 0 and model.roi_heads.maskiou_rescore  # restored
+    assert samples.roi_features.shape[1:] == (64, 14, 14)
+    assert samples.cls_scores.tolist() == pytest.approx(dets.cls_scores.tolist())
+    assert samples.targets.numpy() == pytest.approx(true_mask_ious(dets, val.coco), abs=1e-6)
+    mirrored = collect_samples(model, val, [0], flip=True, progress=False)
+    assert set(mirrored.image_ids.tolist()) == {int(val.image_ids[0])}
+    top, top_dets = collect_samples(model, val, progress=False, return_detections=True,
+                                    max_detections=1)
+    assert len(top) == len(val) and torch.unique(top.image_ids).numel() == len(val)
+    first = [int(np.flatnonzero(dets.image_ids == i)[0]) for i in top_dets.image_ids]
+    assert top.cls_scores.tolist() == pytest.approx(dets.cls_scores[first].tolist())
+    assert torch.equal(top.roi_features, samples.roi_features[first])  # rows stay aligned
+
+
+def test_train_addon_checkpoint_embeds_the_detector_and_records_its_images(data, tmp_path):
+    names = CocoInstanceDataset(data["addon"].train_json, data["addon"].train_images).class_names
+    detector = write_tiny_plain_checkpoint(tmp_path / "plain.pt", names)
+    cfg = AddonConfig(epochs=1)
+    path = train_addon(detector, data["addon"].train_json, data["addon"].train_images,
+                       tmp_path / "run", cfg, progress=False, log=lambda m: None)
+    ckpt = load_checkpoint(path)
+    addon = CocoInstanceDataset(data["addon"].train_json, data["addon"].train_images)
+    assert ckpt["addon"]["fitted_on"] == image_fingerprints(addon)
+    recal = load_recalibration(ckpt)
+    assert recal.kind == "logistic" and len(recal.fitted_on) == 2  # 20% of 10 images
+    plain = load_checkpoint(detector)["model"]
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in plain.items())  # frozen, embedded
+    model, meta = load_trained_model(path)  # without the detector's file
+    assert meta["addon"]["detector_sha1"] and model.roi_heads.maskiou_head.score_inputs == 2
+
+
+def test_the_add_on_warns_when_given_the_detectors_training_images(data, tmp_path):
+    from maskiou.training.checkpoint import save_atomic
+
+    names = CocoInstanceDataset(data["det"].train_json, data["det"].train_images).class_names
+    detector = write_tiny_plain_checkpoint(tmp_path / "plain.pt", names)
+    ckpt = load_checkpoint(detector)
+    ckpt["config"] = {**ckpt["config"], "synthetic_dir": str(data["det"].root),
+                      "synthetic_train": 8, "synthetic_val": 6}
+    save_atomic(ckpt, detector)
+    with pytest.warns(UserWarning, match="8 of its 8 images are images the detector"):
+        train_addon(detector, data["det"].train_json, data["det"].train_images, tmp_path / "r",
+                    AddonConfig(epochs=1, recalibration="none", flip=False), progress=False,
+                    log=lambda m: None)
+
+
+def _signals(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    cls, head, mk, area = (rng.uniform(0.05, 1, n) for _ in range(4))
+    true = np.clip(0.5 * head + 0.5 * mk + rng.normal(0, 0.05, n), 0, 1)
+    return cls, head, mk, area, rng.integers(1, 4, n), true
+
+
+def test_logistic_recalibration_learns_which_signals_count_and_round_trips():
+    cls, head, mk, area, labels, true = _signals(400)
+    recal = Recalibration.fit("logistic", cls, head, mk, area, labels, true, {"abc": 7})
+    coef = recal.model.coef_[0]
+    assert coef[1] > 0.5 and coef[2] > 0.5 and abs(coef[0]) < 0.3  # head and maskness, not cls
+    s = recal.predict(cls, head, mk, area, labels)
+    assert s.shape == (400,) and ((s > 0) & (s < 1)).all()
+    assert np.corrcoef(s, true)[0, 1] > 0.9
+    again = Recalibration.from_state(recal.state())
+    assert np.array_equal(again.predict(cls, head, mk, area, labels), s)
+    gbm = Recalibration.fit("gbm", cls, head, mk, area, labels, true, {}, target="coco")
+    assert gbm.predict(cls[:3], head[:3], mk[:3], area[:3], labels[:3]).shape == (3,)
+    with pytest.raises(ValueError, match="too few"):
+        Recalibration.fit("logistic", cls[:5], head[:5], mk[:5], area[:5], labels[:5],
+                          true[:5], {})
+    with pytest.raises(ValueError, match="recalibration must be"):
+        Recalibration.fit("isotonic", cls, head, mk, area, labels, true, {})
+
+
+def test_recalibration_refuses_the_images_it_was_fitted_on_naming_their_ids():
+    cls, head, mk, area, labels, true = _signals(50)
+    recal = Recalibration.fit("logistic", cls, head, mk, area, labels, true,
+                              {"aaa": 11, "bbb": 12})
+    recal.check_not_fitted_on({"ccc": 11, "ddd": 30}, "val.json")  # same id, other image: fine
+    with pytest.raises(RecalibrationError, match=r"val.json: 1 of its images \(ids 99\)"):
+        recal.check_not_fitted_on({"bbb": 99, "ccc": 11}, "val.json")
