@@ -194,10 +194,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     print(f"maskiou demo: data and models in {cache_dir()}", flush=True)
     if args.detector is None:
-        from maskiou.evaluation.benchmark import default_detector, default_end_to_end
+        from maskiou.evaluation.benchmark import (
+            default_detector,
+            default_end_to_end,
+            install_shipped_addon,
+        )
 
         default_detector(progress=False)  # installs the shipped models (no training)
         default_end_to_end(progress=False)
+        if install_shipped_addon():
+            print("maskiou demo: installed the shipped add-on head (python benchmarks/"
+                  "coco_eval.py trains the same one)", flush=True)
     allow = training_allowed(args.host, args.share)
     if not allow:
         print("maskiou demo: reachable from other machines: training from the page is off",

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from maskiou.data.coco import CocoInstanceDataset
 from maskiou.evaluation import benchmark
@@ -85,3 +86,15 @@ def test_shipped_addon_reproduces_the_readme_headline_table():
     for name, (ap, ap75, box) in rows.items():
         measured = (m["segm"][name]["AP"], m["segm"][name]["AP75"], m["bbox"][name]["AP"])
         assert measured == pytest.approx((ap, ap75, box), abs=0.1), name
+
+
+def test_the_demo_starts_with_the_shipped_addon_without_claiming_the_main_jobs_run(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKIOU_CACHE", str(tmp_path))
+    path = benchmark.install_shipped_addon()
+    assert path == tmp_path / "models" / "synthetic-cpu-addon" / "model_final.pt"
+    copied, shipped = load_checkpoint(path), load_checkpoint(shipped_model_path("addon"))
+    assert copied["addon"]["fitted_on"] == shipped["addon"]["fitted_on"]
+    assert all(torch.equal(copied["model"][k], v) for k, v in shipped["model"].items())
+    assert not (path.parent / "addon_stamp.json").exists()  # the main job still trains its own
+    assert benchmark.install_shipped_addon() is None  # never over a model that is there

@@ -105,6 +105,18 @@ def train_or_reuse(cfg: TrainConfig, run_dir: Path, progress: bool, retrain: boo
     return final
 
 
+def install_shipped_addon() -> Path | None:
+    """Copy the shipped add-on (what the main job trains) to the main job's model folder when
+    nothing is there yet, so that the demo starts with a head. No stamp is written: the main job
+    still trains its own (the same weights: CPU training is deterministic)."""
+    final = model_dir("addon") / "model_final.pt"
+    if final.is_file() or not shipped_model_path("addon").is_file():
+        return None
+    final.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(load_checkpoint(shipped_model_path("addon")), final)
+    return final
+
+
 def embedded_config(**overrides: Any) -> TrainConfig:
     from maskiou.training.config import resolve
 
