@@ -28,8 +28,6 @@ def mask_iou_loss(
         Scalar tensor. With no RoI whose target is > 0 it is an exact 0 that still belongs to
         the autograd graph of ``pred_ious``.
     """
-    if pred_ious.numel() == 0:
-        return pred_ious.sum() * 0.0
     keep = (targets > 0).float()  # a mask instead of indexing: no host sync on the GPU
     pred = select_class(pred_ious, labels).float()
     sq = (pred - targets.float()) ** 2 * keep

@@ -38,7 +38,7 @@ def maskness(mask_probs: Tensor, threshold: float = 0.5) -> Tensor:
         Tensor[...], float, in [threshold, 1] where a pixel is above the threshold, else 0.
     """
     probs = mask_probs.float()
-    on = (probs > threshold).to(probs.dtype)
+    on = (probs > threshold).float()
     area = on.sum((-2, -1))
     return (probs * on).sum((-2, -1)) / area.clamp(min=1.0)
 

@@ -37,14 +37,15 @@ def gt_area_in_boxes(gt_masks: Tensor, boxes: Tensor, gt_idxs: Tensor) -> Tuple[
 def _areas(masks: Tensor, boxes: Tensor, idxs: Tensor) -> Tuple[Tensor, Tensor]:
     """:func:`gt_area_in_boxes` on float32 masks that ``idxs`` index directly."""
     _, h, w = masks.shape
-    rows = torch.zeros((len(masks), h, w + 1), dtype=torch.float32, device=masks.device)
+    rows = masks.new_zeros((len(masks), h, w + 1))  # float32, on the masks' device
     torch.cumsum(masks, dim=2, out=rows[:, :, 1:])
     b = boxes.detach().round().to(torch.int64)
+    # Columns index the cumulative sums, so they are clamped to [0, W] (a box left of the
+    # image gets x2 = x1); rows are only compared with, so they need no clamp.
     x1 = b[:, 0].clamp(0, w)
-    y1 = b[:, 1].clamp(0, h)
-    x2 = torch.maximum(b[:, 2].clamp(0, w), x1)
-    y2 = torch.maximum(b[:, 3].clamp(0, h), y1)
-    ys = torch.arange(h, device=rows.device)
+    x2 = torch.maximum(b[:, 2].clamp(max=w), x1)
+    y1, y2 = b[:, 1], b[:, 3]
+    ys = torch.arange(h, device=rows.device)  # pragma: no mutate (device: CPU-only here)
     i = idxs[:, None]
     per_row = rows[i, ys[None], x2[:, None]] - rows[i, ys[None], x1[:, None]]  # [N, H]
     in_rows = (ys[None] >= y1[:, None]) & (ys[None] < y2[:, None])
@@ -65,9 +66,8 @@ def project_masks(gt_masks: Tensor, boxes: Tensor, gt_idxs: Tensor, size: int) -
     Returns:
         Tensor[N, M, M], float in [0, 1].
     """
-    idx = gt_idxs.to(device=boxes.device, dtype=boxes.dtype)
-    rois = torch.cat([idx[:, None], boxes], dim=1)
-    return roi_align(gt_masks[:, None].to(boxes.dtype), rois, (size, size), 1.0)[:, 0]
+    rois = torch.cat([gt_idxs.to(boxes)[:, None], boxes], dim=1)
+    return roi_align(gt_masks[:, None].to(boxes), rois, (size, size))[:, 0]
 
 
 def mask_iou_targets(
@@ -85,12 +85,9 @@ def mask_iou_targets(
     Returns:
         Tensor[N], float32 in [0, 1].
     """
-    n, m = mask_logits.shape[0], mask_logits.shape[-1]
-    device = mask_logits.device
-    if n == 0:
-        return torch.zeros(0, dtype=torch.float32, device=device)
+    m = mask_logits.shape[-1]  # pragma: no mutate (a square grid: shape[-2] is the same)
     boxes = proposals.detach().float()
-    idx = matched_idxs.to(device=device, dtype=torch.int64)
+    idx = matched_idxs.to(mask_logits.device)  # pragma: no mutate (device: CPU-only here)
     # one float copy of the GT masks these RoIs use, shared by the projection and the areas
     used, local = torch.unique(idx, return_inverse=True)
     masks = gt_masks[used].float()
@@ -107,5 +104,5 @@ def mask_iou_targets(
     gt_outside_grid = (total - inside).clamp(min=0) * cells_per_pixel
 
     union = pred_area + gt_in_grid + gt_outside_grid - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=1e-6), torch.zeros_like(union))
-    return iou.clamp(0.0, 1.0)
+    # union is 0 only where inter is 0 too (no predicted pixel, an empty GT): the IoU is 0
+    return (inter / union.clamp(min=1e-6)).clamp(0.0, 1.0)

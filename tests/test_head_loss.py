@@ -2,6 +2,12 @@ import pytest
 import torch
 
 from maskiou import MaskIoUHead, mask_iou_loss, maskness, rescore
+from maskiou.branch import (
+    maskiou_outputs,
+    maskiou_training_inputs,
+    maskiou_training_loss,
+    predicted_mask_probs,
+)
 from maskiou.scoring import add_maskiou_outputs
 
 
@@ -100,8 +106,10 @@ def test_maskness_averages_only_the_pixels_above_half():
     probs = torch.tensor([[[0.9, 0.7, 0.6], [0.5, 0.4, 0.1]]])
     assert maskness(probs).item() == pytest.approx((0.9 + 0.7 + 0.6) / 3)
     assert maskness(probs, threshold=0.65).item() == pytest.approx(0.8)
-    batch = maskness(torch.stack([torch.full((4, 4), 0.75), torch.zeros(4, 4)]))
-    assert batch.tolist() == pytest.approx([0.75, 0.0])
+    one_pixel = torch.zeros(4, 4)
+    one_pixel[2, 1] = 0.9
+    batch = maskness(torch.stack([torch.full((4, 4), 0.75), torch.zeros(4, 4), one_pixel]))
+    assert batch.tolist() == pytest.approx([0.75, 0.0, 0.9])  # each mask over its own area
 
 
 def test_output_fields_and_rescored_order():
@@ -122,6 +130,27 @@ def test_output_fields_without_rescoring_keep_order_and_scores():
                         rescore_outputs=False)
     assert r["scores"].tolist() == pytest.approx([0.9, 0.8])
     assert r["labels"].tolist() == [1, 2] and r["mask_ious"].tolist() == pytest.approx([0.1, 1.0])
+
+
+def test_under_onnx_tracing_the_order_is_by_score_too(monkeypatch):
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)  # the TopK path of the export
+    r = {"scores": torch.tensor([0.9, 0.8, 0.5]), "labels": torch.tensor([1, 2, 3])}
+    add_maskiou_outputs(r, torch.tensor([0.25, 1.0, 0.5]), torch.zeros(3), rescore_outputs=True)
+    assert r["scores"].tolist() == pytest.approx([0.8, 0.25, 0.225])
+    assert r["labels"].tolist() == [2, 3, 1]
+
+
+def test_inference_outputs_clamp_the_iou_and_split_per_image():
+    pred = torch.tensor([[9.0, -0.2], [1.3, 9.0], [9.0, 0.4]])
+    probs = torch.stack([torch.full((28, 28), 0.75), torch.zeros(28, 28), torch.ones(28, 28)])
+    ious, mk = maskiou_outputs(pred, probs, torch.tensor([1, 0, 1]), [2, 1])
+    assert [x.tolist() for x in ious] == [[0.0, 1.0], pytest.approx([0.4])]
+    assert [x.tolist() for x in mk] == [[0.75, 0.0], [1.0]]
+
+
+def test_predicted_probs_of_no_image_are_empty():
+    probs, labels = predicted_mask_probs(torch.zeros(0, 3, 28, 28), [])
+    assert probs.shape == (0, 28, 28) and labels.shape == (0,) and labels.dtype == torch.int64
 
 
 def test_ties_keep_the_detector_order():
@@ -151,3 +180,58 @@ def test_light_head_has_a_1x1_reduction_and_the_paper_head_has_none():
     assert light.convs[0].in_channels == 32
     assert light(torch.randn(2, 256, 14, 14), torch.rand(2, 28, 28)).shape == (2, 81)
     assert MaskIoUHead().reduce is None
+
+
+class ConstantHead(torch.nn.Module):
+    """Predicts 0.5 for every class, through the RoI features and the mask probabilities."""
+
+    def forward(self, features: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        per_roi = 0.5 + 0.0 * (features.mean((1, 2, 3)) + probs.mean((1, 2)))
+        return per_roi[:, None].expand(-1, 3)
+
+
+def one_gt_batch(requires_grad: bool = True):
+    """One image, one 20x20 GT square; two RoIs: its own box predicted all in (target 729/784,
+    as in test_targets) and a box right of the image (target 0)."""
+    gt = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    gt[0, 10:30, 10:30] = 1
+    logits = torch.full((2, 3, 28, 28), 5.0, requires_grad=requires_grad)
+    features = torch.ones(2, 4, 14, 14, requires_grad=requires_grad)
+    boxes = torch.tensor([[10.0, 10, 30, 30], [70.0, 0, 90, 20]])
+    return features, logits, [torch.tensor([2, 1])], [boxes], [gt], [torch.tensor([0, 0])]
+
+
+def test_training_inputs_pick_the_gt_class_and_give_targets_729_784_and_0():
+    _, logits, labels, boxes, gts, idxs = one_gt_batch()
+    probs, targets, all_labels = maskiou_training_inputs(logits, labels, boxes, gts, idxs)
+    assert targets.tolist() == pytest.approx([729 / 784, 0.0]) and all_labels.tolist() == [2, 1]
+    assert probs.shape == (2, 28, 28) and torch.all(probs == torch.sigmoid(torch.tensor(5.0)))
+
+
+def test_training_inputs_of_an_empty_batch_are_empty():
+    probs, targets, all_labels = maskiou_training_inputs(torch.zeros(0, 3, 28, 28), [], [], [],
+                                                         [])
+    assert probs.shape == (0, 28, 28) and targets.shape == (0,) and all_labels.shape == (0,)
+
+
+def test_training_loss_is_the_squared_error_of_positive_rois_weight_1_by_default():
+    features, logits, labels, boxes, gts, idxs = one_gt_batch()
+    loss = maskiou_training_loss(ConstantHead(), features, logits, labels, boxes, gts, idxs)
+    expected = (0.5 - 729 / 784) ** 2  # the one positive RoI; the other has target 0
+    assert loss.item() == pytest.approx(expected)
+    doubled = maskiou_training_loss(ConstantHead(), features, logits, labels, boxes, gts, idxs,
+                                    loss_weight=2.0)
+    assert doubled.item() == pytest.approx(2 * expected)
+
+
+def test_training_loss_reaches_the_features_unless_inputs_are_detached():
+    features, logits, labels, boxes, gts, idxs = one_gt_batch()
+    maskiou_training_loss(ConstantHead(), features, logits, labels, boxes, gts, idxs).backward()
+    assert features.grad is not None and logits.grad is not None  # end to end by default
+    features, logits, labels, boxes, gts, idxs = one_gt_batch()
+    head = MaskIoUHead(num_classes=3, in_channels=4)
+    loss = maskiou_training_loss(head, features, logits, labels, boxes, gts, idxs,
+                                 detach_inputs=True)
+    loss.backward()
+    assert features.grad is None and logits.grad is None
+    assert all(p.grad is not None for p in head.parameters())

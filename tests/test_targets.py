@@ -71,6 +71,15 @@ def test_probability_threshold_is_logit_zero_not_half():
     # (a known bug in one public port) would call every cell background and give 0.
     assert target(np.full((28, 28), 0.3), [10, 10, 30, 30], square()) == pytest.approx(729 / 784)
     assert target(np.full((28, 28), -0.3), [10, 10, 30, 30], square()) == 0.0
+    # a logit of exactly 0 is a probability of exactly 0.5: not above it, so background
+    assert target(np.zeros((28, 28)), [10, 10, 30, 30], square()) == 0.0
+
+
+def test_zero_width_box_inside_the_gt_scores_about_0_not_a_full_match():
+    # every grid cell samples the GT and is predicted inside (784 of 784 cells agree), but the
+    # box holds none of the GT's 400 pixels: the GT outside it costs 400 px / 1e-6 px^2 per
+    # 784 cells, so the IoU is 784 / (784 + 400 * 784 / 1e-6) = 2.5e-9, not 1
+    assert target(ALL_IN, [20, 12, 20, 28], square()) == pytest.approx(1 / (1 + 4e8), rel=1e-3)
 
 
 def test_zero_area_gt_gives_exact_zeros_not_nan():
@@ -94,11 +103,12 @@ def test_matched_idxs_pick_their_gt_and_empty_input_is_empty():
 def test_gt_area_in_boxes_counts_pixels_inside_and_beyond_the_image():
     gt = square(box=(0, 0, 30, 30))  # touches the image's top-left corner
     boxes = torch.tensor([[0.0, 0, 20, 64], [25.2, 0, 100, 100], [-10.0, -10, 5, 5],
-                          [-5.0, 3, 70, 4]])
-    inside, total = gt_area_in_boxes(gt, boxes, torch.tensor([0, 0, 0, 0]))
-    # 20 x 30; x from 25 (rounded) to 30 x 30 rows; (0..5) x (0..5); one row, all 30 columns
-    assert inside.tolist() == [600.0, 150.0, 25.0, 30.0]
-    assert total.tolist() == [900.0] * 4
+                          [-5.0, 3, 70, 4], [70.0, 0, 90, 10], [-20.0, 0, -5, 10]])
+    inside, total = gt_area_in_boxes(gt, boxes, torch.tensor([0] * 6))
+    # 20 x 30; x from 25 (rounded) to 30 x 30 rows; (0..5) x (0..5); one row, all 30 columns;
+    # boxes right and left of the 64-pixel image hold nothing
+    assert inside.tolist() == [600.0, 150.0, 25.0, 30.0, 0.0, 0.0]
+    assert total.tolist() == [900.0] * 6
 
 
 def test_vectorized_equals_the_numpy_reference_on_random_inputs():

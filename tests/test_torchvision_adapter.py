@@ -202,3 +202,12 @@ def test_plain_and_adapted_roi_heads_agree_on_the_detector():
     for k in ("boxes", "labels", "scores", "masks"):
         assert torch.equal(pa[0][k], pb[0][k]), k
     assert torch.equal(pb[0]["cls_scores"], pa[0]["scores"])
+
+
+def test_roi_heads_refuse_int_boxes_and_int32_labels_as_torchvision_does(model):
+    roi_heads = attach_maskiou_head(model).roi_heads.train()
+    boxes, labels = torch.tensor([[0.0, 0, 8, 8]]), torch.tensor([1])
+    with pytest.raises(TypeError, match="^target boxes must be of float type$"):
+        roi_heads({}, [], [], [{"boxes": boxes.long(), "labels": labels}])
+    with pytest.raises(TypeError, match="^target labels must be of int64 type$"):
+        roi_heads({}, [], [], [{"boxes": boxes, "labels": labels.int()}])
