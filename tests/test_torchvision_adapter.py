@@ -211,3 +211,38 @@ def test_roi_heads_refuse_int_boxes_and_int32_labels_as_torchvision_does(model):
         roi_heads({}, [], [], [{"boxes": boxes.long(), "labels": labels}])
     with pytest.raises(TypeError, match="^target labels must be of int64 type$"):
         roi_heads({}, [], [], [{"boxes": boxes, "labels": labels.int()}])
+
+
+def test_training_needs_targets(model):
+    roi_heads = attach_maskiou_head(model).roi_heads.train()
+    with pytest.raises(ValueError, match="^targets are required in training mode$"):
+        roi_heads({}, [], [], None)
+
+
+def test_score_inputs_are_the_class_probability_and_maskness_in_training_and_inference(model):
+    from maskiou import maskness
+
+    rh = attach_maskiou_head(model, score_inputs=2).roi_heads
+    rh.score_thresh = 0.0
+    head, seen, captured = rh.maskiou_head, [], {}
+    forward = head.forward
+    head.forward = lambda f, p, s=None: (seen.append((p, s)), forward(f, p, s))[1]
+    rh.box_predictor.register_forward_hook(lambda m, i, o: captured.update(logits=o[0]))
+    select = rh.select_training_samples
+    rh.select_training_samples = lambda p, t: captured.setdefault("samples", select(p, t))
+    model.train()
+    model(images(1), [square_target()])
+    probs, scores = seen[-1]
+    labels = captured["samples"][2][0]
+    pos = torch.where(labels > 0)[0]
+    assert len(pos) > 0
+    expected = captured["logits"].softmax(1)[pos, labels[pos]]
+    torch.testing.assert_close(scores[:, 0], expected)
+    torch.testing.assert_close(scores[:, 1], maskness(probs))
+    model.eval()
+    with torch.no_grad():
+        out = model(images(1))[0]
+    probs, scores = seen[-1]
+    assert len(out["cls_scores"]) > 0
+    assert sorted(scores[:, 0].tolist()) == sorted(out["cls_scores"].tolist())
+    torch.testing.assert_close(scores[:, 1], maskness(probs))
