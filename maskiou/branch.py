@@ -61,7 +61,7 @@ def select_masks(mask_logits: Tensor, labels: Tensor) -> Tensor:
 
 def _cat_labels(labels: List[Tensor], like: Tensor) -> Tensor:
     if len(labels) == 0:
-        return torch.zeros(0, dtype=torch.int64, device=like.device)
+        return torch.zeros(0, dtype=torch.int64, device=like.device)  # pragma: no mutate (device)
     return torch.cat(labels)
 
 

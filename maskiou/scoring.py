@@ -66,7 +66,8 @@ def add_maskiou_outputs(result: Dict[str, Tensor], mask_ious: Tensor, mask_maskn
         if torch.jit.is_tracing():  # ONNX export: TopK (the exporter has no stable sort)
             order = torch.sort(scores, descending=True)[1]
         else:  # ties keep the detector's order
-            order = torch.argsort(scores, descending=True, stable=True)
+            # stable: CPU sorts are stable anyway (so no test here can tell), CUDA's are not
+            order = torch.argsort(scores, descending=True, stable=True)  # pragma: no mutate
         n = scores.shape[0]
         for key in list(result.keys()):
             value = result[key]

@@ -7,6 +7,7 @@ from maskiou.branch import (
     maskiou_training_inputs,
     maskiou_training_loss,
     predicted_mask_probs,
+    select_masks,
 )
 from maskiou.scoring import add_maskiou_outputs
 
@@ -114,7 +115,7 @@ def test_maskness_averages_only_the_pixels_above_half():
 
 def test_output_fields_and_rescored_order():
     r = {"scores": torch.tensor([0.9, 0.8]), "boxes": torch.tensor([[0.0, 0, 1, 1], [1, 1, 2, 2]]),
-         "labels": torch.tensor([1, 2])}
+         "labels": torch.tensor([1, 2]), "image_id": torch.tensor(7), "other": torch.arange(3)}
     add_maskiou_outputs(r, torch.tensor([0.5, 1.0]), torch.tensor([0.7, 0.6]),
                         rescore_outputs=True)
     assert r["scores"].tolist() == pytest.approx([0.8, 0.45])  # re-sorted, highest first
@@ -122,6 +123,7 @@ def test_output_fields_and_rescored_order():
     assert r["mask_ious"].tolist() == [1.0, 0.5]
     assert r["maskness"].tolist() == pytest.approx([0.6, 0.7])
     assert r["boxes"].tolist() == [[1, 1, 2, 2], [0, 0, 1, 1]]
+    assert r["image_id"].item() == 7 and r["other"].tolist() == [0, 1, 2]  # not per detection
 
 
 def test_output_fields_without_rescoring_keep_order_and_scores():
@@ -235,3 +237,11 @@ def test_training_loss_reaches_the_features_unless_inputs_are_detached():
     loss.backward()
     assert features.grad is None and logits.grad is None
     assert all(p.grad is not None for p in head.parameters())
+
+
+def test_select_masks_takes_the_labels_class_or_the_one_class_agnostic_mask():
+    logits = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    picked = select_masks(logits, torch.tensor([2, 0]))
+    assert torch.equal(picked, torch.stack([logits[0, 2], logits[1, 0]]))
+    agnostic = logits[:, 1:2]  # K == 1: every label uses it
+    assert torch.equal(select_masks(agnostic, torch.tensor([2, 5])), logits[:, 1])

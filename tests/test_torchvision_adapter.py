@@ -246,3 +246,14 @@ def test_score_inputs_are_the_class_probability_and_maskness_in_training_and_inf
     assert len(out["cls_scores"]) > 0
     assert sorted(scores[:, 0].tolist()) == sorted(out["cls_scores"].tolist())
     torch.testing.assert_close(scores[:, 1], maskness(probs))
+    torch.testing.assert_close(out["scores"], out["cls_scores"] * out["mask_ious"])
+
+
+def test_loss_weight_scales_the_maskiou_loss():
+    losses = []
+    for weight in (1.0, 2.0):
+        model = attach_maskiou_head(tiny_maskrcnn(), loss_weight=weight).train()
+        torch.manual_seed(1)
+        losses.append(model(images(1), [square_target()])["loss_maskiou"])
+    assert losses[0].item() > 0
+    torch.testing.assert_close(losses[1], 2 * losses[0])
