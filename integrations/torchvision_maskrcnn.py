@@ -151,8 +151,7 @@ def scoring_class(base: type) -> type:
     under its own name, so that pickling and TorchScript find it."""
     if base not in _SCORING_CLASSES:
         name = f"MaskScoring{base.__name__}_{len(_SCORING_CLASSES)}"
-        cls = type(name, (MaskScoringRoIHeads, base), {"__module__": __name__,
-                                                         "__qualname__": name})
+        cls = type(name, (MaskScoringRoIHeads, base), {})  # __module__: this one, as called here
         globals()[name] = cls
         _SCORING_CLASSES[base] = cls
     return _SCORING_CLASSES[base]

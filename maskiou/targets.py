@@ -66,7 +66,7 @@ def project_masks(gt_masks: Tensor, boxes: Tensor, gt_idxs: Tensor, size: int) -
     Returns:
         Tensor[N, M, M], float in [0, 1].
     """
-    rois = torch.cat([gt_idxs.to(boxes)[:, None], boxes], dim=1)
+    rois = torch.cat([gt_idxs.to(boxes)[:, None], boxes], dim=1)  # pragma: no mutate (cat promotes)
     return roi_align(gt_masks[:, None].to(boxes), rois, (size, size))[:, 0]
 
 
@@ -104,5 +104,6 @@ def mask_iou_targets(
     gt_outside_grid = (total - inside).clamp(min=0) * cells_per_pixel
 
     union = pred_area + gt_in_grid + gt_outside_grid - inter
-    # union is 0 only where inter is 0 too (no predicted pixel, an empty GT): the IoU is 0
-    return (inter / union.clamp(min=1e-6)).clamp(0.0, 1.0)
+    # inter <= union, and inter is a whole number of cells: where it is >= 1 so is the union,
+    # where the union is below 1 inter is 0 and so is the IoU (never NaN)
+    return inter / union.clamp(min=1.0)

@@ -5,6 +5,7 @@ from conftest import empty_target, square_target, tiny_maskrcnn
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.roi_heads import RoIHeads
 
 from maskiou import attach_maskiou_head, find_maskiou_head
 from maskiou.training.builders import build_maskrcnn
@@ -257,3 +258,30 @@ def test_loss_weight_scales_the_maskiou_loss():
         losses.append(model(images(1), [square_target()])["loss_maskiou"])
     assert losses[0].item() > 0
     torch.testing.assert_close(losses[1], 2 * losses[0])
+
+
+class ConstantScores(RoIHeads):
+    """A user's RoIHeads overriding something unrelated to masks: every detection scores 0.5."""
+
+    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
+        boxes, scores, labels = super().postprocess_detections(class_logits, box_regression,
+                                                               proposals, image_shapes)
+        return boxes, [torch.full_like(s, 0.5) for s in scores], labels
+
+
+def test_roi_heads_subclass_keeps_its_override_pickles_and_shares_one_class():
+    import pickle
+
+    models = []
+    for _ in range(2):
+        m = tiny_maskrcnn(box_score_thresh=0.0)
+        m.roi_heads.__class__ = ConstantScores
+        models.append(attach_maskiou_head(m).eval())
+    cls = type(models[0].roi_heads)
+    assert cls is type(models[1].roi_heads) and issubclass(cls, ConstantScores)
+    assert cls.__name__.startswith("MaskScoringConstantScores")
+    with torch.no_grad():
+        out = models[0](images(1))[0]
+    assert len(out["cls_scores"]) > 0 and torch.all(out["cls_scores"] == 0.5)
+    copy = pickle.loads(pickle.dumps(models[0]))
+    assert type(copy.roi_heads) is cls
