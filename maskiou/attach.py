@@ -57,10 +57,11 @@ def register_adapter(adapter: Adapter) -> Adapter:
     return adapter
 
 
-def entry_point_adapters() -> list[Adapter]:
+def entry_point_adapters(failed: list[str] | None = None) -> list[Adapter]:
     """The adapters that installed packages declare in the ``maskiou.adapters`` entry-point
     group. An adapter whose module cannot be imported (its detector library is not installed)
-    is skipped; one that loads but is not an adapter is skipped with a warning."""
+    is skipped, and ``"name = module:attr (the ImportError)"`` is appended to ``failed`` when a
+    list is given; one that loads but is not an adapter is skipped with a warning."""
     adapters: list[Adapter] = []
     seen: set[str] = set()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -69,7 +70,9 @@ def entry_point_adapters() -> list[Adapter]:
         seen.add(ep.value)
         try:
             obj = ep.load()
-        except ImportError:
+        except ImportError as e:
+            if failed is not None:
+                failed.append(f"{ep.name} = {ep.value} ({type(e).__name__}: {e})")
             continue
         adapter = obj() if isinstance(obj, type) else obj
         if isinstance(adapter, Adapter):
@@ -88,15 +91,18 @@ def available_adapters() -> list[Adapter]:
 
 def find_adapter(model: nn.Module) -> Adapter:
     """The first adapter whose ``matches(model)`` is true, or a TypeError saying what exists."""
-    adapters = available_adapters()
+    failed: list[str] = []
+    adapters = [*_registered, *entry_point_adapters(failed)]
     for adapter in adapters:
         if adapter.matches(model):
             return adapter
     names = ", ".join(a.name for a in adapters) or "none"
+    # a broken install (say an editable one whose folder moved) shows here, not as "none"
+    broken = f" Entry points that failed to import: {'; '.join(failed)}." if failed else ""
     raise TypeError(
         f"attach_maskiou_head: no adapter for {type(model).__module__}.{type(model).__name__}. "
-        f"Adapters available: {names}. To support another RoI-based segmenter, write an object "
-        "with name, matches(model), head_defaults(model) and install(model, head, config) "
+        f"Adapters available: {names}.{broken} To support another RoI-based segmenter, write an "
+        "object with name, matches(model), head_defaults(model) and install(model, head, config) "
         "(see examples/custom_adapter.py) and pass it as adapter=..., call "
         "maskiou.register_adapter(...), or declare it as an entry point in the group "
         f"'{ENTRY_POINT_GROUP}'."

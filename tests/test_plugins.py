@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +108,8 @@ def wheel(tmp_path_factory) -> Path:
     # from a copy of the sources: a stale build/ folder in a checkout would leak into the wheel
     src = out / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", "build", "dist", "*.egg-info", "results", "runs", "__pycache__", ".*cache"))
+        ".git", "build", "dist", "*.egg-info", "results", "runs", "__pycache__", ".*cache",
+        "mutants", ".whl", ".gl", ".devscripts"))
     _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(src), cwd=out)
     return next(out.glob("maskiou-*.whl"))
 
@@ -131,3 +133,21 @@ def test_non_editable_install_finds_the_torchvision_adapter(wheel, tmp_path):
     assert f"maskiou from: {site}" in out and f"adapter from: {site}" in out
     assert "head classes: 3" in out
     assert not (site / "integrations").exists()
+
+
+def test_an_entry_point_that_fails_to_import_is_named_in_the_error(monkeypatch):
+    """A broken install (an editable one whose folder moved) must not read as "no adapters"."""
+    from importlib.metadata import EntryPoint
+
+    import maskiou.attach as attach
+
+    broken = EntryPoint("gone", "no_such_module_xyz.adapter:Adapter", attach.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(attach, "entry_points", lambda group: [broken])
+    failed: list[str] = []
+    assert attach.entry_point_adapters(failed) == []
+    assert failed == ["gone = no_such_module_xyz.adapter:Adapter (ModuleNotFoundError: "
+                      "No module named 'no_such_module_xyz')"]
+    with pytest.raises(TypeError) as e:
+        attach.find_adapter(torch.nn.Linear(1, 1))
+    assert "Adapters available: none. Entry points that failed to import: gone = " \
+        "no_such_module_xyz.adapter:Adapter (ModuleNotFoundError" in str(e.value)
