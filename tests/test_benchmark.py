@@ -273,6 +273,11 @@ def test_speed_benchmark_runs_and_reports_ratios(tmp_path):
     s = r["sizes"]["64x64"]
     assert s["detections_per_image"] == 100
     assert s["inference_ratio"] > 0 and s["light_inference_ratio"] > 0
+    # the heads' own forward is timed on as many RoIs as the model detected, and reported as a
+    # share of the plain model's time
+    assert set(s["head_alone_s"]) == {"paper head", "light head"}
+    assert s["head_share"] == pytest.approx(
+        s["head_alone_s"]["paper head"]["median"] / s["inference_s"]["no head"]["median"])
     assert s["cost"]["head_gmacs_per_roi"] == pytest.approx(0.390, abs=0.001)
     assert s["light_cost"]["head_gmacs_per_roi"] < 0.005
     assert r["targets"]["max_abs_difference"] < 1e-5  # timings are reported, never asserted

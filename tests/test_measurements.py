@@ -1,0 +1,98 @@
+"""The README's speed and GPU figures are the measured ones in docs/measurements/.
+
+Timings are never asserted (they depend on the machine); what is asserted is that every timing
+the README shows is the one its measurement file holds, formatted the README's way, so a new
+run of ``benchmarks/speed.py`` or of the GPU training check forces the README to follow.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MEASURED = ROOT / "docs" / "measurements"
+README = (ROOT / "README.md").read_text()
+
+
+def load(name: str) -> dict:
+    return json.loads((MEASURED / name).read_text())
+
+
+def ms(t: dict) -> str:
+    return f"{t['min'] * 1e3:.0f} / {t['median'] * 1e3:.0f} ms"
+
+
+def test_cpu_speed_rows_are_the_measured_ones():
+    r2 = load("speed_cpu_run2.json")["cpu"]
+    r1 = load("speed_cpu_run1.json")["cpu"]
+    assert r2["machine"] == "x86_64, 2 threads" and r2["torch"].startswith("2.14.1")
+    rows = []
+    for size in ("800x1333", "512x853"):
+        a, b = r2["sizes"][size], r1["sizes"][size]
+        i, h = a["inference_s"], a["head_alone_s"]
+        rows += [
+            f"| inference {size}, paper head | {ms(i['no head'])} | {ms(i['paper head'])} | "
+            f"{a['inference_ratio']:.3f}x (first run {b['inference_ratio']:.3f}x) |",
+            f"| inference {size}, light head | {ms(i['no head'])} | {ms(i['light head'])} | "
+            f"{a['light_inference_ratio']:.3f}x (first run {b['light_inference_ratio']:.3f}x) |",
+            f"| {size}: the head's own forward on 100 RoIs, paper / light | "
+            f"{ms(h['paper head'])} | {ms(h['light head'])} |",
+        ]
+    assert f"+{r2['sizes']['800x1333']['head_share']:.1%} / " \
+           f"+{r2['sizes']['800x1333']['light_head_share']:.2%}" in README
+    assert f"+{r2['sizes']['512x853']['head_share']:.1%} / " \
+           f"+{r2['sizes']['512x853']['light_head_share']:.2%}" in README
+    big, small = r2["sizes"]["800x1333"], r2["sizes"]["512x853"]
+    rows.append(f"| {big['scripted_ratio']:.3f}x / {small['scripted_ratio']:.3f}x (first run "
+                f"{r1['sizes']['800x1333']['scripted_ratio']:.3f}x / "
+                f"{r1['sizes']['512x853']['scripted_ratio']:.3f}x) |")
+    t = r1["sizes"]["512x853"]
+    steps = t["train_step_s"]
+    rows.append(f"| training step 512x853, 2 images (first run) | {ms(steps['no head'])} | "
+                f"{ms(steps['paper head'])} | {t['train_step_ratio']:.3f}x |")
+    g1, g2 = r1["targets"], r2["targets"]
+    rows.append(f"| {ms(g2['seconds']['loop'])} | {ms(g2['seconds']['vectorized'])} | "
+                f"**{g2['speedup']:.1f}x** faster (first run {g1['speedup']:.1f}x)")
+    for row in rows:
+        assert row in README, row
+    assert g1["max_abs_difference"] < 1e-6 and g2["max_abs_difference"] < 1e-6
+
+
+def test_gpu_speed_rows_are_the_measured_ones():
+    r = load("speed_h200.json")["cuda"]
+    assert r["machine"] == "NVIDIA H200"
+    big, small = r["sizes"]["800x1333"], r["sizes"]["512x853"]
+    rows = [
+        f"| {big['inference_ratio']:.3f}x / {big['light_inference_ratio']:.3f}x |",
+        f"| {small['inference_ratio']:.3f}x / {small['light_inference_ratio']:.3f}x |",
+        f"| {big['scripted_ratio']:.3f}x / {small['scripted_ratio']:.3f}x |",
+        f"| {ms(small['train_step_s']['no head'])} | {ms(small['train_step_s']['paper head'])} | "
+        f"{small['train_step_ratio']:.3f}x |",
+        f"| **{r['targets']['speedup']:.0f}x** faster |",
+    ]
+    for row in rows:
+        assert row in README, row
+
+
+def steady_rate(name: str, first: int = 20, last: int = 60) -> tuple[float, float]:
+    """Images/s between two logged iterations (the log's images/s is cumulative since the start:
+    elapsed = images seen / images_per_s) and the run's peak memory in GiB."""
+    lines = (MEASURED / name).read_text().splitlines()
+    rows = {r["iteration"]: r for r in map(json.loads, lines)}
+    batch = 8
+    elapsed = {k: k * batch / rows[k]["images_per_s"] for k in (first, last)}
+    return (last - first) * batch / (elapsed[last] - elapsed[first]), rows[last]["peak_mem_gib"]
+
+
+def test_gpu_training_rows_are_the_measured_ones():
+    plain, p_mem = steady_rate("train_h200_plain.jsonl")
+    head, h_mem = steady_rate("train_h200_head.jsonl")
+    head2, h2_mem = steady_rate("train_h200_head2.jsonl")
+    assert (round(plain, 1), round(head, 1), round(head2, 1)) == pytest.approx((43.0, 38.1, 36.6))
+    assert f"| plain Mask R-CNN (`--no-maskiou`) | {plain:.1f} | {p_mem:.2f} GiB |" in README
+    assert f"| with the MaskIoU head (two runs) | {head:.1f}, {head2:.1f} | {h_mem:.2f} GiB |" \
+        in README
+    assert f"{h_mem:.2f}" == f"{h2_mem:.2f}"
+    lo, hi = 1 - head / plain, 1 - head2 / plain
+    assert f"costs {lo:.0%}–{hi:.0%} of training throughput and {h_mem - p_mem:.2f} GiB" in README
