@@ -3,6 +3,8 @@ same outputs as in eager mode; a user's RoIHeads subclass keeps its overrides.""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
@@ -40,11 +42,21 @@ def r50() -> torch.nn.Module:
     return attach_maskiou_head(model).eval()
 
 
-def test_scripted_equals_eager_on_two_images_and_survives_save_load(r50, tmp_path):
-    images = two_images()
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                     reason="no GPU on this machine"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_scripted_equals_eager_on_two_images_and_survives_save_load(r50, tmp_path, device,
+                                                                   monkeypatch):
+    model = r50 if device == "cpu" else copy.deepcopy(r50).to(device)
+    images = [image.to(device) for image in two_images()]
+    if device == "cuda":  # the same convolution algorithms in both runs
+        monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+        monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     with torch.no_grad():
-        eager = r50(images)
-    scripted = script_model(r50, tmp_path / "model.ts")
+        eager = model(images)
+    scripted = script_model(model, tmp_path / "model.ts")
     with torch.no_grad():
         _, out = scripted(images)
         _, reloaded = torch.jit.load(str(tmp_path / "model.ts"))(images)

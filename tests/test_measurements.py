@@ -96,3 +96,18 @@ def test_gpu_training_rows_are_the_measured_ones():
     assert f"{h_mem:.2f}" == f"{h2_mem:.2f}"
     lo, hi = 1 - head / plain, 1 - head2 / plain
     assert f"costs {lo:.0%}–{hi:.0%} of training throughput and {h_mem - p_mem:.2f} GiB" in README
+
+
+def test_gpu_main_job_paragraph_is_the_measured_one():
+    m = load("main_job_h200_metrics.json")
+    sec, segm = m["seconds"], m["segm"]
+    assert (f"**{sec['total']:.0f} s** (data {sec['data']:.0f} s, detector over the add-on images "
+            f"{sec['addon_data']:.0f} s, head training {sec['addon_training']:.0f} s, evaluation "
+            f"{sec['evaluation']:.0f} s), {m['num_detections']:,} detections") in " ".join(
+                README.split())
+    aps = " / ".join(f"{segm[k]['AP']:.1f}" for k in
+                     ("cls", "maskness", "rescored", "recalibrated", "oracle"))
+    assert f"mask AP {aps} for cls" in README
+    assert f"Pearson {m['correlation']['head_pearson']:.3f} (`docs/measurements/" in README
+    log = (MEASURED / "scripted_h200.log").read_text().splitlines()
+    assert len(log) == 4 and all("all equal: True, max abs diff 0.00e+00" in x for x in log)
