@@ -137,9 +137,11 @@ class MaskScoringRoIHeads(RoIHeads):
         if self.maskiou_head.score_inputs == 0:
             return None
         scores = torch.cat(cls_scores)  # one Tensor per image: never an empty list
-        # dtype: the class probabilities are float32; under AMP the probabilities are not
-        return torch.stack([scores.to(probs.dtype),  # pragma: no mutate
-                            maskness(probs.detach()).to(probs.dtype)], 1)  # pragma: no mutate
+        # dtype: the class probabilities are float32; under AMP the probabilities are not (stack
+        # would promote them anyway: one dtype, stated)
+        cls = scores.to(probs.dtype)  # pragma: no mutate (stack promotes)
+        mask = maskness(probs.detach()).to(probs.dtype)  # pragma: no mutate (stack promotes)
+        return torch.stack([cls, mask], 1)
 
 
 _SCORING_CLASSES: Dict[type, type] = {RoIHeads: MaskScoringRoIHeads}

@@ -154,6 +154,9 @@ class MaskIoUHead(nn.Module):
             if scores is None:
                 raise ValueError("this MaskIoU head needs its score inputs")
             x = torch.cat([x, scores.to(x.dtype)], dim=1)
+        elif scores is not None:  # an adapter that computes scores the head would drop
+            raise ValueError("this MaskIoU head has no score inputs (score_inputs=0); pass "
+                             "scores=None")
         x = self.predictor(F.relu(self.fc2(x)))
         if self.sigmoid_output:
             x = torch.sigmoid(x)

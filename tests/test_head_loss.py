@@ -169,8 +169,17 @@ def test_score_inputs_reach_the_head():
     a = head(x, p, torch.tensor([[0.9, 0.8], [0.9, 0.8]]))
     b = head(x, p, torch.tensor([[0.1, 0.2], [0.1, 0.2]]))
     assert not torch.allclose(a, b)
-    with pytest.raises(ValueError, match="score inputs"):
+    with pytest.raises(ValueError) as e:
         head(x, p)
+    assert str(e.value) == "this MaskIoU head needs its score inputs"
+    one = MaskIoUHead(8, 3, conv_channels=8, num_convs=2, fc_dim=16, score_inputs=1)
+    # float64 scores (from numpy, say) meet a float32 head: converted, not promoted
+    assert one(x, p, torch.rand(2, 1, dtype=torch.float64)).dtype == torch.float32
+    plain = MaskIoUHead(8, 3, conv_channels=8, num_convs=2, fc_dim=16)  # score_inputs=0
+    with pytest.raises(ValueError) as e:
+        plain(x, p, torch.zeros(2, 2))
+    assert str(e.value) == ("this MaskIoU head has no score inputs (score_inputs=0); pass "
+                            "scores=None")
     sig = MaskIoUHead(8, 3, conv_channels=8, num_convs=2, fc_dim=16, output="sigmoid")
     out = sig(x, p)
     assert ((out > 0) & (out < 1)).all()
@@ -245,3 +254,81 @@ def test_select_masks_takes_the_labels_class_or_the_one_class_agnostic_mask():
     assert torch.equal(picked, torch.stack([logits[0, 2], logits[1, 0]]))
     agnostic = logits[:, 1:2]  # K == 1: every label uses it
     assert torch.equal(select_masks(agnostic, torch.tensor([2, 5])), logits[:, 1])
+
+
+def test_head_defaults_are_the_papers_and_bad_arguments_get_one_line():
+    head = MaskIoUHead()
+    assert (head.in_channels, head.num_classes, head.roi_size, head.mask_size, head.mask_pool,
+            head.predictor.out_features, len(head.convs)) == (256, 81, 14, 28, 2, 81, 4)
+    one = MaskIoUHead(8, 3, num_convs=1, conv_channels=4, fc_dim=8)  # one convolution is fine
+    assert len(one.convs) == 1
+    assert one(torch.rand(2, 8, 14, 14), torch.rand(2, 28, 28)).shape == (2, 3)
+    for kwargs, message in (
+            ({"num_convs": 0}, "num_convs must be >= 1, got 0"),
+            ({"output": "relu"}, "output must be 'linear' or 'sigmoid', got 'relu'")):
+        with pytest.raises(ValueError) as e:
+            MaskIoUHead(**kwargs)
+        assert str(e.value) == message
+
+
+def test_fuse_pools_the_mask_with_a_fixed_kernel_or_adaptively_onto_the_roi_grid():
+    roi = torch.zeros(1, 2, 4, 4)
+    # mask 8 = 2 x RoI 4: a fixed 2 x 2 max pool; a single 1 at (5, 2) lands in cell (2, 1)
+    head = MaskIoUHead(2, 3, roi_size=4, conv_channels=4, fc_dim=8)
+    assert head.mask_pool == 2
+    m8 = torch.zeros(1, 8, 8)
+    m8[0, 5, 2] = 1.0
+    fixed = torch.zeros(4, 4)
+    fixed[2, 1] = 1.0
+    assert torch.equal(head.fuse(roi, m8)[0, 2], fixed)
+    assert torch.equal(head.fuse(roi, m8)[0, :2], roi[0])
+    # a float64 mask meets float32 features: converted, not promoted
+    assert head.fuse(roi, m8.double()).dtype == torch.float32
+    # mask 6 over RoI 4 is no multiple: adaptive windows [0,2) [1,3) [3,5) [4,6), so a 1 at
+    # (2, 4) is in row window 1 and column windows 2 and 3
+    m6 = torch.zeros(1, 6, 6)
+    m6[0, 2, 4] = 1.0
+    adaptive = torch.zeros(4, 4)
+    adaptive[1, 2] = adaptive[1, 3] = 1.0
+    six = MaskIoUHead(2, 3, roi_size=4, mask_size=6, conv_channels=4, fc_dim=8)
+    assert six.mask_pool == 0
+    assert torch.equal(six.fuse(roi, m6)[0, 2], adaptive)
+    # a mask of another size than the head's is pooled adaptively too
+    assert torch.equal(head.fuse(roi, m6)[0, 2], adaptive)
+
+
+def test_mask_features_are_the_learned_convolution_of_the_full_mask_beside_the_pooled_one():
+    torch.manual_seed(0)
+    head = MaskIoUHead(2, 3, roi_size=4, mask_features=1, conv_channels=4, fc_dim=8)
+    roi, m = torch.rand(1, 2, 4, 4), torch.rand(1, 8, 8)
+    x = head.fuse(roi, m)
+    assert x.shape == (1, 2 + 1 + 1, 4, 4)
+    assert torch.equal(x[:, 3:], torch.relu(head.mask_conv(m[:, None])))
+    assert x[:, 3:].abs().sum() > 0
+    assert head(roi, m).shape == (1, 3)
+    conv = head.mask_conv  # the documented 3x3 stride-2 convolution: 8 x 8 -> 4 x 4
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((3, 3), (2, 2), (1, 1))
+    with pytest.raises(ValueError) as e:
+        MaskIoUHead(2, 3, roi_size=4, mask_size=6, mask_features=1)
+    assert str(e.value) == "mask_features needs masks of twice the RoI size"
+
+
+def test_initialization_is_he_fan_out_for_convs_bounded_uniform_for_fcs_and_small_predictor():
+    import math
+
+    torch.manual_seed(0)
+    head = MaskIoUHead(16, 50, roi_size=4, conv_channels=8, num_convs=2, fc_dim=64,
+                       reduce_channels=4, mask_features=8)
+    # convolutions: He normal over fan_out = out channels x kernel area, zero bias (fan_in
+    # would give 0.47 and 0.28 for the first two)
+    for conv, fan_out in ((head.mask_conv, 8 * 9), (head.reduce, 4), (head.convs[0], 8 * 9)):
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.25)
+        assert not conv.bias.any()
+    # hidden FCs: Kaiming uniform with a = 1, so bounded by sqrt(3 / fan_in), zero bias
+    for fc in (head.fc1, head.fc2):
+        bound = math.sqrt(3 / fc.in_features)
+        assert 0.95 * bound < fc.weight.abs().max().item() <= bound
+        assert not fc.bias.any()
+    assert head.predictor.weight.std().item() == pytest.approx(0.01, rel=0.15)
+    assert not head.predictor.bias.any()
+    assert MaskIoUHead(8, 3, reduce_channels=1).reduce.out_channels == 1

@@ -62,6 +62,17 @@ def test_top_half_prediction_in_a_box_the_gt_fills_is_392_over_1646_4():
     assert target(logits, [10, 10, 20, 30], gt) == pytest.approx(392 / 1646.4, abs=1e-6)
 
 
+def test_one_cell_grid_with_a_quarter_cell_outside_is_0_8():
+    # A 1 x 1 grid on the box (0, 0, 2, 2): its four samples at (0.5 | 1.5, 0.5 | 1.5) read the
+    # 2 x 2 GT block as 1, 0.5, 0.5 and 0.25 (mean 0.5625 >= 0.5), so GT and prediction share
+    # the one cell. The GT's fifth pixel, at (3, 3), lies outside: 1 px x 1/4 cell per px.
+    # IoU = 1 / (1 + 1 + 0.25 - 1) = 0.8: a union below 2 cells is not rounded up.
+    gt = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    gt[0, :2, :2] = 1
+    gt[0, 3, 3] = 1
+    assert target(np.full((1, 1), 5.0), [0, 0, 2, 2], gt) == pytest.approx(0.8, abs=1e-6)
+
+
 def test_all_negative_logits_is_exactly_zero():
     assert target(np.full((28, 28), -5.0), [10, 10, 20, 30], square()) == 0.0
 

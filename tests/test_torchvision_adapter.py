@@ -260,18 +260,25 @@ def test_loss_weight_scales_the_maskiou_loss():
     torch.testing.assert_close(losses[1], 2 * losses[0])
 
 
-class ConstantScores(RoIHeads):
-    """A user's RoIHeads overriding something unrelated to masks: every detection scores 0.5."""
+def constant_scores_class() -> type:
+    """A user's RoIHeads overriding something unrelated to masks: every detection scores 0.5.
+    A new class at each call, so that the adapter makes its scoring class in every run of the
+    test (it keeps one per class: a module-level class would hit that cache after a first run
+    in the same process, as under mutmut)."""
 
-    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
-        boxes, scores, labels = super().postprocess_detections(class_logits, box_regression,
-                                                               proposals, image_shapes)
-        return boxes, [torch.full_like(s, 0.5) for s in scores], labels
+    class ConstantScores(RoIHeads):
+        def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
+            boxes, scores, labels = super().postprocess_detections(class_logits, box_regression,
+                                                                   proposals, image_shapes)
+            return boxes, [torch.full_like(s, 0.5) for s in scores], labels
+
+    return ConstantScores
 
 
 def test_roi_heads_subclass_keeps_its_override_pickles_and_shares_one_class():
     import pickle
 
+    ConstantScores = constant_scores_class()
     models = []
     for _ in range(2):
         m = tiny_maskrcnn(box_score_thresh=0.0)
@@ -285,3 +292,69 @@ def test_roi_heads_subclass_keeps_its_override_pickles_and_shares_one_class():
     assert len(out["cls_scores"]) > 0 and torch.all(out["cls_scores"] == 0.5)
     copy = pickle.loads(pickle.dumps(models[0]))
     assert type(copy.roi_heads) is cls
+
+
+def test_roi_heads_that_are_not_torchvisions_or_replace_its_forward_are_refused_by_name():
+    class OwnHeads(torch.nn.Module):
+        pass
+
+    class OwnForward(RoIHeads):
+        def forward(self, features, proposals, image_shapes, targets=None):
+            return super().forward(features, proposals, image_shapes, targets)
+
+    m = tiny_maskrcnn()
+    m.roi_heads = OwnHeads()
+    with pytest.raises(TypeError) as e:
+        attach_maskiou_head(m)
+    assert str(e.value) == ("attach_maskiou_head: model.roi_heads is a OwnHeads, not "
+                            "torchvision's RoIHeads; write an adapter for it "
+                            "(see examples/custom_adapter.py)")
+    m = tiny_maskrcnn()
+    m.roi_heads.__class__ = OwnForward
+    with pytest.raises(TypeError) as e:
+        attach_maskiou_head(m)
+    assert str(e.value) == ("attach_maskiou_head: OwnForward overrides RoIHeads.forward, which "
+                            "the MaskIoU branch replaces; write an adapter for it "
+                            "(see examples/custom_adapter.py)")
+
+
+def test_mask_rcnns_the_branch_cannot_serve_are_refused_with_one_line_each():
+    def refusal(edit) -> str:
+        m = tiny_maskrcnn()
+        edit(m)
+        with pytest.raises(TypeError) as e:
+            attach_maskiou_head(m)
+        return str(e.value)
+
+    def no_mask(m):
+        m.roi_heads.mask_head = None
+
+    def keypoints(m):
+        rh = m.roi_heads
+        rh.keypoint_roi_pool, rh.keypoint_head, rh.keypoint_predictor = nn.Identity(), \
+            nn.Identity(), nn.Identity()
+
+    def no_out_channels(m):
+        del m.backbone.out_channels
+
+    assert refusal(no_mask) == "attach_maskiou_head: this MaskRCNN has no mask branch"
+    assert refusal(keypoints) == "attach_maskiou_head: keypoint branches are not supported"
+    assert refusal(no_out_channels) == "attach_maskiou_head: model.backbone has no out_channels"
+
+
+def test_head_defaults_read_the_mask_pool_size_as_tuple_int_or_default_14():
+    from maskiou_integrations.torchvision_maskrcnn import TorchvisionMaskRCNNAdapter
+
+    class Pool(nn.Module):  # a user's own mask RoI pool; only its output_size is read
+        pass
+
+    adapter = TorchvisionMaskRCNNAdapter()
+    seen = []
+    for size in ((9, 9), 9, None):
+        m = tiny_maskrcnn(num_classes=6)
+        m.roi_heads.mask_roi_pool = Pool()
+        if size is not None:
+            m.roi_heads.mask_roi_pool.output_size = size
+        seen.append(adapter.head_defaults(m))
+    assert [d["roi_size"] for d in seen] == [9, 9, 14]
+    assert seen[0]["in_channels"] == 256 and seen[0]["num_classes"] == 6
