@@ -111,3 +111,21 @@ def test_gpu_main_job_paragraph_is_the_measured_one():
     assert f"Pearson {m['correlation']['head_pearson']:.3f} (`docs/measurements/" in README
     log = (MEASURED / "scripted_h200.log").read_text().splitlines()
     assert len(log) == 4 and all("all equal: True, max abs diff 0.00e+00" in x for x in log)
+
+
+def test_mutation_figures_are_the_recorded_runs():
+    final = dict(line.rsplit(": ", 1) for line in
+                 (MEASURED / "mutmut_results.txt").read_text().splitlines())
+    killed = sum(v == "killed" for v in final.values())
+    survived = sorted(k for k, v in final.items() if v == "survived")
+    assert len(final) == killed + len(survived)  # every mutant checked
+    assert (f"**{len(final)} mutants, {killed} killed ({killed / len(final):.1%}), "
+            f"{len(survived)} survived.**") in README
+    assert killed / len(final) >= 0.90  # the goal of the mutation-testing issue
+    first = (MEASURED / "mutmut_first_run.txt").read_text().splitlines()
+    total, rest = first[0].split("/", 1)
+    counts = [int(tok) for tok in rest.split() if tok.isdigit()]
+    first_killed, first_survived = counts[1], counts[5]
+    assert len(first) - 1 == first_survived
+    assert (f"{total} mutants, {first_killed} killed, {first_survived} survived "
+            f"({first_killed / int(total):.1%})") in README
