@@ -129,3 +129,19 @@ def test_mutation_figures_are_the_recorded_runs():
     assert len(first) - 1 == first_survived
     assert (f"{total} mutants, {first_killed} killed, {first_survived} survived "
             f"({first_killed / int(total):.1%})") in README
+
+
+def test_ablation_rows_measured_in_the_final_state_are_the_readmes():
+    """The rows of the ablation table that have their JSON here, printed by ablation.py's own
+    table(), appear in the README word for word (the reference row too)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ablation
+
+    rows = json.loads((MEASURED / "ablation.json").read_text())
+    assert {r["row"] for r in rows} >= {"shipped", "epochs-8", "no-holdout", "images-1000"}
+    shipped = next(r for r in rows if r["row"] == "shipped")
+    lines = ablation.table(rows).splitlines()[2:-1] + ablation.table([shipped]).splitlines()[-1:]
+    for line in lines:
+        assert line in README, line
