@@ -155,9 +155,8 @@ def model_timings(name: str, h: int, w: int, device: torch.device, repeats: int,
     r["head_alone_s"] = head_alone_timings(
         {"paper head": find_maskiou_head(full), "light head": find_maskiou_head(light)},
         n, device, 4 * repeats)
-    for k in ("paper head", "light head"):
-        key = "head_share" if k == "paper head" else "light_head_share"
-        r[key] = r["head_alone_s"][k]["median"] / med["no head"]
+    r["head_share"] = r["head_alone_s"]["paper head"]["median"] / med["no head"]
+    r["light_head_share"] = r["head_alone_s"]["light head"]["median"] / med["no head"]
     r["inference_ratio"] = med["paper head"] / med["no head"]
     r["light_inference_ratio"] = med["light head"] / med["no head"]
     if scripted:

@@ -84,15 +84,16 @@ def entry_point_adapters(failed: list[str] | None = None) -> list[Adapter]:
     return adapters
 
 
-def available_adapters() -> list[Adapter]:
-    """Registered adapters first (newest first), then those found through entry points."""
-    return [*_registered, *entry_point_adapters()]
+def available_adapters(failed: list[str] | None = None) -> list[Adapter]:
+    """Registered adapters first (newest first), then those found through entry points
+    (``failed``: see :func:`entry_point_adapters`)."""
+    return [*_registered, *entry_point_adapters(failed)]
 
 
 def find_adapter(model: nn.Module) -> Adapter:
     """The first adapter whose ``matches(model)`` is true, or a TypeError saying what exists."""
     failed: list[str] = []
-    adapters = [*_registered, *entry_point_adapters(failed)]
+    adapters = available_adapters(failed)
     for adapter in adapters:
         if adapter.matches(model):
             return adapter

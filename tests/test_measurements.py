@@ -6,6 +6,7 @@ run of ``benchmarks/speed.py`` or of the GPU training check forces the README to
 """
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,11 @@ def load(name: str) -> dict:
 
 
 def ms(t: dict) -> str:
-    return f"{t['min'] * 1e3:.0f} / {t['median'] * 1e3:.0f} ms"
+    """A min / median cell, formatted as benchmarks/speed.py prints it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed
+
+    return speed._ms(t)
 
 
 def test_cpu_speed_rows_are_the_measured_ones():
@@ -134,8 +139,6 @@ def test_mutation_figures_are_the_recorded_runs():
 def test_ablation_rows_measured_in_the_final_state_are_the_readmes():
     """The rows of the ablation table that have their JSON here, printed by ablation.py's own
     table(), appear in the README word for word (the reference row too)."""
-    import sys
-
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import ablation
 
