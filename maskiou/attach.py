@@ -118,24 +118,63 @@ def find_maskiou_head(model: nn.Module) -> MaskIoUHead | None:
     return None
 
 
+class _EvalOnlyNorm:
+    """Mixin of the frozen batch-norm classes: ``train(mode)`` keeps the layer in eval mode."""
+
+    _maskiou_norm_base: type  # the class it was frozen from
+
+    def train(self, mode: bool = True):  # returns self, as nn.Module.train does
+        return super().train(False)  # type: ignore[misc]
+
+    def __reduce_ex__(self, protocol: int):
+        # object's reduction names this class, which a new process has not made yet: rebuild
+        # through the original class instead (also what copy.deepcopy calls); state as before
+        return (_new_frozen_norm, (self._maskiou_norm_base,), *super().__reduce_ex__(protocol)[2:])
+
+
+_FROZEN_NORM_CLASSES: dict[type, type] = {}
+
+
+def frozen_norm_class(base: type) -> type:
+    """The class a frozen ``base`` (a ``_BatchNorm`` subclass) becomes: ``base`` whose ``train``
+    always keeps eval behaviour, every other member of ``base`` kept (``forward`` and the
+    state_dict included). Made once per class and kept in this module under its own name, so
+    that TorchScript and pickling find it (a pickled layer is rebuilt from ``base``, so a new
+    process loads it too)."""
+    if issubclass(base, _EvalOnlyNorm):
+        return base
+    if base not in _FROZEN_NORM_CLASSES:
+        name = f"EvalOnly{base.__name__}_{len(_FROZEN_NORM_CLASSES)}"
+        members = {"_maskiou_norm_base": base, "__module__": __name__, "__qualname__": name}
+        cls = type(name, (_EvalOnlyNorm, base), members)
+        globals()[name] = cls
+        _FROZEN_NORM_CLASSES[base] = cls
+    return _FROZEN_NORM_CLASSES[base]
+
+
+def _new_frozen_norm(base: type) -> nn.Module:
+    """An empty frozen ``base`` layer for unpickling (its state is set after)."""
+    cls = frozen_norm_class(base)
+    return cls.__new__(cls)
+
+
 def freeze_model(model: nn.Module) -> None:
     """Freeze every parameter of ``model`` and keep its batch-norm layers in eval behaviour.
 
     ``model.train()`` still switches the detector's training logic (proposal sampling, losses),
-    but a forward pre-hook puts the batch-norm layers back in eval mode before every forward, so
-    their running statistics never move: after an optimizer step the detector is bit-identical.
+    but every batch-norm layer (any ``_BatchNorm`` subclass, ``SyncBatchNorm`` included) is put
+    in eval mode and its class swapped for a subclass (:func:`frozen_norm_class`) whose
+    ``train(mode)`` leaves it there, so its running statistics never move: after an optimizer
+    step the detector is bit-identical. The layers keep their parameters, buffers and state_dict
+    keys; being their class, the freeze survives ``copy.deepcopy`` and pickling, and the model
+    still scripts with TorchScript (no hook). Calling it twice is harmless.
     """
     for p in model.parameters():
         p.requires_grad_(False)
-
-    def keep_norms_frozen(module: nn.Module, args: Any) -> None:
-        # the module's own layers (not a captured list), so a deep copy stays frozen too
-        for m in module.modules():
-            if isinstance(m, _BatchNorm):
-                m.eval()
-
-    model.register_forward_pre_hook(keep_norms_frozen)
-    keep_norms_frozen(model, ())
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            m.__class__ = frozen_norm_class(type(m))
+            m.eval()
 
 
 def attach_maskiou_head(

@@ -119,9 +119,14 @@ def maskiou_outputs(pred_ious: Tensor, probs: Tensor, labels: Tensor, sizes: Lis
         sizes: detections per image (sum == N).
 
     Returns:
-        (per image Tensor[n_i] float32 in [0, 1], per image Tensor[n_i] float32 maskness).
+        (per image Tensor[n_i] in [0, 1], per image Tensor[n_i] maskness): float64 for a float64
+        head output (maskness: float64 probabilities), else float32.
+        :func:`maskiou.scoring.add_maskiou_outputs` stores both in the dtype of ``scores``.
     """
-    ious = select_class(pred_ious, labels).float().clamp(0.0, 1.0)
+    ious = select_class(pred_ious, labels)
+    if ious.dtype != torch.float64:  # half and bfloat16 (autocast) are widened
+        ious = ious.float()
+    ious = ious.clamp(0.0, 1.0)
     return list(ious.split(sizes)), list(maskness(probs).split(sizes))
 
 
@@ -167,7 +172,8 @@ def maskiou_inference(head: nn.Module, roi_features: Tensor, mask_logits: Tensor
         labels: per image, Tensor[n_i] int64, the predicted classes.
 
     Returns:
-        (per image Tensor[n_i] float32 IoUs in [0, 1], per image Tensor[n_i] maskness).
+        (per image Tensor[n_i] IoUs in [0, 1], per image Tensor[n_i] maskness), float32 (float64
+        for a float64 model): see :func:`maskiou_outputs`.
     """
     probs, all_labels = predicted_mask_probs(mask_logits, labels)
     return maskiou_outputs(head(roi_features, probs), probs, all_labels,

@@ -35,10 +35,11 @@ def maskness(mask_probs: Tensor, threshold: float = 0.5) -> Tensor:
         threshold: binarization threshold (0.5, as the masks are binarized for COCO).
 
     Returns:
-        Tensor[...], float, in [threshold, 1] where a pixel is above the threshold, else 0.
+        Tensor[...] in [threshold, 1] where a pixel is above the threshold, else 0; float64 for
+        float64 probabilities, else float32 (half and bfloat16 are summed in float32).
     """
-    probs = mask_probs.float()
-    on = (probs > threshold).float()
+    probs = mask_probs if mask_probs.dtype == torch.float64 else mask_probs.float()
+    on = (probs > threshold).to(probs.dtype)
     area = on.sum((-2, -1))
     return (probs * on).sum((-2, -1)) / area.clamp(min=1.0)
 
@@ -49,7 +50,8 @@ def add_maskiou_outputs(result: Dict[str, Tensor], mask_ious: Tensor, mask_maskn
 
     With ``rescore_outputs`` the ``scores`` become :func:`rescore` of ``cls_scores`` and
     ``mask_ious``, and every per-detection field is re-sorted by the new score, highest first (as
-    a detector's output is).
+    a detector's output is). ``mask_ious`` and ``maskness`` are stored in the dtype of ``scores``
+    (float64 for a float64 model, bfloat16 under bfloat16 autocast; float32 ones are unchanged).
 
     Args:
         result: a detector output dict with ``scores`` Tensor[n] and other Tensor[n, ...] fields.
@@ -58,6 +60,8 @@ def add_maskiou_outputs(result: Dict[str, Tensor], mask_ious: Tensor, mask_maskn
         rescore_outputs: replace ``scores`` and re-sort.
     """
     cls_scores = result["scores"]
+    mask_ious = mask_ious.to(cls_scores.dtype)
+    mask_maskness = mask_maskness.to(cls_scores.dtype)
     result["cls_scores"] = cls_scores
     result["mask_ious"] = mask_ious
     result["maskness"] = mask_maskness
