@@ -24,17 +24,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from maskiou.addon.collect import collect_samples  # noqa: E402
+from maskiou.addon.fit import AddonConfig, predict_ious  # noqa: E402
+from maskiou.addon.run import attach_to_detector, fit_addon  # noqa: E402
 from maskiou.attach import find_maskiou_head  # noqa: E402
 from maskiou.data.coco import CocoInstanceDataset  # noqa: E402
 from maskiou.evaluation.benchmark import ADDON_IMAGES  # noqa: E402
 from maskiou.evaluation.cocoeval import evaluate_detections  # noqa: E402
-from maskiou.training.addon import (  # noqa: E402
-    AddonConfig,
-    attach_to_detector,
-    fit_addon,
-    predict_ious,
-)
-from maskiou.training.samples import collect_samples, file_sha1  # noqa: E402
+from maskiou.records import file_sha1  # noqa: E402
 
 # name -> (what it tests, AddonConfig overrides, add-on images on the embedded data)
 ROWS: dict[str, tuple[str, dict[str, Any], int]] = {
@@ -44,14 +41,14 @@ ROWS: dict[str, tuple[str, dict[str, Any], int]] = {
     "no-rank-loss": ("no pairwise ranking loss", {"rank_weight": 0.0}, ADDON_IMAGES),
     "paper": ("the paper's recipe on detections: IoU target, L2 only, matched detections only "
               "(true MaskIoU > 0, table 6 tau = 0), no score inputs",
-              {"target": "iou", "rank_weight": 0.0, "min_target": 0.0, "score_inputs": False},
+              {"target": "iou", "rank_weight": 0.0, "min_target": 0.0, "score_inputs": 0},
               ADDON_IMAGES),
     "all-detections-iou": ("IoU target and L2 only, on every detection (false positives: 0)",
                            {"target": "iou", "rank_weight": 0.0}, ADDON_IMAGES),
     "tau-0.5": ("only detections with true MaskIoU > 0.5 (table 6 tau = 0.5)",
                 {"min_target": 0.5}, ADDON_IMAGES),
     "no-score-inputs": ("the head does not see the classification score and the maskness",
-                        {"score_inputs": False}, ADDON_IMAGES),
+                        {"score_inputs": 0}, ADDON_IMAGES),
     "no-flip": ("no mirror images of the add-on images", {"flip": False}, ADDON_IMAGES),
     "rank-0.3": ("ranking-loss weight 0.3", {"rank_weight": 0.3}, ADDON_IMAGES),
     "bce": ("BCE on the target (sigmoid output)", {"loss": "bce"}, ADDON_IMAGES),
@@ -151,12 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                if r["row"] not in args.rows]
     for name in args.rows:
         what, overrides, images = ROWS[name]
-        cfg = dataclasses.replace(AddonConfig(), **overrides)
+        cfg = AddonConfig().replace(**overrides)
         train_json, train_images = (args.train_json, args.train_images) if args.train_json \
             else addon_split(images, progress)
         train_set = CocoInstanceDataset(train_json, train_images)
-        cache = out / (f"samples_{file_sha1(train_json)[:10]}_flip{int(cfg.flip)}"
-                       f"_held{int(cfg.recalibration != 'none')}.pt")
+        cache = out / "cache"  # one folder per detector, images and collection settings
         r = evaluate_row(name, cfg, detector, train_set, cache, val, val_dets, val_set.coco,
                          args.device, progress)
         r["what"], r["config"], r["images"] = what, dataclasses.asdict(cfg), len(train_set)

@@ -22,12 +22,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maskiou.data.coco import CocoFormatError  # noqa: E402
-from maskiou.training.checkpoint import CheckpointError  # noqa: E402
-from maskiou.training.config import DEFAULT_PRESET, PRESETS, resolve  # noqa: E402
+from maskiou.models.checkpoint import CheckpointError  # noqa: E402
+from maskiou.models.config import DEFAULT_PRESET, PRESETS, resolve  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from maskiou.training.addon import add_config_flags
+    from maskiou.addon.cli import add_config_flags
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,11 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from maskiou import distributed as D
+    from maskiou.addon.cli import config_from_args
+    from maskiou.addon.recalibration import RecalibrationError
     from maskiou.evaluation.benchmark import ADDON_IMAGES, run
     from maskiou.evaluation.report import markdown_report
-    from maskiou.training import distributed as D
-    from maskiou.training.addon import config_from_args
-    from maskiou.training.recalibration import RecalibrationError
 
     args = parse_args(argv)
     if bool(args.train_json) != bool(args.train_images):

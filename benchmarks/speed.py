@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maskiou import attach_maskiou_head, find_maskiou_head  # noqa: E402
 from maskiou.evaluation.cost import head_cost  # noqa: E402
+from maskiou.models.builders import MODEL_NAMES, build_maskrcnn  # noqa: E402
 from maskiou.targets import mask_iou_targets, project_masks  # noqa: E402
-from maskiou.training.builders import MODEL_NAMES, build_maskrcnn  # noqa: E402
 
 # the light head for CPU deployment (the "light" row of benchmarks/ablation.py): a 1x1
 # convolution to 32 channels, two 3x3 convolutions of 32 (the last with stride 2), FC 256

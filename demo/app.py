@@ -39,7 +39,7 @@ from demo.handlers import (  # noqa: E402
 )
 from demo.inference import PANELS, Predictor  # noqa: E402
 from demo.sources import DEFAULT_GALLERY, DEFAULT_METRICS, ValSplit, benchmark_summary  # noqa: E402
-from maskiou.training.paths import cache_dir  # noqa: E402
+from maskiou.models.paths import cache_dir  # noqa: E402
 
 UPLOAD_NAMES = sorted({t.lstrip(".").upper().replace("JPEG", "JPG").replace("TIFF", "TIF")
                        for t in UPLOAD_TYPES})

@@ -22,8 +22,8 @@ from demo.inference import (
     table,
 )
 from demo.sources import DEFAULT_METRICS, ValSplit, short_path
-from maskiou.training.checkpoint import CheckpointError, load_checkpoint
-from maskiou.training.paths import model_dir
+from maskiou.models.checkpoint import CheckpointError, load_checkpoint
+from maskiou.models.paths import model_dir
 
 IN_MEMORY = "in-memory model"
 NO_HEAD = "none: the detector's own scores"
@@ -129,7 +129,7 @@ class DemoApp:
                                   "the detector, or choose an add-on checkpoint as the head")
         notes = []
         if head != IN_MEMORY and predictor.kind == "add-on" and Path(detector).is_file():
-            from maskiou.training.samples import file_sha1
+            from maskiou.records import file_sha1
 
             trained_on = load_checkpoint(head)["addon"].get("detector_sha1")
             if trained_on and trained_on != file_sha1(detector):
@@ -165,14 +165,14 @@ class DemoApp:
         if not self._train_lock.acquire(blocking=False):
             return "⚠️ The add-on head is already being trained.", gr.update()
         try:
+            from maskiou.addon.fit import AddonConfig
             from maskiou.evaluation.benchmark import addon_or_reuse, addon_split, default_detector
-            from maskiou.training.addon import AddonConfig
 
             self.trainings += 1
             if progress is not None:
                 progress(0, desc="detector and add-on images")
             images = int(self.train_args.get("addon_images", 1600))
-            cfg = AddonConfig(**self.train_args.get("config", {}))
+            cfg = AddonConfig.from_dict(self.train_args.get("config", {}))
             detector = default_detector(progress=True)
             train_json, train_images = addon_split(images, progress=True)
             path = addon_or_reuse(detector, train_json, train_images,

@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from demo.draw import Shape, color, draw
 from demo.images import ImageSource, load_image
 from maskiou.evaluation.metrics import scorings
-from maskiou.evaluation.predict import encode_masks
+from maskiou.records import encode_masks
 from maskiou.scoring import maskness
 
 MASK_THRESHOLD = 0.5  # mask probability -> binary mask, as in COCO evaluation
@@ -64,7 +64,7 @@ class Predictor:
                         ) -> Predictor:
         """Load any maskiou checkpoint (raises ``CheckpointError`` with one line)."""
         from maskiou.attach import find_maskiou_head
-        from maskiou.training.models import load_trained_model
+        from maskiou.models.load import load_trained_model
 
         device = torch.device(device) if device is not None else default_device()
         model, meta = load_trained_model(path, device)

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from demo.inference import GroundTruth
-from maskiou.training.config import resolve
+from maskiou.models.config import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_METRICS = ROOT / "results" / "metrics.json"
@@ -42,7 +42,7 @@ class ValSplit:
     @classmethod
     def embedded(cls, num_examples: int = 8) -> ValSplit:
         """The embedded synthetic split of the default ``synthetic-cpu`` config."""
-        from maskiou.training.paths import resolve_split
+        from maskiou.models.paths import resolve_split
 
         json_path, images = resolve_split(resolve("synthetic-cpu", {}), "val")
         return cls(json_path, images, num_examples)

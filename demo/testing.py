@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from maskiou.training.checkpoint import save_atomic
-from maskiou.training.config import TrainConfig, resolve
+from maskiou.models.checkpoint import save_atomic
+from maskiou.models.config import TrainConfig, resolve
 
 # label -> probability of the box classifier (the rest goes to the background)
 CLASS_PROBS = {1: 0.6, 2: 0.3}
@@ -32,7 +32,7 @@ def tiny_config() -> TrainConfig:
 def tiny_model(num_classes: int, seed: int = 0) -> torch.nn.Module:
     """The ``synthetic-cpu`` architecture with the head, random weights, forced scores (see the
     module docstring); ``num_classes`` counts the background. Eval mode, on the CPU."""
-    from maskiou.training.models import build_model
+    from maskiou.models.load import build_model
 
     torch.manual_seed(seed)
     model = build_model(tiny_config(), num_classes)

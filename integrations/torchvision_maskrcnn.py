@@ -196,3 +196,29 @@ class TorchvisionMaskRCNNAdapter:
         rh.maskiou_rescore = bool(config.rescore_outputs)
         rh.maskiou_loss_weight = float(config.loss_weight)
         rh.maskiou_detach_inputs = bool(config.detach_inputs)
+
+    def collect(self, model: nn.Module, images: List[Tensor]) -> List[Dict[str, Tensor]]:
+        """Run the attached model on ``images`` (eval mode, no grad) and return, per image, its
+        detections in the detector's order (``scores`` = class confidence) with the head's
+        inputs beside them: ``roi_features`` Tensor[n, C, S, S] (``mask_roi_pool``'s output)
+        and ``mask_probs`` Tensor[n, M, M] (the predicted class's mask probabilities). The
+        add-on's collection pass calls this (``maskiou.addon.collect``)."""
+        rh = model.roi_heads
+        seen: List[Tuple[Tensor, Tensor]] = []
+        handle = rh.maskiou_head.register_forward_hook(
+            lambda mod, inputs, out: seen.append((inputs[0], inputs[1])))
+        rescore = rh.maskiou_rescore
+        rh.maskiou_rescore = False  # the detector's order: rows align with the head's inputs
+        try:
+            with torch.no_grad():
+                outputs = model(images)
+        finally:
+            handle.remove()
+            rh.maskiou_rescore = rescore
+        features, probs = seen[-1]
+        sizes = [len(o["boxes"]) for o in outputs]
+        for out, f, p in zip(outputs, features.split(sizes), probs.split(sizes)):
+            out["scores"] = out.pop("cls_scores")
+            out.pop("mask_ious")
+            out["roi_features"], out["mask_probs"] = f, p
+        return outputs

@@ -5,7 +5,9 @@ ground-truth mask. Input: the RoI feature of the mask branch (before the mask co
 predicted mask probability of the target class, max-pooled to the RoI feature's size.
 """
 
-from typing import Literal
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -161,3 +163,36 @@ class MaskIoUHead(nn.Module):
         if self.sigmoid_output:
             x = torch.sigmoid(x)
         return x
+
+
+@dataclass
+class HeadConfig:
+    """The architecture of a :class:`MaskIoUHead` as a model's config records it: one definition
+    shared by the end-to-end trainer (``TrainConfig.maskiou_head``) and the add-on
+    (``AddonConfig.head``). The rest of the head's arguments (``in_channels``, ``num_classes``,
+    ``roi_size``) come from the detector, through its adapter. Defaults: the paper's head."""
+
+    conv_channels: int = 256
+    reduce_channels: int = 0
+    num_convs: int = 4
+    fc_dim: int = 1024
+    fusion: str = "concat"
+    mask_features: int = 0
+    score_inputs: int = 0
+    output: str = "linear"
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`MaskIoUHead` (and of ``attach_maskiou_head``)."""
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def pop_from(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        """Remove the ``<prefix><field>`` entries of a flat config dict (as configs written
+        before :class:`HeadConfig` stored them) and return them as ``{field: value}``; a
+        boolean ``score_inputs`` (the old add-on switch) becomes 2 or 0."""
+        out = {f.name: values.pop(prefix + f.name) for f in dataclasses.fields(HeadConfig)
+               if prefix + f.name in values}
+        if isinstance(out.get("score_inputs"), bool):
+            out["score_inputs"] = 2 if out["score_inputs"] else 0
+        return out
+

@@ -11,25 +11,23 @@ import torch
 
 from demo.testing import tiny_model, write_tiny_plain_checkpoint
 from maskiou import MaskIoUHead
-from maskiou.data.coco import CocoInstanceDataset
-from maskiou.data.synthetic import generate_synthetic_coco
-from maskiou.evaluation.cocoeval import true_mask_ious
-from maskiou.training.addon import (
+from maskiou.addon.cache import HeadSamples
+from maskiou.addon.collect import collect_samples
+from maskiou.addon.fit import (
     AddonConfig,
     head_loss,
-    holdout_images,
-    holdout_split,
-    load_recalibration,
     pairwise_rank_loss,
     predict_ious,
     regression_target,
-    train_addon,
     train_head,
 )
-from maskiou.training.checkpoint import load_checkpoint
-from maskiou.training.models import load_trained_model
-from maskiou.training.recalibration import Recalibration, RecalibrationError
-from maskiou.training.samples import HeadSamples, collect_samples, image_fingerprints
+from maskiou.addon.recalibration import Recalibration, RecalibrationError
+from maskiou.addon.run import holdout_images, holdout_split, load_recalibration, train_addon
+from maskiou.data.coco import CocoInstanceDataset
+from maskiou.data.synthetic import generate_synthetic_coco
+from maskiou.models.checkpoint import load_checkpoint
+from maskiou.models.load import load_trained_model
+from maskiou.records import image_fingerprints, true_mask_ious
 
 
 def test_coco_target_is_the_share_of_the_ten_thresholds_passed():
@@ -89,7 +87,7 @@ def _samples(n: int = 64, seed: int = 0) -> HeadSamples:
 
 def test_train_head_lowers_the_loss_and_leaves_a_contiguous_eval_head():
     samples = _samples()
-    cfg = AddonConfig(epochs=6, batch_size=16, lr=3e-3, score_inputs=True, target="iou")
+    cfg = AddonConfig(epochs=6, batch_size=16, lr=3e-3, target="iou")
     torch.manual_seed(0)
     head = MaskIoUHead(8, 3, conv_channels=8, num_convs=2, fc_dim=32, score_inputs=2)
     log = train_head(head, samples, cfg, progress=False)
@@ -147,7 +145,7 @@ def test_train_addon_checkpoint_embeds_the_detector_and_records_its_images(data,
 
 
 def test_the_add_on_warns_when_given_the_detectors_training_images(data, tmp_path):
-    from maskiou.training.checkpoint import save_atomic
+    from maskiou.models.checkpoint import save_atomic
 
     names = CocoInstanceDataset(data["det"].train_json, data["det"].train_images).class_names
     detector = write_tiny_plain_checkpoint(tmp_path / "plain.pt", names)

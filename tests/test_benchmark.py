@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import coco_eval  # noqa: E402
 
 from maskiou.data.synthetic import generate_synthetic_coco  # noqa: E402
-from maskiou.training.checkpoint import load_checkpoint, save_atomic  # noqa: E402
-from maskiou.training.paths import shipped_model_path  # noqa: E402
+from maskiou.models.checkpoint import load_checkpoint, save_atomic  # noqa: E402
+from maskiou.models.paths import shipped_model_path  # noqa: E402
 
 SCORES = {"AP", "AP50", "AP75", "APs", "APm", "APl"}
 PLAIN, END_TO_END = shipped_model_path("plain"), shipped_model_path("end_to_end")

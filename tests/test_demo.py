@@ -198,8 +198,7 @@ def test_real_model_forced_head_reverses_the_classes(split: ValSplit) -> None:
     assert set(df["class"][:n2]) == {names[2]}  # class 2 first when rescored ...
     assert set(table(pred, "cls")["class"][:len(pred) - n2]) == {names[1]}  # ... 1 by cls
     # the true MaskIoU column agrees with the benchmark's COCO-based computation
-    from maskiou.evaluation.cocoeval import true_mask_ious
-    from maskiou.evaluation.predict import Detections
+    from maskiou.records import Detections, true_mask_ious
 
     n = len(pred)
     cats = np.array([split.dataset.label_to_cat_id[int(x)] for x in pred.labels])

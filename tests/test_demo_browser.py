@@ -28,7 +28,7 @@ from test_demo import checkpoints, free_port, split  # noqa: E402, F401 - fixtur
 
 from demo.app import build_app  # noqa: E402
 from demo.sources import DEFAULT_GALLERY  # noqa: E402
-from maskiou.training.paths import default_model_path, model_dir  # noqa: E402
+from maskiou.models.paths import default_model_path, model_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

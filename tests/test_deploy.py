@@ -12,9 +12,9 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
 from maskiou import attach_maskiou_head
+from maskiou.models.load import load_trained_model
+from maskiou.models.paths import shipped_model_path
 from maskiou.training.deploy import export_onnx, output_names, run_onnx, script_model
-from maskiou.training.models import load_trained_model
-from maskiou.training.paths import shipped_model_path
 
 FIELDS = ("boxes", "labels", "scores", "cls_scores", "mask_ious", "maskness", "masks")
 

@@ -9,7 +9,6 @@ from maskiou.evaluation.cocoeval import (
     coco_ap,
     coco_results,
     evaluate_detections,
-    true_mask_ious,
 )
 from maskiou.evaluation.metrics import (
     binned_means,
@@ -19,8 +18,8 @@ from maskiou.evaluation.metrics import (
     scorings,
     spearman,
 )
-from maskiou.evaluation.predict import Detections, encode_masks
 from maskiou.evaluation.report import markdown_report
+from maskiou.records import Detections, encode_masks, true_mask_ious
 
 
 def square(x, y, s=20, size=64):

@@ -8,7 +8,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from maskiou import attach_maskiou_head, find_maskiou_head
-from maskiou.training.builders import build_maskrcnn
+from maskiou.models.builders import build_maskrcnn
 
 
 def images(n=1, size=64, seed=0):
@@ -167,7 +167,7 @@ def test_unknown_model_and_double_attach(model):
 
 
 def test_coco_predictors_keep_the_rows_of_the_dataset_classes():
-    from maskiou.training.builders import _adapt_predictors
+    from maskiou.models.builders import _adapt_predictors
 
     coco = build_maskrcnn("maskrcnn_resnet18_fpn", 91, min_size=64, max_size=64)
     box = coco.roi_heads.box_predictor

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskiou.training.checkpoint import (
+from maskiou.models.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_model_state,
     save_atomic,
 )
-from maskiou.training.config import resolve
-from maskiou.training.models import build_model, load_trained_model
+from maskiou.models.config import resolve
+from maskiou.models.load import build_model, load_trained_model
 from maskiou.training.trainer import Trainer, lr_factor, main
 
 ROOT = Path(__file__).resolve().parents[1]

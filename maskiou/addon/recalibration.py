@@ -15,7 +15,7 @@ share of the image. Kinds:
 - ``gbm``: gradient-boosted trees (scikit-learn's HistGradientBoostingRegressor) on the signals and
   the class, regressing the target.
 
-The target is the head's (see :func:`maskiou.training.addon.regression_target`): the true MaskIoU,
+The target is the head's (see :func:`maskiou.addon.fit.regression_target`): the true MaskIoU,
 or the share of COCO's IoU thresholds it passes.
 """
 
@@ -58,7 +58,7 @@ class Recalibration:
         """Fit ``kind`` to the ``target`` of N detections' true MaskIoU (arrays [N])."""
         import torch
 
-        from .addon import regression_target
+        from .fit import regression_target
 
         x = signal_matrix(cls, head, maskness, rel_area)
         y = regression_target(torch.as_tensor(np.asarray(true_ious, dtype=np.float32)),
@@ -94,7 +94,7 @@ class Recalibration:
 
     def check_not_fitted_on(self, fingerprints: dict[str, int], where: str) -> None:
         """Raise :class:`RecalibrationError` if any image of ``fingerprints`` (SHA-1 -> id, see
-        :func:`maskiou.training.samples.image_fingerprints`) is one it was fitted on."""
+        :func:`maskiou.records.image_fingerprints`) is one it was fitted on."""
         seen = sorted(fingerprints[h] for h in fingerprints.keys() & self.fitted_on.keys())
         if seen:
             shown = ", ".join(str(i) for i in seen[:5]) + (" ..." if len(seen) > 5 else "")

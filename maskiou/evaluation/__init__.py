@@ -2,6 +2,6 @@
 and calibration of the scores, the cost of the head, reports, and the benchmark runner behind
 ``benchmarks/coco_eval.py`` (shared with the demo).
 
-Built on the core (``maskiou``), ``maskiou.data`` and ``maskiou.training``; the core never
-imports it.
+Built on the core (``maskiou``), ``maskiou.records``, ``maskiou.data``, ``maskiou.models``,
+``maskiou.addon`` and ``maskiou.training``; none of them imports it.
 """

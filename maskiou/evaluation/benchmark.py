@@ -4,7 +4,7 @@ With no data flags it runs the add-on story on the embedded synthetic data: the 
 Mask R-CNN (the detector a user has) gets the head attached, the head trains alone on the
 detections of add-on images the detector never saw, and the validation split is scored with
 every scoring; the shipped end-to-end Mask Scoring R-CNN is scored beside it. Trained models
-are cached under ``maskiou.training.paths.cache_dir()``.
+are cached under ``maskiou.models.paths.cache_dir()``.
 """
 
 from __future__ import annotations
@@ -18,25 +18,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskiou import distributed as D
+from maskiou.addon.fit import AddonConfig
+from maskiou.addon.run import ADDON_VERSION, load_recalibration, train_addon
 from maskiou.attach import find_maskiou_head
-from maskiou.training import distributed as D
-from maskiou.training.addon import ADDON_VERSION, AddonConfig, load_recalibration, train_addon
-from maskiou.training.checkpoint import load_checkpoint, save_atomic
-from maskiou.training.config import TrainConfig
-from maskiou.training.models import load_trained_model
-from maskiou.training.paths import (
+from maskiou.models.checkpoint import load_checkpoint, save_atomic
+from maskiou.models.config import TrainConfig
+from maskiou.models.load import load_trained_model
+from maskiou.models.paths import (
     addon_dir,
     model_dir,
     resolve_split,
     shipped_model_path,
 )
-from maskiou.training.samples import file_sha1, image_fingerprints
+from maskiou.records import Detections, file_sha1, image_fingerprints, true_mask_ious
 
-from .cocoeval import evaluate_detections, true_mask_ious
+from .cocoeval import evaluate_detections
 from .cost import head_cost
 from .gallery import rank_change_gallery
 from .metrics import scorings
-from .predict import Detections, predict
+from .predict import predict
 from .report import best_learned, markdown_report, write_metrics, write_plots
 
 ADDON_IMAGES = 2000  # add-on images of the embedded default (see the README's ablation)
@@ -51,7 +52,7 @@ def same_config(stored: dict[str, Any], cfg: TrainConfig) -> bool:
     """Whether a checkpoint's stored config is ``cfg``: fields added to TrainConfig since it
     was written count with their defaults (which do not change what a run does)."""
     try:
-        return TrainConfig(**stored).to_dict() == cfg.to_dict()
+        return TrainConfig.from_dict(stored).to_dict() == cfg.to_dict()
     except TypeError:
         return False
 
@@ -118,7 +119,7 @@ def install_shipped_addon() -> Path | None:
 
 
 def embedded_config(**overrides: Any) -> TrainConfig:
-    from maskiou.training.config import resolve
+    from maskiou.models.config import resolve
 
     return resolve("synthetic-cpu", overrides)
 
@@ -147,7 +148,7 @@ def addon_split(num_images: int = ADDON_IMAGES, progress: bool = True, image_siz
     """Labeled add-on images for the embedded data, generated with another seed than the
     detector's training images (the detector never saw them)."""
     from maskiou.data.synthetic import generate_synthetic_coco
-    from maskiou.training.paths import ADDON_SEED
+    from maskiou.models.paths import ADDON_SEED
 
     paths = generate_synthetic_coco(addon_dir(num_images, image_size), num_images, 0,
                                     seed=ADDON_SEED, image_size=image_size, progress=progress)
@@ -155,9 +156,11 @@ def addon_split(num_images: int = ADDON_IMAGES, progress: bool = True, image_siz
 
 
 def addon_or_reuse(detector: Path, train_json: Path, train_images: Path, run_dir: Path,
-                   cfg: AddonConfig, progress: bool, retrain: bool = False) -> Path:
-    """``run_dir/model_final.pt``: the add-on of ``detector``, trained unless one with the same
-    detector, images and config is already there."""
+                   cfg: AddonConfig, progress: bool, retrain: bool = False,
+                   device: str | torch.device = "cpu") -> Path:
+    """``run_dir/model_final.pt``: the add-on of ``detector``, trained on ``device`` unless one
+    with the same detector, images and config is already there. Under torchrun every rank
+    collects its share of the detections and rank 0 trains the head."""
     final = run_dir / "model_final.pt"
     stamp = run_dir / "addon_stamp.json"
     wanted = {"detector": file_sha1(detector), "train_json": file_sha1(train_json),
@@ -168,11 +171,13 @@ def addon_or_reuse(detector: Path, train_json: Path, train_images: Path, run_dir
         return final
     log(f"training the add-on: the MaskIoU head alone on the frozen detector {detector}")
     t0 = time.perf_counter()
-    path = train_addon(detector, train_json, train_images, run_dir, cfg, progress=progress,
-                       log=log)
-    stamp.write_text(json.dumps(wanted) + "\n")
-    log(f"add-on trained in {time.perf_counter() - t0:.0f} s")
-    return path
+    train_addon(detector, train_json, train_images, run_dir, cfg, device=device,
+                progress=progress, log=log)
+    if D.is_main():
+        stamp.write_text(json.dumps(wanted) + "\n")
+        log(f"add-on trained in {time.perf_counter() - t0:.0f} s")
+    D.barrier()
+    return final
 
 
 def _shard(n: int) -> list[int]:
@@ -299,10 +304,8 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
         run_dir = model_dir("addon") if default else \
             run_root / f"addon-{file_sha1(checkpoint)[:8]}"
         t0 = time.perf_counter()
-        if D.is_main():
-            addon_or_reuse(Path(checkpoint), Path(addon_train[0]), Path(addon_train[1]),
-                           run_dir, addon, progress, retrain)
-        D.barrier()
+        addon_or_reuse(Path(checkpoint), Path(addon_train[0]), Path(addon_train[1]), run_dir,
+                       addon, progress, retrain, dev)
         timings["addon_training"] = time.perf_counter() - t0
         models["plain"] = checkpoint
         models["addon"] = str(run_dir / "model_final.pt")

@@ -11,29 +11,12 @@ import io
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
+
+from maskiou.records import Detections
 
 from .metrics import correlation_summary, scorings
-from .predict import Detections
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def true_mask_ious(dets: Detections, coco_gt: Any) -> np.ndarray:
-    """For each detection, the best mask IoU with a non-crowd GT instance of its category in its
-    image (0 when there is none). One pycocotools call per (image, category)."""
-    out = np.zeros(len(dets))
-    keys = np.stack([dets.image_ids, dets.category_ids], 1) if len(dets) else np.zeros((0, 2))
-    for image_id, cat_id in {tuple(k) for k in keys.tolist()}:
-        sel = np.where((dets.image_ids == image_id) & (dets.category_ids == cat_id))[0]
-        ann_ids = coco_gt.getAnnIds(imgIds=[int(image_id)], catIds=[int(cat_id)], iscrowd=False)
-        anns = coco_gt.loadAnns(ann_ids)
-        if not anns:
-            continue
-        gts = [coco_gt.annToRLE(a) for a in anns]
-        ious = mask_utils.iou([dets.rles[i] for i in sel], gts, [0] * len(gts))
-        out[sel] = np.asarray(ious).reshape(len(sel), len(gts)).max(axis=1)
-    return out
 
 
 def coco_results(dets: Detections, scores: np.ndarray, iou_type: str) -> list[dict[str, Any]]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maskiou.head import HeadConfig
+
 
 @dataclass
 class TrainConfig:
@@ -42,14 +44,7 @@ class TrainConfig:
     box_detections_per_img: int = 100
     # MaskIoU head
     maskiou: bool = True
-    maskiou_conv_channels: int = 256
-    maskiou_num_convs: int = 4
-    maskiou_fc_dim: int = 1024
-    maskiou_fusion: str = "concat"
-    maskiou_reduce_channels: int = 0
-    maskiou_mask_features: int = 0
-    maskiou_score_inputs: int = 0
-    maskiou_output: str = "linear"
+    maskiou_head: HeadConfig = field(default_factory=HeadConfig)
     maskiou_loss_weight: float = 1.0
     freeze_detector: bool = False
     detector_checkpoint: str | None = None
@@ -96,6 +91,18 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @staticmethod
+    def from_dict(values: dict[str, Any]) -> TrainConfig:
+        """The config a dict describes: ``to_dict()``'s form, or the flat form of configs written
+        before the head's fields were grouped (``maskiou_conv_channels``, ... as stored in the
+        shipped checkpoints and in every older run), or both (flat entries win: they are the
+        command-line overrides). Unknown keys raise TypeError."""
+        values = dict(values)
+        head = values.pop("maskiou_head", None) or {}
+        head = dataclasses.asdict(head) if isinstance(head, HeadConfig) else dict(head)
+        head.update(HeadConfig.pop_from(values, "maskiou_"))
+        return TrainConfig(**values, maskiou_head=HeadConfig(**head))
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -109,7 +116,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
         rpn_batch_size_per_image=128, box_batch_size_per_image=64,
-        maskiou_conv_channels=64, maskiou_num_convs=2, maskiou_fc_dim=256,
+        maskiou_head=dict(conv_channels=64, num_convs=2, fc_dim=256),
         optimizer="adamw", lr=3e-3, reference_batch_size=8, weight_decay=1e-4, batch_size=8,
         max_iters=3000, warmup_iters=50, warmup_factor=0.01, lr_schedule="cosine",
         aspect_ratio_grouping=False, workers=0, checkpoint_every=250, log_every=10,
@@ -126,6 +133,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = "synthetic-cpu"
 
 
+def override_keys() -> set[str]:
+    """The flat keys :func:`resolve` takes: TrainConfig's fields and ``maskiou_<HeadConfig field>``
+    (the ``--maskiou-conv-channels``, ... flags)."""
+    return ({f.name for f in dataclasses.fields(TrainConfig)}
+            | {"maskiou_" + f.name for f in dataclasses.fields(HeadConfig)})
+
+
 def resolve(preset: str, overrides: dict[str, Any]) -> TrainConfig:
     """Preset values, then every override that is not None."""
     if preset not in PRESETS:
@@ -134,7 +148,7 @@ def resolve(preset: str, overrides: dict[str, Any]) -> TrainConfig:
     for key, value in values.items():  # "--weights-backbone none" clears a preset's weights
         if isinstance(value, str) and value.lower() in ("none", "null", ""):
             values[key] = None
-    return TrainConfig(**values)
+    return TrainConfig.from_dict(values)
 
 
 def parse_bool(text: str) -> bool:
@@ -172,4 +186,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, title: s
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per TrainConfig field, defaulting to None (= keep the preset's value)."""
     add_dataclass_arguments(parser, TrainConfig, "config overrides (default: the preset's value)",
-                            skip=("maskiou", "freeze_detector", "amp"))  # dedicated CLI flags
+                            skip=("maskiou", "freeze_detector", "amp",  # dedicated CLI flags
+                                  "maskiou_head"))
+    add_dataclass_arguments(parser, HeadConfig, "MaskIoU head (default: the preset's value)",
+                            prefix="maskiou_")

@@ -47,14 +47,8 @@ def build_model(cfg: TrainConfig, num_classes: int,
         state = {k: v for k, v in ckpt["model"].items() if ".maskiou_head." not in k}
         load_model_state(model, state, cfg.detector_checkpoint, strict=True)
     if cfg.maskiou:
-        attach_maskiou_head(
-            model, freeze_detector=cfg.freeze_detector, loss_weight=cfg.maskiou_loss_weight,
-            conv_channels=cfg.maskiou_conv_channels, num_convs=cfg.maskiou_num_convs,
-            fc_dim=cfg.maskiou_fc_dim, fusion=cfg.maskiou_fusion,
-            reduce_channels=cfg.maskiou_reduce_channels, score_inputs=cfg.maskiou_score_inputs,
-            mask_features=cfg.maskiou_mask_features,
-            output=cfg.maskiou_output,
-        )
+        attach_maskiou_head(model, freeze_detector=cfg.freeze_detector,
+                            loss_weight=cfg.maskiou_loss_weight, **cfg.maskiou_head.kwargs())
     elif cfg.freeze_detector:
         raise ValueError("--freeze-detector trains only the MaskIoU head: drop --no-maskiou")
     return model
@@ -75,7 +69,7 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu"
                               "names): a bare state dict cannot be rebuilt")
     try:
         # how the weights were obtained does not matter any more: they are all in the file
-        cfg = TrainConfig(**{**ckpt["config"], "detector_checkpoint": None, "weights": None,
+        cfg = TrainConfig.from_dict({**ckpt["config"], "detector_checkpoint": None, "weights": None,
                              "weights_backbone": None, "freeze_detector": False})
     except TypeError as e:
         msg = f"{path}: its config does not match this maskiou version ({e})"

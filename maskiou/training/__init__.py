@@ -1,5 +1,6 @@
-"""The training application: configurations, model builders, the trainer (CPU/GPU, AMP, torchrun,
-exact resume), atomic checkpoints, and head-only training of the add-on on a frozen detector.
+"""The end-to-end training application: the trainer (CPU/GPU, AMP, torchrun, exact resume) and
+export/deploy of trained models.
 
-Built on the core (``maskiou``) and ``maskiou.data``; the core never imports it.
+Built on the core (``maskiou``), ``maskiou.data`` and ``maskiou.models``; the add-on
+(``maskiou.addon``) and the core never import it.
 """

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, save_atomic
+from maskiou.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
 
 KEEP = ("config", "class_names", "label_to_cat_id", "iteration", "format", "addon")
 
@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             size = export_checkpoint(args.src, args.dst, half=not args.float32)
             print(f"wrote {args.dst} ({size / 2**20:.1f} MiB)")
         if args.torchscript or args.onnx:
+            from maskiou.models.load import load_trained_model
+
             from .deploy import export_onnx, script_model
-            from .models import load_trained_model
 
             model, _ = load_trained_model(args.src)
             if args.torchscript:

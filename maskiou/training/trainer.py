@@ -18,8 +18,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import distributed as D
-from .checkpoint import (
+from maskiou import distributed as D
+from maskiou.models.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_model_state,
@@ -27,9 +27,16 @@ from .checkpoint import (
     save_atomic,
     set_rng_state,
 )
-from .config import DEFAULT_PRESET, PRESETS, TrainConfig, add_config_arguments, resolve
-from .models import build_model
-from .paths import resolve_split
+from maskiou.models.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    TrainConfig,
+    add_config_arguments,
+    override_keys,
+    resolve,
+)
+from maskiou.models.load import build_model
+from maskiou.models.paths import resolve_split
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], world: int
@@ -288,8 +295,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
     p.add_argument("--no-progress", action="store_true")
     add_config_arguments(p)
     args = p.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items()
-                 if k in TrainConfig.__dataclass_fields__}
+    overrides = {k: v for k, v in vars(args).items() if k in override_keys()}
     if args.no_maskiou:
         overrides["maskiou"] = False
     if args.freeze_detector:

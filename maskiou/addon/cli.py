@@ -1,0 +1,85 @@
+"""``maskiou-addon``: attach the MaskIoU head to a trained detector and train only the head, on
+the cached detections of labeled images the detector did not train on.
+
+    maskiou-addon --detector runs/plain/model_final.pt --train-json ann.json \\
+        --train-images imgs/ --output-dir runs/addon
+    torchrun --nproc_per_node=8 -m maskiou.addon --detector ... --device cuda   # the collection
+                                                 # pass on 8 processes; rank 0 trains the head
+
+The detections are cached on disk (``--cache-dir``, default OUTPUT_DIR/cache) in float16 shards,
+reused by a later run with the same detector, images and collection settings, resumed after an
+interruption, and streamed to the head's training: memory stays bounded whatever the number of
+images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from maskiou import distributed as D
+from maskiou.head import HeadConfig
+from maskiou.models.checkpoint import CheckpointError
+
+from .cache import CacheKeyError
+from .fit import AddonConfig
+from .run import train_addon
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--addon-<field>`` flag per :class:`AddonConfig` and :class:`HeadConfig` field
+    (default: the config's)."""
+    from maskiou.models.config import add_dataclass_arguments
+
+    add_dataclass_arguments(p, AddonConfig, "add-on head training (default: AddonConfig's values)",
+                            prefix="addon_", skip=("head",))
+    add_dataclass_arguments(p, HeadConfig, "add-on head (default: AddonConfig's head)",
+                            prefix="addon_", skip=("output",))
+
+
+def config_from_args(args: argparse.Namespace, base: AddonConfig | None = None) -> AddonConfig:
+    names = [f.name for f in dataclasses.fields(AddonConfig) if f.name != "head"] + \
+        [f.name for f in dataclasses.fields(HeadConfig) if f.name != "output"]
+    values = {n: getattr(args, f"addon_{n}") for n in names}
+    return (base or AddonConfig()).replace(**{k: v for k, v in values.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    from maskiou.data.coco import CocoFormatError
+
+    p = argparse.ArgumentParser(prog="maskiou-addon", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--detector", required=True, help="plain Mask R-CNN checkpoint (maskiou-train "
+                   "--no-maskiou, or the shipped maskiou/pretrained/synthetic_cpu_plain.pt)")
+    p.add_argument("--train-json", required=True, help="labeled images the detector did not "
+                   "train on: the head trains on its detections there")
+    p.add_argument("--train-images", required=True)
+    p.add_argument("--output-dir", default="runs/addon")
+    p.add_argument("--cache-dir", help="where the detections are cached (default: "
+                   "OUTPUT_DIR/cache); one subfolder per detector, images and settings")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto; under torchrun "
+                   "each rank takes its local GPU")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes reading the "
+                   "cache during head training (0: read in this process)")
+    p.add_argument("--no-progress", action="store_true")
+    add_config_flags(p)
+    args = p.parse_args(argv)
+    try:
+        _, _, device = D.init_distributed(args.device)
+        path = train_addon(args.detector, args.train_json, args.train_images, args.output_dir,
+                           config_from_args(args), device=device, progress=not args.no_progress,
+                           cache_dir=args.cache_dir, workers=args.workers,
+                           log=lambda msg: print(msg, flush=True) if D.is_main() else None)
+    except (CocoFormatError, CheckpointError, CacheKeyError, ValueError, FileNotFoundError) as e:
+        print(f"maskiou-addon: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        D.cleanup()
+    if path is not None:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

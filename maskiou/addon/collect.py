@@ -1,0 +1,208 @@
+"""The collection pass: run a frozen detector once over labeled images and keep, for every final
+detection, the MaskIoU head's inputs and the detection's true MaskIoU.
+
+The detector is run through its adapter (``adapter.collect(model, images)``), never through a
+framework's own output format, so a third framework needs one more adapter and nothing else.
+What the adapter returns for each image, in the detector's order (highest score first):
+
+- ``boxes`` Tensor[n, 4] xyxy, ``labels`` Tensor[n] (contiguous), ``scores`` Tensor[n] (the
+  class confidence), ``masks`` Tensor[n, 1, H, W] (probabilities pasted in the image),
+  ``maskness`` Tensor[n];
+- ``roi_features`` Tensor[n, C, S, S] and ``mask_probs`` Tensor[n, M, M]: what the head sees.
+
+Under torchrun every rank runs the detector over its share of the shards and writes them; the
+shards are the same whatever the number of processes (a shard is a fixed slice of the images,
+batched the same way).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from maskiou import distributed as D
+from maskiou.attach import find_adapter, find_maskiou_head
+from maskiou.records import Detections, output_to_detections, true_mask_ious
+
+from .cache import DiskSamples, HeadSamples, ShardWriter, key_hash, shard_record, write_manifest
+
+
+@runtime_checkable
+class CollectingAdapter(Protocol):
+    """An adapter that can also feed the add-on (see the module docstring)."""
+
+    name: str
+
+    def collect(self, model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]: ...
+
+
+def collecting_adapter(model: nn.Module) -> CollectingAdapter:
+    """The model's adapter, if it can run the collection pass (else a TypeError saying so)."""
+    adapter = find_adapter(model)
+    if not isinstance(adapter, CollectingAdapter):
+        raise TypeError(f"the adapter {adapter.name} has no collect(model, images): the add-on "
+                        "needs it to read each final detection's head inputs, score, box, label "
+                        "and pasted mask (see maskiou.addon.collect)")
+    return adapter
+
+
+def flip_back(output: dict[str, Tensor], width: int) -> dict[str, Tensor]:
+    """Detections of a mirrored image, mirrored back onto the original image (boxes and pasted
+    masks; the head's inputs stay as the detector saw them)."""
+    out = dict(output)
+    b = output["boxes"]
+    out["boxes"] = torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], dim=1)
+    out["masks"] = output["masks"].flip(-1)
+    return out
+
+
+@torch.no_grad()
+def detection_rows(model: nn.Module, dataset: Any, indices: list[int], *,
+                   device: str | torch.device = "cpu", batch_size: int = 8, flip: bool = False,
+                   max_detections: int = 100
+                   ) -> Iterator[tuple[int, dict[str, np.ndarray], Detections]]:
+    """Run the detector over ``dataset[indices]`` in batches; yield, per batch, (images done,
+    rows for the cache: float16 head inputs and the scalars of
+    :data:`maskiou.addon.cache.SCALARS`, the same rows as :class:`Detections`).
+
+    Args:
+        model: a detector with the MaskIoU head attached (its weights do not matter: only the
+            head's inputs are kept), its adapter able to ``collect``.
+        dataset: a :class:`maskiou.data.CocoInstanceDataset` with ground truth.
+        flip: run on the mirrored images (new detections of the same objects); the masks are
+            mirrored back before their true MaskIoU is measured.
+        max_detections: keep at most this many detections per image, the highest scored.
+    """
+    adapter = collecting_adapter(model)
+    model.eval().to(device)
+    for start in range(0, len(indices), batch_size):
+        batch = [dataset[i] for i in indices[start:start + batch_size]]
+        images = [img.to(device) for img, _ in batch]
+        outputs = adapter.collect(model, [img.flip(-1) for img in images] if flip else images)
+        feats, probs, parts = [], [], []
+        for img, (_, target), out in zip(images, batch, outputs):
+            out = {k: v[:max_detections] for k, v in out.items()}
+            feats.append(out.pop("roi_features").half().cpu())
+            probs.append(out.pop("mask_probs").half().cpu())
+            if flip:
+                out = flip_back(out, img.shape[-1])
+            parts.append(output_to_detections(out, int(target["image_id"]),
+                                              dataset.label_to_cat_id))
+        dets = Detections.concat(parts)
+        rows = {"roi_features": torch.cat(feats).numpy(), "mask_probs": torch.cat(probs).numpy(),
+                "labels": dets.labels, "cls_scores": dets.cls_scores, "maskness": dets.maskness,
+                "rel_areas": dets.rel_areas, "targets": true_mask_ious(dets, dataset.coco),
+                "image_ids": dets.image_ids}
+        if len(rows["roi_features"]) != len(dets):
+            raise RuntimeError(f"the adapter gave {len(rows['roi_features'])} head inputs for "
+                               f"{len(dets)} detections")
+        yield len(batch), rows, dets
+
+
+def collect_samples(model: nn.Module, dataset: Any, indices: list[int] | None = None, *,
+                    device: str | torch.device = "cpu", batch_size: int = 8,
+                    flip: bool = False, progress: bool = True, return_detections: bool = False,
+                    max_detections: int = 100) -> Any:
+    """:func:`detection_rows` kept in memory: :class:`HeadSamples`, or ``(samples,
+    detections)`` with ``return_detections`` (for scoring a split with cached head inputs). For
+    a cache that does not fit in memory, :func:`collect_to_cache`."""
+    indices = list(range(len(dataset))) if indices is None else indices
+    head = find_maskiou_head(model)
+    if head is None:
+        raise ValueError("collect_samples: attach the MaskIoU head first")
+    rows, dets = [], []
+    bar = tqdm(total=len(indices), disable=not progress, dynamic_ncols=True,
+               desc="detector on the add-on images" + (" (mirrored)" if flip else ""))
+    for n, r, d in detection_rows(model, dataset, indices, device=device, batch_size=batch_size,
+                                  flip=flip, max_detections=max_detections):
+        rows.append(HeadSamples.from_numpy(r))
+        dets.append(d)
+        bar.update(n)
+    bar.close()
+    if rows:
+        samples = HeadSamples.concat(rows)
+    else:
+        samples = HeadSamples.from_numpy(empty_rows(head))
+    return (samples, Detections.concat(dets)) if return_detections else samples
+
+
+def empty_rows(head: nn.Module) -> dict[str, np.ndarray]:
+    from .cache import SCALARS
+
+    return {"roi_features": np.zeros((0, head.in_channels, head.roi_size, head.roi_size),
+                                     np.float16),
+            "mask_probs": np.zeros((0, head.mask_size, head.mask_size), np.float16),
+            **{f: np.zeros(0, dtype) for f, dtype in SCALARS.items()}}
+
+
+def shard_plan(num_images: int, flip_indices: list[int], shard_images: int
+               ) -> list[tuple[str, list[int], bool]]:
+    """The shards of a collection: (name, image indices, mirrored), every image in order, then
+    the mirrored ones; each shard ``shard_images`` images (a multiple of the batch size keeps
+    the batches those of one pass over the images)."""
+    plan = []
+    for flip, indices in ((False, list(range(num_images))), (True, list(flip_indices))):
+        for k, start in enumerate(range(0, len(indices), shard_images)):
+            plan.append((f"{'flip' if flip else 'orig'}-{k:05d}",
+                         indices[start:start + shard_images], flip))
+    return plan
+
+
+def collect_to_cache(model: nn.Module, dataset: Any, directory: str | Path,
+                     key: dict[str, Any], flip_indices: list[int], *,
+                     device: str | torch.device = "cpu", batch_size: int = 8,
+                     max_detections: int = 100, shard_images: int = 64, progress: bool = True,
+                     log: Any = print) -> DiskSamples:
+    """The detections of every image of ``dataset``, and of the mirrored images at
+    ``flip_indices``, as a disk cache in ``directory`` written for ``key``.
+
+    Complete shards of the same key already there are kept (an interrupted collection resumes);
+    under torchrun shard k is written by rank k mod world size and every rank returns the
+    finished cache after a barrier. Memory: one detector batch of rows at a time.
+    """
+    if shard_images % batch_size:
+        raise ValueError(f"shard_images ({shard_images}) must be a multiple of batch_size "
+                         f"({batch_size})")
+    directory = Path(directory)
+    h = key_hash(key)
+    plan = shard_plan(len(dataset), flip_indices, shard_images)
+    rank, world = D.rank_and_world()
+    todo = [(name, idx, flip) for k, (name, idx, flip) in enumerate(plan)
+            if k % world == rank and shard_record(directory, name, h) is None]
+    t0 = time.perf_counter()
+    bar = tqdm(total=sum(len(idx) for _, idx, _ in todo), disable=not (progress and D.is_main()),
+               dynamic_ncols=True, desc="detector on the add-on images (mirrored ones too)"
+               if flip_indices else "detector on the add-on images", unit="img")
+    for name, idx, flip in todo:
+        writer = ShardWriter(directory, name, h)
+        try:
+            for n, rows, _ in detection_rows(model, dataset, idx, device=device,
+                                             batch_size=batch_size, flip=flip,
+                                             max_detections=max_detections):
+                writer.append(rows)
+                bar.update(n)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+    bar.close()
+    if todo:
+        done = sum(len(idx) for _, idx, _ in todo)
+        log(f"collected {done} images in {time.perf_counter() - t0:.0f} s "
+            f"({done / max(time.perf_counter() - t0, 1e-9):.1f} images/s"
+            f"{f' on rank {rank} of {world}' if world > 1 else ''})")
+    D.barrier()
+    if D.is_main():
+        head = find_maskiou_head(model)
+        shapes = {f: list(a.shape[1:]) for f, a in empty_rows(head).items()
+                  if f in ("roi_features", "mask_probs")}
+        write_manifest(directory, key, [name for name, _, _ in plan], shapes)
+    D.barrier()
+    return DiskSamples(directory, key)

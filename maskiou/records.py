@@ -1,0 +1,136 @@
+"""Per-detection records that the add-on and the evaluation both use: a detection kept as a
+compact record (an RLE mask, not a pixel array), its true MaskIoU against the best GT of its
+class, and the content fingerprints that say which images a fit has seen.
+
+Below ``maskiou.addon`` and ``maskiou.evaluation``; imports only the core (and numpy,
+pycocotools).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from maskiou.scoring import maskness
+
+
+@dataclass
+class Detections:
+    """All detections of a dataset split, flattened: arrays of length N (RLEs a list).
+
+    ``cls_scores``: the detector's class confidence; ``pred_ious``: the head's predicted MaskIoU
+    (1 for a model without a head); ``maskness``: :func:`maskiou.maskness` of each mask;
+    ``labels``: the model's contiguous labels (``category_ids`` are the dataset's ids);
+    ``rel_areas``: box area / image area.
+    """
+
+    image_ids: np.ndarray
+    category_ids: np.ndarray
+    boxes_xywh: np.ndarray  # [N, 4]
+    rles: list[dict[str, Any]]
+    cls_scores: np.ndarray
+    pred_ious: np.ndarray
+    maskness: np.ndarray
+    labels: np.ndarray
+    rel_areas: np.ndarray
+
+    ARRAYS = ("image_ids", "category_ids", "boxes_xywh", "cls_scores", "pred_ious", "maskness",
+              "labels", "rel_areas")
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @staticmethod
+    def empty() -> Detections:
+        return Detections(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), [],
+                          np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, np.int64),
+                          np.zeros(0))
+
+    @staticmethod
+    def concat(parts: list[Detections]) -> Detections:
+        if not parts:
+            return Detections.empty()
+        arrays = {k: np.concatenate([getattr(p, k) for p in parts]) for k in Detections.ARRAYS}
+        arrays["boxes_xywh"] = arrays["boxes_xywh"].reshape(-1, 4)
+        return Detections(rles=[r for p in parts for r in p.rles], **arrays)
+
+    def subset(self, index: np.ndarray) -> Detections:
+        """The detections at ``index`` (an int array or a boolean mask)."""
+        index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index)
+        arrays = {k: getattr(self, k)[index] for k in Detections.ARRAYS}
+        return Detections(rles=[self.rles[int(i)] for i in index], **arrays)
+
+
+def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """Tensor[n, H, W] bool -> n compressed RLEs (``counts`` as str, JSON-ready)."""
+    if len(masks) == 0:
+        return []
+    arr = np.asfortranarray(masks.permute(1, 2, 0).cpu().numpy().astype(np.uint8))
+    rles = mask_utils.encode(arr)
+    for r in rles:
+        r["counts"] = r["counts"].decode("ascii")
+    return rles
+
+
+def output_to_detections(output: dict[str, torch.Tensor], image_id: int,
+                         label_to_cat_id: dict[int, int], mask_threshold: float = 0.5
+                         ) -> Detections:
+    """One image's model output -> :class:`Detections`.
+
+    Args:
+        output: boxes Tensor[n, 4] xyxy, labels Tensor[n], masks Tensor[n, 1, H, W]
+            probabilities, ``cls_scores``, ``mask_ious`` and ``maskness`` Tensor[n]. A model
+            without the head has only ``scores``: the predicted IoU is then taken as 1 and the
+            maskness is computed from the pasted masks (the same quantity up to resampling).
+    """
+    n = len(output["boxes"])
+    boxes = output["boxes"].detach().float().cpu().numpy().reshape(n, 4)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    cls = output.get("cls_scores", output["scores"]).detach().float().cpu().numpy()
+    pred = output["mask_ious"].detach().float().cpu().numpy() if "mask_ious" in output \
+        else np.ones(n)
+    probs = output["masks"][:, 0]
+    mk = output["maskness"] if "maskness" in output else maskness(probs, mask_threshold)
+    labels = output["labels"].cpu().numpy().astype(np.int64)
+    height, width = probs.shape[-2:]
+    return Detections(
+        np.full(n, image_id, dtype=np.int64),
+        np.array([label_to_cat_id[int(x)] for x in labels], dtype=np.int64),
+        xywh, encode_masks(probs > mask_threshold), cls, pred,
+        mk.detach().float().cpu().numpy(), labels,
+        (xywh[:, 2] * xywh[:, 3]) / float(height * width),
+    )
+
+
+def true_mask_ious(dets: Detections, coco_gt: Any) -> np.ndarray:
+    """For each detection, the best mask IoU with a non-crowd GT instance of its category in its
+    image (0 when there is none). One pycocotools call per (image, category)."""
+    out = np.zeros(len(dets))
+    keys = np.stack([dets.image_ids, dets.category_ids], 1) if len(dets) else np.zeros((0, 2))
+    for image_id, cat_id in {tuple(k) for k in keys.tolist()}:
+        sel = np.where((dets.image_ids == image_id) & (dets.category_ids == cat_id))[0]
+        ann_ids = coco_gt.getAnnIds(imgIds=[int(image_id)], catIds=[int(cat_id)], iscrowd=False)
+        anns = coco_gt.loadAnns(ann_ids)
+        if not anns:
+            continue
+        gts = [coco_gt.annToRLE(a) for a in anns]
+        ious = mask_utils.iou([dets.rles[i] for i in sel], gts, [0] * len(gts))
+        out[sel] = np.asarray(ious).reshape(len(sel), len(gts)).max(axis=1)
+    return out
+
+
+def file_sha1(path: str | Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def image_fingerprints(dataset: Any, indices: list[int] | None = None) -> dict[str, int]:
+    """``{sha1 of the image file: image id}`` of a :class:`CocoInstanceDataset`: the images a
+    head or a recalibration was fitted on, recognised again whatever their ids or names."""
+    indices = list(range(len(dataset))) if indices is None else indices
+    return {file_sha1(dataset.image_path(i)): int(dataset.image_ids[i]) for i in indices}
