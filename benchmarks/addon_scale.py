@@ -159,7 +159,7 @@ def tree_memory_bytes(pid: int) -> tuple[int, int]:
 
 
 def run_addon(detector: Path, data: tuple[Path, Path], out: Path, cache_root: Path,
-              workers: int) -> dict[str, float]:
+              workers: int | None) -> dict[str, float]:
     """``maskiou-addon`` for one epoch in a child process: wall seconds, peak resident memory
     of its process tree (the CLI and its DataLoader workers: PSS summed, sampled every 0.2 s;
     and the largest single RSS),
@@ -167,7 +167,8 @@ def run_addon(detector: Path, data: tuple[Path, Path], out: Path, cache_root: Pa
     cmd = [sys.executable, "-m", "maskiou.addon", "--detector", str(detector),
            "--train-json", str(data[0]), "--train-images", str(data[1]),
            "--output-dir", str(out), "--cache-dir", str(cache_root), "--addon-epochs", "1",
-           "--addon-flip", "false", "--workers", str(workers), "--no-progress"]
+           "--addon-flip", "false", "--no-progress",
+           *(["--workers", str(workers)] if workers is not None else [])]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = peak_rss = 0
@@ -189,7 +190,8 @@ def run_addon(detector: Path, data: tuple[Path, Path], out: Path, cache_root: Pa
 
 def memory_vs_disk(cache: DiskSamples, rows: int, batches: int) -> dict[str, float]:
     """Head training throughput on the same ``batches`` batches of 256, from the disk cache
-    (DataLoader, 2 workers) and from memory (the rows loaded first), one after the other."""
+    (read as maskiou-addon reads it on this device) and from memory (the rows loaded first),
+    one after the other."""
     cfg = AddonConfig(epochs=1)
     g = torch.Generator().manual_seed(0)
     subset = torch.randperm(len(cache), generator=g)[:rows].sort().values
@@ -199,7 +201,7 @@ def memory_vs_disk(cache: DiskSamples, rows: int, batches: int) -> dict[str, flo
     for name, source, idx in (("disk", cache, subset[sel]), ("memory", memory, sel)):
         model, _ = attach_to_detector(DETECTOR_HOLDER["path"], cfg)
         head = model.roi_heads.maskiou_head
-        log = train_head(head, source, cfg, idx, progress=False, workers=2)
+        log = train_head(head, source, cfg, idx, progress=False)
         out[f"{name}_samples_per_s"] = round(log[0]["samples_per_s"], 1)
     out["disk_over_memory"] = round(out["disk_samples_per_s"] / out["memory_samples_per_s"], 3)
     return out
@@ -237,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collect-images", type=int, default=8)
     p.add_argument("--compare-batches", type=int, default=40,
                    help="batches of 256 for the disk-against-memory throughput")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None,
+                   help="maskiou-addon's --workers (default: its own)")
     p.add_argument("--out", default="results/addon_scale")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -301,9 +304,9 @@ def table(r: dict) -> str:
                 f"samples/s: {m['disk_over_memory']}x")
     for f in r.get("flop_bound", []):
         rows.append(f"- add-on head on {f['in_channels']}-channel RoI features: "
-                    f"{f['forward_gflops_per_sample']} GFLOPs a sample forward; at "
-                    f"{f['matmul_gflops']} GFLOP/s (float32 matmul here) training is bound near "
-                    f"{f['flop_bound_training_samples_per_s']} samples/s")
+                    f"{f['forward_gflops_per_sample']} GFLOPs a sample forward; "
+                    f"{f['matmul_gflops']} GFLOP/s (a float32 matmul here) would train "
+                    f"{f['flop_bound_training_samples_per_s']} samples/s at 3x the forward")
     return "\n".join(rows)
 
 

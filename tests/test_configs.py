@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from maskiou.addon.cli import config_from_args
 from maskiou.addon.fit import AddonConfig
@@ -42,10 +43,18 @@ def test_the_trainers_head_flags_reach_the_head_config():
                                           score_inputs=2)
 
 
+# an add-on checkpoint's "addon.config" as maskiou wrote it before the head had its own record
+# (the shipped add-on of the earlier releases, maskiou/pretrained/synthetic_cpu_addon.config.json)
+FLAT_ADDON = {"conv_channels": 64, "reduce_channels": 0, "num_convs": 2, "fc_dim": 256,
+              "fusion": "concat", "mask_features": 0, "score_inputs": True, "min_target": -1.0,
+              "target": "coco", "flip": True, "max_detections": 100, "loss": "l2",
+              "rank_weight": 0.1, "epochs": 12, "batch_size": 256, "lr": 0.001,
+              "weight_decay": 0.0001, "seed": 0, "recalibration": "logistic",
+              "recalibration_holdout": 0.2}
+
+
 def test_the_add_on_reads_its_old_flat_config_and_routes_head_fields():
-    shipped = load_checkpoint(shipped_model_path("addon"))["addon"]["config"]
-    assert shipped["score_inputs"] is True and "head" not in shipped
-    assert AddonConfig.from_dict(shipped) == AddonConfig()
+    assert AddonConfig.from_dict(FLAT_ADDON) == AddonConfig()
     assert AddonConfig.from_dict({"score_inputs": False}).head.score_inputs == 0
     assert AddonConfig.from_dict(dataclasses.asdict(AddonConfig(epochs=3))).epochs == 3
     light = AddonConfig().replace(reduce_channels=32, conv_channels=32, epochs=2)
@@ -53,6 +62,26 @@ def test_the_add_on_reads_its_old_flat_config_and_routes_head_fields():
                                     fc_dim=256, score_inputs=2) and light.epochs == 2
     assert AddonConfig(loss="bce").head_kwargs()["output"] == "sigmoid"
     assert AddonConfig().head_kwargs()["output"] == "linear"
+
+
+def test_an_add_on_checkpoint_written_before_the_head_config_loads_and_scores(tmp_path):
+    """The flat form of both records (the model's config and the add-on's), as earlier
+    releases wrote them: it rebuilds the same model, head included, and the demo's reader
+    takes its add-on config."""
+    from maskiou.models.checkpoint import save_atomic
+    from maskiou.models.load import load_trained_model
+
+    ckpt = load_checkpoint(shipped_model_path("addon"))
+    head = ckpt["config"].pop("maskiou_head")
+    ckpt["config"].update({f"maskiou_{k}": v for k, v in head.items()})
+    ckpt["addon"]["config"] = FLAT_ADDON
+    save_atomic(ckpt, tmp_path / "old_addon.pt")
+    old, meta = load_trained_model(tmp_path / "old_addon.pt")
+    new, _ = load_trained_model(shipped_model_path("addon"))
+    assert old.roi_heads.maskiou_head.score_inputs == 2
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(),
+                                                 new.state_dict().values()))
+    assert AddonConfig.from_dict(meta["addon"]["config"]) == AddonConfig()
 
 
 def test_add_on_flags_reach_the_config_and_its_head():

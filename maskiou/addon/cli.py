@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                    "OUTPUT_DIR/cache); one subfolder per detector, images and settings")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto; under torchrun "
                    "each rank takes its local GPU")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader processes reading the "
-                   "cache during head training (0: read in this process)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader processes reading the "
+                   "cache during head training (0: read in this process; default: 0 on a CPU, "
+                   "2 on a GPU)")
     p.add_argument("--no-progress", action="store_true")
     add_config_flags(p)
     args = p.parse_args(argv)

@@ -7,7 +7,8 @@ which detections the head trains on, what it regresses, its loss, its architectu
 Feeding: the samples come from memory (:class:`HeadSamples`) or from the disk cache
 (:class:`DiskSamples`). On a GPU the samples the head trains on are moved to device memory once
 when they fit (half the free memory) and every batch is gathered there; otherwise batches are
-read by DataLoader workers, pinned and copied ahead of use. Either way the batches, and so the
+read by DataLoader workers, pinned and copied ahead of use (on a CPU: read in the training
+process, see :func:`default_workers`). Either way the batches, and so the
 trained head, are the same: one seeded permutation of the rows.
 """
 
@@ -170,15 +171,23 @@ def fits_on_device(nbytes: int, device: torch.device) -> bool:
     return nbytes <= free // 2
 
 
+def default_workers(device: torch.device) -> int:
+    """DataLoader processes for reading the disk cache: none on a CPU (positioned reads from the
+    page cache cost about what gathering in memory does, measured, and workers would take the
+    cores the head trains on), 2 on a GPU (reading and pinning overlap the device's work)."""
+    return 2 if device.type == "cuda" else 0
+
+
 def iter_batches(samples: Samples, order: list[Tensor], device: str | torch.device,
-                 workers: int = 2) -> Iterator[HeadSamples]:
+                 workers: int | None = None) -> Iterator[HeadSamples]:
     """The batches ``samples.batch(rows)`` for each ``rows`` of ``order``, on ``device``.
 
     In-memory samples are gathered where they are; disk samples are read by ``workers``
     DataLoader processes (pinned, copied without blocking, on a GPU) or in this process with
-    ``workers=0``.
+    ``workers=0`` (None: :func:`default_workers`).
     """
     device = torch.device(device)
+    workers = default_workers(device) if workers is None else workers
     if isinstance(samples, HeadSamples) or workers == 0:
         for rows in order:
             yield samples.batch(rows).to(device, non_blocking=True)
@@ -205,7 +214,7 @@ def staged(samples: Samples, rows: Tensor, device: str | torch.device
 
 @torch.no_grad()
 def predict_ious(head: MaskIoUHead, samples: Samples, rows: Tensor | None = None,
-                 batch_size: int = 1024, workers: int = 0) -> Tensor:
+                 batch_size: int = 1024, workers: int | None = None) -> Tensor:
     """The head's predicted MaskIoU of each sample's class (all, or ``rows``), clamped to
     [0, 1]: Tensor[D] float32 on the CPU."""
     head.eval()
@@ -218,7 +227,7 @@ def predict_ious(head: MaskIoUHead, samples: Samples, rows: Tensor | None = None
 
 
 def train_head(head: MaskIoUHead, samples: Samples, cfg: AddonConfig,
-               rows: Tensor | None = None, *, progress: bool = True, workers: int = 2,
+               rows: Tensor | None = None, *, progress: bool = True, workers: int | None = None,
                log: Any = None) -> list[dict[str, float]]:
     """Train ``head`` alone on cached samples (all, or ``rows``): AdamW, cosine schedule,
     batches from one seeded permutation per epoch, on the head's device.

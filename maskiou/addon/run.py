@@ -130,7 +130,8 @@ class AddonFit:
 
 def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1: str,
               cache: Path | None = None, device: str | torch.device = "cpu",
-              progress: bool = True, log: Any = print, workers: int = 2) -> AddonFit | None:
+              progress: bool = True, log: Any = print, workers: int | None = None
+              ) -> AddonFit | None:
     """Train the head attached to ``model`` (detector frozen) on the detections of ``dataset``
     and fit the recalibration on a held-out share of its images.
 
@@ -166,7 +167,7 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
         f"{len(ids) - len(held)} images ({time.perf_counter() - t0:.0f} s, {rate:.0f} samples/s)")
     recal = None
     if held:
-        pred = predict_ious(head, samples, recal_rows, workers=0).numpy()
+        pred = predict_ious(head, samples, recal_rows, workers=workers).numpy()
         r = recal_rows
         recal = Recalibration.fit(
             cfg.recalibration, samples.cls_scores[r].numpy(), pred,
@@ -183,7 +184,7 @@ def train_addon(detector: str | Path, train_json: str | Path, train_images: str 
                 output_dir: str | Path, cfg: AddonConfig | None = None, *,
                 device: str | torch.device = "cpu", progress: bool = True,
                 log: Any = print, cache_dir: str | Path | None = None,
-                workers: int = 2) -> Path | None:
+                workers: int | None = None) -> Path | None:
     """Attach a head to ``detector``, train it alone on the detections of the add-on images
     (:func:`fit_addon`), and write ``output_dir/model_final.pt`` (on rank 0; other ranks only
     collect and return None).
