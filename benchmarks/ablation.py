@@ -70,6 +70,95 @@ ROWS: dict[str, tuple[str, dict[str, Any], int]] = {
 }
 
 
+# the learning curve: add-on images, and the draws of them at the small sizes (each seed draws
+# other images and sets the head's seed: initialization, batch order, the held-out fifth)
+CURVE_SIZES = (125, 250, 500, 1000, 2000, 4000)
+CURVE_SEEDS = (0, 1, 2)
+CURVE_SEEDED_UP_TO = 500
+
+
+def curve_rows() -> list[tuple[str, int, int]]:
+    """(row name, add-on images, seed) of the learning curve."""
+    return [(f"curve-{n}-seed{s}", n, s) for n in CURVE_SIZES
+            for s in (CURVE_SEEDS if n <= CURVE_SEEDED_UP_TO else CURVE_SEEDS[:1])]
+
+
+def curve_image_seed(seed: int) -> int:
+    """The generator seed of draw ``seed`` of add-on images (draw 0: the main job's)."""
+    from maskiou.models.paths import ADDON_SEED
+
+    return ADDON_SEED + 100 * seed
+
+
+def curve_summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per size: the mean over its seeds (and min, max) of recalibrated and rescored mask AP and
+    AP75, and of the best learned score's gain over maskness."""
+    out = []
+    for n in sorted({r["images"] for r in results}):
+        rows = [r["segm"] for r in results if r["images"] == n]
+        vals: dict[str, list[float]] = {}
+        for seg in rows:
+            best = max(("rescored", "recalibrated"), key=lambda k: seg[k]["AP"])
+            for key, v in (("recal_ap", seg["recalibrated"]["AP"]),
+                           ("recal_ap75", seg["recalibrated"]["AP75"]),
+                           ("rescored_ap", seg["rescored"]["AP"]),
+                           ("rescored_ap75", seg["rescored"]["AP75"]),
+                           ("gain_ap", seg[best]["AP"] - seg["maskness"]["AP"]),
+                           ("gain_ap75", seg[best]["AP75"] - seg["maskness"]["AP75"])):
+                vals.setdefault(key, []).append(v)
+        out.append({"images": n, "seeds": len(rows),
+                    **{k: {"mean": float(np.mean(v)), "min": min(v), "max": max(v)}
+                       for k, v in vals.items()}})
+    return out
+
+
+def curve_table(summary: list[dict[str, Any]]) -> str:
+    """The learning curve as a Markdown table: mean (min to max over the seeds)."""
+    def cell(d: dict[str, float], sign: str = "") -> str:
+        if d["min"] == d["max"]:
+            return f"{d['mean']:{sign}.2f}"
+        return f"{d['mean']:{sign}.2f} ({d['min']:{sign}.2f} to {d['max']:{sign}.2f})"
+
+    lines = ["| add-on images | seeds | recalibrated AP | recalibrated AP75 | rescored AP | "
+             "rescored AP75 | best - maskness AP | best - maskness AP75 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summary:
+        lines.append(f"| {r['images']} | {r['seeds']} | {cell(r['recal_ap'])} | "
+                     f"{cell(r['recal_ap75'])} | {cell(r['rescored_ap'])} | "
+                     f"{cell(r['rescored_ap75'])} | {cell(r['gain_ap'], '+')} | "
+                     f"{cell(r['gain_ap75'], '+')} |")
+    return "\n".join(lines)
+
+
+def plot_curve(path: Path, summary: list[dict[str, Any]], reference: dict[str, Any]) -> None:
+    """curve.png: mask AP against add-on images (log scale), mean and seed range of the
+    recalibrated and rescored scores, with maskness and the oracle as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    n = [r["images"] for r in summary]
+    for key, label, color in (("recal_ap", "recalibrated", "C0"),
+                              ("rescored_ap", "rescored (cls x head)", "C1")):
+        mean = [r[key]["mean"] for r in summary]
+        ax.plot(n, mean, "o-", color=color, label=label)
+        ax.fill_between(n, [r[key]["min"] for r in summary], [r[key]["max"] for r in summary],
+                        color=color, alpha=0.2)
+    for name, label, style in (("maskness", "maskness (free)", "k--"),
+                               ("cls", "class score", "k:"), ("oracle", "oracle", "g-.")):
+        ax.axhline(reference[name]["AP"], color=style[0], ls=style[1:], lw=1, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(n, [str(x) for x in n])
+    ax.set(xlabel="labeled add-on images", ylabel="mask AP (embedded val)",
+           title="How many labeled images the add-on needs")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def evaluate_row(name: str, cfg: AddonConfig, detector: str, train_set: Any, cache: Path,
                  val: Any, val_dets: Any, coco_gt: Any, device: str, progress: bool
                  ) -> dict[str, Any]:
@@ -129,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     for split in ("train", "val"):
         p.add_argument(f"--{split}-json")
         p.add_argument(f"--{split}-images")
+    p.add_argument("--curve", action="store_true", help="the learning curve instead of the "
+                   "rows: add-on images 125 to 4,000, three draws at the sizes up to 500; "
+                   "writes curve.json, curve.md and curve.png")
     p.add_argument("--output-dir", default="results/ablation")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
@@ -143,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = attach_to_detector(detector, AddonConfig(), args.device)
     val, val_dets = collect_samples(model, val_set, device=args.device, progress=progress,
                                     return_detections=True)
+    if args.curve:
+        return run_curve(args, detector, val, val_dets, val_set, out, progress)
     saved = out / "ablation.json"  # rows measured before stay, rerun ones are replaced
     results = [r for r in (json.loads(saved.read_text()) if saved.is_file() else [])
                if r["row"] not in args.rows]
@@ -165,6 +259,40 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(md)
     print(f"\nwrote {out}/ablation.json and ablation.md")
+    return 0
+
+
+def run_curve(args: argparse.Namespace, detector: str, val: Any, val_dets: Any, val_set: Any,
+              out: Path, progress: bool) -> int:
+    """The learning curve (``--curve``) on the embedded add-on images."""
+    from maskiou.evaluation.benchmark import addon_split
+
+    if args.train_json:
+        raise SystemExit("ablation.py: --curve draws embedded add-on images; it takes no "
+                         "--train-json")
+    saved = out / "curve.json"
+    results = json.loads(saved.read_text()) if saved.is_file() else []
+    done = {r["row"] for r in results}
+    todo = [row for row in curve_rows() if row[0] not in done]
+    t0 = time.perf_counter()
+    for k, (name, images, seed) in enumerate(todo):
+        cfg = AddonConfig(seed=seed)
+        train_json, train_images = addon_split(images, progress, seed=curve_image_seed(seed))
+        r = evaluate_row(name, cfg, detector, CocoInstanceDataset(train_json, train_images),
+                         out / "cache", val, val_dets, val_set.coco, args.device, progress)
+        r.update(what=f"{images} add-on images, draw {seed}", config=dataclasses.asdict(cfg),
+                 images=images, seed=seed)
+        results.append(r)
+        saved.write_text(json.dumps(results, indent=2) + "\n")
+        el = time.perf_counter() - t0
+        print(f"[{k + 1}/{len(todo)}] {table([r]).splitlines()[2]} (ETA "
+              f"{el / (k + 1) * (len(todo) - k - 1):.0f} s)", flush=True)
+    summary = curve_summary(results)
+    md = curve_table(summary)
+    (out / "curve.md").write_text(md + "\n")
+    plot_curve(out / "curve.png", summary, results[0]["segm"])
+    print(md)
+    print(f"\nwrote {out}/curve.json, curve.md and curve.png")
     return 0
 
 

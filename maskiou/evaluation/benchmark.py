@@ -143,15 +143,19 @@ def embedded_val(progress: bool = True, cfg: TrainConfig | None = None) -> tuple
     return resolve_split(cfg or embedded_config(), "val", progress=progress)
 
 
-def addon_split(num_images: int = ADDON_IMAGES, progress: bool = True, image_size: int = 128
-                ) -> tuple[Path, Path]:
+def addon_split(num_images: int = ADDON_IMAGES, progress: bool = True, image_size: int = 128,
+                seed: int | None = None) -> tuple[Path, Path]:
     """Labeled add-on images for the embedded data, generated with another seed than the
-    detector's training images (the detector never saw them)."""
+    detector's training images (the detector never saw them); ``seed`` draws other ones
+    (default: ``ADDON_SEED``, the main job's)."""
     from maskiou.data.synthetic import generate_synthetic_coco
     from maskiou.models.paths import ADDON_SEED
 
-    paths = generate_synthetic_coco(addon_dir(num_images, image_size), num_images, 0,
-                                    seed=ADDON_SEED, image_size=image_size, progress=progress)
+    seed = ADDON_SEED if seed is None else seed
+    if seed == 0:
+        raise ValueError("seed 0 draws the detector's own training and validation images")
+    paths = generate_synthetic_coco(addon_dir(num_images, image_size, seed), num_images, 0,
+                                    seed=seed, image_size=image_size, progress=progress)
     return paths.train_json, paths.train_images
 
 

@@ -49,9 +49,10 @@ def resolve_split(cfg: TrainConfig, split: str, progress: bool = True) -> tuple[
 ADDON_SEED = 1  # the add-on images of the embedded data: generated with another seed
 
 
-def addon_dir(num_images: int, image_size: int = 128) -> Path:
-    """Where the embedded add-on images live: labeled images the shipped detector never saw."""
-    return cache_dir() / f"addon_s{image_size}_n{num_images}_seed{ADDON_SEED}"
+def addon_dir(num_images: int, image_size: int = 128, seed: int = ADDON_SEED) -> Path:
+    """Where the embedded add-on images live: labeled images the shipped detector never saw
+    (another ``seed``: another draw of such images)."""
+    return cache_dir() / f"addon_s{image_size}_n{num_images}_seed{seed}"
 
 
 SHIPPED = {"end_to_end": "synthetic_cpu.pt", "plain": "synthetic_cpu_plain.pt",
