@@ -65,6 +65,13 @@ ROWS: dict[str, tuple[str, dict[str, Any], int]] = {
     "seed-1": ("the shipped config with another seed (head initialization, batch order, "
                "held-out images): the run-to-run spread", {"seed": 1}, ADDON_IMAGES),
     "seed-2": ("... and a third seed", {"seed": 2}, ADDON_IMAGES),
+    "crossfit-5": ("cross-fitting over 5 folds instead of the held-out fifth, the shipped head "
+                   "trained on every image", {"crossfit_folds": 5}, ADDON_IMAGES),
+    "crossfit-5-average": ("cross-fitting over 5 folds, the shipped head the fold heads' "
+                           "average", {"crossfit_folds": 5, "crossfit_final": "average"},
+                           ADDON_IMAGES),
+    "photometric": ("a brightness and contrast jitter of each training image as a third view",
+                    {"photometric": True}, ADDON_IMAGES),
     "images-1000": ("1,000 add-on images", {}, 1000),
     "images-4000": ("4,000 add-on images", {}, 4000),
 }
@@ -77,9 +84,9 @@ CURVE_SEEDS = (0, 1, 2)
 CURVE_SEEDED_UP_TO = 500
 
 
-def curve_rows() -> list[tuple[str, int, int]]:
+def curve_rows(sizes: tuple[int, ...] = CURVE_SIZES) -> list[tuple[str, int, int]]:
     """(row name, add-on images, seed) of the learning curve."""
-    return [(f"curve-{n}-seed{s}", n, s) for n in CURVE_SIZES
+    return [(f"curve-{n}-seed{s}", n, s) for n in sizes
             for s in (CURVE_SEEDS if n <= CURVE_SEEDED_UP_TO else CURVE_SEEDS[:1])]
 
 
@@ -220,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{split}-images")
     p.add_argument("--curve", action="store_true", help="the learning curve instead of the "
                    "rows: add-on images 125 to 4,000, three draws at the sizes up to 500; "
-                   "writes curve.json, curve.md and curve.png")
+                   "writes curve.json, curve.md and curve.png (--curve-set: other names)")
+    p.add_argument("--curve-sizes", nargs="+", type=int, default=list(CURVE_SIZES),
+                   help="the curve's sizes (default: all)")
+    p.add_argument("--curve-set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="AddonConfig changes for the curve's rows (e.g. crossfit_folds=5); "
+                   "its files are then curve-FIELD-VALUE.json, .md, .png")
     p.add_argument("--output-dir", default="results/ablation")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
@@ -270,15 +282,18 @@ def run_curve(args: argparse.Namespace, detector: str, val: Any, val_dets: Any, 
     if args.train_json:
         raise SystemExit("ablation.py: --curve draws embedded add-on images; it takes no "
                          "--train-json")
-    saved = out / "curve.json"
+    changes = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v
+               for k, v in (item.split("=", 1) for item in args.curve_set)}
+    name = "curve" + "".join(f"-{k}-{v}" for k, v in changes.items()).replace("_", "-")
+    saved = out / f"{name}.json"
     results = json.loads(saved.read_text()) if saved.is_file() else []
     done = {r["row"] for r in results}
-    todo = [row for row in curve_rows() if row[0] not in done]
+    todo = [row for row in curve_rows(tuple(args.curve_sizes)) if row[0] not in done]
     t0 = time.perf_counter()
-    for k, (name, images, seed) in enumerate(todo):
-        cfg = AddonConfig(seed=seed)
+    for k, (row, images, seed) in enumerate(todo):
+        cfg = AddonConfig().replace(seed=seed, **changes)
         train_json, train_images = addon_split(images, progress, seed=curve_image_seed(seed))
-        r = evaluate_row(name, cfg, detector, CocoInstanceDataset(train_json, train_images),
+        r = evaluate_row(row, cfg, detector, CocoInstanceDataset(train_json, train_images),
                          out / "cache", val, val_dets, val_set.coco, args.device, progress)
         r.update(what=f"{images} add-on images, draw {seed}", config=dataclasses.asdict(cfg),
                  images=images, seed=seed)
@@ -289,10 +304,10 @@ def run_curve(args: argparse.Namespace, detector: str, val: Any, val_dets: Any, 
               f"{el / (k + 1) * (len(todo) - k - 1):.0f} s)", flush=True)
     summary = curve_summary(results)
     md = curve_table(summary)
-    (out / "curve.md").write_text(md + "\n")
-    plot_curve(out / "curve.png", summary, results[0]["segm"])
+    (out / f"{name}.md").write_text(md + "\n")
+    plot_curve(out / f"{name}.png", summary, results[0]["segm"])
     print(md)
-    print(f"\nwrote {out}/curve.json, curve.md and curve.png")
+    print(f"\nwrote {out}/{name}.json, {name}.md and {name}.png")
     return 0
 
 

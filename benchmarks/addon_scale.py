@@ -82,7 +82,7 @@ def collect_real_rows(detector: Path, dataset: CocoInstanceDataset, images: int,
     model, _ = attach_to_detector(detector, AddonConfig())
     model.roi_heads.score_thresh = 0.0
     t0 = time.perf_counter()
-    cache = collect_to_cache(model, Subset(dataset, images), out / "real", {"real": images}, [],
+    cache = collect_to_cache(model, Subset(dataset, images), out / "real", {"real": images}, {},
                              batch_size=1, shard_images=images, log=print)
     return cache, images / (time.perf_counter() - t0)
 
@@ -106,14 +106,14 @@ def write_cache(real: DiskSamples, dataset: CocoInstanceDataset, detector: Path,
     """The cache ``maskiou-addon`` looks for (its key: this detector, these images, no mirror),
     each image's rows copied from a real image's. Returns (its folder, bytes of its shards)."""
     fingerprints = image_fingerprints(dataset)
-    key = cache_key(file_sha1(detector), fingerprints, [], cfg.max_detections)
+    key = cache_key(file_sha1(detector), fingerprints, {}, cfg.max_detections)
     folder = cache_root / key_hash(key)[:16]
     if (folder / "manifest.json").is_file():
         return folder, sum(p.stat().st_size for p in folder.iterdir())
     pool = real.load()
     per_image = min(DETECTIONS, len(pool))
     h = key_hash(key)
-    plan = shard_plan(len(dataset), [], 64)
+    plan = shard_plan(len(dataset), {}, 64)
     t0 = time.perf_counter()
     for k, (name, indices, _) in enumerate(plan):
         writer = ShardWriter(folder, name, h)

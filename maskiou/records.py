@@ -8,7 +8,9 @@ pycocotools).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ import torch
 from pycocotools import mask as mask_utils
 
 from maskiou.scoring import maskness
+
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 @dataclass
@@ -134,3 +138,48 @@ def image_fingerprints(dataset: Any, indices: list[int] | None = None) -> dict[s
     head or a recalibration was fitted on, recognised again whatever their ids or names."""
     indices = list(range(len(dataset))) if indices is None else indices
     return {file_sha1(dataset.image_path(i)): int(dataset.image_ids[i]) for i in indices}
+
+
+def coco_ap(coco_gt: Any, results: list[dict[str, Any]], iou_type: str,
+            backend: str = "pycocotools", image_ids: list[int] | None = None
+            ) -> dict[str, float]:
+    """AP, AP50, AP75, APs, APm, APl in percent (pycocotools' stats x 100; -1 where the split
+    has no GT of that size), over ``image_ids`` (default: every image of ``coco_gt``)."""
+    if not results:
+        return dict.fromkeys(AP_KEYS, 0.0)
+    if backend not in ("pycocotools", "faster-coco-eval"):
+        raise ValueError(f"eval backend must be pycocotools or faster-coco-eval, got {backend!r}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        if backend == "pycocotools":
+            from pycocotools.cocoeval import COCOeval
+        else:
+            from faster_coco_eval import COCO
+            from faster_coco_eval import COCOeval_faster as COCOeval
+
+            gt = COCO()
+            gt.dataset = coco_gt.dataset
+            gt.createIndex()
+            coco_gt = gt
+        dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes edits the dicts it gets
+        ev = COCOeval(coco_gt, dt, iou_type)
+        if image_ids is not None:
+            ev.params.imgIds = sorted(int(i) for i in image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    # -1 (no GT in that area range) stays -1, as pycocotools reports it
+    return {k: round(float(v) * 100, 3) if v >= 0 else -1.0 for k, v in zip(AP_KEYS, ev.stats[:6])}
+
+
+def coco_results(dets: Detections, scores: np.ndarray, iou_type: str) -> list[dict[str, Any]]:
+    """COCO results JSON entries for ``iou_type`` "segm" or "bbox" with the given scores."""
+    out = []
+    for i in range(len(dets)):
+        entry = {"image_id": int(dets.image_ids[i]), "category_id": int(dets.category_ids[i]),
+                 "score": float(scores[i])}
+        if iou_type == "segm":
+            entry["segmentation"] = dets.rles[i]
+        else:
+            entry["bbox"] = [round(float(v), 2) for v in dets.boxes_xywh[i]]
+        out.append(entry)
+    return out

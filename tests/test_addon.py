@@ -82,7 +82,7 @@ def _samples(n: int = 64, seed: int = 0) -> HeadSamples:
     return HeadSamples(torch.randn(n, 8, 14, 14, generator=g).half(), probs.half(),
                        torch.randint(1, 3, (n,), generator=g), torch.rand(n, generator=g),
                        probs.float().mean((1, 2)), torch.rand(n, generator=g), targets,
-                       torch.arange(n))
+                       torch.arange(n), torch.zeros(n, dtype=torch.int8))
 
 
 def test_train_head_lowers_the_loss_and_leaves_a_contiguous_eval_head():
@@ -117,7 +117,7 @@ def test_collected_samples_align_with_the_detections_and_their_true_mask_iou(dat
     assert samples.roi_features.shape[1:] == (64, 14, 14)
     assert samples.cls_scores.tolist() == pytest.approx(dets.cls_scores.tolist())
     assert samples.targets.numpy() == pytest.approx(true_mask_ious(dets, val.coco), abs=1e-6)
-    mirrored = collect_samples(model, val, [0], flip=True, progress=False)
+    mirrored = collect_samples(model, val, [0], view="mirror", progress=False)
     assert set(mirrored.image_ids.tolist()) == {int(val.image_ids[0])}
     top, top_dets = collect_samples(model, val, progress=False, return_detections=True,
                                     max_detections=1)
@@ -192,3 +192,78 @@ def test_recalibration_refuses_the_images_it_was_fitted_on_naming_their_ids():
     recal.check_not_fitted_on({"ccc": 11, "ddd": 30}, "val.json")  # same id, other image: fine
     with pytest.raises(RecalibrationError, match=r"val.json: 1 of its images \(ids 99\)"):
         recal.check_not_fitted_on({"bbb": 99, "ccc": 11}, "val.json")
+
+
+def test_image_folds_deal_every_image_once_by_seed():
+    from maskiou.addon.run import image_folds
+
+    ids = list(range(100, 110))
+    folds = image_folds(ids, 3, seed=0)
+    assert sorted(len(f) for f in folds) == [3, 3, 4]
+    assert set().union(*folds) == set(ids) and sum(len(f) for f in folds) == 10
+    assert folds == image_folds(ids, 3, seed=0) and folds != image_folds(ids, 3, seed=1)
+
+
+def test_crossfit_predicts_each_fold_with_a_head_that_never_saw_it():
+    """Two folds: the out-of-fold prediction of fold A is exactly what a head trained from the
+    same initialization on fold B's rows (all views) predicts; mirrored rows are never
+    predicted; "average" leaves the mean of the two fold heads."""
+    from maskiou.addon.run import crossfit_head, image_folds
+
+    samples = _samples(96)
+    samples.image_ids = torch.arange(96) // 4  # 24 images of 4 detections
+    samples.views = (torch.arange(96) % 4 == 3).to(torch.int8)  # one mirrored row per image
+    cfg = AddonConfig(epochs=2, batch_size=16, crossfit_folds=2, crossfit_final="average")
+    torch.manual_seed(0)
+    head = MaskIoUHead(8, 3, conv_channels=8, num_convs=2, fc_dim=32, score_inputs=2)
+    init = {k: v.clone() for k, v in head.state_dict().items()}
+    rows, oof, _ = crossfit_head(head, samples, cfg, list(range(24)), False, 0, lambda m: None)
+    assert rows.tolist() == [i for i in range(96) if i % 4 != 3]
+    states = []
+    for fold in image_folds(list(range(24)), 2, cfg.seed):
+        inside = torch.isin(samples.image_ids, torch.tensor(sorted(fold)))
+        again = MaskIoUHead(8, 3, conv_channels=8, num_convs=2, fc_dim=32, score_inputs=2)
+        again.load_state_dict(init)
+        train_head(again, samples, cfg, torch.where(~inside)[0], progress=False, workers=0)
+        mine = torch.where(inside & (samples.views == 0))[0]
+        assert torch.equal(oof[torch.isin(rows, mine)], predict_ious(again, samples, mine))
+        states.append(again.state_dict())
+    for k, v in head.state_dict().items():
+        assert torch.allclose(v, (states[0][k] + states[1][k]) / 2, atol=1e-7), k
+
+
+def test_crossfit_addon_reports_its_held_out_gain_and_warns_when_it_is_not_positive(
+        data, tmp_path):
+    names = CocoInstanceDataset(data["addon"].train_json, data["addon"].train_images).class_names
+    detector = write_tiny_plain_checkpoint(tmp_path / "plain.pt", names)
+    logs = []
+    with pytest.warns(UserWarning, match="did not beat maskness on its own held-out images"):
+        path = train_addon(detector, data["addon"].train_json, data["addon"].train_images,
+                           tmp_path / "run", AddonConfig(epochs=1, crossfit_folds=2),
+                           progress=False, log=logs.append)
+    ckpt = load_checkpoint(path)
+    held = ckpt["addon"]["heldout"]
+    # every image predicted out of fold, every detection of the images as they are
+    assert held["images"] == 10 and set(held["mask_ap"]) == {"maskness", "rescored",
+                                                             "recalibrated"}
+    assert held["gain"] == pytest.approx(held["mask_ap"][held["best"]]
+                                         - held["mask_ap"]["maskness"], abs=1e-3)
+    assert len(load_recalibration(ckpt).fitted_on) == 10  # the recalibration saw every image
+    assert any(m.startswith("held-out check on 10 add-on images") for m in logs)
+    assert sum("cross-fitting: fold" in m for m in logs) == 2
+
+
+def test_photometric_view_is_a_seeded_brightness_and_contrast_jitter():
+    from maskiou.addon.collect import photometric, view_of
+
+    flat = torch.full((3, 4, 4), 0.5)
+    g = torch.Generator().manual_seed(7)
+    u = torch.rand(2, generator=g).tolist()
+    assert torch.allclose(photometric(flat, 7), torch.full((3, 4, 4), 0.5 * (0.75 + 0.5 * u[1])))
+    img = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = view_of(img, "photometric", 3)
+    assert torch.equal(out, view_of(img, "photometric", 3)) and not torch.equal(out, img)
+    assert out.min() >= 0 and out.max() <= 1
+    assert torch.equal(view_of(img, "mirror", 3), img.flip(-1))
+    with pytest.raises(ValueError, match="view must be one of"):
+        view_of(img, "rotate", 3)

@@ -40,7 +40,8 @@ def _rows(n: int, start: int, c: int = 3, s: int = 2, m: int = 4) -> dict[str, n
     feats = ids[:, None, None, None] + np.arange(c * s * s).reshape(1, c, s, s) / 1000
     return {"roi_features": feats, "mask_probs": np.tile(ids[:, None, None] / 100, (1, m, m)),
             "labels": ids % 3, "cls_scores": ids / 100, "maskness": ids / 200,
-            "rel_areas": ids / 300, "targets": ids / 400, "image_ids": ids // 2}
+            "rel_areas": ids / 300, "targets": ids / 400, "image_ids": ids // 2,
+            "views": ids % 2}
 
 
 def _write_cache(directory: Path, sizes: list[int], key: dict) -> DiskSamples:
@@ -95,10 +96,10 @@ def test_an_aborted_shard_leaves_nothing_that_looks_written(tmp_path):
 
 
 def test_shard_plan_slices_images_then_mirrors_in_fixed_shards():
-    plan = shard_plan(5, [0, 2, 4], 2)
-    assert plan == [("orig-00000", [0, 1], False), ("orig-00001", [2, 3], False),
-                    ("orig-00002", [4], False), ("flip-00000", [0, 2], True),
-                    ("flip-00001", [4], True)]
+    plan = shard_plan(5, {"photometric": [1], "mirror": [0, 2, 4]}, 2)
+    assert plan == [("orig-00000", [0, 1], "image"), ("orig-00001", [2, 3], "image"),
+                    ("orig-00002", [4], "image"), ("flip-00000", [0, 2], "mirror"),
+                    ("flip-00001", [4], "mirror"), ("photo-00000", [1], "photometric")]
 
 
 def _samples(n: int = 96, seed: int = 0) -> HeadSamples:
@@ -108,7 +109,7 @@ def _samples(n: int = 96, seed: int = 0) -> HeadSamples:
     return HeadSamples(torch.randn(n, 8, 14, 14, generator=g).half(), probs.half(),
                        torch.randint(1, 3, (n,), generator=g), torch.rand(n, generator=g),
                        probs.float().mean((1, 2)), torch.rand(n, generator=g), targets,
-                       torch.arange(n))
+                       torch.arange(n), torch.zeros(n, dtype=torch.int8))
 
 
 def _to_disk(samples: HeadSamples, directory: Path, shard_rows: int = 40) -> DiskSamples:
@@ -118,7 +119,7 @@ def _to_disk(samples: HeadSamples, directory: Path, shard_rows: int = 40) -> Dis
         part = samples.subset(torch.arange(start, min(start + shard_rows, len(samples))))
         w.append({f: getattr(part, f).numpy() for f in
                   ("roi_features", "mask_probs", "labels", "cls_scores", "maskness",
-                   "rel_areas", "targets", "image_ids")})
+                   "rel_areas", "targets", "image_ids", "views")})
         w.close()
         names.append(f"s{k}")
     write_manifest(directory, key, names, {"roi_features": [8, 14, 14], "mask_probs": [28, 28]})
@@ -153,26 +154,27 @@ def test_collection_to_disk_equals_collection_in_memory_and_resumes(data, tmp_pa
     dataset = CocoInstanceDataset(data.train_json, data.train_images)
     model = tiny_model(len(dataset.class_names))
     memory = collect_samples(model, dataset, progress=False)
-    mirrored = collect_samples(model, dataset, [1, 3], flip=True, progress=False)
+    mirrored = collect_samples(model, dataset, [1, 3], view="mirror", progress=False)
     key = {"test": "collect"}
-    disk = collect_to_cache(model, dataset, tmp_path, key, [1, 3], batch_size=2,
+    disk = collect_to_cache(model, dataset, tmp_path, key, {"mirror": [1, 3]}, batch_size=2,
                             shard_images=4, progress=False, log=lambda m: None)
     assert disk.shards == ["orig-00000", "orig-00001", "orig-00002", "flip-00000"]
     both = HeadSamples.concat([memory, mirrored])
     got = disk.load()
-    for f in ("roi_features", "mask_probs", "labels", "targets", "image_ids", "cls_scores"):
+    for f in ("roi_features", "mask_probs", "labels", "targets", "image_ids", "cls_scores",
+              "views"):
         assert torch.equal(getattr(got, f), getattr(both, f)), f
     # an interrupted collection: the finished shards stay, the unfinished one is written again
     (tmp_path / "orig-00001.json").unlink()
     stamp = {n: (tmp_path / f"{n}.roi_features.bin").stat().st_mtime_ns for n in disk.shards}
     logs = []
-    again = collect_to_cache(model, dataset, tmp_path, key, [1, 3], batch_size=2,
+    again = collect_to_cache(model, dataset, tmp_path, key, {"mirror": [1, 3]}, batch_size=2,
                              shard_images=4, progress=False, log=logs.append)
     assert logs and logs[0].startswith("collected 4 images")
     assert torch.equal(again.load().roi_features, got.roi_features)
     assert (tmp_path / "orig-00000.roi_features.bin").stat().st_mtime_ns == stamp["orig-00000"]
     with pytest.raises(ValueError, match="multiple of batch_size"):
-        collect_to_cache(model, dataset, tmp_path, key, [], batch_size=3, shard_images=4)
+        collect_to_cache(model, dataset, tmp_path, key, {}, batch_size=3, shard_images=4)
 
 
 def test_collection_needs_an_adapter_that_can_collect():

@@ -14,7 +14,9 @@ A shard is three files in the cache folder:
 - ``<name>.roi_features.bin`` and ``<name>.mask_probs.bin``: raw float16 rows, C x S x S and
   M x M each, in the detector's order;
 - ``<name>.rows.npz``: the per-detection scalars (labels, class score, maskness, box share,
-  true MaskIoU, image id), kept in memory when the cache is opened (40 bytes a detection);
+  true MaskIoU, image id, view), kept in memory when the cache is opened (41 bytes a detection);
+- ``<name>.rles.json``: each detection's pasted mask as a COCO RLE (read only to measure AP on
+  the add-on images themselves);
 - ``<name>.json``, written last and atomically: its row count and the hash of the cache key.
   A shard without it is unfinished and is written again.
 
@@ -40,8 +42,10 @@ from torch import Tensor
 FEATURES = ("roi_features", "mask_probs")  # float16 rows, read from disk per batch
 SCALARS: dict[str, Any] = {"labels": np.int64, "cls_scores": np.float32,
                            "maskness": np.float32, "rel_areas": np.float32,
-                           "targets": np.float32, "image_ids": np.int64}
-CACHE_FORMAT = 3
+                           "targets": np.float32, "image_ids": np.int64, "views": np.int8}
+CACHE_FORMAT = 4
+# ``views``: how the detector saw the image of each detection (0: as it is, the test-time view
+# the recalibration fits on; others: augmented views, see maskiou.addon.collect.VIEWS)
 
 
 class CacheKeyError(ValueError):
@@ -67,6 +71,7 @@ class HeadSamples:
         targets: Tensor[D] float32, true MaskIoU of the pasted mask with the best GT instance
             of its class in its image (0 when none: a false positive).
         image_ids: Tensor[D] int64, the dataset's image id of each detection.
+        views: Tensor[D] int8, the view of the image the detector saw (0: the image itself).
     """
 
     roi_features: Tensor
@@ -77,6 +82,7 @@ class HeadSamples:
     rel_areas: Tensor
     targets: Tensor
     image_ids: Tensor
+    views: Tensor
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -134,16 +140,21 @@ class ShardWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._files = {f: open(self._tmp(f"{f}.bin"), "wb") for f in FEATURES}
         self._scalars: dict[str, list[np.ndarray]] = {f: [] for f in SCALARS}
+        self._rles: list[dict[str, Any]] = []
         self._shapes: dict[str, list[int]] = {}
         self.rows = 0
 
     def _tmp(self, suffix: str) -> Path:
         return self.directory / f".{self.name}.{suffix}.tmp"
 
-    def append(self, rows: dict[str, np.ndarray]) -> None:
+    def append(self, rows: dict[str, np.ndarray], rles: list[dict[str, Any]] | None = None
+               ) -> None:
         """Add n rows: ``roi_features`` [n, C, S, S] and ``mask_probs`` [n, M, M] (stored as
-        float16) and one [n] array per scalar field."""
+        float16), one [n] array per scalar field and, when given, the n pasted masks' RLEs."""
         n = len(rows["labels"])
+        if rles is not None and len(rles) != n:
+            raise ValueError(f"shard {self.name}: {len(rles)} masks for {n} detections")
+        self._rles.extend(rles or [None] * n)
         for f in FEATURES:
             arr = np.ascontiguousarray(rows[f], dtype=np.float16)
             if len(arr) != n:
@@ -169,6 +180,8 @@ class ShardWriter:
         with open(self._tmp("rows.npz"), "wb") as handle:
             np.savez(handle, **scalars)
         os.replace(self._tmp("rows.npz"), self.directory / f"{self.name}.rows.npz")
+        self._tmp("rles.json").write_text(json.dumps(self._rles))
+        os.replace(self._tmp("rles.json"), self.directory / f"{self.name}.rles.json")
         record = {"name": self.name, "rows": self.rows, "key": self.key, "shapes": self._shapes}
         _atomic_write_text(self.directory / f"{self.name}.json", json.dumps(record) + "\n")
         return record
@@ -291,6 +304,18 @@ class DiskSamples:
                 raise OSError(f"{self.directory}/{self.shards[shard]}.{field}.bin: short read")
         out[order] = sorted_out
         return out.reshape(len(rows), *self.shapes[field])
+
+    def rles(self, rows: Tensor) -> list[dict[str, Any] | None]:
+        """The pasted masks (COCO RLEs) of the detections at ``rows``, in that order."""
+        out: list[dict[str, Any] | None] = []
+        loaded: dict[int, list[Any]] = {}
+        for row in rows.tolist():
+            shard = int(np.searchsorted(self.offsets, row, side="right") - 1)
+            if shard not in loaded:
+                path = self.directory / f"{self.shards[shard]}.rles.json"
+                loaded[shard] = json.loads(path.read_text())
+            out.append(loaded[shard][row - int(self.offsets[shard])])
+        return out
 
     def batch(self, rows: Tensor) -> HeadSamples:
         """The samples at ``rows`` (Tensor[B] int64), in that order, as :class:`HeadSamples`."""

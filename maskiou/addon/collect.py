@@ -53,6 +53,33 @@ def collecting_adapter(model: nn.Module) -> CollectingAdapter:
     return adapter
 
 
+# the views of an image the detector can be run on in the collection pass: the image itself
+# (what it meets at test time), its mirror image, and a photometric jitter of it
+VIEWS = ("image", "mirror", "photometric")
+SHARD_PREFIX = {"image": "orig", "mirror": "flip", "photometric": "photo"}
+
+
+def photometric(image: Tensor, image_id: int) -> Tensor:
+    """A brightness and contrast jitter of ``image`` (Tensor[3, H, W] in [0, 1]), the same for
+    an image id every time: contrast x0.7-1.3 around the image's mean, brightness x0.75-1.25."""
+    g = torch.Generator().manual_seed(int(image_id))
+    u = torch.rand(2, generator=g).tolist()
+    contrast, brightness = 0.7 + 0.6 * u[0], 0.75 + 0.5 * u[1]
+    mean = image.mean()
+    return ((image - mean) * contrast + mean * brightness).clamp(0.0, 1.0)
+
+
+def view_of(image: Tensor, view: str, image_id: int) -> Tensor:
+    """``image`` as the detector sees it in ``view`` (see :data:`VIEWS`)."""
+    if view == "image":
+        return image
+    if view == "mirror":
+        return image.flip(-1)
+    if view == "photometric":
+        return photometric(image, image_id)
+    raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+
+
 def flip_back(output: dict[str, Tensor], width: int) -> dict[str, Tensor]:
     """Detections of a mirrored image, mirrored back onto the original image (boxes and pasted
     masks; the head's inputs stay as the detector saw them)."""
@@ -65,8 +92,8 @@ def flip_back(output: dict[str, Tensor], width: int) -> dict[str, Tensor]:
 
 @torch.no_grad()
 def detection_rows(model: nn.Module, dataset: Any, indices: list[int], *,
-                   device: str | torch.device = "cpu", batch_size: int = 8, flip: bool = False,
-                   max_detections: int = 100
+                   device: str | torch.device = "cpu", batch_size: int = 8,
+                   view: str = "image", max_detections: int = 100
                    ) -> Iterator[tuple[int, dict[str, np.ndarray], Detections]]:
     """Run the detector over ``dataset[indices]`` in batches; yield, per batch, (images done,
     rows for the cache: float16 head inputs and the scalars of
@@ -76,8 +103,9 @@ def detection_rows(model: nn.Module, dataset: Any, indices: list[int], *,
         model: a detector with the MaskIoU head attached (its weights do not matter: only the
             head's inputs are kept), its adapter able to ``collect``.
         dataset: a :class:`maskiou.data.CocoInstanceDataset` with ground truth.
-        flip: run on the mirrored images (new detections of the same objects); the masks are
-            mirrored back before their true MaskIoU is measured.
+        view: run on the images as they are (``"image"``) or on a view of them (see
+            :data:`VIEWS`: new detections of the same objects); the masks of the mirror image
+            are mirrored back before their true MaskIoU is measured.
         max_detections: keep at most this many detections per image, the highest scored.
     """
     adapter = collecting_adapter(model)
@@ -85,13 +113,14 @@ def detection_rows(model: nn.Module, dataset: Any, indices: list[int], *,
     for start in range(0, len(indices), batch_size):
         batch = [dataset[i] for i in indices[start:start + batch_size]]
         images = [img.to(device) for img, _ in batch]
-        outputs = adapter.collect(model, [img.flip(-1) for img in images] if flip else images)
+        ids = [int(target["image_id"]) for _, target in batch]
+        outputs = adapter.collect(model, [view_of(img, view, i) for img, i in zip(images, ids)])
         feats, probs, parts = [], [], []
         for img, (_, target), out in zip(images, batch, outputs):
             out = {k: v[:max_detections] for k, v in out.items()}
             feats.append(out.pop("roi_features").half().cpu())
             probs.append(out.pop("mask_probs").half().cpu())
-            if flip:
+            if view == "mirror":
                 out = flip_back(out, img.shape[-1])
             parts.append(output_to_detections(out, int(target["image_id"]),
                                               dataset.label_to_cat_id))
@@ -99,7 +128,8 @@ def detection_rows(model: nn.Module, dataset: Any, indices: list[int], *,
         rows = {"roi_features": torch.cat(feats).numpy(), "mask_probs": torch.cat(probs).numpy(),
                 "labels": dets.labels, "cls_scores": dets.cls_scores, "maskness": dets.maskness,
                 "rel_areas": dets.rel_areas, "targets": true_mask_ious(dets, dataset.coco),
-                "image_ids": dets.image_ids}
+                "image_ids": dets.image_ids,
+                "views": np.full(len(dets), VIEWS.index(view), dtype=np.int8)}
         if len(rows["roi_features"]) != len(dets):
             raise RuntimeError(f"the adapter gave {len(rows['roi_features'])} head inputs for "
                                f"{len(dets)} detections")
@@ -108,7 +138,7 @@ def detection_rows(model: nn.Module, dataset: Any, indices: list[int], *,
 
 def collect_samples(model: nn.Module, dataset: Any, indices: list[int] | None = None, *,
                     device: str | torch.device = "cpu", batch_size: int = 8,
-                    flip: bool = False, progress: bool = True, return_detections: bool = False,
+                    view: str = "image", progress: bool = True, return_detections: bool = False,
                     max_detections: int = 100) -> Any:
     """:func:`detection_rows` kept in memory: :class:`HeadSamples`, or ``(samples,
     detections)`` with ``return_detections`` (for scoring a split with cached head inputs). For
@@ -119,9 +149,9 @@ def collect_samples(model: nn.Module, dataset: Any, indices: list[int] | None = 
         raise ValueError("collect_samples: attach the MaskIoU head first")
     rows, dets = [], []
     bar = tqdm(total=len(indices), disable=not progress, dynamic_ncols=True,
-               desc="detector on the add-on images" + (" (mirrored)" if flip else ""))
+               desc="detector on the add-on images" + (f" ({view})" if view != "image" else ""))
     for n, r, d in detection_rows(model, dataset, indices, device=device, batch_size=batch_size,
-                                  flip=flip, max_detections=max_detections):
+                                  view=view, max_detections=max_detections):
         rows.append(HeadSamples.from_numpy(r))
         dets.append(d)
         bar.update(n)
@@ -142,26 +172,30 @@ def empty_rows(head: nn.Module) -> dict[str, np.ndarray]:
             **{f: np.zeros(0, dtype) for f, dtype in SCALARS.items()}}
 
 
-def shard_plan(num_images: int, flip_indices: list[int], shard_images: int
-               ) -> list[tuple[str, list[int], bool]]:
-    """The shards of a collection: (name, image indices, mirrored), every image in order, then
-    the mirrored ones; each shard ``shard_images`` images (a multiple of the batch size keeps
-    the batches those of one pass over the images)."""
+def shard_plan(num_images: int, views: dict[str, list[int]], shard_images: int
+               ) -> list[tuple[str, list[int], str]]:
+    """The shards of a collection: (name, image indices, view), every image as it is, then the
+    other views in :data:`VIEWS` order, each shard ``shard_images`` images (a multiple of the
+    batch size keeps the batches those of one pass over the images)."""
     plan = []
-    for flip, indices in ((False, list(range(num_images))), (True, list(flip_indices))):
+    todo = {"image": list(range(num_images)), **{v: list(i) for v, i in views.items()
+                                                  if v != "image"}}
+    for view in VIEWS:
+        indices = todo.get(view, [])
         for k, start in enumerate(range(0, len(indices), shard_images)):
-            plan.append((f"{'flip' if flip else 'orig'}-{k:05d}",
-                         indices[start:start + shard_images], flip))
+            plan.append((f"{SHARD_PREFIX[view]}-{k:05d}", indices[start:start + shard_images],
+                         view))
     return plan
 
 
 def collect_to_cache(model: nn.Module, dataset: Any, directory: str | Path,
-                     key: dict[str, Any], flip_indices: list[int], *,
+                     key: dict[str, Any], views: dict[str, list[int]], *,
                      device: str | torch.device = "cpu", batch_size: int = 8,
                      max_detections: int = 100, shard_images: int = 64, progress: bool = True,
                      log: Any = print) -> DiskSamples:
-    """The detections of every image of ``dataset``, and of the mirrored images at
-    ``flip_indices``, as a disk cache in ``directory`` written for ``key``.
+    """The detections of every image of ``dataset``, and of the other ``views`` of the images
+    at their indices (``{"mirror": [...], "photometric": [...]}``), as a disk cache in
+    ``directory`` written for ``key``.
 
     Complete shards of the same key already there are kept (an interrupted collection resumes);
     under torchrun shard k is written by rank k mod world size and every rank returns the
@@ -172,21 +206,21 @@ def collect_to_cache(model: nn.Module, dataset: Any, directory: str | Path,
                          f"({batch_size})")
     directory = Path(directory)
     h = key_hash(key)
-    plan = shard_plan(len(dataset), flip_indices, shard_images)
+    plan = shard_plan(len(dataset), views, shard_images)
     rank, world = D.rank_and_world()
-    todo = [(name, idx, flip) for k, (name, idx, flip) in enumerate(plan)
+    todo = [(name, idx, view) for k, (name, idx, view) in enumerate(plan)
             if k % world == rank and shard_record(directory, name, h) is None]
     t0 = time.perf_counter()
     bar = tqdm(total=sum(len(idx) for _, idx, _ in todo), disable=not (progress and D.is_main()),
-               dynamic_ncols=True, desc="detector on the add-on images (mirrored ones too)"
-               if flip_indices else "detector on the add-on images", unit="img")
-    for name, idx, flip in todo:
+               dynamic_ncols=True, desc="detector on the add-on images (and their views)",
+               unit="img")
+    for name, idx, view in todo:
         writer = ShardWriter(directory, name, h)
         try:
-            for n, rows, _ in detection_rows(model, dataset, idx, device=device,
-                                             batch_size=batch_size, flip=flip,
-                                             max_detections=max_detections):
-                writer.append(rows)
+            for n, rows, dets in detection_rows(model, dataset, idx, device=device,
+                                                batch_size=batch_size, view=view,
+                                                max_detections=max_detections):
+                writer.append(rows, dets.rles)
                 bar.update(n)
         except BaseException:
             writer.abort()

@@ -71,7 +71,10 @@ class AddonConfig:
     # what the head regresses: "iou" (the true MaskIoU, as the paper) or "coco" (the share of
     # COCO's ten IoU thresholds 0.50:0.05:0.95 the mask passes: what mask AP rewards)
     target: str = "coco"
+    # views of the head's training images the detector is also run on (new detections of the
+    # same objects): the mirror image, and a brightness and contrast jitter
     flip: bool = True
+    photometric: bool = False
     max_detections: int = 100  # per image, the highest scored
     # optimization
     loss: str = "l2"
@@ -83,9 +86,14 @@ class AddonConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
-    # recalibration fitted on a held-out share of the add-on images (0: none)
+    # recalibration fitted on a held-out share of the add-on images ("none": no recalibration)
     recalibration: str = "logistic"
     recalibration_holdout: float = 0.2
+    # cross-fitting instead of the held-out share (k >= 2): a head trained on k-1 folds of the
+    # images predicts the k-th, the recalibration fits on all these out-of-fold predictions,
+    # and the shipped head is trained on every image ("all") or is the fold heads' average
+    crossfit_folds: int = 0
+    crossfit_final: str = "all"
 
     def head_config(self) -> HeadConfig:
         """The head as it is built: ``head`` with the output the loss needs."""

@@ -11,6 +11,7 @@ is given them.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -19,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from maskiou import distributed as D
 from maskiou.attach import attach_maskiou_head, find_maskiou_head
 from maskiou.models.checkpoint import CheckpointError, save_atomic
-from maskiou.records import file_sha1, image_fingerprints
+from maskiou.records import Detections, file_sha1, image_fingerprints
 
 from .cache import CACHE_FORMAT, key_hash
 from .collect import collect_samples, collect_to_cache
@@ -89,43 +91,128 @@ def holdout_split(sample_ids: Tensor, held: set[int]) -> tuple[Tensor, Tensor]:
     return torch.where(~out)[0], torch.where(out)[0]
 
 
-def cache_key(detector_sha1: str, fingerprints: dict[str, int], flip_indices: list[int],
+def image_folds(image_ids: list[int], k: int, seed: int) -> list[set[int]]:
+    """The image ids dealt into ``k`` folds of (nearly) equal size by a permutation drawn with
+    ``seed``: the folds of cross-fitting."""
+    g = torch.Generator().manual_seed(seed + 1)
+    order = torch.randperm(len(image_ids), generator=g).tolist()
+    return [{int(image_ids[i]) for i in order[f::k]} for f in range(k)]
+
+
+def addon_views(image_ids: list[int], held: set[int], cfg: AddonConfig) -> dict[str, list[int]]:
+    """The views of the images the head trains on (not ``held``) that the collection adds:
+    ``{"mirror": [indices], "photometric": [indices]}`` as ``cfg`` asks."""
+    train = [i for i, image_id in enumerate(image_ids) if image_id not in held]
+    return {v: train for v, on in (("mirror", cfg.flip), ("photometric", cfg.photometric)) if on}
+
+
+def cache_key(detector_sha1: str, fingerprints: dict[str, int], views: dict[str, list[int]],
               max_detections: int) -> dict[str, Any]:
-    """What a collection depends on: the detector, the images, which are mirrored, how many
-    detections per image."""
+    """What a collection depends on: the detector, the images, which views of which images,
+    how many detections per image."""
     return {"detector": detector_sha1, "images": sorted(fingerprints), "format": CACHE_FORMAT,
-            "flipped": sorted(flip_indices), "max_detections": max_detections}
+            "views": {v: sorted(i) for v, i in sorted(views.items())},
+            "max_detections": max_detections}
 
 
 def load_or_collect(model: nn.Module, dataset: Any, cache: Path | None, key: dict[str, Any],
-                    flip_indices: list[int], device: str | torch.device, progress: bool,
+                    views: dict[str, list[int]], device: str | torch.device, progress: bool,
                     max_detections: int = 100, log: Any = print) -> Samples:
-    """The samples of every image of ``dataset`` and of the mirror images at ``flip_indices``:
+    """The samples of every image of ``dataset`` and of the other ``views`` of some of them:
     in ``cache/<key hash>/`` on disk (reused when complete, resumed when not), or in memory
     without ``cache``."""
     if cache is None:
-        parts = [collect_samples(model, dataset, device=device, progress=progress,
-                                 max_detections=max_detections)]
-        if flip_indices:
-            parts.append(collect_samples(model, dataset, flip_indices, device=device, flip=True,
-                                         progress=progress, max_detections=max_detections))
         from .cache import HeadSamples
+        from .collect import VIEWS
 
+        parts = [collect_samples(model, dataset, indices, device=device, view=view,
+                                 progress=progress, max_detections=max_detections)
+                 for view, indices in [("image", None)] + [(v, views[v]) for v in VIEWS
+                                                           if views.get(v)]]
         return HeadSamples.concat(parts)
-    return collect_to_cache(model, dataset, Path(cache) / key_hash(key)[:16], key, flip_indices,
+    return collect_to_cache(model, dataset, Path(cache) / key_hash(key)[:16], key, views,
                             device=device, max_detections=max_detections, progress=progress,
                             log=log)
+
+
+def crossfit_head(head: nn.Module, samples: Samples, cfg: AddonConfig, image_ids: list[int],
+                  progress: bool, workers: int | None, log: Any
+                  ) -> tuple[Tensor, Tensor, list[dict[str, float]]]:
+    """Cross-fitting: for each of ``cfg.crossfit_folds`` folds of the images, a head trained
+    (from the same initialization) on the other folds' detections, every view of them,
+    predicts the fold's own detections as the detector sees the images at test time. Then the
+    head becomes the one trained on every image (``cfg.crossfit_final == "all"``) or the
+    average of the fold heads' weights (``"average"``).
+
+    Returns (rows predicted out of fold, Tensor[R]; their predictions, Tensor[R]; the final
+    head's training log, or the last fold's with ``"average"``).
+    """
+    if cfg.crossfit_final not in ("all", "average"):
+        raise ValueError(f"crossfit_final must be 'all' or 'average', got {cfg.crossfit_final!r}")
+    init = copy.deepcopy(head.state_dict())
+    as_is = samples.views == 0
+    oof = torch.zeros(len(samples))
+    states, epoch_log = [], []
+    folds = image_folds(image_ids, cfg.crossfit_folds, cfg.seed)
+    for f, fold in enumerate(folds):
+        inside = torch.isin(samples.image_ids, torch.tensor(sorted(fold), dtype=torch.int64))
+        head.load_state_dict(init)
+        t0 = time.perf_counter()
+        epoch_log = train_head(head, samples, cfg, torch.where(~inside)[0], progress=progress,
+                               workers=workers)
+        rows = torch.where(inside & as_is)[0]
+        oof[rows] = predict_ious(head, samples, rows, workers=workers)
+        states.append(copy.deepcopy(head.state_dict()))
+        log(f"cross-fitting: fold {f + 1} of {len(folds)} predicted by a head trained on the "
+            f"other {len(image_ids) - len(fold)} images ({time.perf_counter() - t0:.0f} s)")
+    if cfg.crossfit_final == "average":
+        head.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) for k in init})
+    else:
+        head.load_state_dict(init)
+        epoch_log = train_head(head, samples, cfg, progress=progress, workers=workers)
+    rows = torch.where(as_is)[0]
+    return rows, oof[rows], epoch_log
+
+
+def heldout_gain(samples: Samples, rows: Tensor, pred: Tensor, recal: Any, dataset: Any
+                 ) -> dict[str, Any] | None:
+    """Mask AP on the add-on images of ``rows`` (detections their head did not train on) under
+    maskness, the head's rescoring (``pred``) and the recalibration: what the add-on gains on
+    the user's own data. None for samples without their masks (in memory)."""
+    from maskiou.records import coco_ap, coco_results
+
+    if not hasattr(samples, "rles") or len(rows) == 0:
+        return None
+    cls, mk = samples.cls_scores[rows].numpy(), samples.maskness[rows].numpy()
+    labels = samples.labels[rows].numpy()
+    dets = Detections(
+        image_ids=samples.image_ids[rows].numpy(),
+        category_ids=np.array([dataset.label_to_cat_id[int(x)] for x in labels], np.int64),
+        boxes_xywh=np.zeros((len(rows), 4)), rles=samples.rles(rows), cls_scores=cls,
+        pred_ious=pred.numpy(), maskness=mk, labels=labels,
+        rel_areas=samples.rel_areas[rows].numpy())
+    scores = {"maskness": cls * mk, "rescored": cls * np.clip(pred.numpy(), 0, 1)}
+    if recal is not None:
+        scores["recalibrated"] = recal.predict(cls, dets.pred_ious, mk, dets.rel_areas, labels)
+    images = sorted({int(i) for i in dets.image_ids})
+    ap = {name: coco_ap(dataset.coco, coco_results(dets, s, "segm"), "segm",
+                        image_ids=images)["AP"] for name, s in scores.items()}
+    best = max((k for k in ap if k != "maskness"), key=lambda k: ap[k])
+    return {"images": len(images), "detections": int(len(rows)), "mask_ap": ap,
+            "best": best, "gain": round(ap[best] - ap["maskness"], 3)}
 
 
 @dataclass
 class AddonFit:
     """What :func:`fit_addon` did: the head's training log, the recalibration (or None), how
-    many detections it used, and the images the head and the recalibration saw."""
+    many detections it used, the images the head and the recalibration saw, and the mask AP
+    it measured on add-on images its head had not trained on (:func:`heldout_gain`, or None)."""
 
     log: list[dict[str, float]]
     recalibration: Any
     num_detections: int
     fitted_on: dict[str, int]
+    heldout: dict[str, Any] | None = None
 
 
 def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1: str,
@@ -133,51 +220,73 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
               progress: bool = True, log: Any = print, workers: int | None = None
               ) -> AddonFit | None:
     """Train the head attached to ``model`` (detector frozen) on the detections of ``dataset``
-    and fit the recalibration on a held-out share of its images.
+    and fit the recalibration on detections the head did not train on.
 
-    The detector runs once over every image (and over the mirror images of those the head
-    trains on, with ``cfg.flip``), cached in ``cache`` (under torchrun each rank collects its
-    share of the shards); then rank 0 trains the head for ``cfg.epochs`` on that cache, and
-    fits the recalibration on the held-out images' detections, scored by the trained head.
-    Returns None on the other ranks.
+    The detector runs once over every image (and over the other views, ``cfg.flip`` and
+    ``cfg.photometric``, of those the head trains on), cached in ``cache`` (under torchrun each
+    rank collects its share of the shards); then rank 0 trains the head. The recalibration is
+    fitted on a held-out share of the images (``cfg.recalibration_holdout``), or with
+    ``cfg.crossfit_folds`` >= 2 on the out-of-fold predictions of every image
+    (:func:`crossfit_head`). Returns None on the other ranks.
     """
     from .recalibration import Recalibration
 
     fingerprints = image_fingerprints(dataset)
     ids = [int(i) for i in dataset.image_ids]
+    crossfit = cfg.crossfit_folds >= 2 and cfg.recalibration != "none"
     held = holdout_images(ids, cfg.recalibration_holdout, cfg.seed) \
-        if cfg.recalibration != "none" else set()
-    flip_indices = [i for i, image_id in enumerate(ids) if image_id not in held] \
-        if cfg.flip else []
-    key = cache_key(detector_sha1, fingerprints, flip_indices, cfg.max_detections)
+        if cfg.recalibration != "none" and not crossfit else set()
+    views = addon_views(ids, held, cfg)
+    key = cache_key(detector_sha1, fingerprints, views, cfg.max_detections)
     t0 = time.perf_counter()
-    samples = load_or_collect(model, dataset, cache, key, flip_indices, device, progress,
+    samples = load_or_collect(model, dataset, cache, key, views, device, progress,
                               cfg.max_detections, log)
     if not D.is_main():
         return None
+    extra = ", ".join(f"{len(i)} {v} views" for v, i in views.items())
     log(f"add-on samples: {len(samples)} detections of {len(ids)} images"
-        f"{f' and {len(flip_indices)} mirror images' if flip_indices else ''} "
-        f"({time.perf_counter() - t0:.0f} s)")
+        f"{f' and {extra}' if extra else ''} ({time.perf_counter() - t0:.0f} s)")
     head = find_maskiou_head(model)
-    train_rows, recal_rows = holdout_split(samples.image_ids, held)
     t0 = time.perf_counter()
-    head_log = train_head(head, samples, cfg, train_rows, progress=progress, workers=workers)
+    if crossfit:
+        recal_rows, pred, head_log = crossfit_head(head, samples, cfg, ids, progress, workers,
+                                                   log)
+        trained = (len(samples), len(ids))
+    else:
+        train_rows, recal_rows = holdout_split(samples.image_ids, held)
+        head_log = train_head(head, samples, cfg, train_rows, progress=progress,
+                              workers=workers)
+        pred = predict_ious(head, samples, recal_rows, workers=workers)
+        trained = (len(train_rows), len(ids) - len(held))
     rate = sum(e["samples_per_s"] for e in head_log) / len(head_log)
-    log(f"trained the MaskIoU head alone: {cfg.epochs} epochs, {len(train_rows)} detections of "
-        f"{len(ids) - len(held)} images ({time.perf_counter() - t0:.0f} s, {rate:.0f} samples/s)")
+    log(f"trained the MaskIoU head alone: {cfg.epochs} epochs, {trained[0]} detections of "
+        f"{trained[1]} images ({time.perf_counter() - t0:.0f} s, {rate:.0f} samples/s)")
     recal = None
-    if held:
-        pred = predict_ious(head, samples, recal_rows, workers=workers).numpy()
+    if cfg.recalibration != "none":
         r = recal_rows
+        seen = {int(i) for i in samples.image_ids[r].tolist()} if crossfit else held
         recal = Recalibration.fit(
-            cfg.recalibration, samples.cls_scores[r].numpy(), pred,
+            cfg.recalibration, samples.cls_scores[r].numpy(), pred.numpy(),
             samples.maskness[r].numpy(), samples.rel_areas[r].numpy(),
             samples.labels[r].numpy(), samples.targets[r].numpy(),
-            {h: i for h, i in fingerprints.items() if i in held}, seed=cfg.seed,
+            {h: i for h, i in fingerprints.items() if i in seen or crossfit}, seed=cfg.seed,
             target=cfg.target)
+        how = "out-of-fold predictions" if crossfit else "held-out images"
         log(f"fitted the {cfg.recalibration} recalibration on {len(r)} detections of "
-            f"{len(held)} held-out images")
-    return AddonFit(head_log, recal, len(samples), fingerprints)
+            f"{len(seen) if not crossfit else len(ids)} images ({how})")
+    gain = heldout_gain(samples, recal_rows, pred, recal, dataset)
+    if gain is not None:
+        ap = gain["mask_ap"]
+        log(f"held-out check on {gain['images']} add-on images ({gain['detections']} detections "
+            f"the head did not train on): mask AP maskness {ap['maskness']:.2f}, "
+            + ", ".join(f"{k} {v:.2f}" for k, v in ap.items() if k != "maskness")
+            + f": {gain['best']} {gain['gain']:+.2f} over maskness")
+        if gain["gain"] <= 0:
+            warnings.warn(f"the add-on did not beat maskness on its own held-out images "
+                          f"({gain['best']} {gain['gain']:+.2f} mask AP on {gain['images']} "
+                          "images): it may not help on this data; label more images, or use "
+                          "the maskness score", stacklevel=2)
+    return AddonFit(head_log, recal, len(samples), fingerprints, gain)
 
 
 def train_addon(detector: str | Path, train_json: str | Path, train_images: str | Path,
@@ -223,7 +332,7 @@ def train_addon(detector: str | Path, train_json: str | Path, train_images: str 
         "addon": {"config": dataclasses.asdict(cfg), "detector": str(detector),
                   "detector_sha1": sha1, "train_json": str(train_json),
                   "fitted_on": fit.fitted_on, "num_detections": fit.num_detections,
-                  "log": fit.log,
+                  "log": fit.log, "heldout": fit.heldout,
                   "recalibration": fit.recalibration.state() if fit.recalibration else None},
     }
     path = out / "model_final.pt"

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .cocoeval import AP_KEYS
+from maskiou.records import AP_KEYS
+
 from .metrics import SCORINGS, binned_means
 
 SCORING_TITLES = {
