@@ -119,21 +119,35 @@ def curve_summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def range_cell(d: dict[str, float], sign: str = "") -> str:
+    """A mean with the range over the seeds: "49.29 (49.15 to 49.45)", or the value alone."""
+    if d["min"] == d["max"]:
+        return f"{d['mean']:{sign}.2f}"
+    return f"{d['mean']:{sign}.2f} ({d['min']:{sign}.2f} to {d['max']:{sign}.2f})"
+
+
 def curve_table(summary: list[dict[str, Any]]) -> str:
     """The learning curve as a Markdown table: mean (min to max over the seeds)."""
-    def cell(d: dict[str, float], sign: str = "") -> str:
-        if d["min"] == d["max"]:
-            return f"{d['mean']:{sign}.2f}"
-        return f"{d['mean']:{sign}.2f} ({d['min']:{sign}.2f} to {d['max']:{sign}.2f})"
-
     lines = ["| add-on images | seeds | recalibrated AP | recalibrated AP75 | rescored AP | "
              "rescored AP75 | best - maskness AP | best - maskness AP75 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in summary:
-        lines.append(f"| {r['images']} | {r['seeds']} | {cell(r['recal_ap'])} | "
-                     f"{cell(r['recal_ap75'])} | {cell(r['rescored_ap'])} | "
-                     f"{cell(r['rescored_ap75'])} | {cell(r['gain_ap'], '+')} | "
-                     f"{cell(r['gain_ap75'], '+')} |")
+        lines.append(f"| {r['images']} | {r['seeds']} | {range_cell(r['recal_ap'])} | "
+                     f"{range_cell(r['recal_ap75'])} | {range_cell(r['rescored_ap'])} | "
+                     f"{range_cell(r['rescored_ap75'])} | {range_cell(r['gain_ap'], '+')} | "
+                     f"{range_cell(r['gain_ap75'], '+')} |")
+    return "\n".join(lines)
+
+
+def levers_table(curves: dict[str, list[dict[str, Any]]]) -> str:
+    """One row per (lever, size): a learning curve run with AddonConfig changes (``--curve-set``)
+    against the plain curve, mean (min to max) over the same draws of images."""
+    lines = ["| lever | add-on images | seeds | recalibrated AP | rescored AP | "
+             "best - maskness AP |", "|---|---|---|---|---|---|"]
+    for name, results in curves.items():
+        for r in curve_summary(results):
+            lines.append(f"| {name} | {r['images']} | {r['seeds']} | {range_cell(r['recal_ap'])} | "
+                         f"{range_cell(r['rescored_ap'])} | {range_cell(r['gain_ap'], '+')} |")
     return "\n".join(lines)
 
 
@@ -157,7 +171,8 @@ def plot_curve(path: Path, summary: list[dict[str, Any]], reference: dict[str, A
                                ("cls", "class score", "k:"), ("oracle", "oracle", "g-.")):
         ax.axhline(reference[name]["AP"], color=style[0], ls=style[1:], lw=1, label=label)
     ax.set_xscale("log")
-    ax.set_xticks(n, [str(x) for x in n])
+    ax.minorticks_off()
+    ax.set_xticks(n, [f"{x:,}" for x in n])
     ax.set(xlabel="labeled add-on images", ylabel="mask AP (embedded val)",
            title="How many labeled images the add-on needs")
     ax.legend(fontsize=8, loc="lower right")

@@ -167,7 +167,7 @@ def run_addon(detector: Path, data: tuple[Path, Path], out: Path, cache_root: Pa
     cmd = [sys.executable, "-m", "maskiou.addon", "--detector", str(detector),
            "--train-json", str(data[0]), "--train-images", str(data[1]),
            "--output-dir", str(out), "--cache-dir", str(cache_root), "--addon-epochs", "1",
-           "--addon-flip", "false", "--no-progress",
+           "--addon-flip", "false", "--addon-crossfit-folds", "0", "--no-progress",
            *(["--workers", str(workers)] if workers is not None else [])]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import random_samples
 
 from demo.testing import tiny_model, write_tiny_plain_checkpoint
 from maskiou import MaskIoUHead, attach_maskiou_head
@@ -25,7 +26,12 @@ from maskiou.addon.cache import (
     key_hash,
     write_manifest,
 )
-from maskiou.addon.collect import collect_samples, collect_to_cache, collecting_adapter, shard_plan
+from maskiou.addon.collect import (
+    collect_samples,
+    collect_to_cache,
+    collecting_adapter,
+    shard_plan,
+)
 from maskiou.addon.fit import AddonConfig, predict_ious, train_head
 from maskiou.data.coco import CocoInstanceDataset
 from maskiou.data.synthetic import generate_synthetic_coco
@@ -102,16 +108,6 @@ def test_shard_plan_slices_images_then_mirrors_in_fixed_shards():
                     ("flip-00001", [4], "mirror"), ("photo-00000", [1], "photometric")]
 
 
-def _samples(n: int = 96, seed: int = 0) -> HeadSamples:
-    g = torch.Generator().manual_seed(seed)
-    targets = torch.rand(n, generator=g)
-    probs = torch.rand(n, 28, 28, generator=g) * targets[:, None, None]
-    return HeadSamples(torch.randn(n, 8, 14, 14, generator=g).half(), probs.half(),
-                       torch.randint(1, 3, (n,), generator=g), torch.rand(n, generator=g),
-                       probs.float().mean((1, 2)), torch.rand(n, generator=g), targets,
-                       torch.arange(n), torch.zeros(n, dtype=torch.int8))
-
-
 def _to_disk(samples: HeadSamples, directory: Path, shard_rows: int = 40) -> DiskSamples:
     key, names = {"test": 1}, []
     for k, start in enumerate(range(0, len(samples), shard_rows)):
@@ -128,7 +124,7 @@ def _to_disk(samples: HeadSamples, directory: Path, shard_rows: int = 40) -> Dis
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_training_from_disk_equals_training_from_memory_bit_for_bit(tmp_path, workers):
-    memory = _samples()
+    memory = random_samples(96)
     disk = _to_disk(memory, tmp_path)
     cfg = AddonConfig(epochs=2, batch_size=16)
     rows = torch.arange(5, 90)  # a subset, as the held-out split makes one
@@ -220,7 +216,7 @@ def test_torchrun_collection_writes_the_shards_of_one_process(data, tmp_path):
     files = sorted(p.name for p in caches[0].iterdir())
     assert files == sorted(p.name for p in caches[1].iterdir())
     manifest = json.loads((caches[0] / "manifest.json").read_text())
-    assert len(manifest["shards"]) == 2  # 10 images and 8 mirrored ones (2 held out), 64 a shard
+    assert len(manifest["shards"]) == 2  # the 10 images, their mirror images: 64 a shard
     for name in manifest["shards"]:
         for f in (*FEATURES, "rows"):
             suffix = "npz" if f == "rows" else "bin"

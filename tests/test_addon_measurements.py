@@ -50,3 +50,43 @@ def test_scale_table_is_the_measured_run():
             assert " ".join(line.split()) in README, line
     assert r["full"]["disk_gb"] >= 20.0 and r["full"]["peak_pss_gb"] <= 4.0
     assert r["rss_full_over_tenth"] <= 1.5 and r["memory_vs_disk"]["disk_over_memory"] >= 0.8
+
+
+def test_learning_curve_table_is_the_measured_run():
+    """The README's learning curve is curve_table() of docs/measurements/curve.json, and the
+    2,000-image row is the main job's add-on."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ablation
+
+    results = load("curve.json")
+    assert {r["row"] for r in results} == {row for row, _, _ in ablation.curve_rows()}
+    for line in ablation.curve_table(ablation.curve_summary(results)).splitlines():
+        assert " ".join(line.split()) in README, line
+    main = load("main_job_cpu_metrics.json")["segm"]
+    row = next(r for r in results if r["row"] == "curve-2000-seed0")["segm"]
+    assert row["recalibrated"]["AP"] == main["recalibrated"]["AP"]
+    assert row["rescored"]["AP"] == main["rescored"]["AP"]
+
+
+def test_levers_table_is_the_measured_runs():
+    """The README's few-labels levers are levers_table() of the curve runs in
+    docs/measurements/ (curve-*.json, one per --curve-set), named as the README names them."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ablation
+
+    for line in ablation.levers_table(lever_runs()).splitlines():
+        assert " ".join(line.split()) in README, line
+
+
+# README name of each lever -> the --curve-set run it comes from (docs/measurements/curve-*.json)
+LEVERS = {"crossfit-5": "crossfit-folds-5",
+          "crossfit-5-average": "crossfit-folds-5-crossfit-final-average",
+          "crossfit-2-average": "crossfit-folds-2-crossfit-final-average",
+          "photometric": "photometric-True", "min-steps-1500": "min-steps-1500"}
+
+
+def lever_runs() -> dict[str, list[dict]]:
+    """The held-out fifth (the learning curve's rows at the levers' sizes), then each lever."""
+    sizes = {250, 500, 2000}
+    return {"held-out fifth": [r for r in load("curve.json") if r["images"] in sizes],
+            **{name: load(f"curve-{file}.json") for name, file in LEVERS.items()}}

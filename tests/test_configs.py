@@ -54,7 +54,7 @@ FLAT_ADDON = {"conv_channels": 64, "reduce_channels": 0, "num_convs": 2, "fc_dim
 
 
 def test_the_add_on_reads_its_old_flat_config_and_routes_head_fields():
-    assert AddonConfig.from_dict(FLAT_ADDON) == AddonConfig()
+    assert AddonConfig.from_dict(FLAT_ADDON) == AddonConfig(crossfit_folds=0)  # as it ran
     assert AddonConfig.from_dict({"score_inputs": False}).head.score_inputs == 0
     assert AddonConfig.from_dict(dataclasses.asdict(AddonConfig(epochs=3))).epochs == 3
     light = AddonConfig().replace(reduce_channels=32, conv_channels=32, epochs=2)
@@ -81,7 +81,7 @@ def test_an_add_on_checkpoint_written_before_the_head_config_loads_and_scores(tm
     assert old.roi_heads.maskiou_head.score_inputs == 2
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(),
                                                  new.state_dict().values()))
-    assert AddonConfig.from_dict(meta["addon"]["config"]) == AddonConfig()
+    assert AddonConfig.from_dict(meta["addon"]["config"]) == AddonConfig(crossfit_folds=0)
 
 
 def test_add_on_flags_reach_the_config_and_its_head():
@@ -95,3 +95,13 @@ def test_add_on_flags_reach_the_config_and_its_head():
                                          "--addon-flip", "false", "--addon-score-inputs", "0"]))
     assert cfg.head.conv_channels == 16 and cfg.head.score_inputs == 0
     assert cfg.epochs == 5 and cfg.flip is False and cfg.head.fc_dim == 256
+
+
+def test_auto_crossfit_folds_depend_on_the_number_of_images():
+    from maskiou.addon.fit import AUTO_CROSSFIT_BELOW, AUTO_CROSSFIT_FOLDS
+
+    auto = AddonConfig(crossfit_folds=-1)
+    assert auto.folds_for(AUTO_CROSSFIT_BELOW - 1) == AUTO_CROSSFIT_FOLDS == 5
+    assert auto.folds_for(AUTO_CROSSFIT_BELOW) == 0 and AUTO_CROSSFIT_BELOW == 1000
+    assert AddonConfig(crossfit_folds=3).folds_for(10_000) == 3
+    assert AddonConfig(crossfit_folds=0).folds_for(10) == 0

@@ -233,7 +233,8 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
 
     fingerprints = image_fingerprints(dataset)
     ids = [int(i) for i in dataset.image_ids]
-    crossfit = cfg.crossfit_folds >= 2 and cfg.recalibration != "none"
+    folds = cfg.folds_for(len(ids))
+    crossfit = folds >= 2 and cfg.recalibration != "none"
     held = holdout_images(ids, cfg.recalibration_holdout, cfg.seed) \
         if cfg.recalibration != "none" and not crossfit else set()
     views = addon_views(ids, held, cfg)
@@ -249,8 +250,9 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
     head = find_maskiou_head(model)
     t0 = time.perf_counter()
     if crossfit:
-        recal_rows, pred, head_log = crossfit_head(head, samples, cfg, ids, progress, workers,
-                                                   log)
+        recal_rows, pred, head_log = crossfit_head(
+            head, samples, dataclasses.replace(cfg, crossfit_folds=folds), ids, progress,
+            workers, log)
         trained = (len(samples), len(ids))
     else:
         train_rows, recal_rows = holdout_split(samples.image_ids, held)
@@ -259,7 +261,7 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
         pred = predict_ious(head, samples, recal_rows, workers=workers)
         trained = (len(train_rows), len(ids) - len(held))
     rate = sum(e["samples_per_s"] for e in head_log) / len(head_log)
-    log(f"trained the MaskIoU head alone: {cfg.epochs} epochs, {trained[0]} detections of "
+    log(f"trained the MaskIoU head alone: {len(head_log)} epochs, {trained[0]} detections of "
         f"{trained[1]} images ({time.perf_counter() - t0:.0f} s, {rate:.0f} samples/s)")
     recal = None
     if cfg.recalibration != "none":
