@@ -225,3 +225,12 @@ def test_torchrun_collection_writes_the_shards_of_one_process(data, tmp_path):
     ckpts = [load_checkpoint(tmp_path / r / "model_final.pt")["model"] for r in ("one", "two")]
     head = [k for k in ckpts[0] if ".maskiou_head." in k]
     assert head and all(torch.equal(ckpts[0][k], ckpts[1][k]) for k in head)
+
+
+def test_the_held_out_check_needs_the_masks_and_skips_a_cache_written_without_them(tmp_path):
+    from maskiou.addon.run import heldout_gain
+
+    cache = _write_cache(tmp_path, [4, 4], {"k": 2})  # rows appended without their masks
+    assert cache.rles(torch.tensor([5, 0])) == [None, None]
+    assert heldout_gain(cache, torch.arange(8), torch.rand(8), None, dataset=None) is None
+    assert heldout_gain(random_samples(8), torch.arange(8), torch.rand(8), None, None) is None

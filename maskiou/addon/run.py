@@ -178,17 +178,21 @@ def heldout_gain(samples: Samples, rows: Tensor, pred: Tensor, recal: Any, datas
                  ) -> dict[str, Any] | None:
     """Mask AP on the add-on images of ``rows`` (detections their head did not train on) under
     maskness, the head's rescoring (``pred``) and the recalibration: what the add-on gains on
-    the user's own data. None for samples without their masks (in memory)."""
+    the user's own data. None for samples without their masks (in memory, or a cache written
+    without them)."""
     from maskiou.records import coco_ap, coco_results
 
     if not hasattr(samples, "rles") or len(rows) == 0:
+        return None
+    rles = samples.rles(rows)
+    if any(r is None for r in rles):  # a cache written without its masks
         return None
     cls, mk = samples.cls_scores[rows].numpy(), samples.maskness[rows].numpy()
     labels = samples.labels[rows].numpy()
     dets = Detections(
         image_ids=samples.image_ids[rows].numpy(),
         category_ids=np.array([dataset.label_to_cat_id[int(x)] for x in labels], np.int64),
-        boxes_xywh=np.zeros((len(rows), 4)), rles=samples.rles(rows), cls_scores=cls,
+        boxes_xywh=np.zeros((len(rows), 4)), rles=rles, cls_scores=cls,
         pred_ious=pred.numpy(), maskness=mk, labels=labels,
         rel_areas=samples.rel_areas[rows].numpy())
     scores = {"maskness": cls * mk, "rescored": cls * np.clip(pred.numpy(), 0, 1)}
