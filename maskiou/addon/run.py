@@ -270,16 +270,16 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
     recal = None
     if cfg.recalibration != "none":
         r = recal_rows
-        seen = {int(i) for i in samples.image_ids[r].tolist()} if crossfit else held
+        fitted = set(ids) if crossfit else held  # the images whose detections it sees
         recal = Recalibration.fit(
             cfg.recalibration, samples.cls_scores[r].numpy(), pred.numpy(),
             samples.maskness[r].numpy(), samples.rel_areas[r].numpy(),
             samples.labels[r].numpy(), samples.targets[r].numpy(),
-            {h: i for h, i in fingerprints.items() if i in seen or crossfit}, seed=cfg.seed,
+            {h: i for h, i in fingerprints.items() if i in fitted}, seed=cfg.seed,
             target=cfg.target)
         how = "out-of-fold predictions" if crossfit else "held-out images"
         log(f"fitted the {cfg.recalibration} recalibration on {len(r)} detections of "
-            f"{len(seen) if not crossfit else len(ids)} images ({how})")
+            f"{len(fitted)} images ({how})")
     gain = heldout_gain(samples, recal_rows, pred, recal, dataset)
     if gain is not None:
         ap = gain["mask_ap"]
