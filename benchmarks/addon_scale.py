@@ -188,7 +188,8 @@ def run_addon(detector: Path, data: tuple[Path, Path], out: Path, cache_root: Pa
             "train_samples_per_s": samples_per_s}
 
 
-def memory_vs_disk(cache: DiskSamples, rows: int, batches: int) -> dict[str, float]:
+def memory_vs_disk(detector: Path, cache: DiskSamples, rows: int, batches: int
+                   ) -> dict[str, float]:
     """Head training throughput on the same ``batches`` batches of 256, from the disk cache
     (read as maskiou-addon reads it on this device) and from memory (the rows loaded first),
     one after the other."""
@@ -199,15 +200,12 @@ def memory_vs_disk(cache: DiskSamples, rows: int, batches: int) -> dict[str, flo
     sel = torch.arange(min(rows, batches * cfg.batch_size))
     out = {}
     for name, source, idx in (("disk", cache, subset[sel]), ("memory", memory, sel)):
-        model, _ = attach_to_detector(DETECTOR_HOLDER["path"], cfg)
+        model, _ = attach_to_detector(detector, cfg)
         head = model.roi_heads.maskiou_head
         log = train_head(head, source, cfg, idx, progress=False)
         out[f"{name}_samples_per_s"] = round(log[0]["samples_per_s"], 1)
     out["disk_over_memory"] = round(out["disk_samples_per_s"] / out["memory_samples_per_s"], 3)
     return out
-
-
-DETECTOR_HOLDER: dict[str, Path] = {}
 
 
 def flop_bound(in_channels: int, num_classes: int = 8) -> dict[str, float]:
@@ -254,7 +252,6 @@ def main(argv: list[str] | None = None) -> int:
         data[name] = (paths.train_json, paths.train_images)
     first = CocoInstanceDataset(*data["tenth"])
     detector = r50_detector(out / "r50_plain.pt", first.class_names)
-    DETECTOR_HOLDER["path"] = detector
     real, collect_rate = collect_real_rows(detector, first, min(args.collect_images, len(first)),
                                            out)
     print(f"collection: {collect_rate:.2f} images/s ({len(real)} real rows)")
@@ -272,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                         "disk_gb": round(nbytes / 1e9, 2), "write_s": round(write_s, 1), **run}
         print(json.dumps(result[name]))
         if name == "tenth":
-            result["memory_vs_disk"] = memory_vs_disk(DiskSamples(folder), len(dataset) * 50,
-                                                      args.compare_batches)
+            result["memory_vs_disk"] = memory_vs_disk(detector, DiskSamples(folder),
+                                                      len(dataset) * 50, args.compare_batches)
             print(json.dumps(result["memory_vs_disk"]))
     result["flop_bound"] = [flop_bound(64), flop_bound(256)]
     result["rss_full_over_tenth"] = round(result["full"]["peak_pss_gb"]

@@ -31,7 +31,16 @@ from maskiou import distributed as D
 from maskiou.attach import find_adapter, find_maskiou_head
 from maskiou.records import Detections, output_to_detections, true_mask_ious
 
-from .cache import DiskSamples, HeadSamples, ShardWriter, key_hash, shard_record, write_manifest
+from .cache import (
+    FEATURES,
+    SCALARS,
+    DiskSamples,
+    HeadSamples,
+    ShardWriter,
+    key_hash,
+    shard_record,
+    write_manifest,
+)
 
 
 @runtime_checkable
@@ -164,8 +173,7 @@ def collect_samples(model: nn.Module, dataset: Any, indices: list[int] | None = 
 
 
 def empty_rows(head: nn.Module) -> dict[str, np.ndarray]:
-    from .cache import SCALARS
-
+    """No detection: rows of every field with the shapes ``head`` takes."""
     return {"roi_features": np.zeros((0, head.in_channels, head.roi_size, head.roi_size),
                                      np.float16),
             "mask_probs": np.zeros((0, head.mask_size, head.mask_size), np.float16),
@@ -235,8 +243,7 @@ def collect_to_cache(model: nn.Module, dataset: Any, directory: str | Path,
     D.barrier()
     if D.is_main():
         head = find_maskiou_head(model)
-        shapes = {f: list(a.shape[1:]) for f, a in empty_rows(head).items()
-                  if f in ("roi_features", "mask_probs")}
+        shapes = {f: list(a.shape[1:]) for f, a in empty_rows(head).items() if f in FEATURES}
         write_manifest(directory, key, [name for name, _, _ in plan], shapes)
     D.barrier()
     return DiskSamples(directory, key)
