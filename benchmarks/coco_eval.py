@@ -2,6 +2,10 @@
 the MaskIoU head's rescoring, a recalibrated score, and the oracle; correlation and cost.
 
     python benchmarks/coco_eval.py                       # embedded default: the add-on story
+    python benchmarks/coco_eval.py --detector-framework detectron2   # the same, on detectron2
+    python benchmarks/coco_eval.py --detector-framework detectron2 --detector-config cfg.yaml \
+        --checkpoint model_final.pth --train-json addon.json --train-images addon/ \
+        --val-json val.json --val-images val/   # your detectron2 model, add-on on your data
     python benchmarks/coco_eval.py --checkpoint plain.pt --train-json addon.json \
         --train-images addon/ --val-json val.json --val-images val/   # add-on, your data
     python benchmarks/coco_eval.py --checkpoint runs/x/model_final.pt --coco-root /data/coco
@@ -21,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from maskiou.attach import UnknownFrameworkError  # noqa: E402
 from maskiou.data.coco import CocoFormatError  # noqa: E402
 from maskiou.models.checkpoint import CheckpointError  # noqa: E402
 from maskiou.models.config import DEFAULT_PRESET, PRESETS, resolve  # noqa: E402
@@ -33,6 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="the model to measure: a plain detector (gets the "
                    "add-on) or a model with a head (maskiou-train or maskiou-addon output)")
+    p.add_argument("--detector-framework", default="torchvision",
+                   choices=["torchvision", "detectron2"], help="whose detector: on the embedded "
+                   "data, the shipped plain one of that framework gets the add-on; with "
+                   "--detector-config, the framework that reads it")
+    p.add_argument("--detector-config", help="a plain detector named its framework's way: this "
+                   "config file, and --checkpoint its weights (detectron2: config.yaml and "
+                   "model_final.pth)")
     p.add_argument("--baseline-checkpoint", help="plain Mask R-CNN checkpoint, same recipe")
     p.add_argument("--end-to-end-checkpoint", help="an end-to-end model to score beside it")
     p.add_argument("--train-baseline", action="store_true",
@@ -64,6 +76,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def converted(args: argparse.Namespace, cfg: object) -> str:
+    """The maskiou checkpoint of --detector-config/--checkpoint, for the classes of the scored
+    split (converted once into OUTPUT_DIR/runs)."""
+    from maskiou.data.coco import CocoInstanceDataset
+    from maskiou.models.load import convert_detector
+    from maskiou.models.paths import resolve_split
+
+    val = CocoInstanceDataset(*resolve_split(cfg, "val", progress=False))
+    out = Path(args.runs_dir) if args.runs_dir else Path(args.output_dir) / "runs"
+    return str(convert_detector(args.detector_framework, args.detector_config, args.checkpoint,
+                                val, out))
+
+
 def main(argv: list[str] | None = None) -> int:
     from maskiou import distributed as D
     from maskiou.addon.cli import config_from_args
@@ -92,8 +117,19 @@ def main(argv: list[str] | None = None) -> int:
         print("coco_eval: error: without --checkpoint a model must be trained: give "
               "--coco-root or --train-json/--train-images", file=sys.stderr)
         return 2
+    if args.detector_framework != "torchvision" and args.checkpoint is None and custom_data:
+        print(f"coco_eval: error: a {args.detector_framework} model is trained with "
+              f"{args.detector_framework} itself: pass --checkpoint WEIGHTS --detector-config "
+              "CONFIG", file=sys.stderr)
+        return 2
+    if args.detector_config and not args.checkpoint:
+        print("coco_eval: error: --detector-config names the config of --checkpoint (the "
+              "weights file)", file=sys.stderr)
+        return 2
     try:
         cfg = resolve(args.config, overrides)
+        if args.detector_config:
+            args.checkpoint = converted(args, cfg)
         runs = Path(args.runs_dir) if args.runs_dir else (
             Path(args.output_dir) / "runs" if custom_data else None)
         metrics = run(cfg, output_dir=Path(args.output_dir), checkpoint=args.checkpoint,
@@ -103,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                       batch_size=args.batch_size, backend=args.eval_backend,
                       progress=not args.no_progress, retrain=args.retrain, run_root=runs,
                       addon=config_from_args(args), addon_images=args.addon_images or
-                      ADDON_IMAGES)
+                      ADDON_IMAGES, framework=args.detector_framework)
     except (CocoFormatError, CheckpointError, RecalibrationError, ValueError,
-            FileNotFoundError) as e:
+            FileNotFoundError, UnknownFrameworkError) as e:
         print(f"coco_eval: error: {e}", file=sys.stderr)
         return 2
     finally:

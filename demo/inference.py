@@ -21,6 +21,7 @@ from pycocotools import mask as mask_utils
 from demo.draw import Shape, color, draw
 from demo.images import ImageSource, load_image
 from maskiou.evaluation.metrics import scorings
+from maskiou.evaluation.predict import predictor
 from maskiou.records import encode_masks
 from maskiou.scoring import maskness
 
@@ -42,7 +43,8 @@ class Predictor:
     """A detection model with its class names, a device and a lock (one forward at a time).
 
     Args:
-        model: called as ``model([Tensor[3, H, W] float in [0, 1]])``; returns a list with one
+        model: a detector run through its adapter's ``predict`` (an ``nn.Module``), or any
+            callable: ``model([Tensor[3, H, W] float in [0, 1]])`` returns a list with one
             dict: boxes Tensor[n, 4], labels Tensor[n], scores Tensor[n], masks
             Tensor[n, 1, H, W] probabilities, and, with the MaskIoU head, cls_scores,
             mask_ious and maskness Tensor[n].
@@ -78,7 +80,8 @@ class Predictor:
         [n], maskness [n], mask_ious [n] (None without a head), masks Bool[n, H, W]."""
         tensor = torch.from_numpy(np.array(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         with self.lock:
-            out = self.model([tensor.to(self.device)])[0]
+            run = predictor(self.model) if isinstance(self.model, torch.nn.Module) else self.model
+            out = run([tensor.to(self.device)])[0]
         n = len(out["boxes"])
         probs = out["masks"][:, 0].float()
         mk = out["maskness"] if "maskness" in out else maskness(probs, MASK_THRESHOLD)

@@ -25,9 +25,12 @@ from torchvision.models.detection.roi_heads import (
 
 from maskiou.branch import (
     MaskIoUConfig,
+    head_inputs_recorded,
+    install_head,
     maskiou_outputs,
     maskiou_training_inputs,
     predicted_mask_probs,
+    scoring_subclass,
 )
 from maskiou.head import MaskIoUHead
 from maskiou.loss import mask_iou_loss
@@ -148,15 +151,10 @@ _SCORING_CLASSES: Dict[type, type] = {RoIHeads: MaskScoringRoIHeads}
 
 
 def scoring_class(base: type) -> type:
-    """The class an attached ``base`` (``RoIHeads`` or a subclass) becomes: our ``forward`` first
-    in the MRO, every other method of ``base`` kept. Made once per class and kept in this module
-    under its own name, so that pickling and TorchScript find it."""
-    if base not in _SCORING_CLASSES:
-        name = f"MaskScoring{base.__name__}_{len(_SCORING_CLASSES)}"
-        cls = type(name, (MaskScoringRoIHeads, base), {})  # __module__: this one, as called here
-        globals()[name] = cls
-        _SCORING_CLASSES[base] = cls
-    return _SCORING_CLASSES[base]
+    """The class an attached ``base`` (``RoIHeads`` or a subclass) becomes: our ``forward``
+    first in the MRO, every other method of ``base`` kept (see
+    :func:`maskiou.branch.scoring_subclass`)."""
+    return scoring_subclass(base, MaskScoringRoIHeads, _SCORING_CLASSES, globals())
 
 
 class TorchvisionMaskRCNNAdapter:
@@ -190,12 +188,19 @@ class TorchvisionMaskRCNNAdapter:
         return {"in_channels": int(channels), "num_classes": num_classes, "roi_size": roi_size}
 
     def install(self, model: nn.Module, head: MaskIoUHead, config: MaskIoUConfig) -> None:
+        model.roi_heads.__class__ = scoring_class(type(model.roi_heads))
+        install_head(model.roi_heads, head, config)
+
+    def predict(self, model: nn.Module, images: List[Tensor]) -> List[Dict[str, Tensor]]:
+        """The model's own output (eval mode, no grad): torchvision's detection dicts are
+        maskiou's records already."""
+        with torch.no_grad():
+            return model(images)
+
+    def mask_branch(self, model: nn.Module) -> Any:
+        """The mask head and predictor as a function of the pooled RoI features (its cost)."""
         rh = model.roi_heads
-        rh.__class__ = scoring_class(type(rh))
-        rh.maskiou_head = head
-        rh.maskiou_rescore = bool(config.rescore_outputs)
-        rh.maskiou_loss_weight = float(config.loss_weight)
-        rh.maskiou_detach_inputs = bool(config.detach_inputs)
+        return lambda x: rh.mask_predictor(rh.mask_head(x))
 
     def collect(self, model: nn.Module, images: List[Tensor]) -> List[Dict[str, Tensor]]:
         """Run the attached model on ``images`` (eval mode, no grad) and return, per image, its
@@ -203,18 +208,8 @@ class TorchvisionMaskRCNNAdapter:
         inputs beside them: ``roi_features`` Tensor[n, C, S, S] (``mask_roi_pool``'s output)
         and ``mask_probs`` Tensor[n, M, M] (the predicted class's mask probabilities). The
         add-on's collection pass calls this (``maskiou.addon.collect``)."""
-        rh = model.roi_heads
-        seen: List[Tuple[Tensor, Tensor]] = []
-        handle = rh.maskiou_head.register_forward_hook(
-            lambda mod, inputs, out: seen.append((inputs[0], inputs[1])))
-        rescore = rh.maskiou_rescore
-        rh.maskiou_rescore = False  # the detector's order: rows align with the head's inputs
-        try:
-            with torch.no_grad():
-                outputs = model(images)
-        finally:
-            handle.remove()
-            rh.maskiou_rescore = rescore
+        with head_inputs_recorded(model.roi_heads) as seen:
+            outputs = model(images)
         features, probs = seen[-1]
         sizes = [len(o["boxes"]) for o in outputs]
         for out, f, p in zip(outputs, features.split(sizes), probs.split(sizes)):

@@ -110,6 +110,26 @@ def find_adapter(model: nn.Module) -> Adapter:
     )
 
 
+class UnknownFrameworkError(LookupError):
+    """No installed adapter handles the models of a framework a checkpoint or a flag names."""
+
+
+def framework_adapter(framework: str) -> Any:
+    """The adapter that rebuilds models of ``framework`` from a maskiou checkpoint (its
+    ``framework`` attribute, with a ``load_detector(checkpoint)`` method), or an
+    :class:`UnknownFrameworkError` naming what is installed."""
+    failed: list[str] = []
+    adapters = available_adapters(failed)
+    for adapter in adapters:
+        if getattr(adapter, "framework", None) == framework and hasattr(adapter,
+                                                                        "load_detector"):
+            return adapter
+    known = ", ".join(sorted({getattr(a, "framework", a.name) for a in adapters})) or "none"
+    broken = f" Entry points that failed to import: {'; '.join(failed)}." if failed else ""
+    raise UnknownFrameworkError(f"no adapter loads {framework} models (frameworks available: "
+                                f"{known}).{broken} Is {framework} installed?")
+
+
 def find_maskiou_head(model: nn.Module) -> MaskIoUHead | None:
     """The MaskIoU head installed somewhere in ``model``, or None."""
     for module in model.modules():

@@ -15,8 +15,9 @@ module to a free function, so the adapter calls the head itself between them):
 written in plain Python (see ``examples/custom_adapter.py``).
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -179,3 +180,51 @@ def maskiou_inference(head: nn.Module, roi_features: Tensor, mask_logits: Tensor
     return maskiou_outputs(head(roi_features, probs), probs, all_labels,
                            [x.shape[0] for x in labels])
 
+
+
+# --- what every adapter does to install the branch and to feed the add-on ----------------------
+
+
+def install_head(module: nn.Module, head: nn.Module, config: MaskIoUConfig) -> None:
+    """Put ``head`` in ``module`` (the detector's RoI heads) as ``maskiou_head``, with the
+    config's values as plain attributes ``maskiou_rescore``, ``maskiou_loss_weight`` and
+    ``maskiou_detach_inputs`` (plain, so that TorchScript compiles them)."""
+    module.maskiou_head = head
+    module.maskiou_rescore = bool(config.rescore_outputs)
+    module.maskiou_loss_weight = float(config.loss_weight)
+    module.maskiou_detach_inputs = bool(config.detach_inputs)
+
+
+def scoring_subclass(base: type, mixin: type, made: Dict[type, type],
+                     namespace: Dict[str, Any]) -> type:
+    """``mixin`` put in front of ``base`` (a detector's RoI-heads class or a subclass of it):
+    the mixin's methods first in the MRO, every other override of ``base`` kept. Made once per
+    class (``made`` remembers them) and stored in ``namespace`` (the adapter module's globals)
+    under its own name, so that pickling and TorchScript find it. The new class has its own
+    ``__annotations__``, which TorchScript exports write into."""
+    if base not in made:
+        name = f"MaskScoring{base.__name__}_{len(made)}"
+        cls = type(name, (mixin, base), {"__module__": namespace["__name__"],
+                                         "__annotations__": {}})
+        namespace[name] = cls
+        made[base] = cls
+    return made[base]
+
+
+@contextmanager
+def head_inputs_recorded(module: nn.Module) -> Iterator[List[Tuple[Tensor, Tensor]]]:
+    """While inside, ``module``'s head (``module.maskiou_head``) records its inputs
+    (roi_features Tensor[N, C, S, S], mask_probs Tensor[N, M, M]) in the yielded list, and
+    the outputs are not rescored, so they stay in the detector's order, the order of the
+    head's rows: what an adapter's ``collect`` reads."""
+    seen: List[Tuple[Tensor, Tensor]] = []
+    handle = module.maskiou_head.register_forward_hook(
+        lambda mod, inputs, out: seen.append((inputs[0], inputs[1])))
+    rescore_outputs = module.maskiou_rescore
+    module.maskiou_rescore = False
+    try:
+        with torch.no_grad():
+            yield seen
+    finally:
+        handle.remove()
+        module.maskiou_rescore = rescore_outputs

@@ -3,6 +3,8 @@ the cached detections of labeled images the detector did not train on.
 
     maskiou-addon --detector runs/plain/model_final.pt --train-json ann.json \\
         --train-images imgs/ --output-dir runs/addon
+    maskiou-addon --detector-config d2/config.yaml --detector d2/model_final.pth \\
+        --train-json ann.json --train-images imgs/ --output-dir runs/addon   # detectron2
     torchrun --nproc_per_node=8 -m maskiou.addon --detector ... --device cuda   # the collection
                                                  # pass on 8 processes; rank 0 trains the head
 
@@ -19,6 +21,7 @@ import dataclasses
 import sys
 
 from maskiou import distributed as D
+from maskiou.attach import UnknownFrameworkError
 from maskiou.head import HeadConfig
 from maskiou.models.checkpoint import CheckpointError
 
@@ -45,13 +48,34 @@ def config_from_args(args: argparse.Namespace, base: AddonConfig | None = None) 
     return (base or AddonConfig()).replace(**{k: v for k, v in values.items() if v is not None})
 
 
+def converted_detector(args: argparse.Namespace) -> str:
+    """The maskiou checkpoint of ``--detector-config``/``--detector``: converted once, by the
+    main process, into the output folder; the other ranks then find it there."""
+    from maskiou.data.coco import CocoInstanceDataset
+    from maskiou.models.load import convert_detector
+
+    dataset = CocoInstanceDataset(args.train_json, args.train_images)
+    if D.is_main():
+        convert_detector(args.detector_framework, args.detector_config, args.detector, dataset,
+                         args.output_dir)
+    D.barrier()
+    return str(convert_detector(args.detector_framework, args.detector_config, args.detector,
+                                dataset, args.output_dir))
+
+
 def main(argv: list[str] | None = None) -> int:
     from maskiou.data.coco import CocoFormatError
 
     p = argparse.ArgumentParser(prog="maskiou-addon", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--detector", required=True, help="plain Mask R-CNN checkpoint (maskiou-train "
-                   "--no-maskiou, or the shipped maskiou/pretrained/synthetic_cpu_plain.pt)")
+                   "--no-maskiou, or the shipped maskiou/pretrained/synthetic_cpu_plain.pt), or "
+                   "with --detector-config the framework's own weights file (detectron2: "
+                   "model_final.pth)")
+    p.add_argument("--detector-config", help="the detector's config file in its framework's "
+                   "format (detectron2: the YAML its trainer wrote, cfg.dump())")
+    p.add_argument("--detector-framework", default="detectron2", help="with --detector-config: "
+                   "the framework whose adapter reads it (default detectron2)")
     p.add_argument("--train-json", required=True, help="labeled images the detector did not "
                    "train on: the head trains on its detections there")
     p.add_argument("--train-images", required=True)
@@ -68,11 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         _, _, device = D.init_distributed(args.device)
-        path = train_addon(args.detector, args.train_json, args.train_images, args.output_dir,
+        detector = args.detector
+        if args.detector_config:
+            detector = converted_detector(args)
+        path = train_addon(detector, args.train_json, args.train_images, args.output_dir,
                            config_from_args(args), device=device, progress=not args.no_progress,
                            cache_dir=args.cache_dir, workers=args.workers,
                            log=lambda msg: print(msg, flush=True) if D.is_main() else None)
-    except (CocoFormatError, CheckpointError, CacheKeyError, ValueError, FileNotFoundError) as e:
+    except (CocoFormatError, CheckpointError, CacheKeyError, ValueError, FileNotFoundError,
+            UnknownFrameworkError) as e:
         print(f"maskiou-addon: error: {e}", file=sys.stderr)
         return 2
     finally:

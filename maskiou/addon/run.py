@@ -59,6 +59,17 @@ def addon_train_config(detector_config: dict[str, Any], cfg: AddonConfig) -> dic
             "maskiou_head": dataclasses.asdict(cfg.head_config())}
 
 
+def addon_model_entries(meta: dict[str, Any], cfg: AddonConfig) -> dict[str, Any]:
+    """What an add-on checkpoint needs to rebuild its model (the detector and this head): a
+    torchvision detector's TrainConfig with the head, or another framework's own description
+    of its detector beside the head's config."""
+    framework = meta.get("framework", "torchvision")
+    if framework == "torchvision":
+        return {"config": addon_train_config(meta["config"], cfg)}
+    return {"framework": framework, "detector": meta["detector"],
+            "maskiou_head": dataclasses.asdict(cfg.head_config())}
+
+
 def detector_training_images(meta: dict[str, Any]) -> dict[str, int]:
     """Fingerprints of the images the detector was trained on, when its config says where they
     are and they are still there (else empty)."""
@@ -332,7 +343,7 @@ def train_addon(detector: str | Path, train_json: str | Path, train_images: str 
     if fit is None:
         return None
     ckpt = {
-        "model": model.state_dict(), "config": addon_train_config(meta["config"], cfg),
+        "model": model.state_dict(), **addon_model_entries(meta, cfg),
         "class_names": meta["class_names"], "label_to_cat_id": meta["label_to_cat_id"],
         "format": "maskiou-addon-1",
         "addon": {"config": dataclasses.asdict(cfg), "detector": str(detector),

@@ -241,6 +241,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Any, device: torch.devi
     scores = scorings(dets.cls_scores, dets.pred_ious if has_head else None, dets.maskness,
                       true, recal_scores)
     metrics.update(checkpoint=str(checkpoint), has_head=has_head,
+                   framework=meta.get("framework", "torchvision"),
                    inference_seconds=round(seconds, 1))
     if has_head:
         metrics["cost"] = head_cost(model)
@@ -252,7 +253,36 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Any, device: torch.devi
 
 def is_plain(checkpoint: str | Path) -> bool:
     """Whether a checkpoint is a detector without the MaskIoU head."""
-    return not load_checkpoint(checkpoint)["config"].get("maskiou", True)
+    from maskiou.models.load import has_head
+
+    return not has_head(load_checkpoint(checkpoint))
+
+
+def default_framework_detector(framework: str, progress: bool = True, retrain: bool = False,
+                               device: str | torch.device = "cpu") -> Path:
+    """The plain detector of another framework for the embedded data: the shipped one
+    (``maskiou/pretrained/synthetic_cpu_<framework>_plain.pt``), or with ``retrain`` one
+    trained by the framework's own trainer (its adapter's ``train_embedded``)."""
+    from maskiou.attach import framework_adapter
+
+    name = f"{framework}_plain"
+    final = model_dir(name) / "model_final.pt"
+    if retrain and D.is_main():
+        final.unlink(missing_ok=True)
+    if not final.is_file() and D.is_main():
+        shipped = shipped_model_path(name)
+        if shipped.is_file() and not retrain:
+            log(f"using the shipped {framework} model {shipped.name} (pass --retrain to train "
+                "it from scratch)")
+            save_atomic(load_checkpoint(shipped), final)
+        else:
+            adapter = framework_adapter(framework)
+            log(f"training the plain {framework} Mask R-CNN into {final.parent}")
+            trained = adapter.train_embedded(final.parent, device=str(device))
+            if Path(trained) != final:
+                save_atomic(load_checkpoint(trained), final)
+    D.barrier()
+    return final
 
 
 def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
@@ -260,7 +290,8 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
         end_to_end_checkpoint: str | None = None, train_baseline: bool = False,
         device: str = "auto", batch_size: int = 8, backend: str = "pycocotools",
         progress: bool = True, retrain: bool = False, run_root: Path | None = None,
-        addon: AddonConfig | None = None, addon_images: int = ADDON_IMAGES) -> dict[str, Any]:
+        addon: AddonConfig | None = None, addon_images: int = ADDON_IMAGES,
+        framework: str = "torchvision") -> dict[str, Any]:
     """The main job; returns metrics.json's dict (on the main process).
 
     Args:
@@ -272,6 +303,9 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
             trains on; on the embedded data, generated add-on images.
         baseline_checkpoint, train_baseline: also score a plain detector (the paper's table 1).
         end_to_end_checkpoint: also score an end-to-end model.
+        framework: on the embedded data, whose plain detector gets the add-on: torchvision's
+            (with the end-to-end model beside it) or another framework's shipped one
+            (``"detectron2"``).
     """
     from maskiou.data.coco import CocoInstanceDataset
 
@@ -288,7 +322,9 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
     timings["data"] = time.perf_counter() - t_start
 
     models: dict[str, str] = {}
-    if checkpoint is None and embedded:
+    if checkpoint is None and embedded and framework != "torchvision":
+        checkpoint = str(default_framework_detector(framework, progress, retrain, dev))
+    elif checkpoint is None and embedded:
         checkpoint = str(default_detector(progress, retrain, cfg))
         end_to_end_checkpoint = end_to_end_checkpoint or str(
             default_end_to_end(progress, retrain, cfg))
@@ -303,9 +339,10 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
                                  "add-on head to train on")
             addon_train = tuple(map(str, addon_split(addon_images, progress)))
         timings["addon_data"] = time.perf_counter() - t0
+        plain = "plain" if framework == "torchvision" else f"{framework}_plain"
         default = (embedded and addon_images == ADDON_IMAGES
-                   and Path(checkpoint) == model_dir("plain") / "model_final.pt")
-        run_dir = model_dir("addon") if default else \
+                   and Path(checkpoint) == model_dir(plain) / "model_final.pt")
+        run_dir = model_dir(plain.replace("plain", "addon")) if default else \
             run_root / f"addon-{file_sha1(checkpoint)[:8]}"
         t0 = time.perf_counter()
         addon_or_reuse(Path(checkpoint), Path(addon_train[0]), Path(addon_train[1]), run_dir,
@@ -344,6 +381,7 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
         "segm": main["segm"], "bbox": main["bbox"], "correlation": main["correlation"],
         "num_images": len(dataset), "num_detections": main["num_detections"],
         "main_model": main_model, "checkpoint": models[main_model],
+        "framework": main["framework"],
         "val_json": str(val_json),
         "models": {name: {k: v for k, v in m.items()
                           if k not in ("results", "detections", "true_ious", "scores")}

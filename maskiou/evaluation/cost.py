@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from maskiou.attach import find_maskiou_head
+from maskiou.attach import find_adapter, find_maskiou_head
 
 
 def count_flops(fn: Any, *args: Any) -> int:
@@ -40,9 +40,9 @@ def head_cost(model: nn.Module) -> dict[str, Any]:
         "head_gflops_per_roi": head_flops / 1e9,
         "head_gmacs_per_roi": head_flops / 2e9,
     }
-    rh = getattr(model, "roi_heads", None)
-    if rh is not None and getattr(rh, "mask_head", None) is not None:
-        mask_flops = count_flops(lambda x: rh.mask_predictor(rh.mask_head(x)), roi)
+    adapter = find_adapter(model)
+    if hasattr(adapter, "mask_branch"):  # the adapter's optional member
+        mask_flops = count_flops(adapter.mask_branch(model), roi)
         out["mask_head_gflops_per_roi"] = mask_flops / 1e9
         out["mask_head_gmacs_per_roi"] = mask_flops / 2e9
     return out

@@ -8,7 +8,21 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from maskiou.attach import find_adapter
 from maskiou.records import Detections, output_to_detections
+
+
+def predictor(model: torch.nn.Module) -> Any:
+    """``run(images) -> outputs``: the model run through its adapter's ``predict`` (maskiou's
+    images in, maskiou's detection records out, whatever the framework), or called directly
+    when its adapter has none (then it must take and return those itself)."""
+    try:
+        adapter = find_adapter(model)
+    except TypeError:
+        return model
+    if hasattr(adapter, "predict"):
+        return lambda images: adapter.predict(model, images)
+    return model
 
 
 @torch.no_grad()
@@ -19,10 +33,11 @@ def predict(model: torch.nn.Module, dataset: Any, indices: list[int] | None = No
     model.eval().to(device)
     indices = list(range(len(dataset))) if indices is None else indices
     parts = []
+    run = predictor(model)
     for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not progress,
                       dynamic_ncols=True):
         batch = [dataset[i] for i in indices[start:start + batch_size]]
-        outputs = model([img.to(device) for img, _ in batch])
+        outputs = run([img.to(device) for img, _ in batch])
         for (_, target), out in zip(batch, outputs):
             parts.append(output_to_detections(out, int(target["image_id"]),
                                               dataset.label_to_cat_id))

@@ -13,7 +13,7 @@ from torch import nn
 from maskiou.attach import attach_maskiou_head
 
 from .builders import build_maskrcnn
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state
+from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_atomic
 from .config import TrainConfig
 
 
@@ -64,6 +64,8 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu"
         (model in eval mode on ``device``, checkpoint metadata: config, class_names, ...).
     """
     ckpt = load_checkpoint(path)
+    if ckpt.get("framework", "torchvision") != "torchvision":
+        return load_framework_model(ckpt, path, device)
     if "config" not in ckpt or "class_names" not in ckpt:
         raise CheckpointError(f"{path}: not a maskiou-train checkpoint (no config or class "
                               "names): a bare state dict cannot be rebuilt")
@@ -77,6 +79,72 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu"
     model = build_model(cfg, len(ckpt["class_names"]))
     load_model_state(model, ckpt["model"], path, strict=True)
     model.to(device).eval()
-    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler",
-                                                        "scaler", "rng")}
-    return model, meta
+    return model, checkpoint_meta(ckpt)
+
+
+def checkpoint_meta(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint without its weights and training state."""
+    return {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler",
+                                                       "scaler", "rng")}
+
+
+def load_framework_model(ckpt: dict[str, Any], path: str | Path,
+                         device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a checkpoint of another framework's detector (``"framework"``, its
+    adapter's ``"detector"`` description, ``"class_names"``, and ``"maskiou_head"``, the
+    :class:`HeadConfig` of an attached head, or None): rebuilt by that framework's adapter."""
+    from maskiou.attach import UnknownFrameworkError, framework_adapter
+    from maskiou.head import HeadConfig
+
+    missing = [k for k in ("detector", "class_names") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: a {ckpt['framework']} checkpoint without {missing}")
+    try:
+        adapter = framework_adapter(ckpt["framework"])
+    except UnknownFrameworkError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    model = adapter.load_detector(ckpt["detector"])
+    if ckpt.get("maskiou_head") is not None:
+        try:
+            head = HeadConfig(**ckpt["maskiou_head"])
+        except TypeError as e:
+            raise CheckpointError(f"{path}: its head config does not match this maskiou "
+                                  f"version ({e})") from e
+        attach_maskiou_head(model, **head.kwargs())
+    load_model_state(model, ckpt["model"], path, strict=True)
+    model.to(device).eval()
+    return model, checkpoint_meta(ckpt)
+
+
+def has_head(meta: dict[str, Any]) -> bool:
+    """Whether a checkpoint (its metadata) holds a model with the MaskIoU head."""
+    if meta.get("framework", "torchvision") != "torchvision":
+        return meta.get("maskiou_head") is not None
+    return bool(meta["config"].get("maskiou", True))
+
+
+def convert_detector(framework: str, config_file: str | Path, weights: str | Path, dataset: Any,
+                     out_dir: str | Path) -> Path:
+    """A maskiou checkpoint of a detector named its framework's way (a config file and a
+    weights file), for the classes of ``dataset`` (a ``CocoInstanceDataset``): written once to
+    ``out_dir/detector-<hash>.pt`` by the framework's adapter (``checkpoint_from_files``), and
+    reused while the two files are the same."""
+    import hashlib
+
+    from maskiou.attach import UnknownFrameworkError, framework_adapter
+
+    for what, f in (("config", config_file), ("weights", weights)):
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"{framework} {what} file {f} not found")
+    digest = hashlib.sha1(Path(config_file).read_bytes() + Path(weights).read_bytes())
+    path = Path(out_dir) / f"detector-{framework}-{digest.hexdigest()[:12]}.pt"
+    if path.is_file():
+        return path
+    adapter = framework_adapter(framework)
+    if not hasattr(adapter, "checkpoint_from_files"):
+        raise UnknownFrameworkError(f"the {framework} adapter cannot read a config and a "
+                                    "weights file")
+    ckpt = adapter.checkpoint_from_files(str(config_file), str(weights), dataset.class_names,
+                                         dataset.label_to_cat_id)
+    save_atomic(ckpt, path)
+    return path

@@ -56,9 +56,11 @@ def addon_dir(num_images: int, image_size: int = 128, seed: int = ADDON_SEED) ->
 
 
 SHIPPED = {"end_to_end": "synthetic_cpu.pt", "plain": "synthetic_cpu_plain.pt",
-           "addon": "synthetic_cpu_addon.pt"}
+           "addon": "synthetic_cpu_addon.pt",
+           "detectron2_plain": "synthetic_cpu_detectron2_plain.pt"}
 MODEL_DIRS = {"end_to_end": "synthetic-cpu", "plain": "synthetic-cpu-plain",
-              "addon": "synthetic-cpu-addon"}
+              "addon": "synthetic-cpu-addon", "detectron2_plain": "synthetic-cpu-detectron2-plain",
+              "detectron2_addon": "synthetic-cpu-detectron2-addon"}
 
 
 def model_dir(name: str = "addon") -> Path:
@@ -81,5 +83,7 @@ def shipped_model_path(name: str = "end_to_end") -> Path:
     """A checkpoint shipped in the package, trained by this project's own trainer on the embedded
     data (its config and training log lie beside it): ``"plain"``, the Mask R-CNN a user has;
     ``"end_to_end"``, Mask Scoring R-CNN trained with the head; ``"addon"``, the plain one with
-    the head the main job trains alone (shipped for the tests and the demo)."""
+    the head the main job trains alone (shipped for the tests and the demo);
+    ``"detectron2_plain"``, a plain detectron2 Mask R-CNN trained by detectron2's own trainer
+    on the same images."""
     return Path(__file__).resolve().parents[1] / "pretrained" / SHIPPED[name]

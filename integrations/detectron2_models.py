@@ -1,0 +1,249 @@
+"""detectron2 models the maskiou way: the embedded recipe, training it with detectron2's own
+``DefaultTrainer``, and turning a detectron2 model (a config file and a weights file, as
+detectron2 names one) into a maskiou checkpoint that ``maskiou-addon``, ``coco_eval.py`` and the
+demo load.
+
+A maskiou checkpoint of a detectron2 model is a dict with ``"framework": "detectron2"``, the
+full detectron2 config as YAML (``"detector": {"config": ..., "source": ...}``), the class
+names (background first, as maskiou's datasets count them), ``label_to_cat_id`` and the state
+dict. Nothing here needs detectron2's model zoo: the recipe sets every field it uses.
+
+    python -m maskiou_integrations.detectron2_models train --output-dir runs/d2   # embedded
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+# The embedded recipe: the torchvision detector's scale (128 px images, ResNet-18, FPN of 64
+# channels, 2x64 mask convs, 2x256 box FCs), with GroupNorm because batch norm
+# statistics and detectron2's FrozenBN do not train from random weights.
+EMBEDDED_RECIPE: dict[str, Any] = {
+    "MODEL.META_ARCHITECTURE": "GeneralizedRCNN",
+    "MODEL.MASK_ON": True,
+    "MODEL.WEIGHTS": "",
+    "MODEL.PIXEL_MEAN": [103.53, 116.28, 123.675],
+    "MODEL.PIXEL_STD": [57.375, 57.12, 58.395],
+    "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
+    "MODEL.BACKBONE.FREEZE_AT": 0,
+    "MODEL.RESNETS.DEPTH": 18,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
+    "MODEL.RESNETS.NORM": "GN",
+    "MODEL.RESNETS.OUT_FEATURES": ["res2", "res3", "res4", "res5"],
+    "MODEL.FPN.IN_FEATURES": ["res2", "res3", "res4", "res5"],
+    "MODEL.FPN.OUT_CHANNELS": 64,
+    "MODEL.FPN.NORM": "GN",
+    "MODEL.ANCHOR_GENERATOR.SIZES": [[8], [16], [32], [64], [128]],
+    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": [[0.5, 1.0, 2.0]],
+    "MODEL.RPN.IN_FEATURES": ["p2", "p3", "p4", "p5", "p6"],
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 600,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": 300,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": 300,
+    "MODEL.RPN.POST_NMS_TOPK_TEST": 100,
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE": 128,
+    "MODEL.ROI_HEADS.NAME": "StandardROIHeads",
+    "MODEL.ROI_HEADS.IN_FEATURES": ["p2", "p3", "p4", "p5"],
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 64,
+    "MODEL.ROI_BOX_HEAD.NAME": "FastRCNNConvFCHead",
+    "MODEL.ROI_BOX_HEAD.NUM_FC": 2,
+    "MODEL.ROI_BOX_HEAD.FC_DIM": 256,
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": 7,
+    "MODEL.ROI_MASK_HEAD.NAME": "MaskRCNNConvUpsampleHead",
+    "MODEL.ROI_MASK_HEAD.NUM_CONV": 2,
+    "MODEL.ROI_MASK_HEAD.CONV_DIM": 64,
+    "MODEL.ROI_MASK_HEAD.NORM": "GN",
+    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": 14,
+    "INPUT.MIN_SIZE_TRAIN": (128,),
+    "INPUT.MAX_SIZE_TRAIN": 128,
+    "INPUT.MIN_SIZE_TEST": 128,
+    "INPUT.MAX_SIZE_TEST": 128,
+    "INPUT.MASK_FORMAT": "bitmask",
+    "SOLVER.IMS_PER_BATCH": 8,
+    "SOLVER.BASE_LR": 0.02,
+    "SOLVER.WEIGHT_DECAY": 0.0001,
+    "SOLVER.LR_SCHEDULER_NAME": "WarmupCosineLR",
+    "SOLVER.WARMUP_ITERS": 100,
+    "SOLVER.MAX_ITER": 3000,
+    "SOLVER.CHECKPOINT_PERIOD": 500,
+    "SOLVER.CLIP_GRADIENTS.ENABLED": True,
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": "norm",
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": 5.0,
+    "TEST.EVAL_PERIOD": 0,
+    "SEED": 0,
+}
+
+
+def embedded_config(num_classes: int, *, device: str = "cpu", max_iter: int | None = None,
+                    workers: int = 2, **overrides: Any) -> Any:
+    """The detectron2 ``CfgNode`` of the embedded recipe for ``num_classes`` classes
+    (without background, detectron2's count); ``overrides``: ``{"SOLVER.BASE_LR": ...}``
+    spelled with underscores for dots is not needed: pass a dict with dotted keys."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    values = {**EMBEDDED_RECIPE, "MODEL.ROI_HEADS.NUM_CLASSES": num_classes,
+              "MODEL.DEVICE": device, "DATALOADER.NUM_WORKERS": workers, **overrides}
+    if max_iter is not None:
+        values["SOLVER.MAX_ITER"] = max_iter
+    for key, value in values.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return cfg
+
+
+def config_from_yaml(text: str) -> Any:
+    """A detectron2 ``CfgNode`` from the YAML a checkpoint stores (``cfg.dump()``)."""
+    from detectron2.config import CfgNode, get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_other_cfg(CfgNode.load_cfg(text))
+    return cfg
+
+
+def config_from_file(path: str | Path) -> Any:
+    """A detectron2 ``CfgNode`` from a config file, as detectron2's tools read one."""
+    from detectron2.config import get_cfg
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"detectron2 config {path} not found")
+    cfg = get_cfg()
+    cfg.merge_from_file(str(path))
+    return cfg
+
+
+def build_detector(cfg: Any, device: str | torch.device = "cpu") -> nn.Module:
+    """``detectron2.modeling.build_model`` on ``device`` (eval mode, random weights)."""
+    from detectron2.modeling import build_model
+
+    cfg = cfg.clone()
+    cfg.MODEL.DEVICE = str(torch.device(device))
+    model = build_model(cfg)
+    return model.eval()
+
+
+def class_names_for(num_classes: int, names: list[str] | None) -> list[str]:
+    """maskiou's class names (background first) of a detectron2 model of ``num_classes``."""
+    if names is None:
+        return ["__background__"] + [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes + 1:
+        raise ValueError(f"the detectron2 model has {num_classes} classes, the dataset "
+                         f"{len(names) - 1} ({names[1:]})")
+    return list(names)
+
+
+def checkpoint_from_files(config_file: str | Path, weights_file: str | Path,
+                          class_names: list[str], label_to_cat_id: dict[int, int]
+                          ) -> dict[str, Any]:
+    """A maskiou checkpoint of the detectron2 model a config file and a weights file (a
+    detectron2 ``.pth``/``.pkl`` as ``DetectionCheckpointer`` reads them) name.
+
+    ``class_names`` (background first) and ``label_to_cat_id`` come from the dataset the model
+    is used on; its category ids, sorted, are detectron2's contiguous classes (as
+    ``register_coco_instances`` numbers them).
+    """
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    cfg = config_from_file(config_file)
+    if not Path(weights_file).is_file():
+        raise FileNotFoundError(f"detectron2 weights {weights_file} not found")
+    model = build_detector(cfg)
+    class_names_for(cfg.MODEL.ROI_HEADS.NUM_CLASSES, class_names)
+    DetectionCheckpointer(model).load(str(weights_file))
+    return detector_checkpoint(cfg, model, class_names, label_to_cat_id,
+                               source={"config": str(config_file), "weights": str(weights_file)})
+
+
+def detector_checkpoint(cfg: Any, model: nn.Module, class_names: list[str],
+                        label_to_cat_id: dict[int, int], source: dict[str, Any] | None = None,
+                        half: bool = False) -> dict[str, Any]:
+    """The maskiou checkpoint dict of a detectron2 ``model`` built from ``cfg`` (float16
+    weights with ``half``, as the shipped one)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).cpu()
+             for k, v in model.state_dict().items()}
+    cfg = cfg.clone()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    return {"framework": "detectron2", "model": state,
+            "detector": {"config": cfg.dump(), "source": source or {}},
+            "maskiou_head": None,
+            "class_names": list(class_names),
+            "label_to_cat_id": {int(k): int(v) for k, v in label_to_cat_id.items()}}
+
+
+def train_embedded(output_dir: str | Path, *, device: str = "cpu", max_iter: int | None = None,
+                   workers: int = 2, train_json: str | Path | None = None,
+                   train_images: str | Path | None = None) -> Path:
+    """Train the embedded recipe with detectron2's ``DefaultTrainer`` on the embedded training
+    split (the torchvision detector's), and write ``output_dir/model_final.pt`` (the maskiou
+    checkpoint, float16), ``config.yaml`` and ``train_log.jsonl`` beside detectron2's own
+    output. Returns the checkpoint's path."""
+    from detectron2.data.datasets import register_coco_instances
+    from detectron2.engine import DefaultTrainer
+
+    from maskiou.data.coco import CocoInstanceDataset
+    from maskiou.models.checkpoint import save_atomic
+
+    if train_json is None:
+        from maskiou.models.config import resolve
+        from maskiou.models.paths import resolve_split
+
+        train_json, train_images = resolve_split(resolve("synthetic-cpu", {}), "train")
+    data = CocoInstanceDataset(train_json, train_images)
+    name = f"maskiou_train_{Path(train_json).stem}_{abs(hash(str(train_json))) % 10**8}"
+    from detectron2.data import DatasetCatalog
+
+    if name not in DatasetCatalog.list():
+        register_coco_instances(name, {}, str(train_json), str(train_images))
+    out = Path(output_dir)
+    cfg = embedded_config(data.num_classes - 1, device=device, max_iter=max_iter,
+                          workers=workers)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.DATASETS.TEST = ()
+    cfg.OUTPUT_DIR = str(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(cfg.dump())
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume=True)
+    trainer.train()
+    ckpt = detector_checkpoint(cfg, trainer.model, data.class_names, data.label_to_cat_id,
+                               source={"trained_by": "detectron2 DefaultTrainer",
+                                       "train_json": str(train_json)}, half=True)
+    path = out / "model_final.pt"
+    save_atomic(ckpt, path)
+    metrics = out / "metrics.json"  # detectron2's JSONWriter: one JSON object per line
+    if metrics.is_file():
+        (out / "train_log.jsonl").write_text(metrics.read_text())
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train the embedded recipe with DefaultTrainer")
+    t.add_argument("--output-dir", required=True)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--max-iter", type=int)
+    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--train-json")
+    t.add_argument("--train-images")
+    args = p.parse_args(argv)
+    path = train_embedded(args.output_dir, device=args.device, max_iter=args.max_iter,
+                          workers=args.workers, train_json=args.train_json,
+                          train_images=args.train_images)
+    print(json.dumps({"checkpoint": str(path)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

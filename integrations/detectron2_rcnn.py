@@ -1,0 +1,364 @@
+"""Adapter for detectron2's ``GeneralizedRCNN`` with ``StandardROIHeads`` (or a subclass) and
+any ``BaseMaskRCNNHead``, installed as ``maskiou_integrations.detectron2_rcnn`` and found through
+the ``maskiou.adapters`` entry point.
+
+The adapter gives ``model.roi_heads`` a class whose ``_forward_mask`` is detectron2's with the
+MaskIoU branch added (made on top of the model's own ROI-heads class, so a subclass keeps every
+other override). No detectron2 parameter moves: a detectron2 checkpoint loads into the attached
+model with only ``roi_heads.maskiou_head.*`` new.
+
+- Training: ``loss_maskiou`` joins the loss dict, on the mask branch's positive proposals, with
+  full-instance targets from each proposal's matched GT mask (``PolygonMasks`` are rasterized
+  to the image, ``BitMasks`` used as they are: the same targets for the same pixels).
+- Inference: each ``Instances`` gains ``cls_scores``, ``mask_ious`` and ``maskness`` (dtype of
+  ``scores``), and with ``rescore_outputs`` its ``scores`` become cls x MaskIoU, re-sorted.
+
+Labels: detectron2 numbers classes 0..K-1; maskiou's records and its head count background as
+0 (as torchvision does), so the head has K + 1 outputs and a detectron2 class c is maskiou's
+label c + 1. ``predict`` and ``collect`` return maskiou's labels.
+"""
+
+from typing import Any, Dict, List, Tuple
+
+import torch
+from detectron2.modeling import GeneralizedRCNN
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.modeling.roi_heads import StandardROIHeads
+from detectron2.modeling.roi_heads.mask_head import (
+    BaseMaskRCNNHead,
+    mask_rcnn_inference,
+    mask_rcnn_loss,
+)
+from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
+from detectron2.structures import BitMasks, Instances, PolygonMasks
+from torch import Tensor, nn
+
+from maskiou.branch import (
+    MaskIoUConfig,
+    head_inputs_recorded,
+    install_head,
+    maskiou_outputs,
+    maskiou_training_inputs,
+    predicted_mask_probs,
+    scoring_subclass,
+)
+from maskiou.head import MaskIoUHead
+from maskiou.loss import mask_iou_loss
+from maskiou.scoring import maskness, rescore
+
+
+def full_image_masks(instances: Instances) -> Tuple[Tensor, Tensor]:
+    """The distinct GT masks of a detectron2 image's proposals as full-image masks, and the index
+    of each proposal's among them.
+
+    detectron2 carries, on every sampled proposal, its matched GT's mask (``gt_masks``, one per
+    proposal) as ``PolygonMasks`` or ``BitMasks``. Proposals matched to the same GT share its
+    box, class and mask area, so the masks are rasterized once per GT, not once per proposal.
+
+    Args:
+        instances: n proposals with ``gt_boxes``, ``gt_classes`` and ``gt_masks``; its
+            ``image_size`` (H, W).
+
+    Returns:
+        (Tensor[G, H, W] uint8 full-image masks, Tensor[n] int64 index of each proposal's mask).
+    """
+    h, w = instances.image_size
+    n = len(instances)
+    device = instances.gt_classes.device
+    if n == 0:
+        return (torch.zeros((0, h, w), dtype=torch.uint8, device=device),
+                torch.zeros(0, dtype=torch.int64, device=device))
+    masks = instances.gt_masks
+    if isinstance(masks, PolygonMasks):
+        areas = masks.area().to(device=device, dtype=torch.float64)
+    elif isinstance(masks, BitMasks):
+        areas = masks.tensor.flatten(1).sum(1).to(torch.float64)
+    else:
+        raise TypeError(f"gt_masks is a {type(masks).__name__}: the MaskIoU targets take "
+                        "detectron2's PolygonMasks or BitMasks")
+    key = torch.cat([instances.gt_boxes.tensor.to(torch.float64),
+                     instances.gt_classes[:, None].to(torch.float64), areas[:, None]], 1)
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((len(uniq),), n, dtype=torch.int64, device=device)
+    first = first.scatter_reduce(0, inverse, torch.arange(n, device=device), "amin")
+    chosen = masks[first.tolist()] if isinstance(masks, PolygonMasks) else masks[first]
+    if isinstance(chosen, PolygonMasks):
+        bits = BitMasks.from_polygon_masks(chosen, h, w).tensor.to(device)
+    else:
+        bits = chosen.tensor[:, :h, :w]
+    return bits.to(torch.uint8), inverse
+
+
+class MaskScoringStandardROIHeads(StandardROIHeads):
+    """detectron2's StandardROIHeads plus a MaskIoU head.
+
+    Attributes set by the adapter: ``maskiou_head`` and the :class:`maskiou.MaskIoUConfig`
+    values ``maskiou_rescore``, ``maskiou_loss_weight``, ``maskiou_detach_inputs``.
+    """
+
+    # its own annotations: detectron2's TorchScript export marks ``training`` constant in each
+    # model class's own ``__annotations__`` (``freeze_training_mode``), and a class without one
+    # would write into its base's
+    maskiou_rescore: bool
+    maskiou_loss_weight: float
+    maskiou_detach_inputs: bool
+
+    def forward_with_given_boxes(self, features: Dict[str, Tensor], instances: List[Instances]
+                                 ) -> List[Instances]:
+        """detectron2's, without the keypoint branch (the adapter refuses keypoint models):
+        TorchScript compiles every method a scripted one calls, and detectron2's
+        ``_forward_keypoint`` reads ``keypoint_pooler``, which a model without keypoints lacks
+        (a subclass of StandardROIHeads does not script otherwise)."""
+        assert not self.training
+        return self._maskiou_inference(features, instances)
+
+    def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances]):
+        """detectron2's mask branch with the MaskIoU branch: in training a loss dict with
+        ``loss_mask`` and ``loss_maskiou``; at inference ``instances`` with ``pred_masks``,
+        ``cls_scores``, ``mask_ious`` and ``maskness`` (and rescored ``scores``)."""
+        if not self.mask_on:
+            return {} if self.training else instances
+        if self.training:
+            return self._maskiou_losses(features, instances)
+        return self._maskiou_inference(features, instances)
+
+    @torch.jit.unused
+    def _maskiou_losses(self, features: Dict[str, Tensor], instances: List[Instances]
+                        ) -> Dict[str, Tensor]:
+        """``loss_mask`` as detectron2 computes it, and ``loss_maskiou`` on the same RoIs."""
+        fg, _ = select_foreground_proposals(instances, self.num_classes)
+        boxes = [x.proposal_boxes for x in fg]
+        roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        mask_logits = self.mask_head.layers(roi_features)
+        head = self.mask_head
+        losses = {"loss_mask": mask_rcnn_loss(mask_logits, fg, head.vis_period)
+                  * head.loss_weight}
+        labels = [x.gt_classes for x in fg]
+        gt = [full_image_masks(x) for x in fg]
+        probs, targets, all_labels = maskiou_training_inputs(
+            mask_logits, labels, [b.tensor for b in boxes], [g[0] for g in gt],
+            [g[1] for g in gt])
+        if self.maskiou_detach_inputs:
+            roi_features, probs = roi_features.detach(), probs.detach()
+        score_inputs = None
+        if self.maskiou_head.score_inputs > 0:
+            score_inputs = self._score_inputs(self._training_class_scores(features, fg), probs)
+        pred = self.maskiou_head(roi_features, probs, score_inputs)
+        losses["loss_maskiou"] = mask_iou_loss(pred, all_labels + 1, targets,
+                                               self.maskiou_loss_weight)
+        return losses
+
+    @torch.jit.unused
+    def _training_class_scores(self, features: Dict[str, Tensor], fg: List[Instances]
+                               ) -> List[Tensor]:
+        """The box classifier's probability of each positive proposal's GT class (the head's
+        score input in training; detectron2's ``_forward_box`` does not return it)."""
+        with torch.no_grad():
+            box_features = self.box_pooler([features[f] for f in self.box_in_features],
+                                           [x.proposal_boxes for x in fg])
+            predictions = self.box_predictor(self.box_head(box_features))
+            probs = self.box_predictor.predict_probs(predictions, fg)
+        return [p[torch.arange(len(x), device=p.device), x.gt_classes]
+                for p, x in zip(probs, fg)]
+
+    def _maskiou_inference(self, features: Dict[str, Tensor], instances: List[Instances]
+                           ) -> List[Instances]:
+        if self.mask_pooler is None:  # TorchScript refines the Optional; install checks it
+            raise ValueError("the MaskIoU head needs the ROI heads' mask pooler")
+        boxes = [x.pred_boxes for x in instances]
+        roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        mask_logits = self.mask_head.layers(roi_features)
+        mask_rcnn_inference(mask_logits, instances)
+        classes = [x.pred_classes for x in instances]
+        probs, all_labels = predicted_mask_probs(mask_logits, classes)
+        score_inputs: Tensor | None = None
+        if self.maskiou_head.score_inputs > 0:
+            score_inputs = self._score_inputs([x.scores for x in instances], probs)
+        pred = self.maskiou_head(roi_features, probs, score_inputs)
+        ious, mask_maskness = maskiou_outputs(pred, probs, all_labels + 1,
+                                              [len(c) for c in classes])
+        results: List[Instances] = []
+        for i, inst in enumerate(instances):
+            results.append(self._with_maskiou(inst, ious[i], mask_maskness[i]))
+        return results
+
+    def _with_maskiou(self, inst: Instances, ious: Tensor, mask_maskness: Tensor) -> Instances:
+        """``inst`` with ``cls_scores``, ``mask_ious``, ``maskness``; with rescoring, ``scores``
+        = cls x MaskIoU and every field re-sorted by it (ties keep detectron2's order)."""
+        scores = inst.scores
+        inst.cls_scores = scores
+        inst.mask_ious = ious.to(scores.dtype)
+        inst.maskness = mask_maskness.to(scores.dtype)
+        if not self.maskiou_rescore:
+            return inst
+        new = rescore(scores, inst.mask_ious)
+        order = torch.argsort(new, descending=True, stable=True)
+        out = inst[order]
+        out.scores = new[order]
+        return out
+
+    def _score_inputs(self, cls_scores: List[Tensor], probs: Tensor) -> Tensor:
+        """Tensor[N, 2] (classification score, maskness) for a head with score inputs."""
+        cls = torch.cat(cls_scores).to(probs.dtype)
+        return torch.stack([cls, maskness(probs.detach()).to(probs.dtype)], 1)
+
+
+_SCORING_CLASSES: Dict[type, type] = {StandardROIHeads: MaskScoringStandardROIHeads}
+
+
+def scoring_class(base: type) -> type:
+    """The class an attached ``base`` (StandardROIHeads or a subclass) becomes: our
+    ``_forward_mask`` first in the MRO, everything else of ``base`` kept (see
+    :func:`maskiou.branch.scoring_subclass`)."""
+    return scoring_subclass(base, MaskScoringStandardROIHeads, _SCORING_CLASSES, globals())
+
+
+def _model_inputs(model: nn.Module, images: List[Tensor]) -> List[Dict[str, Any]]:
+    """maskiou's images (Tensor[3, H, W] RGB in [0, 1]) as detectron2 inputs: 0-255 in the
+    model's ``input_format``, resized as the model's test config says
+    (``maskiou_test_size`` = (min, max) shortest/longest edge, set by the loader) and
+    ``height``/``width`` so that detectron2 returns detections in the image's own pixels."""
+    from detectron2.data.transforms import ResizeShortestEdge
+
+    size = getattr(model, "maskiou_test_size", None)
+    inputs = []
+    for img in images:
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+        x = img * 255.0
+        if getattr(model, "input_format", "BGR") == "BGR":
+            x = x.flip(0)
+        if size is not None:
+            nh, nw = ResizeShortestEdge.get_output_shape(h, w, size[0], size[1])
+            if (nh, nw) != (h, w):
+                x = nn.functional.interpolate(x[None], size=(nh, nw), mode="bilinear",
+                                              align_corners=False)[0]
+        inputs.append({"image": x, "height": h, "width": w})
+    return inputs
+
+
+def _record(inst: Instances) -> Dict[str, Tensor]:
+    """One image's detectron2 ``Instances`` (postprocessed: boolean masks in the image) as
+    maskiou's detection record (see ``maskiou.addon.collect``)."""
+    out = {"boxes": inst.pred_boxes.tensor, "labels": inst.pred_classes + 1,
+           "scores": inst.scores, "masks": inst.pred_masks[:, None].float()}
+    for f in ("cls_scores", "mask_ious", "maskness"):
+        if inst.has(f):
+            out[f] = inst.get(f)
+    return out
+
+
+class Detectron2RCNNAdapter:
+    """Attaches the head to ``model.roi_heads`` of a detectron2 ``GeneralizedRCNN``."""
+
+    name = "detectron2 GeneralizedRCNN (maskiou_integrations.detectron2_rcnn)"
+    framework = "detectron2"
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, GeneralizedRCNN)
+
+    def head_defaults(self, model: nn.Module) -> Dict[str, Any]:
+        rh = model.roi_heads
+        if not isinstance(rh, StandardROIHeads):
+            raise TypeError(f"attach_maskiou_head: model.roi_heads is a {type(rh).__name__}, "
+                            "not detectron2's StandardROIHeads; write an adapter for it")
+        if type(rh)._forward_mask is not StandardROIHeads._forward_mask:
+            raise TypeError(f"attach_maskiou_head: {type(rh).__name__} overrides _forward_mask, "
+                            "which the MaskIoU branch replaces; write an adapter for it")
+        if rh.keypoint_on:
+            raise TypeError("attach_maskiou_head: keypoint branches are not supported")
+        if not rh.mask_on:
+            raise TypeError("attach_maskiou_head: this GeneralizedRCNN has no mask branch "
+                            "(MODEL.MASK_ON is false)")
+        if rh.mask_pooler is None:
+            raise TypeError("attach_maskiou_head: the mask head takes whole feature maps "
+                            "(ROI_MASK_HEAD.POOLER_TYPE is empty); the MaskIoU head needs "
+                            "pooled RoI features")
+        if not isinstance(rh.mask_head, BaseMaskRCNNHead) or \
+                type(rh.mask_head).forward is not BaseMaskRCNNHead.forward:
+            raise TypeError(f"attach_maskiou_head: the mask head {type(rh.mask_head).__name__} "
+                            "is not a BaseMaskRCNNHead with detectron2's forward; write an "
+                            "adapter for it")
+        shapes = model.backbone.output_shape()
+        channels = {shapes[f].channels for f in rh.mask_in_features}
+        if len(channels) != 1:
+            raise TypeError(f"attach_maskiou_head: the mask features {rh.mask_in_features} "
+                            f"have different channel counts {sorted(channels)}")
+        size = rh.mask_pooler.output_size
+        roi_size = size[0] if isinstance(size, (tuple, list)) else int(size)
+        return {"in_channels": channels.pop(), "num_classes": rh.num_classes + 1,
+                "roi_size": roi_size}
+
+    def install(self, model: nn.Module, head: MaskIoUHead, config: MaskIoUConfig) -> None:
+        model.roi_heads.__class__ = scoring_class(type(model.roi_heads))
+        install_head(model.roi_heads, head, config)
+
+    def load_detector(self, detector: Dict[str, Any]) -> nn.Module:
+        """The plain detectron2 model a maskiou checkpoint describes (``"config"``: the full
+        detectron2 config as YAML), random weights, on the CPU, in eval mode; its test-time
+        resize (``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``) kept for :meth:`predict`."""
+        from .detectron2_models import build_detector, config_from_yaml
+
+        cfg = config_from_yaml(detector["config"])
+        model = build_detector(cfg)
+        model.maskiou_test_size = (int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST))
+        return model
+
+    def checkpoint_from_files(self, config_file: str, weights: str, class_names: List[str],
+                              label_to_cat_id: Dict[int, int]) -> Dict[str, Any]:
+        """A maskiou checkpoint of the detectron2 model that a config file and a weights file
+        name (see ``maskiou_integrations.detectron2_models.checkpoint_from_files``)."""
+        from .detectron2_models import checkpoint_from_files
+
+        return checkpoint_from_files(config_file, weights, class_names, label_to_cat_id)
+
+    def train_embedded(self, output_dir: str, device: str = "cpu") -> str:
+        """Train the embedded recipe with detectron2's DefaultTrainer (the shipped detector's
+        recipe); returns the maskiou checkpoint's path."""
+        from .detectron2_models import train_embedded
+
+        return str(train_embedded(output_dir, device=device))
+
+    def mask_branch(self, model: nn.Module) -> Any:
+        """The mask head's layers as a function of the pooled RoI features (its cost)."""
+        return model.roi_heads.mask_head.layers
+
+    @staticmethod
+    def _run(model: nn.Module, images: List[Tensor]) -> Tuple[List[Instances], List[Dict]]:
+        inputs = _model_inputs(model, images)
+        with torch.no_grad():
+            raw = model.inference(inputs, do_postprocess=False)
+        return raw, inputs
+
+    def predict(self, model: nn.Module, images: List[Tensor]) -> List[Dict[str, Tensor]]:
+        """Run ``model`` (eval mode, no grad) on maskiou's images and return, per image, its
+        detections as maskiou's records: ``boxes`` xyxy, ``labels`` (1..K), ``scores``,
+        ``masks`` Tensor[n, 1, H, W] (detectron2's pasted, binarized masks), and with a head
+        ``cls_scores``, ``mask_ious``, ``maskness``; a plain model gets ``maskness`` from its
+        mask probabilities."""
+        raw, inputs = self._run(model, images)
+        out = []
+        for inst, x in zip(raw, inputs):
+            if not inst.has("maskness"):
+                inst.maskness = maskness(inst.pred_masks[:, 0]).to(inst.scores.dtype)
+            out.append(_record(detector_postprocess(inst, x["height"], x["width"])))
+        return out
+
+    def collect(self, model: nn.Module, images: List[Tensor]) -> List[Dict[str, Tensor]]:
+        """:meth:`predict` in the detector's order (``scores`` = class confidence) with the
+        head's inputs beside each detection: ``roi_features`` Tensor[n, C, S, S] and
+        ``mask_probs`` Tensor[n, M, M]. The add-on's collection pass calls this."""
+        with head_inputs_recorded(model.roi_heads) as seen:
+            raw, inputs = self._run(model, images)
+        features, probs = seen[-1]
+        sizes = [len(inst) for inst in raw]
+        out = []
+        for inst, x, f, p in zip(raw, inputs, features.split(sizes), probs.split(sizes)):
+            inst.maskiou_row = torch.arange(len(inst), device=f.device)
+            kept = detector_postprocess(inst, x["height"], x["width"])
+            rec = _record(kept)
+            rec["scores"] = rec.pop("cls_scores")
+            rec.pop("mask_ious")
+            rows = kept.maskiou_row
+            rec["roi_features"], rec["mask_probs"] = f[rows], p[rows]
+            out.append(rec)
+        return out

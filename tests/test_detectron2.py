@@ -1,0 +1,302 @@
+"""The detectron2 adapter: targets from PolygonMasks and BitMasks, the loss dict, frozen
+detectron2 weights, the inference fields, TorchScript, and the maskiou checkpoints of detectron2
+models, on small random-weight models of the embedded recipe (ResNet-18, GN, 64 px)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("detectron2", reason="detectron2 is not installed (see the README: "
+                    "pip install ../shared/wheels/detectron2-0.6-py3-none-any.whl)")
+
+from detectron2.export import scripting_with_instances  # noqa: E402
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+from maskiou_integrations.detectron2_models import (  # noqa: E402
+    build_detector,
+    detector_checkpoint,
+    embedded_config,
+)
+from maskiou_integrations.detectron2_rcnn import (  # noqa: E402
+    Detectron2RCNNAdapter,
+    full_image_masks,
+)
+
+from maskiou import attach_maskiou_head, mask_iou_targets  # noqa: E402
+from maskiou.attach import find_adapter  # noqa: E402
+from maskiou.models.checkpoint import save_atomic  # noqa: E402
+from maskiou.models.load import load_trained_model  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+
+SIZE = 64
+FIELDS = {"proposal_boxes": Boxes, "objectness_logits": torch.Tensor, "pred_boxes": Boxes,
+          "scores": torch.Tensor, "pred_classes": torch.Tensor, "pred_masks": torch.Tensor,
+          "cls_scores": torch.Tensor, "mask_ious": torch.Tensor, "maskness": torch.Tensor}
+
+
+def tiny_detectron2(num_classes: int = 3, norm: str = "GN", seed: int = 0, **overrides):
+    """A random-weight detectron2 Mask R-CNN of the embedded recipe for 64 px images."""
+    values = {"INPUT.MIN_SIZE_TEST": SIZE, "INPUT.MAX_SIZE_TEST": SIZE,
+              "MODEL.RESNETS.NORM": norm, "MODEL.FPN.NORM": "" if norm == "FrozenBN" else norm,
+              "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 32, **overrides}
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_detector(embedded_config(num_classes, **values))
+
+
+def gt_instances(polygons: bool = False) -> Instances:
+    """Two GT squares, classes 0 and 2, as detectron2's mapper gives them."""
+    inst = Instances((SIZE, SIZE))
+    boxes = [(4, 4, 28, 28), (24, 20, 60, 52)]
+    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+    inst.gt_classes = torch.tensor([0, 2])
+    if polygons:
+        inst.gt_masks = PolygonMasks([[np.array([x1, y1, x2, y1, x2, y2, x1, y2], float)]
+                                      for x1, y1, x2, y2 in boxes])
+    else:
+        bits = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+        for k, (x1, y1, x2, y2) in enumerate(boxes):
+            bits[k, y1:y2, x1:x2] = True
+        inst.gt_masks = BitMasks(bits)
+    return inst
+
+
+def no_gt() -> Instances:
+    inst = Instances((SIZE, SIZE))
+    inst.gt_boxes = Boxes(torch.zeros(0, 4))
+    inst.gt_classes = torch.zeros(0, dtype=torch.int64)
+    inst.gt_masks = BitMasks(torch.zeros(0, SIZE, SIZE, dtype=torch.bool))
+    return inst
+
+
+def images(n: int = 2, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, SIZE, SIZE, generator=g) for _ in range(n)]
+
+
+def losses(model, targets: list[Instances], seed: int = 0) -> dict[str, torch.Tensor]:
+    model.train()
+    torch.manual_seed(seed)
+    inputs = [{"image": img * 255, "instances": t} for img, t in zip(images(len(targets)),
+                                                                      targets)]
+    with EventStorage(0):
+        return model(inputs)
+
+
+def test_the_adapter_is_found_through_its_entry_point():
+    model = tiny_detectron2()
+    assert isinstance(find_adapter(model), Detectron2RCNNAdapter)
+    attach_maskiou_head(model)
+    head = model.roi_heads.maskiou_head
+    assert (head.in_channels, head.num_classes, head.roi_size) == (64, 4, 14)  # K + background
+
+
+def test_polygon_and_bit_masks_give_the_same_full_instance_targets():
+    # proposal 0 is GT 0's box, its mask the left half of the grid: IoU 0.5; proposal 1 covers
+    # the left half of GT 0, its mask the whole grid: the other half of the GT lies outside the
+    # box and counts in the union, IoU 0.5 again; proposal 2 is GT 1 exactly, IoU 1 (up to the
+    # core's resampling of the GT on the 28 x 28 grid)
+    boxes = torch.tensor([[4.0, 4, 28, 28], [4, 4, 16, 28], [24, 20, 60, 52]])
+    logits = torch.full((3, 28, 28), -5.0)
+    logits[0, :, :14] = 5.0
+    logits[1:] = 5.0
+    full = torch.zeros(2, SIZE, SIZE, dtype=torch.uint8)
+    full[0, 4:28, 4:28] = 1
+    full[1, 20:52, 24:60] = 1
+    expected = mask_iou_targets(logits, boxes, full, torch.tensor([0, 0, 1]))
+    assert expected.tolist() == pytest.approx([0.5, 0.5, 1.0], abs=0.02)
+    for polygons in (False, True):
+        inst = gt_instances(polygons)[torch.tensor([0, 0, 1])]
+        masks, matched = full_image_masks(inst)
+        assert torch.equal(masks, full) and matched.tolist() == [0, 0, 1]  # one mask per GT
+        assert torch.equal(mask_iou_targets(logits, boxes, masks, matched), expected)
+
+
+def test_no_proposals_give_no_masks():
+    masks, matched = full_image_masks(no_gt())
+    assert masks.shape == (0, SIZE, SIZE) and matched.shape == (0,)
+
+
+def test_loss_maskiou_joins_detectron2s_losses_and_leaves_them_unchanged():
+    plain = tiny_detectron2()
+    attached = tiny_detectron2()
+    attach_maskiou_head(attached)
+    targets = [gt_instances(), gt_instances(polygons=True)]
+    before = losses(plain, targets)
+    after = losses(attached, targets)
+    assert set(after) == set(before) | {"loss_maskiou"}
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    assert after["loss_maskiou"].item() > 0
+    after["loss_maskiou"].backward()
+    assert attached.roi_heads.maskiou_head.predictor.weight.grad.abs().sum() > 0
+
+
+def test_negative_only_images_give_a_loss_of_exactly_zero():
+    model = tiny_detectron2()
+    attach_maskiou_head(model, score_inputs=2)
+    out = losses(model, [no_gt(), no_gt()])
+    assert out["loss_maskiou"].item() == 0.0 and out["loss_maskiou"].requires_grad
+
+
+def test_score_inputs_in_training_are_the_box_classifiers_gt_class_probabilities():
+    model = tiny_detectron2()
+    attach_maskiou_head(model, score_inputs=2)
+    seen = []
+    model.roi_heads.maskiou_head.register_forward_hook(lambda m, i, o: seen.append(i[2]))
+    losses(model, [gt_instances()])
+    scores = seen[0]
+    assert scores.shape[1] == 2 and len(scores) > 0
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+@pytest.mark.parametrize("norm", ["GN", "BN", "FrozenBN"])
+def test_freeze_detector_keeps_detectron2s_weights_bit_identical(norm):
+    model = tiny_detectron2(norm=norm)
+    attach_maskiou_head(model, freeze_detector=True)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "maskiou_head" not in k}
+    head_before = model.roi_heads.maskiou_head.predictor.weight.clone()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p is q for p, q in zip(
+        trainable, [p for p in model.roi_heads.maskiou_head.parameters()]))
+    opt = torch.optim.SGD(trainable, lr=0.1)
+    out = losses(model, [gt_instances(), gt_instances(polygons=True)])
+    sum(out.values()).backward()
+    opt.step()
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert not torch.equal(model.roi_heads.maskiou_head.predictor.weight, head_before)
+
+
+def inference(model, imgs: list[torch.Tensor]) -> list[Instances]:
+    model.eval()
+    with torch.no_grad():
+        return model.inference([{"image": img * 255} for img in imgs], do_postprocess=False)
+
+
+def test_inference_adds_cls_scores_mask_ious_and_maskness_and_rescores():
+    model = tiny_detectron2()
+    attach_maskiou_head(model)
+    results = inference(model, images(2))
+    assert len(results) == 2
+    for inst in results:
+        assert len(inst) > 0
+        for f in ("cls_scores", "mask_ious", "maskness"):
+            assert inst.get(f).dtype == torch.float32 and inst.get(f).shape == (len(inst),)
+        assert torch.allclose(inst.scores, inst.cls_scores * inst.mask_ious)
+        assert (inst.scores[:-1] >= inst.scores[1:]).all()  # re-sorted by the new score
+        assert ((inst.maskness == 0) | (inst.maskness >= 0.5)).all()
+    model.roi_heads.maskiou_rescore = False
+    plain = inference(model, images(2))
+    assert all(torch.equal(i.scores, i.cls_scores) for i in plain)
+
+
+def test_zero_detections_give_empty_fields():
+    model = tiny_detectron2(**{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 1.0})
+    attach_maskiou_head(model)
+    (inst,) = inference(model, images(1))
+    assert len(inst) == 0 and inst.mask_ious.shape == (0,) and inst.maskness.shape == (0,)
+
+
+def test_an_attached_model_scripts_with_detectron2s_export_and_matches_eager():
+    model = tiny_detectron2()
+    attach_maskiou_head(model, score_inputs=2)
+    model.eval()
+    scripted = scripting_with_instances(model, FIELDS)
+    inputs = [{"image": img * 255} for img in images(2)]
+    with torch.no_grad():
+        eager = model.inference(inputs, do_postprocess=False)
+        script = scripted.inference(inputs, do_postprocess=False)
+    for e, s in zip(eager, script):
+        for f in ("scores", "cls_scores", "mask_ious", "maskness", "pred_masks"):
+            assert torch.equal(e.get(f), getattr(s, f)), f
+
+
+def test_predict_and_collect_give_maskiou_records_in_image_pixels():
+    model = tiny_detectron2()
+    attach_maskiou_head(model, score_inputs=2)
+    model.maskiou_test_size = (2 * SIZE, 2 * SIZE)  # the model sees the images at twice the size
+    adapter = find_adapter(model)
+    imgs = images(2)
+    (rec, _) = adapter.predict(model, imgs)
+    bgr = imgs[0].flip(0)  # detectron2's default INPUT.FORMAT
+    raw = inference(model, [torch.nn.functional.interpolate(
+        bgr[None], size=(2 * SIZE, 2 * SIZE), mode="bilinear", align_corners=False)[0]])[0]
+    assert rec["labels"].tolist() == (raw.pred_classes + 1).tolist()  # background is 0
+    assert rec["masks"].shape == (len(raw), 1, SIZE, SIZE)
+    assert torch.allclose(rec["boxes"], raw.pred_boxes.tensor / 2, atol=1e-4)
+    (col, _) = adapter.collect(model, imgs)
+    assert (col["scores"][:-1] >= col["scores"][1:]).all()  # the detector's order
+    assert "mask_ious" not in col and model.roi_heads.maskiou_rescore  # restored
+    head = model.roi_heads.maskiou_head
+    with torch.no_grad():
+        score_inputs = torch.stack([col["scores"], col["maskness"]], 1)
+        pred = head(col["roi_features"], col["mask_probs"], score_inputs)
+    ious = pred[torch.arange(len(pred)), col["labels"]].clamp(0, 1)
+    order = torch.argsort(rec["cls_scores"], descending=True, stable=True)
+    assert torch.allclose(ious, rec["mask_ious"][order], atol=1e-5)  # rows aligned
+
+
+def test_detectron2_checkpoints_load_plain_and_with_a_head(tmp_path):
+    names = ["__background__", "a", "b", "c"]
+    cfg = embedded_config(3, **{"INPUT.MIN_SIZE_TEST": SIZE, "INPUT.MAX_SIZE_TEST": SIZE})
+    torch.manual_seed(0)
+    plain = build_detector(cfg)
+    ckpt = detector_checkpoint(cfg, plain, names, {1: 1, 2: 2, 3: 3})
+    save_atomic(ckpt, tmp_path / "plain.pt")
+    model, meta = load_trained_model(tmp_path / "plain.pt")
+    assert meta["framework"] == "detectron2" and meta["class_names"] == names
+    assert model.maskiou_test_size == (SIZE, SIZE)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in plain.state_dict().items())
+    assert not hasattr(model.roi_heads, "maskiou_head")
+    (rec,) = find_adapter(model).predict(model, images(1))
+    assert "maskness" in rec and "mask_ious" not in rec  # a plain model: maskness for free
+    attach_maskiou_head(plain, score_inputs=2, conv_channels=32, num_convs=1, fc_dim=64)
+    head = {"conv_channels": 32, "reduce_channels": 0, "num_convs": 1, "fc_dim": 64,
+            "fusion": "concat", "mask_features": 0, "score_inputs": 2, "output": "linear"}
+    save_atomic({**ckpt, "model": plain.state_dict(), "maskiou_head": head},
+                tmp_path / "head.pt")
+    model, _ = load_trained_model(tmp_path / "head.pt")
+    assert model.roi_heads.maskiou_head.score_inputs == 2
+    (a,) = find_adapter(model).predict(model, images(1))
+    (b,) = find_adapter(plain).predict(plain.eval(), images(1))
+    assert torch.equal(a["mask_ious"], b["mask_ious"])
+
+
+def test_the_add_on_flow_runs_on_a_detectron2_model_and_its_checkpoint_evaluates(tmp_path):
+    from maskiou.addon.fit import AddonConfig
+    from maskiou.addon.run import train_addon
+    from maskiou.data.coco import CocoInstanceDataset
+    from maskiou.data.synthetic import generate_synthetic_coco
+    from maskiou.evaluation.benchmark import evaluate_checkpoint, is_plain
+    from maskiou.models.checkpoint import load_checkpoint
+
+    det = generate_synthetic_coco(tmp_path / "det", 0, 4, seed=0, image_size=64, progress=False)
+    addon = generate_synthetic_coco(tmp_path / "addon", 10, 0, seed=1, image_size=64,
+                                    progress=False)
+    train = CocoInstanceDataset(addon.train_json, addon.train_images)
+    cfg = embedded_config(train.num_classes - 1,
+                          **{"INPUT.MIN_SIZE_TEST": SIZE, "INPUT.MAX_SIZE_TEST": SIZE})
+    torch.manual_seed(0)
+    plain = build_detector(cfg)
+    save_atomic(detector_checkpoint(cfg, plain, train.class_names, train.label_to_cat_id),
+                tmp_path / "plain.pt")
+    assert is_plain(tmp_path / "plain.pt")
+    path = train_addon(tmp_path / "plain.pt", addon.train_json, addon.train_images,
+                       tmp_path / "run", AddonConfig(epochs=1, crossfit_folds=0),
+                       progress=False, log=lambda m: None)
+    ckpt = load_checkpoint(path)
+    assert ckpt["framework"] == "detectron2" and ckpt["maskiou_head"]["score_inputs"] == 2
+    assert not is_plain(path)
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in plain.state_dict().items())
+    val = CocoInstanceDataset(det.val_json, det.val_images)
+    metrics = evaluate_checkpoint(path, val, torch.device("cpu"), progress=False)
+    assert metrics["framework"] == "detectron2" and metrics["has_head"]
+    assert {"cls", "maskness", "rescored", "recalibrated", "oracle"} <= set(metrics["segm"])
+    assert metrics["cost"]["mask_head_gflops_per_roi"] > 0
