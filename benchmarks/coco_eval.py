@@ -38,10 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="the model to measure: a plain detector (gets the "
                    "add-on) or a model with a head (maskiou-train or maskiou-addon output)")
-    p.add_argument("--detector-framework", default="torchvision",
-                   choices=["torchvision", "detectron2"], help="whose detector: on the embedded "
-                   "data, the shipped plain one of that framework gets the add-on; with "
-                   "--detector-config, the framework that reads it")
+    p.add_argument("--detector-framework", default="torchvision", help="whose detector "
+                   "(torchvision, detectron2, or any framework an installed adapter declares): "
+                   "on the embedded data, the shipped plain one of that framework gets the "
+                   "add-on; with --detector-config, the framework whose adapter reads it")
     p.add_argument("--detector-config", help="a plain detector named its framework's way: this "
                    "config file, and --checkpoint its weights (detectron2: config.yaml and "
                    "model_final.pth)")
@@ -113,14 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         custom_data = True
     if custom_data:
         overrides["dataset"] = "coco"
-    if args.checkpoint is None and custom_data and not (args.coco_root or args.train_json):
-        print("coco_eval: error: without --checkpoint a model must be trained: give "
-              "--coco-root or --train-json/--train-images", file=sys.stderr)
-        return 2
     if args.detector_framework != "torchvision" and args.checkpoint is None and custom_data:
         print(f"coco_eval: error: a {args.detector_framework} model is trained with "
               f"{args.detector_framework} itself: pass --checkpoint WEIGHTS --detector-config "
               "CONFIG", file=sys.stderr)
+        return 2
+    if args.checkpoint is None and custom_data and not (args.coco_root or args.train_json):
+        print("coco_eval: error: without --checkpoint a model must be trained: give "
+              "--coco-root or --train-json/--train-images", file=sys.stderr)
         return 2
     if args.detector_config and not args.checkpoint:
         print("coco_eval: error: --detector-config names the config of --checkpoint (the "

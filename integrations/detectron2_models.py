@@ -193,11 +193,15 @@ def train_embedded(output_dir: str | Path, *, device: str = "cpu", max_iter: int
     from maskiou.data.coco import CocoInstanceDataset
     from maskiou.models.checkpoint import save_atomic
 
+    source: dict[str, Any] = {"trained_by": "detectron2 DefaultTrainer"}
     if train_json is None:
         from maskiou.models.config import resolve
         from maskiou.models.paths import resolve_split
 
         train_json, train_images = resolve_split(resolve("synthetic-cpu", {}), "train")
+        source["train_split"] = "embedded"
+    else:
+        source.update(train_json=str(train_json), train_images=str(train_images))
     data = CocoInstanceDataset(train_json, train_images)
     name = f"maskiou_train_{Path(train_json).stem}_{abs(hash(str(train_json))) % 10**8}"
     from detectron2.data import DatasetCatalog
@@ -216,8 +220,7 @@ def train_embedded(output_dir: str | Path, *, device: str = "cpu", max_iter: int
     trainer.resume_or_load(resume=True)
     trainer.train()
     ckpt = detector_checkpoint(cfg, trainer.model, data.class_names, data.label_to_cat_id,
-                               source={"trained_by": "detectron2 DefaultTrainer",
-                                       "train_json": str(train_json)}, half=True)
+                               source=source, half=True)
     path = out / "model_final.pt"
     save_atomic(ckpt, path)
     metrics = out / "metrics.json"  # detectron2's JSONWriter: one JSON object per line

@@ -300,3 +300,92 @@ def test_the_add_on_flow_runs_on_a_detectron2_model_and_its_checkpoint_evaluates
     assert metrics["framework"] == "detectron2" and metrics["has_head"]
     assert {"cls", "maskness", "rescored", "recalibrated", "oracle"} <= set(metrics["segm"])
     assert metrics["cost"]["mask_head_gflops_per_roi"] > 0
+
+
+@pytest.fixture(scope="module")
+def d2_files(tmp_path_factory):
+    """A detectron2 model as detectron2 names one (config.yaml and model_final.pth), with
+    small labeled add-on and validation sets of its classes."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from maskiou.data.synthetic import generate_synthetic_coco
+
+    d = tmp_path_factory.mktemp("d2")
+    val = generate_synthetic_coco(d / "val", 0, 4, seed=0, image_size=SIZE, progress=False)
+    addon = generate_synthetic_coco(d / "addon", 8, 0, seed=1, image_size=SIZE, progress=False)
+    cfg = embedded_config(7, **{"INPUT.MIN_SIZE_TEST": SIZE, "INPUT.MAX_SIZE_TEST": SIZE})
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_detector(cfg), save_dir=str(d)).save("model_final")
+    (d / "config.yaml").write_text(cfg.dump())
+    return {"config": str(d / "config.yaml"), "weights": str(d / "model_final.pth"),
+            "addon": ["--train-json", str(addon.train_json),
+                      "--train-images", str(addon.train_images)],
+            "val": ["--val-json", str(val.val_json), "--val-images", str(val.val_images)]}
+
+
+QUICK = ["--no-progress", "--addon-epochs", "1", "--addon-flip", "false",
+         "--addon-crossfit-folds", "0", "--addon-recalibration-holdout", "0.5"]
+
+
+def test_maskiou_addon_takes_a_detectron2_config_and_weights(d2_files, tmp_path, capsys):
+    from maskiou.addon.cli import main
+
+    out = tmp_path / "addon"
+    code = main(["--detector-config", d2_files["config"], "--detector", d2_files["weights"],
+                 *d2_files["addon"], "--output-dir", str(out), *QUICK])
+    assert code == 0, capsys.readouterr().err
+    model, meta = load_trained_model(out / "model_final.pt")
+    assert meta["framework"] == "detectron2" and meta["addon"]["detector"].startswith(
+        str(out / "detector-detectron2-"))
+    assert model.roi_heads.maskiou_head.num_classes == 8
+    from demo.inference import Predictor
+
+    pred = Predictor.from_checkpoint(out / "model_final.pt", "cpu")
+    shown = pred((np.random.default_rng(0).random((SIZE, SIZE, 3)) * 255).astype(np.uint8))
+    assert pred.kind == "add-on" and shown["mask_ious"] is not None
+    assert shown["masks"].shape[1:] == (SIZE, SIZE)
+    code = main(["--detector-config", d2_files["config"] + ".missing", "--detector",
+                 d2_files["weights"], *d2_files["addon"], "--output-dir", str(out), *QUICK])
+    assert code == 2 and "config file" in capsys.readouterr().err
+
+
+def test_coco_eval_runs_the_add_on_on_a_detectron2_model_named_by_its_files(d2_files, tmp_path,
+                                                                           capsys):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import coco_eval
+
+    out = tmp_path / "out"
+    args = ["--detector-framework", "detectron2", "--detector-config", d2_files["config"],
+            "--checkpoint", d2_files["weights"], *d2_files["addon"], *d2_files["val"],
+            "--output-dir", str(out), "--batch-size", "4", *QUICK]
+    assert coco_eval.main(args) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["framework"] == "detectron2" and metrics["main_model"] == "addon"
+    assert {"cls", "maskness", "rescored", "recalibrated", "oracle"} <= set(metrics["segm"])
+    assert "head_pearson" in metrics["correlation"]
+    no_weights = ["--detector-framework", "detectron2", *d2_files["val"],
+                  "--output-dir", str(out)]
+    assert coco_eval.main(no_weights) == 2
+    assert "trained with detectron2 itself" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_and_inference_on_a_gpu_match_the_cpus_fields():
+    model = tiny_detectron2()
+    attach_maskiou_head(model, score_inputs=2)
+    model.to("cuda").train()
+    targets = [gt_instances().to("cuda"), gt_instances(polygons=True).to("cuda")]
+    inputs = [{"image": (img * 255).cuda(), "instances": t} for img, t in zip(images(2), targets)]
+    with EventStorage(0):
+        out = model(inputs)
+    assert out["loss_maskiou"].is_cuda and out["loss_maskiou"].item() > 0
+    sum(out.values()).backward()
+    model.eval()
+    (rec,) = find_adapter(model).predict(model, [images(1)[0].cuda()])
+    assert rec["mask_ious"].is_cuda and rec["masks"].shape[-2:] == (SIZE, SIZE)
+    (col,) = find_adapter(model).collect(model, [images(1)[0].cuda()])
+    assert len(col["roi_features"]) == len(col["boxes"])

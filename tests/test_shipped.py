@@ -22,6 +22,17 @@ from maskiou.models.config import TrainConfig
 from maskiou.models.paths import SHIPPED, shipped_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def has_detectron2() -> bool:
+    try:
+        import detectron2.modeling  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+NO_DETECTRON2 = pytest.mark.skipif(not has_detectron2(), reason="detectron2 is not installed")
 README = ROOT / "README.md"
 
 
@@ -48,6 +59,23 @@ def test_shipped_addon_is_what_the_main_job_trains():
     assert len(ckpt["addon"]["fitted_on"]) == ADDON_IMAGES
 
 
+@NO_DETECTRON2
+def test_shipped_detectron2_addon_is_what_its_main_job_trains_on_the_frozen_detector():
+    from maskiou.records import file_sha1
+
+    ckpt = benchmark.shipped_checkpoint("detectron2_addon")
+    plain = load_checkpoint(shipped_model_path("detectron2_plain"))
+    # the package carries the detector once: the add-on file holds the head alone
+    alone = load_checkpoint(shipped_model_path("detectron2_addon"))["model"]
+    assert alone and all(".maskiou_head." in k for k in alone)
+    assert ckpt["framework"] == plain["framework"] == "detectron2"
+    assert plain["detector"]["config"] == ckpt["detector"]["config"]
+    assert AddonConfig.from_dict(ckpt["addon"]["config"]) == AddonConfig()
+    assert ckpt["addon"]["detector_sha1"] == file_sha1(shipped_model_path("detectron2_plain"))
+    assert len(ckpt["addon"]["fitted_on"]) == ADDON_IMAGES
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in plain["model"].items())  # frozen
+
+
 def test_main_job_reuses_the_shipped_models_without_training(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MASKIOU_CACHE", str(tmp_path))
 
@@ -64,11 +92,11 @@ def test_main_job_reuses_the_shipped_models_without_training(tmp_path, monkeypat
         assert f"using the shipped model {SHIPPED[name]}" in capsys.readouterr().out
 
 
-def readme_headline() -> dict[str, tuple[float, float, float]]:
-    """``{scoring: (mask AP, AP75, box AP)}`` from the README's headline table: the rows that
-    start with a scoring name in backquotes, between the two headline markers."""
+def readme_headline(marker: str = "headline") -> dict[str, tuple[float, float, float]]:
+    """``{scoring: (mask AP, AP75, box AP)}`` from a README headline table: the rows that
+    start with a scoring name in backquotes, between the ``<!-- marker -->`` markers."""
     text = README.read_text()
-    table = text.split("<!-- headline -->")[1].split("<!-- /headline -->")[0]
+    table = text.split(f"<!-- {marker} -->")[1].split(f"<!-- /{marker} -->")[0]
     rows = {}
     for m in re.finditer(r"^\| `(\w+)`[^|]*\| ([\d.]+) \| [\d.]+ \| ([\d.]+) \| ([\d.]+) \|",
                          table, re.M):
@@ -76,13 +104,19 @@ def readme_headline() -> dict[str, tuple[float, float, float]]:
     return rows
 
 
-def test_shipped_addon_reproduces_the_readme_headline_table():
-    from maskiou.evaluation.benchmark import embedded_val
+@pytest.mark.parametrize("addon, marker", [
+    ("addon", "headline"),
+    pytest.param("detectron2_addon", "headline-detectron2", marks=NO_DETECTRON2),
+])
+def test_shipped_addon_reproduces_the_readme_headline_table(addon, marker, tmp_path):
+    from maskiou.evaluation.benchmark import embedded_val, shipped_checkpoint
+    from maskiou.models.checkpoint import save_atomic
 
-    rows = readme_headline()
+    rows = readme_headline(marker)
     assert set(rows) >= {"cls", "maskness", "rescored", "oracle"}
     val_json, val_images = embedded_val(progress=False)
-    m = evaluate_checkpoint(shipped_model_path("addon"), CocoInstanceDataset(val_json, val_images),
+    save_atomic(shipped_checkpoint(addon), tmp_path / "addon.pt")
+    m = evaluate_checkpoint(tmp_path / "addon.pt", CocoInstanceDataset(val_json, val_images),
                             "cpu", progress=False)
     for name, (ap, ap75, box) in rows.items():
         measured = (m["segm"][name]["AP"], m["segm"][name]["AP75"], m["bbox"][name]["AP"])
@@ -99,3 +133,22 @@ def test_the_demo_starts_with_the_shipped_addon_without_claiming_the_main_jobs_r
     assert all(torch.equal(copied["model"][k], v) for k, v in shipped["model"].items())
     assert not (path.parent / "addon_stamp.json").exists()  # the main job still trains its own
     assert benchmark.install_shipped_addon() is None  # never over a model that is there
+
+
+@NO_DETECTRON2
+def test_detectron2_addon_keeps_the_plain_detectors_box_ap(tmp_path, monkeypatch):
+    from maskiou.evaluation.benchmark import embedded_val
+
+    monkeypatch.setenv("MASKIOU_CACHE", str(tmp_path))
+    addon_path = benchmark.install_shipped_addon("detectron2_addon")  # as the demo gets it
+    assert addon_path == tmp_path / "models" / "synthetic-cpu-detectron2-addon" / "model_final.pt"
+    monkeypatch.undo()
+    val = CocoInstanceDataset(*embedded_val(progress=False))
+    plain = evaluate_checkpoint(shipped_model_path("detectron2_plain"), val, "cpu",
+                                progress=False)
+    addon = evaluate_checkpoint(addon_path, val, "cpu", progress=False)
+    assert not plain["has_head"] and set(plain["segm"]) >= {"cls", "maskness"}
+    assert plain["bbox"]["cls"] == addon["bbox"]["cls"]  # the same detections, frozen
+    assert plain["segm"]["cls"] == addon["segm"]["cls"]
+    assert plain["segm"]["maskness"]["AP"] == pytest.approx(addon["segm"]["maskness"]["AP"],
+                                                            abs=0.1)

@@ -72,13 +72,23 @@ def addon_model_entries(meta: dict[str, Any], cfg: AddonConfig) -> dict[str, Any
 
 def detector_training_images(meta: dict[str, Any]) -> dict[str, int]:
     """Fingerprints of the images the detector was trained on, when its config says where they
-    are and they are still there (else empty)."""
+    are (another framework's checkpoint: ``detector.source``, ``train_split: embedded`` or
+    ``train_json``/``train_images``) and they are still there (else empty)."""
     from maskiou.data.coco import CocoFormatError, CocoInstanceDataset
     from maskiou.models.config import TrainConfig
     from maskiou.models.paths import resolve_split, synthetic_dir
 
     try:
-        cfg = TrainConfig.from_dict(meta["config"])
+        source = (meta.get("detector") or {}).get("source") or {}
+        if meta.get("framework", "torchvision") == "torchvision":
+            cfg = TrainConfig.from_dict(meta["config"])
+        elif source.get("train_split") == "embedded":  # another framework's embedded detector
+            from maskiou.models.config import resolve
+
+            cfg = resolve("synthetic-cpu", {})
+        else:
+            return image_fingerprints(CocoInstanceDataset(source["train_json"],
+                                                          source["train_images"]))
         if cfg.dataset == "synthetic" and not cfg.synthetic_dir:
             if not (synthetic_dir(cfg) / "manifest.json").is_file():
                 return {}

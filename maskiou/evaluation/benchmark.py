@@ -22,7 +22,7 @@ from maskiou import distributed as D
 from maskiou.addon.fit import AddonConfig
 from maskiou.addon.run import ADDON_VERSION, load_recalibration, train_addon
 from maskiou.attach import find_maskiou_head
-from maskiou.models.checkpoint import load_checkpoint, save_atomic
+from maskiou.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from maskiou.models.config import TrainConfig
 from maskiou.models.load import load_trained_model
 from maskiou.models.paths import (
@@ -106,15 +106,31 @@ def train_or_reuse(cfg: TrainConfig, run_dir: Path, progress: bool, retrain: boo
     return final
 
 
-def install_shipped_addon() -> Path | None:
-    """Copy the shipped add-on (what the main job trains) to the main job's model folder when
-    nothing is there yet, so that the demo starts with a head. No stamp is written: the main job
-    still trains its own (the same weights: CPU training is deterministic)."""
-    final = model_dir("addon") / "model_final.pt"
-    if final.is_file() or not shipped_model_path("addon").is_file():
+def shipped_checkpoint(name: str) -> dict[str, Any]:
+    """A shipped checkpoint as a dict. An add-on shipped without its detector's weights
+    (``"detector_weights"``: the name of the shipped plain detector it was trained on, so
+    that the package does not carry the same detector twice) gets them back, once that
+    detector is checked to be the file the add-on was trained on."""
+    ckpt = load_checkpoint(shipped_model_path(name))
+    detector = ckpt.pop("detector_weights", None)
+    if detector:
+        path = shipped_model_path(detector)
+        if file_sha1(path) != ckpt["addon"]["detector_sha1"]:
+            raise CheckpointError(f"{shipped_model_path(name)}: its head was trained on another "
+                                  f"detector than the shipped {path.name}")
+        ckpt["model"] = {**load_checkpoint(path)["model"], **ckpt["model"]}
+    return ckpt
+
+
+def install_shipped_addon(name: str = "addon") -> Path | None:
+    """Copy the shipped add-on ``name`` (what the main job trains) to the main job's model
+    folder when nothing is there yet, so that the demo starts with a head. No stamp is written:
+    the main job still trains its own (the same weights: CPU training is deterministic)."""
+    final = model_dir(name) / "model_final.pt"
+    if final.is_file() or not shipped_model_path(name).is_file():
         return None
     final.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(load_checkpoint(shipped_model_path("addon")), final)
+    save_atomic(shipped_checkpoint(name), final)
     return final
 
 
