@@ -6,6 +6,7 @@ run of ``benchmarks/speed.py`` or of the GPU training check forces the README to
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -115,6 +116,24 @@ def test_gpu_main_job_paragraph_is_the_measured_one():
                      ("cls", "maskness", "rescored", "recalibrated", "oracle"))
     assert f"mask AP {aps} for cls" in README
     assert f"Pearson {m['correlation']['head_pearson']:.3f} (`docs/measurements/" in README
+    for name, framework in (("main_job_h200_gpu_addon", "torchvision"),
+                            ("main_job_detectron2_h200", "detectron2")):
+        g = load(f"{name}_metrics.json")
+        assert g["framework"] == framework
+        sec, segm = g["seconds"], g["segm"]
+        aps = " / ".join(f"{segm[k]['AP']:.1f}" for k in
+                         ("cls", "maskness", "rescored", "recalibrated", "oracle"))
+        text = (MEASURED / f"{name}.log").read_text()
+        wall = re.search(r"wall ([\d.]+) s", text).group(1)
+        collected = re.search(r"collected \d+ images in (\d+) s \(([\d.]+) images/s\)", text)
+        trained = re.search(r"trained the MaskIoU head alone: .* \((\d+) s, (\d+) samples/s\)",
+                            text)
+        flat = " ".join(README.split())
+        assert f"**{sec['total']:.0f} s** by its own count, {float(wall):.0f} s of wall" in flat
+        assert f"{collected.group(1)} s at {float(collected.group(2)):.0f} images/s" in flat
+        assert f"{trained.group(1)} s of head training at {int(trained.group(2)):,}" in flat or \
+            f"head training {trained.group(1)} s at {int(trained.group(2)):,}" in flat
+        assert aps in flat and f"Pearson {g['correlation']['head_pearson']:.3f}" in flat
     log = (MEASURED / "scripted_h200.log").read_text().splitlines()
     assert len(log) == 4 and all("all equal: True, max abs diff 0.00e+00" in x for x in log)
 
