@@ -389,3 +389,37 @@ def test_training_and_inference_on_a_gpu_match_the_cpus_fields():
     assert rec["mask_ious"].is_cuda and rec["masks"].shape[-2:] == (SIZE, SIZE)
     (col,) = find_adapter(model).collect(model, [images(1)[0].cuda()])
     assert len(col["roi_features"]) == len(col["boxes"])
+
+
+def test_class_agnostic_masks_train_and_score():
+    model = tiny_detectron2(**{"MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": True})
+    attach_maskiou_head(model)
+    out = losses(model, [gt_instances(), gt_instances(polygons=True)])
+    assert out["loss_maskiou"].item() > 0 and out["loss_mask"].item() > 0
+    (inst,) = inference(model, images(1))
+    assert inst.pred_masks.shape[1] == 1 and torch.allclose(inst.scores,
+                                                            inst.cls_scores * inst.mask_ious)
+
+
+def test_a_subclass_of_standard_roi_heads_keeps_its_own_overrides():
+    from detectron2.modeling.roi_heads import StandardROIHeads
+
+    class HalfScores(StandardROIHeads):
+        def _forward_box(self, features, proposals):
+            out = super()._forward_box(features, proposals)
+            if not self.training:
+                for inst in out:
+                    inst.scores = inst.scores / 2
+            return out
+
+    model = tiny_detectron2()
+    model.roi_heads.__class__ = HalfScores
+    attach_maskiou_head(model)
+    assert isinstance(model.roi_heads, HalfScores)
+    (inst,) = inference(model, images(1))
+    assert inst.cls_scores.max() <= 0.5 and len(inst) > 0  # its _forward_box still runs
+    overrides_mask = type("OwnMask", (StandardROIHeads,), {"_forward_mask": lambda s, f, i: i})
+    other = tiny_detectron2()
+    other.roi_heads.__class__ = overrides_mask
+    with pytest.raises(TypeError, match="overrides _forward_mask"):
+        attach_maskiou_head(other)
