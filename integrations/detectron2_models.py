@@ -9,6 +9,8 @@ names (background first, as maskiou's datasets count them), ``label_to_cat_id`` 
 dict. Nothing here needs detectron2's model zoo: the recipe sets every field it uses.
 
     python -m maskiou_integrations.detectron2_models train --output-dir runs/d2   # embedded
+    python -m maskiou_integrations.detectron2_models train --output-dir runs/d2 \
+        --train-json train.json --train-images train/ INPUT.MIN_SIZE_TEST 800   # your data
 """
 
 from __future__ import annotations
@@ -182,11 +184,14 @@ def detector_checkpoint(cfg: Any, model: nn.Module, class_names: list[str],
 
 def train_embedded(output_dir: str | Path, *, device: str = "cpu", max_iter: int | None = None,
                    workers: int = 2, train_json: str | Path | None = None,
-                   train_images: str | Path | None = None) -> Path:
+                   train_images: str | Path | None = None,
+                   opts: list[str] | None = None) -> Path:
     """Train the embedded recipe with detectron2's ``DefaultTrainer`` on the embedded training
-    split (the torchvision detector's), and write ``output_dir/model_final.pt`` (the maskiou
-    checkpoint, float16), ``config.yaml`` and ``train_log.jsonl`` beside detectron2's own
-    output. Returns the checkpoint's path."""
+    split (the torchvision detector's), or on ``train_json``/``train_images``, and write
+    ``output_dir/model_final.pt`` (the maskiou checkpoint, float16), ``config.yaml`` and
+    ``train_log.jsonl`` beside detectron2's own output. ``opts``: detectron2 config changes as
+    its tools take them (``["INPUT.MIN_SIZE_TEST", "800", ...]``). Returns the checkpoint's
+    path."""
     from detectron2.data.datasets import register_coco_instances
     from detectron2.engine import DefaultTrainer
 
@@ -211,6 +216,8 @@ def train_embedded(output_dir: str | Path, *, device: str = "cpu", max_iter: int
     out = Path(output_dir)
     cfg = embedded_config(data.num_classes - 1, device=device, max_iter=max_iter,
                           workers=workers)
+    if opts:
+        cfg.merge_from_list(list(opts))
     cfg.DATASETS.TRAIN = (name,)
     cfg.DATASETS.TEST = ()
     cfg.OUTPUT_DIR = str(out)
@@ -240,10 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--train-json")
     t.add_argument("--train-images")
+    t.add_argument("opts", nargs=argparse.REMAINDER, help="detectron2 config changes, KEY VALUE "
+                   "pairs as its tools take them (e.g. INPUT.MIN_SIZE_TEST 800 "
+                   "INPUT.MAX_SIZE_TEST 1333 for larger images)")
     args = p.parse_args(argv)
     path = train_embedded(args.output_dir, device=args.device, max_iter=args.max_iter,
                           workers=args.workers, train_json=args.train_json,
-                          train_images=args.train_images)
+                          train_images=args.train_images, opts=args.opts)
     print(json.dumps({"checkpoint": str(path)}))
     return 0
 

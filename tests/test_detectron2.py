@@ -423,3 +423,29 @@ def test_a_subclass_of_standard_roi_heads_keeps_its_own_overrides():
     other.roi_heads.__class__ = overrides_mask
     with pytest.raises(TypeError, match="overrides _forward_mask"):
         attach_maskiou_head(other)
+
+
+def test_detectron2s_own_trainer_writes_a_maskiou_checkpoint_of_its_model(tmp_path):
+    from maskiou.addon.run import detector_training_images
+    from maskiou.data.coco import CocoInstanceDataset
+    from maskiou.data.synthetic import generate_synthetic_coco
+    from maskiou.models.checkpoint import load_checkpoint
+    from maskiou.records import image_fingerprints
+    from maskiou_integrations.detectron2_models import train_embedded
+
+    data = generate_synthetic_coco(tmp_path / "data", 4, 0, seed=0, image_size=SIZE,
+                                   progress=False)
+    path = train_embedded(tmp_path / "run", max_iter=1, workers=0, train_json=data.train_json,
+                          train_images=data.train_images,
+                          opts=["SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TEST", str(SIZE)])
+    ckpt = load_checkpoint(path)
+    assert ckpt["framework"] == "detectron2"
+    assert all(v.dtype == torch.float16 for v in ckpt["model"].values() if v.is_floating_point())
+    assert "IMS_PER_BATCH: 2" in ckpt["detector"]["config"]
+    model, meta = load_trained_model(path)
+    assert model.maskiou_test_size == (SIZE, 128)
+    train = CocoInstanceDataset(data.train_json, data.train_images)
+    assert meta["class_names"] == train.class_names
+    assert detector_training_images(meta) == image_fingerprints(train)  # the add-on warns
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert (tmp_path / "run" / "train_log.jsonl").is_file()
