@@ -184,22 +184,41 @@ def plot_curve(path: Path, summary: list[dict[str, Any]], reference: dict[str, A
 def evaluate_row(name: str, cfg: AddonConfig, detector: str, train_set: Any, cache: Path,
                  val: Any, val_dets: Any, coco_gt: Any, device: str, progress: bool
                  ) -> dict[str, Any]:
+    """Fit the add-on of ``cfg`` on ``train_set`` and score the validation detections with it.
+    A cross-fitted add-on also gets ``"ensemble"``: the same scored with the mean prediction of
+    its fold heads and its final head (a lever measured, not shipped)."""
     model, _ = attach_to_detector(detector, cfg, device)
     t0 = time.perf_counter()
     fit = fit_addon(model, train_set, cfg, detector_sha1=file_sha1(detector), cache=cache,
                     device=device, progress=progress, log=lambda msg: None)
     seconds = time.perf_counter() - t0
     head = find_maskiou_head(model)
-    dets = dataclasses.replace(val_dets, pred_ious=predict_ious(head, val).numpy())
+    pred = predict_ious(head, val).numpy()
+    metrics = score_rows(val_dets, pred, fit, coco_gt, val)
+    row = {"row": name, "train_detections": fit.num_detections,
+           "seconds": round(seconds, 1), "segm": metrics["segm"],
+           "bbox_cls_AP": metrics["bbox"]["cls"]["AP"], "correlation": metrics["correlation"]}
+    if fit.fold_heads:
+        preds = [pred]
+        for state in fit.fold_heads:
+            head.load_state_dict(state)
+            preds.append(predict_ious(head, val).numpy())
+        ens = score_rows(val_dets, np.mean(preds, 0), fit, coco_gt, val)
+        row["ensemble"] = {"segm": ens["segm"], "correlation": ens["correlation"]}
+    return row
+
+
+def score_rows(val_dets: Any, pred: np.ndarray, fit: Any, coco_gt: Any, val: Any
+               ) -> dict[str, Any]:
+    """Every scoring of the validation detections with the head's predictions ``pred``."""
+    dets = dataclasses.replace(val_dets, pred_ious=pred)
     recal_scores = None
     if fit.recalibration is not None:
         recal_scores = fit.recalibration.predict(dets.cls_scores, dets.pred_ious, dets.maskness,
                                                  dets.rel_areas, dets.labels)
     metrics, _ = evaluate_detections(dets, coco_gt, val.targets.numpy(), has_head=True,
                                      recalibrated=recal_scores)
-    return {"row": name, "train_detections": fit.num_detections,
-            "seconds": round(seconds, 1), "segm": metrics["segm"],
-            "bbox_cls_AP": metrics["bbox"]["cls"]["AP"], "correlation": metrics["correlation"]}
+    return metrics
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -317,6 +336,9 @@ def run_curve(args: argparse.Namespace, detector: str, val: Any, val_dets: Any, 
         el = time.perf_counter() - t0
         print(f"[{k + 1}/{len(todo)}] {table([r]).splitlines()[2]} (ETA "
               f"{el / (k + 1) * (len(todo) - k - 1):.0f} s)", flush=True)
+    if any("ensemble" in r for r in results):  # cross-fitting: its ensemble as a lever too
+        (out / f"{name}-ensemble.json").write_text(json.dumps(
+            [{**r, **r["ensemble"]} for r in results if "ensemble" in r], indent=2) + "\n")
     summary = curve_summary(results)
     md = curve_table(summary)
     (out / f"{name}.md").write_text(md + "\n")

@@ -257,3 +257,30 @@ def test_photometric_view_is_a_seeded_brightness_and_contrast_jitter():
     assert torch.equal(view_of(img, "mirror", 3), img.flip(-1))
     with pytest.raises(ValueError, match="view must be one of"):
         view_of(img, "rotate", 3)
+
+
+def test_ablation_scores_a_cross_fitted_add_on_and_the_ensemble_of_its_fold_heads(data,
+                                                                                 tmp_path):
+    import sys
+    from pathlib import Path
+
+    from maskiou.addon.run import attach_to_detector
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ablation
+
+    train = CocoInstanceDataset(data["addon"].train_json, data["addon"].train_images)
+    val_set = CocoInstanceDataset(data["det"].val_json, data["det"].val_images)
+    detector = write_tiny_plain_checkpoint(tmp_path / "plain.pt", train.class_names)
+    model, _ = attach_to_detector(detector, AddonConfig())
+    val, val_dets = collect_samples(model, val_set, progress=False, return_detections=True)
+    rows = {}
+    for folds in (2, 0):
+        rows[folds] = ablation.evaluate_row(
+            f"folds-{folds}", AddonConfig(epochs=1, crossfit_folds=folds), str(detector), train,
+            tmp_path / "cache", val, val_dets, val_set.coco, "cpu", False)
+    ens = rows[2]["ensemble"]["segm"]
+    assert set(ens) == set(rows[2]["segm"]) and "ensemble" not in rows[0]
+    assert ens["maskness"] == rows[2]["segm"]["maskness"]  # the same detections, other scores
+    pearson = rows[2]["ensemble"]["correlation"]["head_pearson"]
+    assert pearson != rows[2]["correlation"]["head_pearson"]  # the mean of three heads

@@ -426,12 +426,13 @@ def test_a_subclass_of_standard_roi_heads_keeps_its_own_overrides():
 
 
 def test_detectron2s_own_trainer_writes_a_maskiou_checkpoint_of_its_model(tmp_path):
+    from maskiou_integrations.detectron2_models import train_embedded
+
     from maskiou.addon.run import detector_training_images
     from maskiou.data.coco import CocoInstanceDataset
     from maskiou.data.synthetic import generate_synthetic_coco
     from maskiou.models.checkpoint import load_checkpoint
     from maskiou.records import image_fingerprints
-    from maskiou_integrations.detectron2_models import train_embedded
 
     data = generate_synthetic_coco(tmp_path / "data", 4, 0, seed=0, image_size=SIZE,
                                    progress=False)

@@ -157,7 +157,8 @@ def load_or_collect(model: nn.Module, dataset: Any, cache: Path | None, key: dic
 
 
 def crossfit_head(head: nn.Module, samples: Samples, cfg: AddonConfig, image_ids: list[int],
-                  progress: bool, workers: int | None, log: Any
+                  progress: bool, workers: int | None, log: Any,
+                  fold_states: list[dict[str, Tensor]] | None = None
                   ) -> tuple[Tensor, Tensor, list[dict[str, float]]]:
     """Cross-fitting: for each of ``cfg.crossfit_folds`` folds of the images, a head trained
     (from the same initialization) on the other folds' detections, every view of them,
@@ -166,7 +167,8 @@ def crossfit_head(head: nn.Module, samples: Samples, cfg: AddonConfig, image_ids
     average of the fold heads' weights (``"average"``).
 
     Returns (rows predicted out of fold, Tensor[R]; their predictions, Tensor[R]; the final
-    head's training log, or the last fold's with ``"average"``).
+    head's training log, or the last fold's with ``"average"``); the fold heads' weights are
+    appended to ``fold_states`` when a list is given.
     """
     if cfg.crossfit_final not in ("all", "average"):
         raise ValueError(f"crossfit_final must be 'all' or 'average', got {cfg.crossfit_final!r}")
@@ -186,6 +188,8 @@ def crossfit_head(head: nn.Module, samples: Samples, cfg: AddonConfig, image_ids
         states.append(copy.deepcopy(head.state_dict()))
         log(f"cross-fitting: fold {f + 1} of {len(folds)} predicted by a head trained on the "
             f"other {len(image_ids) - len(fold)} images ({time.perf_counter() - t0:.0f} s)")
+    if fold_states is not None:
+        fold_states.extend(states)
     if cfg.crossfit_final == "average":
         head.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) for k in init})
     else:
@@ -238,6 +242,7 @@ class AddonFit:
     num_detections: int
     fitted_on: dict[str, int]
     heldout: dict[str, Any] | None = None
+    fold_heads: list[dict[str, Tensor]] = dataclasses.field(default_factory=list)  # cross-fit
 
 
 def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1: str,
@@ -274,10 +279,11 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
         f"{f' and {extra}' if extra else ''} ({time.perf_counter() - t0:.0f} s)")
     head = find_maskiou_head(model)
     t0 = time.perf_counter()
+    fold_heads: list[dict[str, Tensor]] = []  # the cross-fitting's fold heads, kept in memory
     if crossfit:
         recal_rows, pred, head_log = crossfit_head(
             head, samples, dataclasses.replace(cfg, crossfit_folds=folds), ids, progress,
-            workers, log)
+            workers, log, fold_heads)
         trained = (len(samples), len(ids))
     else:
         train_rows, recal_rows = holdout_split(samples.image_ids, held)
@@ -313,7 +319,7 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
                           f"({gain['best']} {gain['gain']:+.2f} mask AP on {gain['images']} "
                           "images): it may not help on this data; label more images, or use "
                           "the maskness score", stacklevel=2)
-    return AddonFit(head_log, recal, len(samples), fingerprints, gain)
+    return AddonFit(head_log, recal, len(samples), fingerprints, gain, fold_heads)
 
 
 def train_addon(detector: str | Path, train_json: str | Path, train_images: str | Path,
