@@ -84,7 +84,8 @@ LEVERS = {"crossfit-5": "crossfit-folds-5",
           "crossfit-2-average": "crossfit-folds-2-crossfit-final-average",
           "photometric": "photometric-True", "min-steps-1500": "min-steps-1500",
           "crossfit-5-small-head": "crossfit-folds-5-conv-channels-32-fc-dim-128",
-          "crossfit-5-ensemble": "crossfit-folds-5-ensemble"}
+          "crossfit-5-ensemble": "crossfit-folds-5-ensemble",
+          "crossfit-10": "crossfit-folds-10"}
 
 
 def lever_runs() -> dict[str, list[dict]]:
