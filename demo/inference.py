@@ -61,6 +61,17 @@ class Predictor:
         self.kind = kind
         self.lock = threading.Lock()
 
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        """The model, and how to run it: through its adapter's ``predict`` (found once here,
+        not on every image) for an ``nn.Module``, else called as it is."""
+        self._model = model
+        self._run = predictor(model) if isinstance(model, torch.nn.Module) else model
+
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None
                         ) -> Predictor:
@@ -80,8 +91,7 @@ class Predictor:
         [n], maskness [n], mask_ious [n] (None without a head), masks Bool[n, H, W]."""
         tensor = torch.from_numpy(np.array(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         with self.lock:
-            run = predictor(self.model) if isinstance(self.model, torch.nn.Module) else self.model
-            out = run([tensor.to(self.device)])[0]
+            out = self._run([tensor.to(self.device)])[0]
         n = len(out["boxes"])
         probs = out["masks"][:, 0].float()
         mk = out["maskness"] if "maskness" in out else maskness(probs, MASK_THRESHOLD)

@@ -130,9 +130,9 @@ class MaskScoringStandardROIHeads(StandardROIHeads):
         boxes = [x.proposal_boxes for x in fg]
         roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
         mask_logits = self.mask_head.layers(roi_features)
-        head = self.mask_head
-        losses = {"loss_mask": mask_rcnn_loss(mask_logits, fg, head.vis_period)
-                  * head.loss_weight}
+        mask_head = self.mask_head
+        losses = {"loss_mask": mask_rcnn_loss(mask_logits, fg, mask_head.vis_period)
+                  * mask_head.loss_weight}
         labels = [x.gt_classes for x in fg]
         gt = [full_image_masks(x) for x in fg]
         probs, targets, all_labels = maskiou_training_inputs(

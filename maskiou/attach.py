@@ -90,6 +90,11 @@ def available_adapters(failed: list[str] | None = None) -> list[Adapter]:
     return [*_registered, *entry_point_adapters(failed)]
 
 
+def _failed_note(failed: list[str]) -> str:
+    """The entry points that failed to import, for an error message ("" when none did)."""
+    return f" Entry points that failed to import: {'; '.join(failed)}." if failed else ""
+
+
 def find_adapter(model: nn.Module) -> Adapter:
     """The first adapter whose ``matches(model)`` is true, or a TypeError saying what exists."""
     failed: list[str] = []
@@ -99,7 +104,7 @@ def find_adapter(model: nn.Module) -> Adapter:
             return adapter
     names = ", ".join(a.name for a in adapters) or "none"
     # a broken install (say an editable one whose folder moved) shows here, not as "none"
-    broken = f" Entry points that failed to import: {'; '.join(failed)}." if failed else ""
+    broken = _failed_note(failed)
     raise TypeError(
         f"attach_maskiou_head: no adapter for {type(model).__module__}.{type(model).__name__}. "
         f"Adapters available: {names}.{broken} To support another RoI-based segmenter, write an "
@@ -125,7 +130,7 @@ def framework_adapter(framework: str) -> Any:
                                                                         "load_detector"):
             return adapter
     known = ", ".join(sorted({getattr(a, "framework", a.name) for a in adapters})) or "none"
-    broken = f" Entry points that failed to import: {'; '.join(failed)}." if failed else ""
+    broken = _failed_note(failed)
     raise UnknownFrameworkError(f"no adapter loads {framework} models (frameworks available: "
                                 f"{known}).{broken} Is {framework} installed?")
 

@@ -54,13 +54,14 @@ def converted_detector(args: argparse.Namespace) -> str:
     from maskiou.data.coco import CocoInstanceDataset
     from maskiou.models.load import convert_detector
 
+    def convert() -> str:
+        return str(convert_detector(args.detector_framework, args.detector_config,
+                                    args.detector, dataset, args.output_dir))
+
     dataset = CocoInstanceDataset(args.train_json, args.train_images)
-    if D.is_main():
-        convert_detector(args.detector_framework, args.detector_config, args.detector, dataset,
-                         args.output_dir)
+    path = convert() if D.is_main() else None
     D.barrier()
-    return str(convert_detector(args.detector_framework, args.detector_config, args.detector,
-                                dataset, args.output_dir))
+    return path or convert()
 
 
 def main(argv: list[str] | None = None) -> int:
