@@ -309,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     from maskiou.data.coco import CocoFormatError
 
     args, cfg = parse_args(argv)
+    trainer = None
     try:
         trainer = Trainer(cfg, args.output_dir, progress=not args.no_progress)
         if args.resume:
@@ -323,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maskiou-train: error: {e}", file=sys.stderr)
         return 2
     finally:
+        trainer = None  # its DDP model holds the process group: free both before destroying it
         D.cleanup()
     return 0
 
