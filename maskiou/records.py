@@ -112,10 +112,16 @@ def output_to_detections(output: dict[str, torch.Tensor], image_id: int,
     )
 
 
-def true_mask_ious(dets: Detections, coco_gt: Any) -> np.ndarray:
+def true_mask_ious(dets: Detections, coco_gt: Any,
+                   windows: dict[int, tuple[int, int, int, int]] | None = None) -> np.ndarray:
     """For each detection, the best mask IoU with a non-crowd GT instance of its category in its
-    image (0 when there is none). One pycocotools call per (image, category)."""
+    image (0 when there is none). One pycocotools call per (image, category).
+
+    ``windows``: ``{image id: (x0, y0, x1, y1)}``, the part of an image a detector saw (a crop):
+    that image's GT masks are cut to it first, so a detection is judged against what was
+    visible."""
     out = np.zeros(len(dets))
+    windows = windows or {}
     keys = np.stack([dets.image_ids, dets.category_ids], 1) if len(dets) else np.zeros((0, 2))
     for image_id, cat_id in {tuple(k) for k in keys.tolist()}:
         sel = np.where((dets.image_ids == image_id) & (dets.category_ids == cat_id))[0]
@@ -124,9 +130,19 @@ def true_mask_ious(dets: Detections, coco_gt: Any) -> np.ndarray:
         if not anns:
             continue
         gts = [coco_gt.annToRLE(a) for a in anns]
+        if int(image_id) in windows:
+            gts = [_cut(g, windows[int(image_id)]) for g in gts]
         ious = mask_utils.iou([dets.rles[i] for i in sel], gts, [0] * len(gts))
         out[sel] = np.asarray(ious).reshape(len(sel), len(gts)).max(axis=1)
     return out
+
+
+def _cut(rle: dict[str, Any], window: tuple[int, int, int, int]) -> dict[str, Any]:
+    """An RLE mask cut to the box ``window`` = (x0, y0, x1, y1) (zero outside it)."""
+    h, w = rle["size"]
+    x0, y0, x1, y1 = window
+    box = mask_utils.frPyObjects(np.array([[x0, y0, x1 - x0, y1 - y0]], np.float64), h, w)[0]
+    return mask_utils.merge([rle, box], intersect=True)
 
 
 def file_sha1(path: str | Path) -> str:

@@ -243,22 +243,6 @@ def test_crossfit_addon_reports_its_held_out_gain_and_warns_when_it_is_not_posit
     assert sum("cross-fitting: fold" in m for m in logs) == 2
 
 
-def test_photometric_view_is_a_seeded_brightness_and_contrast_jitter():
-    from maskiou.addon.collect import photometric, view_of
-
-    flat = torch.full((3, 4, 4), 0.5)
-    g = torch.Generator().manual_seed(7)
-    u = torch.rand(2, generator=g).tolist()
-    assert torch.allclose(photometric(flat, 7), torch.full((3, 4, 4), 0.5 * (0.75 + 0.5 * u[1])))
-    img = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
-    out = view_of(img, "photometric", 3)
-    assert torch.equal(out, view_of(img, "photometric", 3)) and not torch.equal(out, img)
-    assert out.min() >= 0 and out.max() <= 1
-    assert torch.equal(view_of(img, "mirror", 3), img.flip(-1))
-    with pytest.raises(ValueError, match="view must be one of"):
-        view_of(img, "rotate", 3)
-
-
 def test_ablation_scores_a_cross_fitted_add_on_and_the_ensemble_of_its_fold_heads(data,
                                                                                  tmp_path):
     import sys

@@ -54,7 +54,8 @@ FLAT_ADDON = {"conv_channels": 64, "reduce_channels": 0, "num_convs": 2, "fc_dim
 
 
 def test_the_add_on_reads_its_old_flat_config_and_routes_head_fields():
-    assert AddonConfig.from_dict(FLAT_ADDON) == AddonConfig(crossfit_folds=0)  # as it ran
+    as_it_ran = AddonConfig(crossfit_folds=0, zoom="none")
+    assert AddonConfig.from_dict(FLAT_ADDON) == as_it_ran
     assert AddonConfig.from_dict({"score_inputs": False}).head.score_inputs == 0
     assert AddonConfig.from_dict(dataclasses.asdict(AddonConfig(epochs=3))).epochs == 3
     light = AddonConfig().replace(reduce_channels=32, conv_channels=32, epochs=2)
@@ -81,7 +82,8 @@ def test_an_add_on_checkpoint_written_before_the_head_config_loads_and_scores(tm
     assert old.roi_heads.maskiou_head.score_inputs == 2
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(),
                                                  new.state_dict().values()))
-    assert AddonConfig.from_dict(meta["addon"]["config"]) == AddonConfig(crossfit_folds=0)
+    as_it_ran = AddonConfig(crossfit_folds=0, zoom="none")
+    assert AddonConfig.from_dict(meta["addon"]["config"]) == as_it_ran
 
 
 def test_add_on_flags_reach_the_config_and_its_head():
@@ -105,3 +107,29 @@ def test_auto_crossfit_folds_depend_on_the_number_of_images():
     assert auto.folds_for(AUTO_CROSSFIT_BELOW) == 0 and AUTO_CROSSFIT_BELOW == 1000
     assert AddonConfig(crossfit_folds=3).folds_for(10_000) == 3
     assert AddonConfig(crossfit_folds=0).folds_for(10) == 0
+
+
+def test_zoom_views_are_automatic_below_a_thousand_images_and_named_otherwise():
+    from maskiou.addon.fit import AUTO_CROSSFIT_BELOW
+    from maskiou.addon.run import addon_views
+
+    auto = AddonConfig()
+    assert auto.zoom == "auto"
+    assert auto.zoom_views_for(AUTO_CROSSFIT_BELOW - 1) == ("zoom-in", "zoom-out")
+    assert auto.zoom_views_for(AUTO_CROSSFIT_BELOW) == ()
+    assert AddonConfig(zoom="in").zoom_views_for(10_000) == ("zoom-in",)
+    assert AddonConfig(zoom="out").zoom_views_for(10) == ("zoom-out",)
+    assert AddonConfig(zoom="none").zoom_views_for(10) == ()
+    with pytest.raises(ValueError, match="zoom must be"):
+        AddonConfig(zoom="sideways").zoom_views_for(10)
+    # the views the collection adds: of the images the head trains on (not the held-out ones)
+    views = addon_views([10, 11, 12], {11}, AddonConfig(zoom="in", photometric=True))
+    assert views == {"mirror": [0, 2], "photometric": [0, 2], "zoom-in": [0, 2]}
+    assert addon_views([10, 11], set(), AddonConfig(flip=False, zoom="none")) == {}
+    import argparse
+
+    from maskiou.addon.cli import add_config_flags
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p)
+    assert config_from_args(p.parse_args(["--addon-zoom", "out"])).zoom == "out"

@@ -49,10 +49,18 @@ def test_shipped_config_is_the_main_jobs_preset_field_by_field(name, maskiou):
     assert differing_fields(stored, wanted) == []
 
 
+def assert_default_at_addon_images(cfg: AddonConfig) -> None:
+    """``cfg`` is today's default but for ``zoom``, whose views are the default's at the main
+    job's number of add-on images."""
+    assert dataclasses.replace(cfg, zoom="auto") == AddonConfig()
+    assert cfg.zoom_views_for(ADDON_IMAGES) == AddonConfig().zoom_views_for(ADDON_IMAGES) == ()
+
+
 def test_shipped_addon_is_what_the_main_job_trains():
     ckpt = load_checkpoint(shipped_model_path("addon"))
-    # written before the head had its own config record: it still reads as today's default
-    assert AddonConfig.from_dict(ckpt["addon"]["config"]) == AddonConfig()
+    # written before the head had its own config record and before the zoom views: it reads
+    # as today's default, with no zoom views, which is what "auto" gives at its 2,000 images
+    assert_default_at_addon_images(AddonConfig.from_dict(ckpt["addon"]["config"]))
     from maskiou.records import file_sha1
 
     assert ckpt["addon"]["detector_sha1"] == file_sha1(shipped_model_path("plain"))
@@ -70,7 +78,7 @@ def test_shipped_detectron2_addon_is_what_its_main_job_trains_on_the_frozen_dete
     assert alone and all(".maskiou_head." in k for k in alone)
     assert ckpt["framework"] == plain["framework"] == "detectron2"
     assert plain["detector"]["config"] == ckpt["detector"]["config"]
-    assert AddonConfig.from_dict(ckpt["addon"]["config"]) == AddonConfig()
+    assert_default_at_addon_images(AddonConfig.from_dict(ckpt["addon"]["config"]))
     assert ckpt["addon"]["detector_sha1"] == file_sha1(shipped_model_path("detectron2_plain"))
     assert len(ckpt["addon"]["fitted_on"]) == ADDON_IMAGES
     assert all(torch.equal(ckpt["model"][k], v) for k, v in plain["model"].items())  # frozen

@@ -45,7 +45,7 @@ SCALARS: dict[str, Any] = {"labels": np.int64, "cls_scores": np.float32,
                            "targets": np.float32, "image_ids": np.int64, "views": np.int8}
 CACHE_FORMAT = 4
 # ``views``: how the detector saw the image of each detection (0: as it is, the test-time view
-# the recalibration fits on; others: augmented views, see maskiou.addon.collect.VIEWS)
+# the recalibration fits on; others: augmented views, see maskiou.addon.views.VIEWS)
 
 
 class CacheKeyError(ValueError):

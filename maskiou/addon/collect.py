@@ -41,6 +41,7 @@ from .cache import (
     shard_record,
     write_manifest,
 )
+from .views import SHARD_PREFIX, VIEWS, to_image, view_of, visible_window
 
 
 @runtime_checkable
@@ -62,43 +63,6 @@ def collecting_adapter(model: nn.Module) -> CollectingAdapter:
     return adapter
 
 
-# the views of an image the detector can be run on in the collection pass: the image itself
-# (what it meets at test time), its mirror image, and a photometric jitter of it
-VIEWS = ("image", "mirror", "photometric")
-SHARD_PREFIX = {"image": "orig", "mirror": "flip", "photometric": "photo"}
-
-
-def photometric(image: Tensor, image_id: int) -> Tensor:
-    """A brightness and contrast jitter of ``image`` (Tensor[3, H, W] in [0, 1]), the same for
-    an image id every time: contrast x0.7-1.3 around the image's mean, brightness x0.75-1.25."""
-    g = torch.Generator().manual_seed(int(image_id))
-    u = torch.rand(2, generator=g).tolist()
-    contrast, brightness = 0.7 + 0.6 * u[0], 0.75 + 0.5 * u[1]
-    mean = image.mean()
-    return ((image - mean) * contrast + mean * brightness).clamp(0.0, 1.0)
-
-
-def view_of(image: Tensor, view: str, image_id: int) -> Tensor:
-    """``image`` as the detector sees it in ``view`` (see :data:`VIEWS`)."""
-    if view == "image":
-        return image
-    if view == "mirror":
-        return image.flip(-1)
-    if view == "photometric":
-        return photometric(image, image_id)
-    raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
-
-
-def flip_back(output: dict[str, Tensor], width: int) -> dict[str, Tensor]:
-    """Detections of a mirrored image, mirrored back onto the original image (boxes and pasted
-    masks; the head's inputs stay as the detector saw them)."""
-    out = dict(output)
-    b = output["boxes"]
-    out["boxes"] = torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], dim=1)
-    out["masks"] = output["masks"].flip(-1)
-    return out
-
-
 @torch.no_grad()
 def detection_rows(model: nn.Module, dataset: Any, indices: list[int], *,
                    device: str | torch.device = "cpu", batch_size: int = 8,
@@ -113,8 +77,9 @@ def detection_rows(model: nn.Module, dataset: Any, indices: list[int], *,
             head's inputs are kept), its adapter able to ``collect``.
         dataset: a :class:`maskiou.data.CocoInstanceDataset` with ground truth.
         view: run on the images as they are (``"image"``) or on a view of them (see
-            :data:`VIEWS`: new detections of the same objects); the masks of the mirror image
-            are mirrored back before their true MaskIoU is measured.
+            :mod:`maskiou.addon.views`: new detections of the same objects); a view's boxes and
+            masks are brought back onto the image before their true MaskIoU is measured
+            (against the visible part of each GT in a crop).
         max_detections: keep at most this many detections per image, the highest scored.
     """
     adapter = collecting_adapter(model)
@@ -124,19 +89,22 @@ def detection_rows(model: nn.Module, dataset: Any, indices: list[int], *,
         images = [img.to(device) for img, _ in batch]
         ids = [int(target["image_id"]) for _, target in batch]
         outputs = adapter.collect(model, [view_of(img, view, i) for img, i in zip(images, ids)])
-        feats, probs, parts = [], [], []
-        for img, (_, target), out in zip(images, batch, outputs):
+        feats, probs, parts, windows = [], [], [], {}
+        for img, image_id, out in zip(images, ids, outputs):
             out = {k: v[:max_detections] for k, v in out.items()}
             feats.append(out.pop("roi_features").half().cpu())
             probs.append(out.pop("mask_probs").half().cpu())
-            if view == "mirror":
-                out = flip_back(out, img.shape[-1])
-            parts.append(output_to_detections(out, int(target["image_id"]),
-                                              dataset.label_to_cat_id))
+            height, width = img.shape[-2:]
+            out = to_image(out, view, image_id, height, width)
+            window = visible_window(view, image_id, height, width)
+            if window is not None:
+                windows[image_id] = window
+            parts.append(output_to_detections(out, image_id, dataset.label_to_cat_id))
         dets = Detections.concat(parts)
         rows = {"roi_features": torch.cat(feats).numpy(), "mask_probs": torch.cat(probs).numpy(),
                 "labels": dets.labels, "cls_scores": dets.cls_scores, "maskness": dets.maskness,
-                "rel_areas": dets.rel_areas, "targets": true_mask_ious(dets, dataset.coco),
+                "rel_areas": dets.rel_areas,
+                "targets": true_mask_ious(dets, dataset.coco, windows),
                 "image_ids": dets.image_ids,
                 "views": np.full(len(dets), VIEWS.index(view), dtype=np.int8)}
         if len(rows["roi_features"]) != len(dets):

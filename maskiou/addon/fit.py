@@ -76,9 +76,12 @@ class AddonConfig:
     # COCO's ten IoU thresholds 0.50:0.05:0.95 the mask passes: what mask AP rewards)
     target: str = "coco"
     # views of the head's training images the detector is also run on (new detections of the
-    # same objects): the mirror image, and a brightness and contrast jitter
+    # same objects, see maskiou.addon.views): the mirror image, a brightness and contrast
+    # jitter, and scale jitter (a crop the detector enlarges, a canvas it shrinks)
     flip: bool = True
     photometric: bool = False
+    # "in", "out", "both" or "none"; "auto": both below AUTO_CROSSFIT_BELOW images, else none
+    zoom: str = "auto"
     max_detections: int = 100  # per image, the highest scored
     # optimization
     loss: str = "l2"
@@ -109,6 +112,18 @@ class AddonConfig:
             return AUTO_CROSSFIT_FOLDS if num_images < AUTO_CROSSFIT_BELOW else 0
         return self.crossfit_folds
 
+    def zoom_views_for(self, num_images: int) -> tuple[str, ...]:
+        """The scale-jitter views (``"zoom-in"``, ``"zoom-out"``) of ``num_images`` add-on
+        images' training images."""
+        zoom = self.zoom
+        if zoom == "auto":
+            zoom = "both" if num_images < AUTO_CROSSFIT_BELOW else "none"
+        views = {"in": ("zoom-in",), "out": ("zoom-out",), "both": ("zoom-in", "zoom-out"),
+                 "none": ()}
+        if zoom not in views:
+            raise ValueError(f"zoom must be in, out, both, none or auto, got {self.zoom!r}")
+        return views[zoom]
+
     def head_config(self) -> HeadConfig:
         """The head as it is built: ``head`` with the output the loss needs."""
         return dataclasses.replace(self.head, output="sigmoid" if self.loss == "bce"
@@ -130,11 +145,13 @@ class AddonConfig:
         """The config of a dict: ``dataclasses.asdict``'s form, or the flat form of add-on
         checkpoints written before the head had its own record (``conv_channels``, ...,
         ``score_inputs: true``). A config without ``crossfit_folds`` is from before
-        cross-fitting: the held-out share (0)."""
+        cross-fitting: the held-out share (0); one without ``zoom``, from before the zoom
+        views: none."""
         values = dict(values)
         head = values.pop("head", None) or {}
         head = {**dataclasses.asdict(addon_head()), **head, **HeadConfig.pop_from(values)}
         values.setdefault("crossfit_folds", 0)  # what every add-on did before the field
+        values.setdefault("zoom", "none")
         return AddonConfig(**values, head=HeadConfig(**head))
 
 

@@ -122,9 +122,12 @@ def image_folds(image_ids: list[int], k: int, seed: int) -> list[set[int]]:
 
 def addon_views(image_ids: list[int], held: set[int], cfg: AddonConfig) -> dict[str, list[int]]:
     """The views of the images the head trains on (not ``held``) that the collection adds:
-    ``{"mirror": [indices], "photometric": [indices]}`` as ``cfg`` asks."""
+    ``{"mirror": [indices], "photometric": [indices], ...}`` as ``cfg`` asks."""
     train = [i for i, image_id in enumerate(image_ids) if image_id not in held]
-    return {v: train for v, on in (("mirror", cfg.flip), ("photometric", cfg.photometric)) if on}
+    zoom = cfg.zoom_views_for(len(image_ids))
+    wanted = (("mirror", cfg.flip), ("photometric", cfg.photometric),
+              ("zoom-in", "zoom-in" in zoom), ("zoom-out", "zoom-out" in zoom))
+    return {v: train for v, on in wanted if on}
 
 
 def cache_key(detector_sha1: str, fingerprints: dict[str, int], views: dict[str, list[int]],
@@ -144,7 +147,7 @@ def load_or_collect(model: nn.Module, dataset: Any, cache: Path | None, key: dic
     without ``cache``."""
     if cache is None:
         from .cache import HeadSamples
-        from .collect import VIEWS
+        from .views import VIEWS
 
         parts = [collect_samples(model, dataset, indices, device=device, view=view,
                                  progress=progress, max_detections=max_detections)
@@ -252,8 +255,8 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
     """Train the head attached to ``model`` (detector frozen) on the detections of ``dataset``
     and fit the recalibration on detections the head did not train on.
 
-    The detector runs once over every image (and over the other views, ``cfg.flip`` and
-    ``cfg.photometric``, of those the head trains on), cached in ``cache`` (under torchrun each
+    The detector runs once over every image (and over the other views of those the head trains
+    on: ``cfg.flip``, ``cfg.photometric``, ``cfg.zoom``), cached in ``cache`` (under torchrun each
     rank collects its share of the shards); then rank 0 trains the head. The recalibration is
     fitted on a held-out share of the images (``cfg.recalibration_holdout``), or with
     ``cfg.crossfit_folds`` >= 2 on the out-of-fold predictions of every image
