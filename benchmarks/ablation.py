@@ -181,13 +181,38 @@ def plot_curve(path: Path, summary: list[dict[str, Any]], reference: dict[str, A
     plt.close(fig)
 
 
+def pretrained_head(detector: str, device: str, progress: bool) -> dict[str, Any]:
+    """The head's weights after training (AddonConfig's defaults) on the detections of the
+    embedded detector's own training images and their mirror images: labels every user already
+    has, but on images the detector is over-confident on. The start of each fit with
+    ``--curve-pretrain`` (a lever measured here, not built into maskiou-addon)."""
+    from maskiou.addon.cache import HeadSamples
+    from maskiou.addon.fit import train_head
+    from maskiou.evaluation.benchmark import embedded_config
+    from maskiou.models.paths import resolve_split
+
+    train_json, images = resolve_split(embedded_config(), "train", progress=progress)
+    train = CocoInstanceDataset(train_json, images)
+    cfg = AddonConfig()
+    model, _ = attach_to_detector(detector, cfg, device)
+    samples = HeadSamples.concat([collect_samples(model, train, view=v, device=device,
+                                                  progress=progress)
+                                  for v in ("image", "mirror")])
+    head = find_maskiou_head(model)
+    train_head(head, samples, cfg, progress=progress)
+    return head.state_dict()
+
+
 def evaluate_row(name: str, cfg: AddonConfig, detector: str, train_set: Any, cache: Path,
-                 val: Any, val_dets: Any, coco_gt: Any, device: str, progress: bool
-                 ) -> dict[str, Any]:
+                 val: Any, val_dets: Any, coco_gt: Any, device: str, progress: bool,
+                 head_start: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit the add-on of ``cfg`` on ``train_set`` and score the validation detections with it.
     A cross-fitted add-on also gets ``"ensemble"``: the same scored with the mean prediction of
-    its fold heads and its final head (a lever measured, not shipped)."""
+    its fold heads and its final head (a lever measured, not shipped). ``head_start``: the
+    head's weights to start from (default: its initialization)."""
     model, _ = attach_to_detector(detector, cfg, device)
+    if head_start is not None:
+        find_maskiou_head(model).load_state_dict(head_start)
     t0 = time.perf_counter()
     fit = fit_addon(model, train_set, cfg, detector_sha1=file_sha1(detector), cache=cache,
                     device=device, progress=progress, log=lambda msg: None)
@@ -264,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                    "writes curve.json, curve.md and curve.png (--curve-set: other names)")
     p.add_argument("--curve-sizes", nargs="+", type=int, default=list(CURVE_SIZES),
                    help="the curve's sizes (default: all)")
+    p.add_argument("--curve-pretrain", action="store_true",
+                   help="start each curve fit from a head trained on the detector's own "
+                   "training images (files curve-...-pretrain.*)")
     p.add_argument("--curve-set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="AddonConfig changes for the curve's rows (e.g. crossfit_folds=5); "
                    "its files are then curve-FIELD-VALUE.json, .md, .png")
@@ -318,17 +346,21 @@ def run_curve(args: argparse.Namespace, detector: str, val: Any, val_dets: Any, 
                          "--train-json")
     changes = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v
                for k, v in (item.split("=", 1) for item in args.curve_set)}
-    name = "curve" + "".join(f"-{k}-{v}" for k, v in changes.items()).replace("_", "-")
+    name = "curve" + "".join(f"-{k}-{v}" for k, v in changes.items()).replace("_", "-") \
+        + ("-pretrain" if args.curve_pretrain else "")
     saved = out / f"{name}.json"
     results = json.loads(saved.read_text()) if saved.is_file() else []
     done = {r["row"] for r in results}
     todo = [row for row in curve_rows(tuple(args.curve_sizes)) if row[0] not in done]
+    start = pretrained_head(detector, args.device, progress) if args.curve_pretrain and todo \
+        else None
     t0 = time.perf_counter()
     for k, (row, images, seed) in enumerate(todo):
         cfg = AddonConfig().replace(seed=seed, **changes)
         train_json, train_images = addon_split(images, progress, seed=curve_image_seed(seed))
         r = evaluate_row(row, cfg, detector, CocoInstanceDataset(train_json, train_images),
-                         out / "cache", val, val_dets, val_set.coco, args.device, progress)
+                         out / "cache", val, val_dets, val_set.coco, args.device, progress,
+                         head_start=start)
         r.update(what=f"{images} add-on images, draw {seed}", config=dataclasses.asdict(cfg),
                  images=images, seed=seed)
         results.append(r)

@@ -268,3 +268,24 @@ def test_ablation_scores_a_cross_fitted_add_on_and_the_ensemble_of_its_fold_head
     assert ens["maskness"] == rows[2]["segm"]["maskness"]  # the same detections, other scores
     pearson = rows[2]["ensemble"]["correlation"]["head_pearson"]
     assert pearson != rows[2]["correlation"]["head_pearson"]  # the mean of three heads
+
+    # --curve-pretrain's start: the fit begins from the given head weights, not a fresh head
+    from maskiou.attach import find_maskiou_head
+
+    start = {k: torch.full_like(v, 0.01) if v.is_floating_point() else v
+             for k, v in find_maskiou_head(model).state_dict().items()}
+    seen = {}
+    real = ablation.fit_addon
+
+    def spy(fitted, *args, **kwargs):
+        seen.update({k: v.clone() for k, v in find_maskiou_head(fitted).state_dict().items()})
+        return real(fitted, *args, **kwargs)
+
+    ablation.fit_addon = spy
+    try:
+        ablation.evaluate_row("started", AddonConfig(epochs=1, crossfit_folds=0), str(detector),
+                              train, tmp_path / "cache", val, val_dets, val_set.coco, "cpu",
+                              False, head_start=start)
+    finally:
+        ablation.fit_addon = real
+    assert seen.keys() == start.keys() and all(torch.equal(seen[k], start[k]) for k in start)

@@ -216,7 +216,9 @@ def test_torchrun_collection_writes_the_shards_of_one_process(data, tmp_path):
     files = sorted(p.name for p in caches[0].iterdir())
     assert files == sorted(p.name for p in caches[1].iterdir())
     manifest = json.loads((caches[0] / "manifest.json").read_text())
-    assert len(manifest["shards"]) == 2  # the 10 images, their mirror images: 64 a shard
+    # the 10 images, then their mirror images and both zoom views (automatic below 1,000
+    # add-on images), 64 images a shard
+    assert manifest["shards"] == ["orig-00000", "flip-00000", "zin-00000", "zout-00000"]
     for name in manifest["shards"]:
         for f in (*FEATURES, "rows"):
             suffix = "npz" if f == "rows" else "bin"
