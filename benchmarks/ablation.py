@@ -4,6 +4,8 @@
     python benchmarks/ablation.py --rows shipped no-flip   # some rows
     python benchmarks/ablation.py --detector plain.pt --train-json a.json --train-images a/ \\
         --val-json v.json --val-images v/                  # any COCO-format dataset
+    python benchmarks/ablation.py --curve --curve-sizes 250 500 \
+        --curve-set crossfit_folds=5 zoom=both [--curve-pretrain]   # the few-labels levers
 
 Each row trains a head alone on the cached detections of the add-on images (the same cache the
 main job uses) and scores the cached detections of the validation split with it, so a row costs
