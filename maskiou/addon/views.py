@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torchvision.ops import clip_boxes_to_image
 
 VIEWS = ("image", "mirror", "photometric", "zoom-in", "zoom-out")
 SHARD_PREFIX = {"image": "orig", "mirror": "flip", "photometric": "photo", "zoom-in": "zin",
@@ -82,14 +83,9 @@ def view_of(image: Tensor, view: str, image_id: int) -> Tensor:
         return image.flip(-1)
     if view == "photometric":
         return photometric(image, image_id)
-    if view in ("zoom-in", "zoom-out"):
-        height, width = image.shape[-2:]
-        dx, dy, vh, vw = zoom_geometry(view, image_id, height, width)
-        if view == "zoom-in":
-            return image[:, dy:dy + vh, dx:dx + vw]
-        canvas = image.mean(dim=(1, 2), keepdim=True).expand(image.shape[0], vh, vw).clone()
-        canvas[:, -dy:-dy + height, -dx:-dx + width] = image
-        return canvas
+    if view in ("zoom-in", "zoom-out"):  # the image on the view's frame: a crop or a canvas
+        dx, dy, vh, vw = zoom_geometry(view, image_id, *image.shape[-2:])
+        return reframe(image, -dx, -dy, vh, vw, fill=image.mean(dim=(1, 2), keepdim=True))
     raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
 
 
@@ -103,6 +99,22 @@ def flip_back(output: dict[str, Tensor], width: int) -> dict[str, Tensor]:
     return out
 
 
+def reframe(x: Tensor, dx: int, dy: int, height: int, width: int,
+            fill: Tensor | None = None) -> Tensor:
+    """``x`` (Tensor[..., h, w]) placed on a frame Tensor[..., height, width], frame pixel =
+    ``x`` pixel + (dx, dy): cut where it falls outside the frame, ``fill`` (broadcast to the
+    frame, e.g. a colour Tensor[C, 1, 1]; default zero) where nothing of ``x`` lands."""
+    framed = x.new_zeros(*x.shape[:-2], height, width)
+    if fill is not None:
+        framed[...] = fill
+    x0, y0, sx, sy = max(dx, 0), max(dy, 0), max(-dx, 0), max(-dy, 0)
+    w = min(width - x0, x.shape[-1] - sx)
+    h = min(height - y0, x.shape[-2] - sy)
+    if w > 0 and h > 0:
+        framed[..., y0:y0 + h, x0:x0 + w] = x[..., sy:sy + h, sx:sx + w]
+    return framed
+
+
 def shift_back(output: dict[str, Tensor], dx: int, dy: int, height: int, width: int
                ) -> dict[str, Tensor]:
     """Detections of a zoom view moved onto the image (image pixel = view pixel + (dx, dy)):
@@ -110,18 +122,10 @@ def shift_back(output: dict[str, Tensor], dx: int, dy: int, height: int, width: 
     Tensor[n, 1, height, width] (zero where the view did not show the image, cut where the
     view's canvas lay outside it)."""
     out = dict(output)
-    b = output["boxes"] + torch.tensor([dx, dy, dx, dy], dtype=output["boxes"].dtype,
-                                       device=output["boxes"].device)
-    out["boxes"] = torch.stack([b[:, 0].clamp(0, width), b[:, 1].clamp(0, height),
-                                b[:, 2].clamp(0, width), b[:, 3].clamp(0, height)], dim=1)
-    masks = output["masks"]
-    framed = masks.new_zeros(masks.shape[0], masks.shape[1], height, width)
-    x0, y0, sx, sy = max(dx, 0), max(dy, 0), max(-dx, 0), max(-dy, 0)
-    w = min(width - x0, masks.shape[-1] - sx)
-    h = min(height - y0, masks.shape[-2] - sy)
-    if w > 0 and h > 0:
-        framed[..., y0:y0 + h, x0:x0 + w] = masks[..., sy:sy + h, sx:sx + w]
-    out["masks"] = framed
+    shift = torch.tensor([dx, dy, dx, dy], dtype=output["boxes"].dtype,
+                         device=output["boxes"].device)
+    out["boxes"] = clip_boxes_to_image(output["boxes"] + shift, (height, width))
+    out["masks"] = reframe(output["masks"], dx, dy, height, width)
     return out
 
 
