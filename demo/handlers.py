@@ -22,8 +22,9 @@ from demo.inference import (
     table,
 )
 from demo.sources import DEFAULT_METRICS, ValSplit, short_path
-from maskiou.models.checkpoint import CheckpointError, load_checkpoint
-from maskiou.models.paths import model_dir
+from maskiou.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from maskiou.models.load import model_kind
+from maskiou.models.paths import default_model, model_dir
 
 IN_MEMORY = "in-memory model"
 NO_HEAD = "none: the detector's own scores"
@@ -38,11 +39,9 @@ def training_allowed(host: str, share: bool) -> bool:
 
 
 def checkpoint_kind(path: str | Path) -> str:
-    """``"plain"``, ``"add-on"`` or ``"end to end"`` (reads the checkpoint's config)."""
-    ckpt = load_checkpoint(path)
-    if not ckpt.get("config", {}).get("maskiou", True):
-        return "plain"
-    return "add-on" if ckpt.get("addon") else "end to end"
+    """``"plain"``, ``"add-on"`` or ``"end to end"``, for every framework alike (reads the
+    checkpoint's ``maskiou_head`` and ``addon`` entries)."""
+    return model_kind(read_checkpoint(path))
 
 
 class DemoApp:
@@ -65,11 +64,11 @@ class DemoApp:
                  split: ValSplit | None = None, predictor: Predictor | None = None,
                  metrics_path: str | Path = DEFAULT_METRICS, device: str | None = None,
                  allow_training: bool = False, train_args: dict[str, Any] | None = None) -> None:
-        self.default_detector = str(model_dir("plain") / "model_final.pt")
-        self.default_head = str(model_dir("addon") / "model_final.pt")
+        self.default_detector = str(model_dir(default_model("plain")) / "model_final.pt")
+        self.default_head = str(model_dir(default_model("addon")) / "model_final.pt")
         self.detectors = [str(p) for p in (detectors or [self.default_detector])]
         heads = [str(p) for p in heads] if heads is not None else [
-            self.default_head, str(model_dir("end_to_end") / "model_final.pt")]
+            self.default_head, str(model_dir(default_model("end_to_end")) / "model_final.pt")]
         self.heads = ([IN_MEMORY] if predictor is not None else []) + heads
         self.split = split
         self.metrics_path = Path(metrics_path)

@@ -76,14 +76,11 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None
                         ) -> Predictor:
         """Load any maskiou checkpoint (raises ``CheckpointError`` with one line)."""
-        from maskiou.attach import find_maskiou_head
-        from maskiou.models.load import load_trained_model
+        from maskiou.models.load import load_trained_model, model_kind
 
         device = torch.device(device) if device is not None else default_device()
         model, meta = load_trained_model(path, device)
-        kind = "plain" if find_maskiou_head(model) is None else (
-            "add-on" if meta.get("addon") else "end to end")
-        return cls(model, meta["class_names"], device, source=str(path), kind=kind)
+        return cls(model, meta["class_names"], device, source=str(path), kind=model_kind(meta))
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:

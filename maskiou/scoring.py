@@ -44,6 +44,15 @@ def maskness(mask_probs: Tensor, threshold: float = 0.5) -> Tensor:
     return (probs * on).sum((-2, -1)) / area.clamp(min=1.0)
 
 
+def score_order(scores: Tensor) -> Tensor:
+    """The order that sorts detections by ``scores`` (Tensor[n]), highest first, ties in their
+    present order (the detector's): Tensor[n] int64. Every adapter re-sorts with it."""
+    if torch.jit.is_tracing():  # ONNX export: TopK (the exporter has no stable sort)
+        return torch.sort(scores, descending=True)[1]
+    # stable: CPU sorts are stable anyway (so no test here can tell), CUDA's are not
+    return torch.argsort(scores, descending=True, stable=True)  # pragma: no mutate
+
+
 def add_maskiou_outputs(result: Dict[str, Tensor], mask_ious: Tensor, mask_maskness: Tensor,
                         rescore_outputs: bool) -> None:
     """Add ``cls_scores``, ``mask_ious`` and ``maskness`` to one image's detections, in place.
@@ -67,11 +76,7 @@ def add_maskiou_outputs(result: Dict[str, Tensor], mask_ious: Tensor, mask_maskn
     result["maskness"] = mask_maskness
     if rescore_outputs:
         scores = rescore(cls_scores, mask_ious)
-        if torch.jit.is_tracing():  # ONNX export: TopK (the exporter has no stable sort)
-            order = torch.sort(scores, descending=True)[1]
-        else:  # ties keep the detector's order
-            # stable: CPU sorts are stable anyway (so no test here can tell), CUDA's are not
-            order = torch.argsort(scores, descending=True, stable=True)  # pragma: no mutate
+        order = score_order(scores)
         n = scores.shape[0]
         for key in list(result.keys()):
             value = result[key]

@@ -87,7 +87,7 @@ def test_train_head_lowers_the_loss_and_leaves_a_contiguous_eval_head():
     q = predict_ious(head, samples)
     assert q.shape == (64,) and (q >= 0).all() and (q <= 1).all()
     with pytest.raises(ValueError, match="no detections"):
-        train_head(head, samples, AddonConfig(min_target=2.0), progress=False)
+        train_head(head, samples, AddonConfig(min_target=1.0), progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -179,13 +179,16 @@ def test_collection_needs_an_adapter_that_can_collect():
         from custom_adapter import TinySegmenter, TinySegmenterAdapter
     finally:
         sys.path.remove(str(ROOT / "examples"))
+    class CannotCollect(TinySegmenterAdapter):
+        capabilities = frozenset({"predict"})
+
     model = attach_maskiou_head(TinySegmenter(), adapter=TinySegmenterAdapter())
     import maskiou.addon.collect as collect
 
     original = collect.find_adapter
-    collect.find_adapter = lambda m: TinySegmenterAdapter()
+    collect.find_adapter = lambda m: CannotCollect()
     try:
-        with pytest.raises(TypeError, match="has no collect"):
+        with pytest.raises(TypeError, match="does not declare the capability 'collect'"):
             collecting_adapter(model)
     finally:
         collect.find_adapter = original

@@ -26,7 +26,7 @@ def test_main_job_paragraph_is_the_measured_run():
             f"{sec['addon_training']:.0f} s, evaluation {sec['evaluation']:.0f} s; "
             "`docs/measurements/main_job_cpu_metrics.json`)") in README
     log = json.loads((ROOT / "maskiou" / "pretrained" /
-                      "synthetic_cpu_addon.train_log.json").read_text())
+                      "synthetic_cpu_torchvision_addon.train_log.json").read_text())
     seconds = sum(e["seconds"] for e in log)
     rate = sum(e["samples_per_s"] for e in log) / len(log)
     assert (f"{seconds:.0f} s of head training ({len(log)} epochs, {rate:,.0f} samples/s"

@@ -34,7 +34,8 @@ from maskiou.models.checkpoint import load_checkpoint, save_atomic  # noqa: E402
 from maskiou.models.paths import shipped_model_path  # noqa: E402
 
 SCORES = {"AP", "AP50", "AP75", "APs", "APm", "APl"}
-PLAIN, END_TO_END = shipped_model_path("plain"), shipped_model_path("end_to_end")
+PLAIN = shipped_model_path("torchvision_plain")
+END_TO_END = shipped_model_path("torchvision_end_to_end")
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +187,7 @@ def test_checkpoint_with_a_head_on_a_coco_root_and_a_baseline(data, tmp_path):
 
 
 def test_a_frozen_detector_checkpoint_of_maskiou_train_evaluates(data, tmp_path):
-    from maskiou.training.trainer import main as train
+    from maskiou.training.cli import main as train
 
     args = ["--output-dir", str(tmp_path / "head"), "--freeze-detector", "--detector-checkpoint",
             str(PLAIN), "--train-json", str(data["addon_json"]), "--train-images",

@@ -393,7 +393,8 @@ def test_live_app_every_endpoint(live_app, split: ValSplit, checkpoints) -> None
     # training, for real on 10 add-on images and one epoch (the page is local-only here)
     status, choice = client.predict(api_name="/train")
     assert status.startswith("Trained the add-on head")
-    assert choice["value"].endswith("synthetic-cpu-addon/model_final.pt")  # a dropdown update
+    # a dropdown update
+    assert choice["value"].endswith("synthetic-cpu-torchvision-addon/model_final.pt")
     assert [choice["value"]] * 2 in choice["choices"]  # ... that offers the new head
     *_, status = client.predict(3, plain, choice["value"], 0.25, "rescored", False,
                                 api_name="/example")

@@ -41,7 +41,8 @@ pytestmark = pytest.mark.filterwarnings(  # pandas 3 deprecations inside gradio'
 @pytest.fixture(scope="module")
 def page_url(split, checkpoints, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
     real = (os.environ.get("MASKIOU_SCREENSHOT") == "1" and default_model_path().is_file()
-            and (model_dir("plain") / "model_final.pt").is_file() and DEFAULT_GALLERY.is_file())
+            and (model_dir("torchvision_plain") / "model_final.pt").is_file()
+            and DEFAULT_GALLERY.is_file())
     if real:  # the README picture: the embedded default models and the benchmark's gallery
         demo = build_app(threshold=0.3)
     else:

@@ -118,7 +118,7 @@ def test_roi_heads_that_override_forward_are_refused():
 
 def test_onnx_export_of_the_attached_model_matches_eager():
     pytest.importorskip("onnxruntime")
-    model, _ = load_trained_model(shipped_model_path())
+    model, _ = load_trained_model(shipped_model_path("torchvision_end_to_end"))
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 128, 128, generator=g), torch.rand(3, 96, 128, generator=g)]
     data = export_onnx(model, images[:1])

@@ -156,6 +156,16 @@ def test_score_inputs_in_training_are_the_box_classifiers_gt_class_probabilities
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
+def test_the_box_head_runs_once_per_training_step():
+    """The head's training score inputs come from the box head's own run, not a second one."""
+    model = tiny_detectron2()
+    attach_maskiou_head(model, score_inputs=2)
+    calls = []
+    model.roi_heads.box_head.register_forward_hook(lambda m, i, o: calls.append(len(o)))
+    out = losses(model, [gt_instances()])
+    assert "loss_maskiou" in out and len(calls) == 1
+
+
 @pytest.mark.parametrize("norm", ["GN", "BN", "FrozenBN"])
 def test_freeze_detector_keeps_detectron2s_weights_bit_identical(norm):
     model = tiny_detectron2(norm=norm)
@@ -370,7 +380,7 @@ def test_coco_eval_runs_the_add_on_on_a_detectron2_model_named_by_its_files(d2_f
     no_weights = ["--detector-framework", "detectron2", *d2_files["val"],
                   "--output-dir", str(out)]
     assert coco_eval.main(no_weights) == 2
-    assert "trained with detectron2 itself" in capsys.readouterr().err
+    assert "train it with detectron2 itself" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -196,7 +196,10 @@ def test_light_head_has_a_1x1_reduction_and_the_paper_head_has_none():
 class ConstantHead(torch.nn.Module):
     """Predicts 0.5 for every class, through the RoI features and the mask probabilities."""
 
-    def forward(self, features: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    score_inputs = 0
+
+    def forward(self, features: torch.Tensor, probs: torch.Tensor,
+                scores: torch.Tensor | None = None) -> torch.Tensor:
         per_roi = 0.5 + 0.0 * (features.mean((1, 2, 3)) + probs.mean((1, 2)))
         return per_roi[:, None].expand(-1, 3)
 
@@ -264,8 +267,8 @@ def test_head_defaults_are_the_papers_and_bad_arguments_get_one_line():
     assert len(one.convs) == 1
     assert one(torch.rand(2, 8, 14, 14), torch.rand(2, 28, 28)).shape == (2, 3)
     for kwargs, message in (
-            ({"num_convs": 0}, "num_convs must be >= 1, got 0"),
-            ({"output": "relu"}, "output must be 'linear' or 'sigmoid', got 'relu'")):
+            ({"num_convs": 0}, "HeadConfig.num_convs: 0 is outside [1, inf]"),
+            ({"output": "relu"}, "HeadConfig.output: 'relu' is not one of 'linear', 'sigmoid'")):
         with pytest.raises(ValueError) as e:
             MaskIoUHead(**kwargs)
         assert str(e.value) == message

@@ -17,7 +17,8 @@ from maskiou.models.checkpoint import (
 )
 from maskiou.models.config import resolve
 from maskiou.models.load import build_model, load_trained_model
-from maskiou.training.trainer import Trainer, lr_factor, main
+from maskiou.training.cli import main
+from maskiou.training.trainer import Trainer, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 

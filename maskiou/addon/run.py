@@ -51,49 +51,27 @@ def attach_to_detector(detector: str | Path, cfg: AddonConfig,
     return model, meta
 
 
-def addon_train_config(detector_config: dict[str, Any], cfg: AddonConfig) -> dict[str, Any]:
-    """The TrainConfig dict that rebuilds the attached model (detector + this head)."""
-    from maskiou.models.config import TrainConfig
-
-    return {**TrainConfig.from_dict(detector_config).to_dict(), "maskiou": True,
-            "maskiou_head": dataclasses.asdict(cfg.head_config())}
-
-
 def addon_model_entries(meta: dict[str, Any], cfg: AddonConfig) -> dict[str, Any]:
-    """What an add-on checkpoint needs to rebuild its model (the detector and this head): a
-    torchvision detector's TrainConfig with the head, or another framework's own description
-    of its detector beside the head's config."""
-    framework = meta.get("framework", "torchvision")
-    if framework == "torchvision":
-        return {"config": addon_train_config(meta["config"], cfg)}
-    return {"framework": framework, "detector": meta["detector"],
-            "maskiou_head": dataclasses.asdict(cfg.head_config())}
+    """What an add-on checkpoint needs to rebuild its model, for every framework alike: the
+    detector's checkpoint entries (schema, framework, detector description, and the trainer's
+    config where maskiou's own trainer made it) with this head's config."""
+    kept = {k: meta[k] for k in ("schema", "framework", "detector", "config") if k in meta}
+    if "config" in kept:  # maskiou's own recipe: the config records the head too
+        kept["config"] = {**kept["config"], "maskiou": True,
+                          "maskiou_head": dataclasses.asdict(cfg.head_config())}
+    return {**kept, "maskiou_head": dataclasses.asdict(cfg.head_config())}
 
 
 def detector_training_images(meta: dict[str, Any]) -> dict[str, int]:
-    """Fingerprints of the images the detector was trained on, when its config says where they
-    are (another framework's checkpoint: ``detector.source``, ``train_split: embedded`` or
-    ``train_json``/``train_images``) and they are still there (else empty)."""
+    """Fingerprints of the images the detector was trained on, when its checkpoint records
+    where they are (``detector.source``, :func:`maskiou.models.paths.training_source`) and they
+    are still there (else empty)."""
     from maskiou.data.coco import CocoFormatError, CocoInstanceDataset
-    from maskiou.models.config import TrainConfig
-    from maskiou.models.paths import resolve_split, synthetic_dir
+    from maskiou.models.paths import source_split
 
     try:
-        source = (meta.get("detector") or {}).get("source") or {}
-        if meta.get("framework", "torchvision") == "torchvision":
-            cfg = TrainConfig.from_dict(meta["config"])
-        elif source.get("train_split") == "embedded":  # another framework's embedded detector
-            from maskiou.models.config import resolve
-
-            cfg = resolve("synthetic-cpu", {})
-        else:
-            return image_fingerprints(CocoInstanceDataset(source["train_json"],
-                                                          source["train_images"]))
-        if cfg.dataset == "synthetic" and not cfg.synthetic_dir:
-            if not (synthetic_dir(cfg) / "manifest.json").is_file():
-                return {}
-        json_path, images = resolve_split(cfg, "train", progress=False)
-        return image_fingerprints(CocoInstanceDataset(json_path, images))
+        split = source_split((meta.get("detector") or {}).get("source") or {})
+        return image_fingerprints(CocoInstanceDataset(*split)) if split else {}
     except (CocoFormatError, ValueError, TypeError, KeyError, OSError):
         return {}
 
@@ -173,8 +151,6 @@ def crossfit_head(head: nn.Module, samples: Samples, cfg: AddonConfig, image_ids
     head's training log, or the last fold's with ``"average"``); the fold heads' weights are
     appended to ``fold_states`` when a list is given.
     """
-    if cfg.crossfit_final not in ("all", "average"):
-        raise ValueError(f"crossfit_final must be 'all' or 'average', got {cfg.crossfit_final!r}")
     init = copy.deepcopy(head.state_dict())
     as_is = samples.views == 0
     oof = torch.zeros(len(samples))

@@ -1,7 +1,25 @@
-"""Checkpoints that are written atomically, resume exactly, and explain a mismatch in one line."""
+"""Checkpoints that are written atomically, resume exactly, and explain a mismatch in one line.
+
+A maskiou checkpoint (schema :data:`SCHEMA`) is a dict, the same for every framework:
+
+- ``"schema"``: 2;
+- ``"framework"``: whose adapter rebuilds the model (``maskiou.contract``, capability ``load``);
+- ``"detector"``: that adapter's description of the plain detector (JSON-like values), with
+  ``"source"``, where it was trained when known (``{"train_split": "embedded", ...}`` or
+  ``{"train_json": ..., "train_images": ...}``);
+- ``"maskiou_head"``: the :class:`maskiou.head.HeadConfig` of the attached head, or None;
+- ``"class_names"`` (index 0 the background), ``"label_to_cat_id"``;
+- ``"model"``: the state dict;
+- optional: ``"config"`` (maskiou's own trainer: the run's ``TrainConfig``, for resuming),
+  ``"addon"`` (what the add-on did), ``"iteration"`` and the training state of ``last.pt``.
+
+Files written before the schema (schema 1: maskiou's own trainer, with ``"config"`` and no
+``"framework"``) are migrated when read (:func:`migrate`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import tempfile
@@ -49,6 +67,61 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a maskiou checkpoint (no 'model' entry)")
+    return ckpt
+
+
+SCHEMA = 2
+# schema 1 had no "framework" entry: every such file was written by maskiou's own trainer or by
+# the add-on on one of its detectors, whose models are this framework's
+SCHEMA1_FRAMEWORK = "torchvision"
+
+
+def migrate(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:
+    """``ckpt`` in the current schema (a new dict; the same one when it is current)."""
+    version = ckpt.get("schema", 1)
+    if version == SCHEMA:
+        return ckpt
+    if version != 1:
+        raise CheckpointError(f"{path}: checkpoint schema {version!r}; this maskiou reads "
+                              f"schemas 1 to {SCHEMA} (a newer maskiou wrote it?)")
+    out = dict(ckpt)
+    out["schema"] = SCHEMA
+    if "framework" in out:  # another framework's file: already in this form
+        out.setdefault("maskiou_head", None)
+        return out
+    if "config" not in out or "class_names" not in out:
+        raise CheckpointError(f"{path}: not a maskiou checkpoint (no config or class names): a "
+                              "bare state dict cannot be rebuilt")
+    from .config import TrainConfig
+    from .paths import training_source
+
+    try:
+        cfg = TrainConfig.from_dict(out["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its config does not match this maskiou version "
+                              f"({e})") from e
+    out["framework"] = SCHEMA1_FRAMEWORK
+    out["detector"] = detector_entry(cfg, len(out["class_names"]), training_source(cfg))
+    out["maskiou_head"] = dataclasses.asdict(cfg.maskiou_head) if cfg.maskiou else None
+    return out
+
+
+def detector_entry(cfg: Any, num_classes: int, source: dict[str, Any]) -> dict[str, Any]:
+    """The ``"detector"`` entry of a model built by maskiou's own recipe (a
+    ``TrainConfig``): what its adapter's ``load_detector`` reads back."""
+    plain = {**cfg.to_dict(), "maskiou": False, "freeze_detector": False, "weights": None,
+             "weights_backbone": None, "detector_checkpoint": None}
+    return {"config": plain, "num_classes": int(num_classes), "source": source}
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """:func:`load_checkpoint` in the current schema (:func:`migrate`), with the entries every
+    model loader needs checked."""
+    ckpt = migrate(load_checkpoint(path), path)
+    missing = [k for k in ("framework", "detector", "class_names") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: a {ckpt.get('framework', 'maskiou')} checkpoint without "
+                              f"{', '.join(missing)}")
     return ckpt
 
 
