@@ -225,8 +225,8 @@ class DemoApp:
 
     def view(self, pred: Prediction | None, status: str, threshold: float, order_by: str,
              show_gt: bool) -> tuple[Any, ...]:
-        """Every output of the page for ``pred``: the four panels, the table, the plot, the
-        status line."""
+        """Every output of the page for ``pred``: the panels (one per scoring of
+        :data:`~demo.inference.PANELS`), the table, the plot, the status line."""
         blank = (None,) * len(PANELS)
         if pred is None:
             return (*blank, pd.DataFrame(), None, status)
@@ -235,8 +235,9 @@ class DemoApp:
                        for name in PANELS)
         df = table(pred, order_by)
         moves = rank_changes(pred)
-        text = (f"{len(pred)} detections; the head changes the rank of {moves}. " if
-                "rescored" in scores else f"{len(pred)} detections. ") + pred.caption
+        text = (f"{len(pred)} detections; the final score the model returns changes the rank "
+                f"of {moves}. " if "final" in scores else f"{len(pred)} detections. ") \
+            + pred.caption
         if pred.notes:
             text += "  \nNote: " + "; ".join(pred.notes) + "."
         return (*panels, style_moves(df), iou_plot(pred), text)

@@ -33,6 +33,7 @@ from maskiou.branch import (
     maskiou_training_loss,
     select_masks,
 )
+from maskiou.calibration import box_area_share
 from maskiou.roi_heads import records_with_head_inputs
 from maskiou.targets import project_masks
 
@@ -149,11 +150,13 @@ class _ScoredTinySegmenter(TinySegmenter):
     def detections(self, rois, class_logits, mask_logits, proposals, keep, image_size):  # noqa: D102
         results = super().detections(rois, class_logits, mask_logits, proposals, keep, image_size)
         kept = torch.cat(keep)
-        ious, mask_maskness = maskiou_inference(
+        quality, mask_maskness = maskiou_inference(
             self.maskiou_head, rois[kept], mask_logits[kept], [r["labels"] for r in results],
             cls_scores=[r["scores"] for r in results])
-        for r, iou, mk in zip(results, ious, mask_maskness):
-            add_maskiou_outputs(r, iou, mk, self.maskiou_rescore)
+        for r, q, mk in zip(results, quality, mask_maskness):
+            final = self.maskiou_head.calibration(r["scores"], q, mk,
+                                                  box_area_share(r["boxes"], image_size))
+            add_maskiou_outputs(r, q, mk, self.maskiou_rescore, final)
         return results
 
 

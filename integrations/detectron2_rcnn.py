@@ -10,8 +10,9 @@ model with only ``roi_heads.maskiou_head.*`` new.
 - Training: ``loss_maskiou`` joins the loss dict, on the mask branch's positive proposals, with
   full-instance targets from each proposal's matched GT mask (``PolygonMasks`` are rasterized
   to the image, ``BitMasks`` used as they are: the same targets for the same pixels).
-- Inference: each ``Instances`` gains ``cls_scores``, ``mask_ious`` and ``maskness`` (dtype of
-  ``scores``), and with ``rescore_outputs`` its ``scores`` become cls x MaskIoU, re-sorted.
+- Inference: each ``Instances`` gains ``cls_scores``, ``mask_quality`` (the head's output) and
+  ``maskness`` (dtype of ``scores``), and with ``rescore_outputs`` its ``scores`` become the
+  final score (the head's calibration of these signals), re-sorted.
 
 Labels: detectron2 numbers classes 0..K-1; maskiou's records and its head count background as
 0 (as torchvision does), so the head has K + 1 outputs and a detectron2 class c is maskiou's
@@ -40,9 +41,10 @@ from maskiou.branch import (
     maskiou_training_inputs,
     predicted_mask_probs,
 )
+from maskiou.calibration import box_area_share
 from maskiou.loss import mask_iou_loss
 from maskiou.roi_heads import RoIHeadsAdapter, roi_size_of, split_head_inputs
-from maskiou.scoring import maskness, rescore, score_order
+from maskiou.scoring import maskness, score_order
 
 
 def full_image_masks(instances: Instances) -> Tuple[Tensor, Tensor]:
@@ -147,7 +149,7 @@ class MaskScoringStandardROIHeads(StandardROIHeads):
     def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances]):
         """detectron2's mask branch with the MaskIoU branch: in training a loss dict with
         ``loss_mask`` and ``loss_maskiou``; at inference ``instances`` with ``pred_masks``,
-        ``cls_scores``, ``mask_ious`` and ``maskness`` (and rescored ``scores``)."""
+        ``cls_scores``, ``mask_quality`` and ``maskness`` (and the final ``scores``)."""
         if not self.mask_on:
             return {} if self.training else instances
         if self.training:
@@ -192,26 +194,30 @@ class MaskScoringStandardROIHeads(StandardROIHeads):
         score_inputs = head_score_inputs(self.maskiou_head.score_inputs,
                                          [x.scores for x in instances], probs)
         pred = self.maskiou_head(roi_features, probs, score_inputs)
-        ious, mask_maskness = maskiou_outputs(pred, probs, all_labels + 1,
-                                              [len(c) for c in classes])
+        quality, mask_maskness = maskiou_outputs(pred, probs, all_labels + 1,
+                                                 [len(c) for c in classes])
         results: List[Instances] = []
         for i, inst in enumerate(instances):
-            results.append(self._with_maskiou(inst, ious[i], mask_maskness[i]))
+            results.append(self._with_maskiou(inst, quality[i], mask_maskness[i]))
         return results
 
-    def _with_maskiou(self, inst: Instances, ious: Tensor, mask_maskness: Tensor) -> Instances:
-        """``inst`` with ``cls_scores``, ``mask_ious``, ``maskness``; with rescoring, ``scores``
-        = cls x MaskIoU and every field re-sorted by it (ties keep detectron2's order)."""
+    def _with_maskiou(self, inst: Instances, quality: Tensor, mask_maskness: Tensor
+                      ) -> Instances:
+        """``inst`` with ``cls_scores``, ``mask_quality``, ``maskness``; with rescoring,
+        ``scores`` = the final score (the head's calibration of these signals and the box's
+        share of the image) and every field re-sorted by it (ties keep detectron2's order)."""
         scores = inst.scores
         inst.cls_scores = scores
-        inst.mask_ious = ious.to(scores.dtype)
+        inst.mask_quality = quality.to(scores.dtype)
         inst.maskness = mask_maskness.to(scores.dtype)
         if not self.maskiou_rescore:
             return inst
-        new = rescore(scores, inst.mask_ious)
-        order = score_order(new)
+        final = self.maskiou_head.calibration(
+            scores, inst.mask_quality, inst.maskness,
+            box_area_share(inst.pred_boxes.tensor, inst.image_size)).to(scores.dtype)
+        order = score_order(final)
         out = inst[order]
-        out.scores = new[order]
+        out.scores = final[order]
         return out
 
 
@@ -243,7 +249,7 @@ def _record(inst: Instances) -> Dict[str, Tensor]:
     maskiou's detection record (see ``maskiou.addon.collect``)."""
     out = {"boxes": inst.pred_boxes.tensor, "labels": inst.pred_classes + 1,
            "scores": inst.scores, "masks": inst.pred_masks[:, None].float()}
-    for f in ("cls_scores", "mask_ious", "maskness"):
+    for f in ("cls_scores", "mask_quality", "maskness"):
         if inst.has(f):
             out[f] = inst.get(f)
     return out
@@ -361,7 +367,7 @@ class Detectron2RCNNAdapter(RoIHeadsAdapter):
         """Run ``model`` (eval mode, no grad) on maskiou's images and return, per image, its
         detections as maskiou's records: ``boxes`` xyxy, ``labels`` (1..K), ``scores``,
         ``masks`` Tensor[n, 1, H, W] (detectron2's pasted, binarized masks), and with a head
-        ``cls_scores``, ``mask_ious``, ``maskness``; a plain model gets ``maskness`` from its
+        ``cls_scores``, ``mask_quality``, ``maskness``; a plain model gets ``maskness`` from its
         mask probabilities."""
         raw, inputs = self._run(model, images)
         out = []
@@ -384,7 +390,7 @@ class Detectron2RCNNAdapter(RoIHeadsAdapter):
             kept = detector_postprocess(inst, x["height"], x["width"])
             rec = _record(kept)
             rec["scores"] = rec.pop("cls_scores")
-            rec.pop("mask_ious")
+            rec.pop("mask_quality")
             rows = kept.maskiou_row
             rec["roi_features"], rec["mask_probs"] = f[rows], p[rows]
             out.append(rec)

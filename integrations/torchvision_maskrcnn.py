@@ -29,6 +29,7 @@ from maskiou.branch import (
     maskiou_training_inputs,
     predicted_mask_probs,
 )
+from maskiou.calibration import box_area_share
 from maskiou.loss import mask_iou_loss
 from maskiou.roi_heads import RoIHeadsAdapter, records_with_head_inputs, roi_size_of
 from maskiou.scoring import add_maskiou_outputs
@@ -50,7 +51,7 @@ class MaskScoringRoIHeads(RoIHeads):
         targets: List[Dict[str, Tensor]] | None = None,
     ) -> Tuple[List[Dict[str, Tensor]], Dict[str, Tensor]]:
         """``RoIHeads.forward`` with the MaskIoU branch: ``loss_maskiou`` in training;
-        ``cls_scores``, ``mask_ious``, ``maskness`` (and rescored ``scores``) at inference."""
+        ``cls_scores``, ``mask_quality``, ``maskness`` (and the final ``scores``) at inference."""
         if targets is not None:
             for t in targets:
                 if not t["boxes"].is_floating_point():
@@ -128,12 +129,15 @@ class MaskScoringRoIHeads(RoIHeads):
             pred = self.maskiou_head(roi_features, probs,
                                      head_score_inputs(self.maskiou_head.score_inputs, pos_scores,
                                                        probs))
-            ious, mask_maskness = maskiou_outputs(pred, probs, all_labels,
-                                                  [x.shape[0] for x in pos_labels])
+            quality, mask_maskness = maskiou_outputs(pred, probs, all_labels,
+                                                     [x.shape[0] for x in pos_labels])
             masks = maskrcnn_inference(mask_logits, pos_labels)
             for i, r in enumerate(result):
                 r["masks"] = masks[i]
-                add_maskiou_outputs(r, ious[i], mask_maskness[i], self.maskiou_rescore)
+                final = self.maskiou_head.calibration(
+                    r["scores"], quality[i], mask_maskness[i],
+                    box_area_share(r["boxes"], image_shapes[i]))
+                add_maskiou_outputs(r, quality[i], mask_maskness[i], self.maskiou_rescore, final)
         return result, losses
 
 

@@ -203,7 +203,7 @@ def attach_maskiou_head(
         freeze_detector: add-on mode: every parameter the detector had is frozen and its norm
             layers stay in eval behaviour; only the head trains.
         rescore_outputs: at inference ``scores`` = cls score x predicted MaskIoU (the original
-            scores stay in ``cls_scores``, the IoUs in ``mask_ious``).
+            scores stay in ``cls_scores``, the head's output in ``mask_quality``).
         loss_weight: weight of ``loss_maskiou`` (paper: 1).
         detach_inputs: keep the MaskIoU loss out of the RoI features and the mask branch.
         adapter: use this adapter instead of looking one up.

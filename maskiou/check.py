@@ -30,7 +30,7 @@ CHECK_HEAD = {"conv_channels": 8, "num_convs": 2, "fc_dim": 16, "score_inputs": 
 """The head the checks attach: the add-on's kind (score inputs on), small."""
 
 RECORD_FIELDS = ("boxes", "labels", "scores", "masks")
-HEAD_FIELDS = ("cls_scores", "mask_ious", "maskness")
+HEAD_FIELDS = ("cls_scores", "mask_quality", "maskness")
 
 
 @dataclass
@@ -102,9 +102,10 @@ def _check_records(records: Any, images: list[Tensor], num_classes: int, with_he
             if k != "cls_scores":
                 assert bool(((v >= 0) & (v <= 1)).all()), f"{where}: {k} outside [0, 1]"
         if with_head and n:
-            want = rescore(rec["cls_scores"], rec["mask_ious"])
+            want = rescore(rec["cls_scores"], rec["mask_quality"])
             assert torch.allclose(s, want, rtol=1e-5, atol=1e-6), \
-                f"{where}: scores are not cls_scores x mask_ious (the rescored score)"
+                f"{where}: scores are not cls_scores x mask_quality (the final score of a head " \
+                "whose recalibration is not fitted yet)"
 
 
 def _same_detections(a: list[dict[str, Tensor]], b: list[dict[str, Tensor]]) -> None:
@@ -243,9 +244,9 @@ def check_adapter(adapter: Any, model: nn.Module, images: list[Tensor] | None = 
                 with torch.no_grad():
                     extra = score_features(rec["scores"].to(p.dtype), maskness(p))
                     pred = select_class(head(f, p, extra), rec["labels"]).float().clamp(0, 1)
-                assert torch.allclose(pred, ref[i]["mask_ious"].float(), atol=1e-5), \
+                assert torch.allclose(pred, ref[i]["mask_quality"].float(), atol=1e-5), \
                     f"record {i}: the head on the collected inputs does not give predict's " \
-                    "mask_ious (collect must return exactly what the head sees)"
+                    "mask_quality (collect must return exactly what the head sees)"
         check.run("collect", collect)
     else:
         report.skipped.append("collect (not declared)")

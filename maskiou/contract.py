@@ -28,8 +28,10 @@ Images and detections cross the contract in maskiou's own format, whatever the f
   ``scores`` first: ``boxes`` Tensor[n, 4] (x1, y1, x2, y2 in the image's pixels), ``labels``
   Tensor[n] int64 (1..K, 0 is the background, as torchvision counts), ``scores`` Tensor[n],
   ``masks`` Tensor[n, 1, H, W] (mask probabilities, or 0/1, pasted in the image). With a head,
-  also ``cls_scores`` (the detector's class confidence), ``mask_ious`` (the head's output) and
-  ``maskness`` Tensor[n] (:func:`maskiou.maskness`); ``scores`` is then the rescored score;
+  also ``cls_scores`` (the detector's class confidence), ``mask_quality`` (the head's output:
+  the mask's predicted IoU or COCO-threshold share, by the head's ``target``) and ``maskness``
+  Tensor[n] (:func:`maskiou.maskness`); ``scores`` is then the final score, the head's
+  recalibration of these signals (:mod:`maskiou.calibration`);
 - a **target** (``losses``) is a dict: ``boxes`` Tensor[G, 4], ``labels`` Tensor[G] int64
   (1..K), ``masks`` Tensor[G, H, W] uint8 (torchvision's detection targets).
 
@@ -79,7 +81,7 @@ class Adapter(Protocol):
         """Put ``head`` (a :class:`maskiou.MaskIoUHead`) and ``config``
         (:class:`maskiou.MaskIoUConfig`) in ``model`` so that its forward adds
         ``loss_maskiou`` to the training losses and, at inference, ``cls_scores``,
-        ``mask_ious``, ``maskness`` and the rescored ``scores``, re-sorted: by calling the core
+        ``mask_quality``, ``maskness`` and the final ``scores``, re-sorted: by calling the core
         functions of :mod:`maskiou.branch` and :mod:`maskiou.scoring`."""
         ...
 

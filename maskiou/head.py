@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .calibration import ScoreCalibration
 from .configs import FUSIONS, Fusion, HeadConfig
 
 __all__ = ["FUSIONS", "Fusion", "HeadConfig", "MaskIoUHead"]
@@ -67,6 +68,9 @@ class MaskIoUHead(nn.Module):
         self.score_inputs = score_inputs
         self.sigmoid_output = cfg.output == "sigmoid"
         self.target = cfg.target
+        # the final score of a detection from its signals (fitted by the add-on; until then
+        # cls x the head's output): tensors, so checkpoints, TorchScript and ONNX carry it
+        self.calibration = ScoreCalibration()
         first = {"concat": in_channels + 1, "multiply": in_channels, "mask": 1, "roi": in_channels}
         convs = []
         channels = first[fusion] + mask_features

@@ -55,7 +55,7 @@ def records_with_head_inputs(holder: nn.Module, run: Callable[[], list[dict[str,
     inputs = split_head_inputs(seen, [len(o["boxes"]) for o in outputs])
     for out, (f, p) in zip(outputs, inputs):
         out["scores"] = out.pop("cls_scores")
-        out.pop("mask_ious")
+        out.pop("mask_quality")
         out["roi_features"], out["mask_probs"] = f, p
     return outputs
 

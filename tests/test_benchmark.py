@@ -99,7 +99,7 @@ def test_oracle_bounds_every_other_scoring(run):
 def test_each_scoring_is_its_formula_of_the_written_detections(run):
     out, _, _ = run
     d = {k: np.asarray(v) for k, v in json.loads((out / "detections.json").read_text()).items()}
-    cls, mk, pred, true = d["cls_score"], d["maskness"], d["predicted_iou"], d["true_iou"]
+    cls, mk, pred, true = d["cls_score"], d["maskness"], d["mask_quality"], d["true_iou"]
     assert len(cls) > 50 and np.ptp(pred) > 0.1  # a real head, not a constant
     for name, expected in (("cls", cls), ("maskness", cls * mk), ("rescored", cls * pred),
                            ("oracle", cls * true)):
@@ -112,7 +112,7 @@ def test_each_scoring_is_its_formula_of_the_written_detections(run):
 def test_pearson_equals_scipy_on_the_written_detections(run):
     out, metrics, _ = run
     d = json.loads((out / "detections.json").read_text())
-    pred, true = np.array(d["predicted_iou"]), np.array(d["true_iou"])
+    pred, true = np.array(d["mask_quality"]), np.array(d["true_iou"])
     assert metrics["correlation"]["head_pearson"] == pytest.approx(
         stats.pearsonr(pred, true).statistic, abs=1e-9)
     m = true > 0
@@ -223,7 +223,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit_with_nothing_written(data, run
         save_atomic(c, ckpt)
     elif case == "architecture":
         c = load_checkpoint(END_TO_END)
-        c["config"] = {**c["config"], "maskiou_num_convs": 3}
+        c["maskiou_head"] = {**c["maskiou_head"], "num_convs": 3}  # what rebuilds the head
         save_atomic(c, ckpt)
     elif case == "fitted":  # scoring the add-on on the very images its head was trained on
         addon = next((data["root"] / "runs").glob("addon-*/model_final.pt"))

@@ -11,7 +11,6 @@ import pytest
 import torch
 from conftest import square_target, tiny_maskrcnn
 from custom_adapter import TinySegmenter, TinySegmenterAdapter
-from maskiou_integrations.torchvision_maskrcnn import TorchvisionMaskRCNNAdapter
 
 from maskiou import attach_maskiou_head, check_adapter, register_adapter
 from maskiou.attach import _registered, entry_point_adapters, framework_adapter
@@ -23,6 +22,7 @@ from maskiou.contract import (
 )
 from maskiou.models.checkpoint import detector_entry
 from maskiou.models.config import resolve
+from maskiou_integrations.torchvision_maskrcnn import TorchvisionMaskRCNNAdapter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,9 +58,10 @@ def test_the_example_adapter_passes_the_whole_contract():
 
 def test_the_detectron2_adapter_passes_the_whole_contract():
     pytest.importorskip("detectron2", reason="detectron2 is not installed")
+    from test_detectron2 import tiny_detectron2
+
     from maskiou_integrations.detectron2_models import embedded_config
     from maskiou_integrations.detectron2_rcnn import Detectron2RCNNAdapter
-    from test_detectron2 import tiny_detectron2
 
     report = check_adapter(Detectron2RCNNAdapter(), tiny_detectron2(), images(), targets(),
                            detector={"config": embedded_config(3).dump()})
@@ -158,7 +159,7 @@ class UnknownCapability(TorchvisionMaskRCNNAdapter):
     (WrongRoIFeatures(), "problem: collect: record 0: roi_features (n, 256, 7, 7), the head "
                          "takes (n, 256, 14, 14)"),
     (CollectsOtherInputs(), "problem: collect: record 0: the head on the collected inputs does "
-                            "not give predict's mask_ious"),
+                            "not give predict's mask_quality"),
     (ForgetsTheHead(), "problem: install: no MaskIoUHead is in the model after install"),
     (NoRoISize(), "problem: head_defaults: roi_size is None, not an int > 0"),
     (NoHeadLoss(), "problem: losses: no loss_maskiou among"),

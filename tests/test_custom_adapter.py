@@ -37,7 +37,7 @@ def test_second_adapter_trains_one_step_and_infers():
         out = model(images)
     assert [len(r["scores"]) for r in out] == [20, 20]
     for r in out:
-        torch.testing.assert_close(r["scores"], r["cls_scores"] * r["mask_ious"])
+        torch.testing.assert_close(r["scores"], r["cls_scores"] * r["mask_quality"])
         assert bool((r["scores"][:-1] >= r["scores"][1:]).all())
 
 

@@ -120,7 +120,7 @@ def test_output_fields_and_rescored_order():
                         rescore_outputs=True)
     assert r["scores"].tolist() == pytest.approx([0.8, 0.45])  # re-sorted, highest first
     assert r["labels"].tolist() == [2, 1] and r["cls_scores"].tolist() == pytest.approx([0.8, 0.9])
-    assert r["mask_ious"].tolist() == [1.0, 0.5]
+    assert r["mask_quality"].tolist() == [1.0, 0.5]
     assert r["maskness"].tolist() == pytest.approx([0.6, 0.7])
     assert r["boxes"].tolist() == [[1, 1, 2, 2], [0, 0, 1, 1]]
     assert r["image_id"].item() == 7 and r["other"].tolist() == [0, 1, 2]  # not per detection
@@ -131,7 +131,8 @@ def test_output_fields_without_rescoring_keep_order_and_scores():
     add_maskiou_outputs(r, torch.tensor([0.1, 1.0]), torch.tensor([0.7, 0.6]),
                         rescore_outputs=False)
     assert r["scores"].tolist() == pytest.approx([0.9, 0.8])
-    assert r["labels"].tolist() == [1, 2] and r["mask_ious"].tolist() == pytest.approx([0.1, 1.0])
+    assert r["labels"].tolist() == [1, 2]
+    assert r["mask_quality"].tolist() == pytest.approx([0.1, 1.0])
 
 
 def test_under_onnx_tracing_the_order_is_by_score_too(monkeypatch):

@@ -66,7 +66,7 @@ def test_synthetic_cpu_config_trains_and_checkpoint_loads(tiny_data, tmp_path):
     assert model.roi_heads.maskiou_head.convs[0].out_channels == 64
     with torch.no_grad():
         out = model([torch.rand(3, 64, 64)])[0]
-    assert {"cls_scores", "mask_ious"} <= set(out)
+    assert {"cls_scores", "mask_quality"} <= set(out)
 
 
 def test_coco_recipe_shape_and_baseline(tiny_data, tmp_path):
@@ -232,7 +232,7 @@ def test_export_cli_writes_slim_torchscript_and_onnx_or_says_why(tiny_data, tmp_
                if ".maskiou_head." in k and v.is_floating_point())  # the head stays exact
     scripted = torch.jit.load(str(tmp_path / "m.ts"))
     _, out = scripted([torch.rand(3, 64, 64)])
-    assert {"cls_scores", "mask_ious", "maskness"} <= set(out[0])
+    assert {"cls_scores", "mask_quality", "maskness"} <= set(out[0])
     if importlib.util.find_spec("onnxruntime"):
         assert export([str(src), "--onnx", str(tmp_path / "m.onnx")]) == 0
         assert (tmp_path / "m.onnx").stat().st_size > 100_000

@@ -16,7 +16,7 @@ from maskiou.options import ConfigError, bounded, check_fields
 Loss = Literal["l2", "smooth_l1", "bce"]
 Target = Literal["iou", "coco"]
 Zoom = Literal["auto", "in", "out", "both", "none"]
-RecalibrationKind = Literal["logistic", "gbm", "none"]
+RecalibrationKind = Literal["logistic", "none"]
 LOSSES: tuple[str, ...] = typing.get_args(Loss)
 TARGETS: tuple[str, ...] = typing.get_args(Target)
 # crossfit_folds=-1: few labeled images are worth k head trainings (each image then serves the

@@ -170,7 +170,9 @@ def crossfit_head(head: nn.Module, samples: Samples, cfg: AddonConfig, image_ids
     if fold_states is not None:
         fold_states.extend(states)
     if cfg.crossfit_final == "average":
-        head.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) for k in init})
+        # the weights averaged; buffers that are not floats (the calibration's flag) as they are
+        head.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0)
+                              if init[k].is_floating_point() else init[k] for k in init})
     else:
         head.load_state_dict(init)
         epoch_log = train_head(head, samples, cfg, progress=progress, workers=workers)
@@ -198,7 +200,7 @@ def heldout_gain(samples: Samples, rows: Tensor, pred: Tensor, recal: Any, datas
         category_ids=np.array([dataset.label_to_cat_id[int(x)] for x in labels], np.int64),
         boxes_xywh=np.zeros((len(rows), 4)), rles=rles, cls_scores=cls,
         pred_ious=pred.numpy(), maskness=mk, labels=labels,
-        rel_areas=samples.rel_areas[rows].numpy())
+        rel_areas=samples.rel_areas[rows].numpy(), scores=cls)
     scores = {"maskness": cls * mk, "rescored": cls * np.clip(pred.numpy(), 0, 1)}
     if recal is not None:
         scores["recalibrated"] = recal.predict(cls, dets.pred_ious, mk, dets.rel_areas, labels)
@@ -283,6 +285,7 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
             samples.labels[r].numpy(), samples.targets[r].numpy(),
             {h: i for h, i in fingerprints.items() if i in fitted}, seed=cfg.seed,
             target=cfg.target)
+        recal.install(head)  # the model's own final score from now on
         how = "out-of-fold predictions" if crossfit else "held-out images"
         log(f"fitted the {cfg.recalibration} recalibration on {len(r)} detections of "
             f"{len(fitted)} images ({how})")

@@ -40,7 +40,7 @@ from maskiou.records import Detections, file_sha1, image_fingerprints, true_mask
 from .cocoeval import evaluate_detections
 from .cost import head_cost
 from .gallery import rank_change_gallery
-from .metrics import scorings
+from .metrics import final_score_calibration, scorings
 from .predict import predict
 from .report import best_learned, markdown_report, write_metrics, write_plots
 
@@ -290,19 +290,24 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Any, device: torch.devi
     if not D.is_main():
         return None
     true = true_mask_ious(dets, dataset.coco)
-    has_head = find_maskiou_head(model) is not None
-    recal_scores = None
-    if recal is not None:
-        recal_scores = recal.predict(dets.cls_scores, dets.pred_ious, dets.maskness,
-                                     dets.rel_areas, dets.labels)
+    head = find_maskiou_head(model)
+    has_head = head is not None
+    # the final row is what the model returned: its own scores, when its head carries a fitted
+    # recalibration (no second implementation of the score here)
+    fitted = has_head and bool(head.calibration.fitted)
+    final = dets.scores if fitted else None
     metrics, results = evaluate_detections(dets, dataset.coco, true, has_head=has_head,
-                                           recalibrated=recal_scores, backend=backend)
+                                           recalibrated=final, backend=backend)
     scores = scorings(dets.cls_scores, dets.pred_ious if has_head else None, dets.maskness,
-                      true, recal_scores)
+                      true, final)
+    model_scoring = "recalibrated" if fitted else ("rescored" if has_head else "cls")
     metrics.update(checkpoint=str(checkpoint), has_head=has_head, framework=meta["framework"],
-                   inference_seconds=round(seconds, 1))
+                   inference_seconds=round(seconds, 1), model_scoring=model_scoring)
     if has_head:
         metrics["cost"] = head_cost(model)
+        metrics["head_target"] = head.target
+        metrics["calibration"] = final_score_calibration(scores[model_scoring], true,
+                                                         head.target)
     if recal is not None:
         metrics["recalibration"] = recal.kind
     return {**metrics, "results": results, "detections": dets, "true_ious": true,
@@ -411,6 +416,7 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
         "num_images": len(dataset), "num_detections": main["num_detections"],
         "main_model": main_model, "checkpoint": models[main_model],
         "framework": main["framework"],
+        **{k: main[k] for k in ("model_scoring", "head_target", "calibration") if k in main},
         "val_json": str(val_json),
         "models": {name: {k: v for k, v in m.items()
                           if k not in ("results", "detections", "true_ious", "scores")}
@@ -440,7 +446,8 @@ def write_outputs(out: Path, metrics: dict[str, Any], main: dict[str, Any], data
                "cls_score": dets.cls_scores.tolist(), "maskness": dets.maskness.tolist(),
                "true_iou": np.asarray(true).tolist()}
     if main["has_head"]:
-        per_det["predicted_iou"] = dets.pred_ious.tolist()
+        per_det["mask_quality"] = dets.pred_ious.tolist()  # the head's output
+        per_det["final_score"] = dets.scores.tolist()  # what the model returned
     (out / "detections.json").write_text(json.dumps(per_det))
     write_plots(out, metrics, dets.pred_ious if main["has_head"] else None, true, main["scores"])
     best = best_learned(main["segm"])

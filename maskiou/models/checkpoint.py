@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -57,17 +58,34 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint on the CPU; a missing or unreadable file is a CheckpointError."""
+    """Read a checkpoint on the CPU as data (``torch.load(weights_only=True)``: tensors and plain
+    values, nothing is unpickled that could run code); a missing or unreadable file, or one that
+    needs more than data, is a CheckpointError of one line."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same to the user
+        if isinstance(e, pickle.UnpicklingError) and "eights only load failed" in str(e):
+            raise CheckpointError(refusal(path)) from None
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a maskiou checkpoint (no 'model' entry)")
     return ckpt
+
+
+def refusal(path: str | Path) -> str:
+    """The one line that refuses a file which needs unpickling, naming what it would build."""
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - the refusal stands without the names
+        needed = []
+    what = f" ({', '.join(needed[:4])}{' ...' if len(needed) > 4 else ''})" if needed else ""
+    return (f"{path}: refused: it holds pickled objects{what}, and loading them could run any "
+            "code; maskiou reads checkpoints as data (weights_only=True). A checkpoint written "
+            f"by maskiou before schema 2 converts with `maskiou-convert {path} NEW.pt` (only if "
+            "you trust the file)")
 
 
 SCHEMA = 2
@@ -88,7 +106,7 @@ def migrate(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, 
     out["schema"] = SCHEMA
     if "framework" in out:  # another framework's file: already in this form
         out.setdefault("maskiou_head", None)
-        return out
+        return _with_calibration(out)
     if "config" not in out or "class_names" not in out:
         raise CheckpointError(f"{path}: not a maskiou checkpoint (no config or class names): a "
                               "bare state dict cannot be rebuilt")
@@ -103,7 +121,33 @@ def migrate(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, 
     out["framework"] = SCHEMA1_FRAMEWORK
     out["detector"] = detector_entry(cfg, len(out["class_names"]), training_source(cfg))
     out["maskiou_head"] = dataclasses.asdict(cfg.maskiou_head) if cfg.maskiou else None
-    return out
+    return _with_calibration(out)
+
+
+def _with_calibration(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 checkpoint's head as schema 2 has it: its ``target`` (an add-on's, from its
+    config; the paper's IoU for an end-to-end head) and its calibration buffers in the state
+    dict, holding the add-on's recalibration weights (unfitted where there were none)."""
+    if ckpt.get("maskiou_head") is None:
+        return ckpt
+    addon = ckpt.get("addon") or {}
+    # an add-on's config without the field ran AddonConfig's default, "coco"
+    target = addon["config"].get("target", "coco") if addon.get("config") else "iou"
+    ckpt["maskiou_head"] = {**ckpt["maskiou_head"], "target": target}
+    state = dict(ckpt["model"])
+    prefixes = {k[:k.index("maskiou_head.") + len("maskiou_head.")] for k in state
+                if "maskiou_head." in k}
+    recal = addon.get("recalibration") or {}
+    for prefix in prefixes:
+        if f"{prefix}calibration.weights" in state:
+            continue
+        fitted = "weights" in recal
+        state[f"{prefix}calibration.weights"] = torch.tensor(
+            recal["weights"] if fitted else [0.0] * 4, dtype=torch.float32)
+        state[f"{prefix}calibration.bias"] = torch.tensor(float(recal.get("bias", 0.0)))
+        state[f"{prefix}calibration.fitted"] = torch.tensor(fitted)
+    ckpt["model"] = state
+    return ckpt
 
 
 def detector_entry(cfg: Any, num_classes: int, source: dict[str, Any]) -> dict[str, Any]:
@@ -153,17 +197,34 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
     """Every global RNG state this process draws from (CUDA: only ``device``'s generator, so a
-    rank never opens a context on another rank's GPU)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    rank never opens a context on another rank's GPU), as tensors and plain values."""
+    state = {"torch": torch.get_rng_state(), "numpy": _numpy_state(np.random.get_state()),
              "python": random.getstate()}
     if device is not None and device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
+def _numpy_state(state: Any) -> dict[str, Any]:
+    """NumPy's legacy random state (a tuple holding an array) as a dict of plain values."""
+    if isinstance(state, dict):
+        return state
+    name, keys, pos, has_gauss, gauss = state
+    return {"algorithm": str(name), "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+
+
+def plain_rng_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A resume state written before schema 2 (NumPy's state as a tuple) as :func:`rng_state`
+    writes it now."""
+    return {**state, "numpy": _numpy_state(state["numpy"])}
+
+
 def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = _numpy_state(state["numpy"])
+    np.random.set_state((n["algorithm"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
     random.setstate(state["python"])
     if "cuda" in state and device is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
