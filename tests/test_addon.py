@@ -98,6 +98,7 @@ def data(tmp_path_factory):
     return {"root": d, "det": det, "addon": addon}
 
 
+@pytest.mark.threads
 def test_collected_samples_align_with_the_detections_and_their_true_mask_iou(data):
     val = CocoInstanceDataset(data["det"].val_json, data["det"].val_images)
     model = tiny_model(len(val.class_names))
@@ -114,7 +115,8 @@ def test_collected_samples_align_with_the_detections_and_their_true_mask_iou(dat
     assert len(top) == len(val) and torch.unique(top.image_ids).numel() == len(val)
     first = [int(np.flatnonzero(dets.image_ids == i)[0]) for i in top_dets.image_ids]
     assert top.cls_scores.tolist() == pytest.approx(dets.cls_scores[first].tolist())
-    assert torch.equal(top.roi_features, samples.roi_features[first])  # rows stay aligned
+    # rows stay aligned: the same images in the same batch, so the same computation, bit for bit
+    assert torch.equal(top.roi_features, samples.roi_features[first])
 
 
 def test_train_addon_checkpoint_embeds_the_detector_and_records_its_images(data, tmp_path):
@@ -169,7 +171,8 @@ def test_logistic_recalibration_learns_which_signals_count_and_round_trips():
     np.testing.assert_allclose(s, 1 / (1 + np.exp(-(logs @ np.array(coef) + recal.bias))),
                                rtol=1e-12)
     again = Recalibration.from_state(recal.state())
-    assert np.array_equal(again.predict(cls, head, mk, area, labels), s)  # the same computation
+    # the state keeps the fitted float64 coefficients as they are: the same computation
+    assert np.array_equal(again.predict(cls, head, mk, area, labels), s)
     with pytest.raises(ValueError, match="too few"):
         Recalibration.fit("logistic", cls[:5], head[:5], mk[:5], area[:5], labels[:5],
                           true[:5], {})
@@ -197,6 +200,7 @@ def test_image_folds_deal_every_image_once_by_seed():
     assert folds == image_folds(ids, 3, seed=0) and folds != image_folds(ids, 3, seed=1)
 
 
+@pytest.mark.threads
 def test_crossfit_predicts_each_fold_with_a_head_that_never_saw_it():
     """Two folds: the out-of-fold prediction of fold A is exactly what a head trained from the
     same initialization on fold B's rows (all views) predicts; mirrored rows are never
@@ -219,6 +223,7 @@ def test_crossfit_predicts_each_fold_with_a_head_that_never_saw_it():
         again.load_state_dict(init)
         train_head(again, samples, cfg, torch.where(~inside)[0], progress=False, workers=0)
         mine = torch.where(inside & (samples.views == 0))[0]
+        # the same start, rows, seed and batches in one process: the same computation
         assert torch.equal(oof[torch.isin(rows, mine)], predict_ious(again, samples, mine))
         states.append(again.state_dict())
     for k, v in head.state_dict().items():
@@ -271,7 +276,8 @@ def test_ablation_scores_a_cross_fitted_add_on_and_the_ensemble_of_its_fold_head
             tmp_path / "cache", val, val_dets, val_set.coco, "cpu", False)
     ens = rows[2]["ensemble"]["segm"]
     assert set(ens) == set(rows[2]["segm"]) and "ensemble" not in rows[0]
-    assert ens["maskness"] == rows[2]["segm"]["maskness"]  # the same detections, other scores
+    # the same detections and maskness scores, so the same AP computation: exact
+    assert ens["maskness"] == rows[2]["segm"]["maskness"]
     pearson = rows[2]["ensemble"]["correlation"]["head_pearson"]
     assert pearson != rows[2]["correlation"]["head_pearson"]  # the mean of three heads
 

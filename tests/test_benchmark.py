@@ -85,6 +85,8 @@ def test_every_reported_ap_equals_pycocotools_on_the_written_results(data, run):
             assert set(aps) == SCORES
             expected = pycocotools_ap(data["val_json"], out / f"results_{iou_type}_{name}.json",
                                       iou_type)
+            # the written results are the ones the benchmark scored (JSON keeps each float):
+            # the same pycocotools computation, exact
             assert [aps[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")] == expected, \
                 (iou_type, name)
     assert metrics["segm"]["cls"]["AP"] > 20  # the shipped detector finds the shapes
@@ -150,6 +152,7 @@ def test_report_files_and_models_side_by_side(run):
     assert "| plain Mask R-CNN (the detector the user has) | maskness |" in printed
     assert "| Mask Scoring R-CNN trained end to end | rescored |" in printed
     # the add-on's detector is frozen: its box AP with the class score is the plain detector's
+    # (the same weights on the same batches of images: the same computation, exact)
     assert metrics["bbox"]["cls"] == metrics["models"]["addon"]["bbox"]["cls"]
     gallery = json.loads((out / "gallery.json").read_text())
     assert gallery["images"] and Path(gallery["images"][0]["file"]).is_file()
@@ -261,6 +264,7 @@ def test_distributed_evaluation_matches_single_process(data, tmp_path):
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["num_images"] == 20 and two["num_detections"] == one["num_detections"]
+    # one image a batch and one thread in both: each image is the same computation, exact
     assert two["segm"] == one["segm"] and two["bbox"] == one["bbox"]
 
 

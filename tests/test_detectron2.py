@@ -115,6 +115,7 @@ def test_polygon_and_bit_masks_give_the_same_full_instance_targets():
         inst = gt_instances(polygons)[torch.tensor([0, 0, 1])]
         masks, matched = full_image_masks(inst)
         assert torch.equal(masks, full) and matched.tolist() == [0, 0, 1]  # one mask per GT
+        # the same masks (checked just above) into the same computation: exact
         assert torch.equal(mask_iou_targets(logits, boxes, masks, matched), expected)
 
 
@@ -214,6 +215,7 @@ def test_zero_detections_give_empty_fields():
     assert len(inst) == 0 and inst.mask_quality.shape == (0,) and inst.maskness.shape == (0,)
 
 
+@pytest.mark.threads
 def test_an_attached_model_scripts_with_detectron2s_export_and_matches_eager():
     model = tiny_detectron2()
     attach_maskiou_head(model, score_inputs=2)
@@ -224,6 +226,7 @@ def test_an_attached_model_scripts_with_detectron2s_export_and_matches_eager():
         eager = model.inference(inputs, do_postprocess=False)
         script = scripted.inference(inputs, do_postprocess=False)
     for e, s in zip(eager, script):
+        # the same kernels on the same images in one process: bit for bit
         for f in ("scores", "cls_scores", "mask_quality", "maskness", "pred_masks"):
             assert torch.equal(e.get(f), getattr(s, f)), f
 
@@ -253,6 +256,7 @@ def test_predict_and_collect_give_maskiou_records_in_image_pixels():
     assert torch.allclose(ious, rec["mask_quality"][order], atol=1e-5)  # rows aligned
 
 
+@pytest.mark.threads
 def test_detectron2_checkpoints_load_plain_and_with_a_head(tmp_path):
     names = ["__background__", "a", "b", "c"]
     cfg = embedded_config(3, **{"INPUT.MIN_SIZE_TEST": SIZE, "INPUT.MAX_SIZE_TEST": SIZE})
@@ -276,7 +280,7 @@ def test_detectron2_checkpoints_load_plain_and_with_a_head(tmp_path):
     assert model.roi_heads.maskiou_head.score_inputs == 2
     (a,) = find_adapter(model).predict(model, images(1))
     (b,) = find_adapter(plain).predict(plain.eval(), images(1))
-    assert torch.equal(a["mask_quality"], b["mask_quality"])
+    assert torch.equal(a["mask_quality"], b["mask_quality"])  # same weights, image: same computation
 
 
 def test_the_add_on_flow_runs_on_a_detectron2_model_and_its_checkpoint_evaluates(tmp_path):

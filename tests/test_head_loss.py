@@ -307,6 +307,7 @@ def test_mask_features_are_the_learned_convolution_of_the_full_mask_beside_the_p
     roi, m = torch.rand(1, 2, 4, 4), torch.rand(1, 8, 8)
     x = head.fuse(roi, m)
     assert x.shape == (1, 2 + 1 + 1, 4, 4)
+    # the same convolution of the same input: exact
     assert torch.equal(x[:, 3:], torch.relu(head.mask_conv(m[:, None])))
     assert x[:, 3:].abs().sum() > 0
     assert head(roi, m).shape == (1, 3)

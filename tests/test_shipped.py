@@ -158,7 +158,8 @@ def test_detectron2_addon_keeps_the_plain_detectors_box_ap(tmp_path, monkeypatch
                                 progress=False)
     addon = evaluate_checkpoint(addon_path, val, "cpu", progress=False)
     assert not plain["has_head"] and set(plain["segm"]) >= {"cls", "maskness"}
-    assert plain["bbox"]["cls"] == addon["bbox"]["cls"]  # the same detections, frozen
+    # the same detections, frozen: the same weights on the same batches, so exact
+    assert plain["bbox"]["cls"] == addon["bbox"]["cls"]
     assert plain["segm"]["cls"] == addon["segm"]["cls"]
     assert plain["segm"]["maskness"]["AP"] == pytest.approx(addon["segm"]["maskness"]["AP"],
                                                             abs=0.1)

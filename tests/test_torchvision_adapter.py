@@ -145,6 +145,7 @@ def test_bfloat16_autocast_on_cpu():
     assert torch.isfinite(r["scores"].float()).all() and torch.isfinite(r["mask_quality"]).all()
 
 
+@pytest.mark.threads
 def test_state_dict_round_trip(model, tmp_path):
     attach_maskiou_head(model).eval()
     torch.save(model.state_dict(), tmp_path / "m.pt")
@@ -154,7 +155,7 @@ def test_state_dict_round_trip(model, tmp_path):
     other.load_state_dict(torch.load(tmp_path / "m.pt"))
     with torch.no_grad():
         a, b = model(images(1)), other(images(1))
-    for k in ("boxes", "scores", "mask_quality", "masks"):
+    for k in ("boxes", "scores", "mask_quality", "masks"):  # same weights: same computation
         assert torch.equal(a[0][k], b[0][k])
 
 
@@ -183,6 +184,7 @@ def test_coco_predictors_keep_the_rows_of_the_dataset_classes():
                           keep=True)
 
 
+@pytest.mark.threads
 def test_plain_and_adapted_roi_heads_agree_on_the_detector():
     """Same weights, same seed: the adapter changes nothing torchvision computes."""
     plain = tiny_maskrcnn()

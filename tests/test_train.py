@@ -79,6 +79,7 @@ def test_coco_recipe_shape_and_baseline(tiny_data, tmp_path):
     assert not any("maskiou" in k for k in ckpt["model"])
 
 
+@pytest.mark.threads
 def test_resume_is_exact(tiny_data, tmp_path, monkeypatch):
     straight = Trainer(tiny_cfg(tiny_data), tmp_path / "a", progress=False)
     straight.train()
@@ -98,6 +99,7 @@ def test_resume_is_exact(tiny_data, tmp_path, monkeypatch):
     resumed.resume(tmp_path / "b" / "last.pt")
     assert resumed.iteration == 2
     resumed.train()
+    # the same batches, seeds and steps in one process: the same computation, bit for bit
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
     for k in a:
