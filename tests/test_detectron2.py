@@ -280,7 +280,8 @@ def test_detectron2_checkpoints_load_plain_and_with_a_head(tmp_path):
     assert model.roi_heads.maskiou_head.score_inputs == 2
     (a,) = find_adapter(model).predict(model, images(1))
     (b,) = find_adapter(plain).predict(plain.eval(), images(1))
-    assert torch.equal(a["mask_quality"], b["mask_quality"])  # same weights, image: same computation
+    # same weights, same image: the same computation
+    assert torch.equal(a["mask_quality"], b["mask_quality"])
 
 
 def test_the_add_on_flow_runs_on_a_detectron2_model_and_its_checkpoint_evaluates(tmp_path):
