@@ -108,7 +108,7 @@ def mask_to_polygon(mask: np.ndarray) -> np.ndarray:
     if len(parts) == 1:
         return parts[0]
     parts = _chain(parts)
-    from maskiou_integrations.ultralytics_offline import offline_environment
+    from .ultralytics_offline import offline_environment
 
     offline_environment()
     from ultralytics.data.converter import merge_multi_segment
@@ -125,7 +125,7 @@ def polygon_line(label: int, polygon: np.ndarray, height: int, width: int) -> st
 def rasterize_line(line: str, height: int, width: int) -> tuple[int, np.ndarray]:
     """(class, UInt8 [H, W] mask) of one label line, rasterized as ultralytics' training data
     loader does (float32 coordinates, ``resample_segments``, ``polygon2mask`` at full size)."""
-    from maskiou_integrations.ultralytics_offline import offline_environment
+    from .ultralytics_offline import offline_environment
 
     offline_environment()
     from ultralytics.data.utils import polygon2mask

@@ -58,7 +58,8 @@ def addon_dir(num_images: int, image_size: int = 128, seed: int = ADDON_SEED) ->
 SHIPPED = {"end_to_end": "synthetic_cpu.pt", "plain": "synthetic_cpu_plain.pt",
            "addon": "synthetic_cpu_addon.pt",
            "detectron2_plain": "synthetic_cpu_detectron2_plain.pt",
-           "detectron2_addon": "synthetic_cpu_detectron2_addon.pt"}
+           "detectron2_addon": "synthetic_cpu_detectron2_addon.pt",
+           "ultralytics_plain": "synthetic_cpu_ultralytics_plain.pt"}
 MODEL_DIRS = {"end_to_end": "synthetic-cpu", "plain": "synthetic-cpu-plain",
               "addon": "synthetic-cpu-addon", "detectron2_plain": "synthetic-cpu-detectron2-plain",
               "detectron2_addon": "synthetic-cpu-detectron2-addon"}
@@ -87,5 +88,6 @@ def shipped_model_path(name: str = "end_to_end") -> Path:
     the head the main job trains alone (shipped for the tests and the demo);
     ``"detectron2_plain"``, a plain detectron2 Mask R-CNN trained by detectron2's own trainer
     on the same images, and ``"detectron2_addon"``, it with the head the detectron2 main job
-    trains alone."""
+    trains alone; ``"ultralytics_plain"``, a YOLO11n-seg trained by ultralytics' own trainer on
+    the same images (its training log is ``.train_log.csv``)."""
     return Path(__file__).resolve().parents[1] / "pretrained" / SHIPPED[name]
