@@ -117,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     true_ious = true_mask_ious(dets, dataset.coco)
     scores = scorings(dets.cls_scores, None, dets.maskness, true_ious)
     ev = evaluate_scorings(dets, dataset.coco, scores)
+    root = Path(__file__).resolve().parents[1]
+    shown = path.resolve().relative_to(root) if path.resolve().is_relative_to(root) else path
     report: dict[str, Any] = {
-        "checkpoint": str(path), "val_json": str(val_json), "images": len(dataset),
+        "command": " ".join(["python", *sys.argv]), "checkpoint": str(shown),
+        "val": str(val_json) if args.val_json else "embedded", "images": len(dataset),
         "detections": len(dets), "predict": {k: ckpt["detector"][k] for k in
                                              ("imgsz", "conf", "iou", "max_det")},
         "predict_seconds": round(seconds, 1), "segm": ev["segm"], "bbox": ev["bbox"]}

@@ -83,8 +83,8 @@ def train_embedded(output_dir: str | Path, *, device: str = "cpu",
         args = {**EMBEDDED_TRAIN_ARGS, **overrides}
         YOLO(model).train(data=str(data), epochs=epochs, device=device,
                           project=str(run.parent), name=run.name, exist_ok=True, **args)
-    record = {"command": [Path(sys.executable).name, *sys.argv], "seconds":
-              round(time.time() - started, 1), "resumed": resumed, "versions": _versions()}
+    record = {"command": list(sys.orig_argv), "seconds": round(time.time() - started, 1),
+              "resumed": resumed, "versions": _versions()}
     with (run / "maskiou_training.jsonl").open("a") as f:  # one line per (resumed) session
         f.write(json.dumps(record) + "\n")
     return run

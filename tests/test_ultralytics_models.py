@@ -241,3 +241,45 @@ def test_training_makes_no_network_attempt(tmp_path):
     assert [r["epoch"] for r in curve] == [1]
     log = (tmp_path / "run" / "train" / "maskiou_training.jsonl").read_text().splitlines()
     assert json.loads(log[0])["versions"]["ultralytics"]
+
+
+SHIPPED = ROOT / "maskiou" / "pretrained" / "synthetic_cpu_ultralytics_plain.pt"
+MEASURED = ROOT / "docs" / "measurements" / "yolo_plain_eval.json"
+
+
+def test_the_shipped_detector_is_small_plain_and_recorded():
+    from maskiou.data.synthetic import CATEGORIES
+
+    assert SHIPPED.stat().st_size < 8_000_000
+    ckpt = torch.load(SHIPPED, weights_only=True)
+    assert ckpt["framework"] == "ultralytics" and ckpt["detector"]["imgsz"] == 128
+    cats = sorted(CATEGORIES, key=lambda c: c["id"])
+    assert ckpt["class_names"] == ["__background__"] + [c["name"] for c in cats]
+    assert ckpt["label_to_cat_id"] == {k + 1: c["id"] for k, c in enumerate(cats)}
+    assert all(v.dtype == torch.float16 for v in ckpt["model"].values() if v.is_floating_point())
+    stem = SHIPPED.with_suffix("")
+    record = json.loads(Path(f"{stem}.training.json").read_text())
+    curve = um.training_curve(f"{stem}.train_log.csv")
+    assert record["shipped"] == "best.pt" and record["shipped_epoch"] == um.best_epoch(curve)
+    assert record["epochs_run"] == len(curve) == record["train_args"]["epochs"]
+    assert record["train_args"]["pretrained"] is False and record["train_args"]["imgsz"] == 128
+    assert Path(f"{stem}.config.yaml").read_text().startswith("task: segment")
+
+
+def test_the_shipped_detector_gives_its_recorded_mask_ap():
+    """benchmarks/yolo_plain_eval.py's cls row, recomputed (about a minute on 2 cores)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import yolo_plain_eval
+    from maskiou_integrations.ultralytics_data import embedded_splits
+
+    from maskiou.data.coco import CocoInstanceDataset
+    from maskiou.evaluation.cocoeval import evaluate_scorings
+
+    measured = json.loads(MEASURED.read_text())
+    ckpt = torch.load(SHIPPED, weights_only=True)
+    dataset = CocoInstanceDataset(*embedded_splits()["val"])
+    dets = yolo_plain_eval.collect(um.load_model(ckpt), dataset, ckpt["detector"])
+    assert len(dets) == measured["detections"]
+    segm = evaluate_scorings(dets, dataset.coco, {"cls": dets.cls_scores})["segm"]["cls"]
+    assert segm["AP"] == pytest.approx(measured["segm"]["cls"]["AP"], abs=0.05)
+    assert segm["AP"] >= 30.0
