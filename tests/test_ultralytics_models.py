@@ -26,16 +26,16 @@ from maskiou_integrations.ultralytics_offline import offline_environment  # noqa
 
 offline_environment()  # before anything imports ultralytics
 
+from ultralytics.nn.tasks import SegmentationModel  # noqa: E402
+from ultralytics.utils import nms, ops  # noqa: E402
+
+from maskiou.models.checkpoint import save_atomic  # noqa: E402
 from maskiou_integrations import ultralytics_models as um  # noqa: E402
 from maskiou_integrations.ultralytics_predict import (  # noqa: E402
     predict,
     soft_masks,
     split_output,
 )
-from ultralytics.nn.tasks import SegmentationModel  # noqa: E402
-from ultralytics.utils import nms, ops  # noqa: E402
-
-from maskiou.models.checkpoint import save_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["__background__", "a", "b", "c"]
@@ -270,10 +270,10 @@ def test_the_shipped_detector_gives_its_recorded_mask_ap():
     """benchmarks/yolo_plain_eval.py's cls row, recomputed (about a minute on 2 cores)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import yolo_plain_eval
-    from maskiou_integrations.ultralytics_data import embedded_splits
 
     from maskiou.data.coco import CocoInstanceDataset
     from maskiou.evaluation.cocoeval import evaluate_scorings
+    from maskiou_integrations.ultralytics_data import embedded_splits
 
     measured = json.loads(MEASURED.read_text())
     ckpt = torch.load(SHIPPED, weights_only=True)
