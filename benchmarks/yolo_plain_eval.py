@@ -81,14 +81,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip ultralytics' own validator (it needs the embedded data)")
     p.add_argument("--out", default="results/yolo_plain_eval.json")
     args = p.parse_args(argv)
-    from maskiou_integrations.ultralytics_models import load_model
+    from maskiou_integrations.ultralytics_models import FRAMEWORK, load_model
 
     path = Path(args.checkpoint) if args.checkpoint else shipped_model_path("ultralytics_plain")
     if not path.is_file():
         print(f"error: {path}: checkpoint not found", file=sys.stderr)
         return 2
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("framework") != "ultralytics":
+    if ckpt.get("framework") != FRAMEWORK:
         print(f"error: {path}: not an ultralytics checkpoint", file=sys.stderr)
         return 2
     if bool(args.val_json) != bool(args.val_images):

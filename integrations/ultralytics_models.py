@@ -95,6 +95,43 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+FRAMEWORK = "ultralytics"
+"""The ``"framework"`` entry of its maskiou checkpoints."""
+_MODULE_PACKAGES = ("torch.nn.", "ultralytics.nn.")
+
+
+def read_ultralytics_weights(weights: str | Path) -> dict[str, Any]:
+    """An ultralytics weights file read with ``weights_only=True``. Its trainer pickles the model
+    object, so the file names classes; each must be a ``torch.nn.Module`` subclass from
+    ``torch.nn`` or ``ultralytics.nn`` (checked by name and type before anything is loaded) and
+    only those are allowed to the unpickler: a file naming any other global is refused."""
+    import importlib
+
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ultralytics weights not found")
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as e:  # noqa: BLE001 - not a torch file at all
+        raise ValueError(f"{path}: not an ultralytics weights file "
+                         f"({type(e).__name__}: {e})") from e
+    allowed = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        obj = None
+        if name.startswith(_MODULE_PACKAGES):
+            obj = getattr(importlib.import_module(module), attr, None)
+        if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+            raise ValueError(f"{path}: refused: it would unpickle {name}, which is not a "
+                             "torch.nn or ultralytics.nn module class")
+        allowed.append(obj)
+    with torch.serialization.safe_globals(allowed):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ("model" not in ckpt and "ema" not in ckpt):
+        raise ValueError(f"{path}: not an ultralytics weights file (no 'model' or 'ema' entry)")
+    return ckpt
+
+
 def checkpoint_from_ultralytics(weights: str | Path, class_names: list[str],
                                 label_to_cat_id: dict[int, int],
                                 source: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -103,8 +140,7 @@ def checkpoint_from_ultralytics(weights: str | Path, class_names: list[str],
     (background first) and ``label_to_cat_id`` are the dataset's; the model's classes must be
     ``class_names[1:]`` in that order."""
     offline_environment()
-    # ultralytics' own checkpoint is a pickle of its classes: read only a file you trust
-    ckpt = torch.load(Path(weights), map_location="cpu", weights_only=False)
+    ckpt = read_ultralytics_weights(weights)
     model = ckpt.get("ema") or ckpt["model"]
     names = [model.names[k] for k in sorted(model.names)]
     if names != list(class_names[1:]):
@@ -114,7 +150,7 @@ def checkpoint_from_ultralytics(weights: str | Path, class_names: list[str],
              for k, v in model.state_dict().items()}
     detector = {"yaml": _plain(model.yaml), "imgsz": int(ckpt["train_args"]["imgsz"]),
                 **PREDICT, "source": _plain(source or {})}
-    return {"schema": SCHEMA, "framework": "ultralytics", "detector": detector,
+    return {"schema": SCHEMA, "framework": FRAMEWORK, "detector": detector,
             "maskiou_head": None, "model": state, "class_names": list(class_names),
             "label_to_cat_id": {int(k): int(v) for k, v in label_to_cat_id.items()}}
 

@@ -13,7 +13,11 @@ even with ``plots=False``. :func:`offline_environment` turns each of these off:
   (clearml, comet, dvc, mlflow, raytune, tensorboard, wandb) off, in memory only: the user's
   settings file is not rewritten;
 * a TrueType font (matplotlib's DejaVuSans, under the names it asks for) in its config folder,
-  where its font check looks before it downloads.
+  where its font check looks before it downloads;
+* the two process-wide patches its import applies put back: ``PIL.Image.open`` (on a file
+  Pillow cannot identify, its version pip-installs ``pi-heif`` and raises
+  ``ModuleNotFoundError`` offline, which hid maskiou's "not an image file" message) and
+  ``torch.save`` (a retrying wrapper).
 
 A Platform API key in ``ULTRALYTICS_API_KEY`` would still make its trainer upload to the
 Platform; nothing here reads or clears it.
@@ -53,6 +57,18 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         raise
 
 
+def _undo_global_patches() -> None:
+    """``PIL.Image.open`` and ``torch.save`` as they were before ultralytics was imported."""
+    import torch
+    from PIL import Image
+    from ultralytics.utils import patches
+
+    if Image.open is patches.image_open:
+        Image.open = patches._image_open
+    if torch.save is patches.torch_save:
+        torch.save = patches._torch_save
+
+
 def offline_environment() -> Path:
     """Set ultralytics up so that nothing it does reaches the network; idempotent.
 
@@ -64,6 +80,7 @@ def offline_environment() -> Path:
     import ultralytics.utils as uu
     from ultralytics.utils import checks
 
+    _undo_global_patches()
     uu.ONLINE = checks.ONLINE = False
     uu.AUTOINSTALL = checks.AUTOINSTALL = False
     events = sys.modules.get("ultralytics.utils.events")

@@ -99,6 +99,43 @@ def test_a_model_of_other_classes_is_refused(tmp_path):
         um.checkpoint_from_ultralytics(path, ["__background__", "a", "c", "b"], LABEL_TO_CAT)
 
 
+def test_weights_naming_anything_but_module_classes_are_refused_unread(tmp_path):
+    """ultralytics' ``best.pt`` is a pickle; only torch.nn / ultralytics.nn module classes may
+    be named in it, checked before anything is unpickled."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "best.pt"
+    torch.save({"model": tiny_model(), "ema": None, "train_args": {"imgsz": 64},
+                "payload": Payload(str(marker))}, path)
+    with pytest.raises(ValueError, match=r"refused: it would unpickle pathlib\.\w*Path"):
+        um.checkpoint_from_ultralytics(path, NAMES, LABEL_TO_CAT)
+    assert not marker.exists()
+    with pytest.raises(FileNotFoundError, match="not found"):
+        um.read_ultralytics_weights(tmp_path / "missing.pt")
+
+
+class Payload:
+    """Runs code when unpickled (``__reduce__`` calls ``Path.touch``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_importing_ultralytics_leaves_pil_and_torch_save_alone(tmp_path):
+    """ultralytics patches ``PIL.Image.open`` (an unidentified file makes it pip-install
+    pi-heif) and ``torch.save``; offline_environment() puts both back."""
+    from ultralytics.utils import patches
+
+    offline_environment()
+    assert Image.open is patches._image_open and torch.save is patches._torch_save
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"not an image")
+    with pytest.raises(Image.UnidentifiedImageError):
+        Image.open(fake)
+
+
 def image(height: int = 64, width: int = 64) -> np.ndarray:
     rng = np.random.default_rng(0)
     im = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
