@@ -65,7 +65,7 @@ def converted_detector(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maskiou.data.coco import CocoFormatError
+    from maskiou.data.coco import CocoFormatError, one_line, set_max_pixels
 
     p = argparse.ArgumentParser(prog="maskiou-addon", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,9 +89,13 @@ def main(argv: list[str] | None = None) -> int:
                    "cache during head training (0: read in this process; default: 0 on a CPU, "
                    "2 on a GPU)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-pixels", type=int, help="refuse images of more pixels (width x "
+                   "height), read from their header before decoding (default: "
+                   "MASKIOU_MAX_PIXELS, else 8192 x 8192 = 67,108,864)")
     add_config_flags(p)
     args = p.parse_args(argv)
     try:
+        set_max_pixels(args.max_pixels)
         _, _, device = D.init_distributed(args.device)
         detector = args.detector
         if args.detector_config:
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                            log=lambda msg: print(msg, flush=True) if D.is_main() else None)
     except (CocoFormatError, CheckpointError, CacheKeyError, ValueError, FileNotFoundError,
             UnknownFrameworkError) as e:
-        print(f"maskiou-addon: error: {e}", file=sys.stderr)
+        print(f"maskiou-addon: error: {one_line(e)}", file=sys.stderr)
         return 2
     finally:
         D.cleanup()
