@@ -60,8 +60,6 @@ ROWS: dict[str, tuple[str, dict[str, Any], int]] = {
     "light": ("light head: 1x1 conv to 32, two 3x3 convs of 32, FC 256",
               {"reduce_channels": 32, "conv_channels": 32}, ADDON_IMAGES),
     "epochs-8": ("8 epochs instead of 12", {"epochs": 8}, ADDON_IMAGES),
-    "gbm": ("gradient-boosting recalibration instead of logistic", {"recalibration": "gbm"},
-            ADDON_IMAGES),
     "no-holdout": ("no recalibration: the head trains on every add-on image",
                    {"recalibration": "none"}, ADDON_IMAGES),
     "seed-1": ("the shipped config with another seed (head initialization, batch order, "

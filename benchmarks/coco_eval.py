@@ -25,26 +25,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maskiou.attach import UnknownFrameworkError  # noqa: E402
-from maskiou.data.coco import (  # noqa: E402
-    CocoFormatError,
-    CocoInstanceDataset,
-    one_line,
-    require_annotations,
-    set_max_pixels,
-)
-from maskiou.models.checkpoint import CheckpointError  # noqa: E402
 from maskiou.models.config import DEFAULT_PRESET, PRESETS, resolve  # noqa: E402
+from maskiou.models.paths import DEFAULT_FRAMEWORK  # noqa: E402
+from maskiou.options import ArgumentParser, ConfigError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from maskiou.addon.cli import add_config_flags
 
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="coco_eval", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="the model to measure: a plain detector (gets the "
                    "add-on) or a model with a head (maskiou-train or maskiou-addon output)")
-    p.add_argument("--detector-framework", default="torchvision", help="whose detector "
+    p.add_argument("--detector-framework", default=DEFAULT_FRAMEWORK, help="whose detector "
                    "(torchvision, detectron2, or any framework an installed adapter declares): "
                    "on the embedded data, the shipped plain one of that framework gets the "
                    "add-on; with --detector-config, the framework whose adapter reads it")
@@ -99,12 +92,7 @@ def converted(args: argparse.Namespace, cfg: object) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maskiou import distributed as D
     from maskiou.addon.cli import config_from_args
-    from maskiou.addon.recalibration import RecalibrationError
-    from maskiou.evaluation.benchmark import ADDON_IMAGES, run
-    from maskiou.evaluation.report import markdown_report
-    from maskiou.models.paths import resolve_split
 
     args = parse_args(argv)
     if bool(args.train_json) != bool(args.train_images):
@@ -123,22 +111,47 @@ def main(argv: list[str] | None = None) -> int:
         custom_data = True
     if custom_data:
         overrides["dataset"] = "coco"
-    if args.detector_framework != "torchvision" and args.checkpoint is None and custom_data:
-        print(f"coco_eval: error: a {args.detector_framework} model is trained with "
-              f"{args.detector_framework} itself: pass --checkpoint WEIGHTS --detector-config "
+    if args.detector_config and not args.checkpoint:
+        print("coco_eval: error: --detector-config names the config of --checkpoint (the "
+              "weights file)", file=sys.stderr)
+        return 2
+    try:  # bad values are refused here, before torch is imported
+        cfg = resolve(args.config, overrides)
+        addon = config_from_args(args)
+    except ConfigError as e:
+        print(f"coco_eval: error: {e}", file=sys.stderr)
+        return 2
+    from maskiou.models.load import trainer_frameworks
+
+    if (args.detector_framework not in trainer_frameworks() and args.checkpoint is None
+            and custom_data):
+        print(f"coco_eval: error: maskiou's own trainer does not build {args.detector_framework} "
+              f"models (it builds {', '.join(trainer_frameworks())}): train it with "
+              f"{args.detector_framework} itself and pass --checkpoint WEIGHTS --detector-config "
               "CONFIG", file=sys.stderr)
         return 2
     if args.checkpoint is None and custom_data and not (args.coco_root or args.train_json):
         print("coco_eval: error: without --checkpoint a model must be trained: give "
               "--coco-root or --train-json/--train-images", file=sys.stderr)
         return 2
-    if args.detector_config and not args.checkpoint:
-        print("coco_eval: error: --detector-config names the config of --checkpoint (the "
-              "weights file)", file=sys.stderr)
-        return 2
+    from maskiou import distributed as D
+    from maskiou.addon.recalibration import RecalibrationError
+    from maskiou.attach import UnknownFrameworkError
+    from maskiou.contract import AdapterContractError
+    from maskiou.data.coco import (
+        CocoFormatError,
+        CocoInstanceDataset,
+        one_line,
+        require_annotations,
+        set_max_pixels,
+    )
+    from maskiou.evaluation.benchmark import ADDON_IMAGES, run
+    from maskiou.evaluation.report import markdown_report
+    from maskiou.models.checkpoint import CheckpointError
+    from maskiou.models.paths import resolve_split
+
     try:
         set_max_pixels(args.max_pixels)
-        cfg = resolve(args.config, overrides)
         if custom_data:  # the scored split, checked before any detector runs
             require_annotations(CocoInstanceDataset(*resolve_split(cfg, "val", progress=False)),
                                 "the scored split")
@@ -152,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                       train_baseline=args.train_baseline, device=args.device,
                       batch_size=args.batch_size, backend=args.eval_backend,
                       progress=not args.no_progress, retrain=args.retrain, run_root=runs,
-                      addon=config_from_args(args), addon_images=args.addon_images or
+                      addon=addon, addon_images=args.addon_images or
                       ADDON_IMAGES, framework=args.detector_framework)
     except (CocoFormatError, CheckpointError, RecalibrationError, ValueError,
-            FileNotFoundError, UnknownFrameworkError) as e:
+            FileNotFoundError, UnknownFrameworkError, AdapterContractError) as e:
         print(f"coco_eval: error: {one_line(e)}", file=sys.stderr)
         return 2
     finally:

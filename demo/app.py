@@ -1,13 +1,14 @@
-"""Why the ranking changed: the same detections under four scorings, side by side.
+"""Why the ranking changed: the same detections under every scoring, side by side.
 
     python demo/app.py                              # embedded default models, http://127.0.0.1:7860
     python demo/app.py --detector plain.pt --checkpoint addon.pt --port 8080
     python demo/app.py --host 0.0.0.0 --share       # reachable from other machines: no training
 
-Panels: the classification score (Mask R-CNN), cls x maskness (free), cls x the head's
-predicted MaskIoU, and, for images with ground truth, cls x the true MaskIoU (the oracle). Each
+Panels: the classification score (Mask R-CNN), cls x maskness (free), cls x the head's output,
+the final score the model returns (``model(images)``'s ``scores``: the head's recalibration of
+these signals), and, for images with ground truth, cls x the true MaskIoU (the oracle). Each
 shows the detections whose score clears the threshold, numbered as in the table, which ranks
-every detection under every scoring and highlights those the head moves. The gallery opens on
+every detection under every scoring and highlights those the final score moves. The gallery opens on
 the validation images where the head fixes the ranking most (from the benchmark's gallery.json).
 
 The page is :func:`build_app`; its handlers are ``demo/handlers.py``; the logic they call,
@@ -48,7 +49,8 @@ __all__ = ["IN_MEMORY", "DemoApp", "ValSplit", "benchmark_summary", "build_app",
 
 DEFAULT_THRESHOLD = 0.3
 ORDERS = [("classification score", "cls"), ("maskness", "maskness"),
-          ("predicted MaskIoU (head)", "rescored"), ("true MaskIoU (oracle)", "oracle")]
+          ("cls × the head's output", "rescored"), ("final score (what the model returns)",
+                                                    "final"), ("true MaskIoU (oracle)", "oracle")]
 
 
 def build_app(detectors: list[str] | None = None, heads: list[str] | None = None, *,
@@ -103,7 +105,7 @@ def build_app(detectors: list[str] | None = None, heads: list[str] | None = None
                 threshold_box = gr.Slider(0.0, 1.0, value=threshold, step=0.01,
                                           label="Score threshold (every panel)",
                                           elem_id="threshold")
-                order_box = gr.Radio(ORDERS, value="rescored", label="Rank the table by",
+                order_box = gr.Radio(ORDERS, value="final", label="Rank the table by",
                                      elem_id="order")
                 gt_box = gr.Checkbox(False, label="Show the ground truth (white contours)",
                                      elem_id="show_gt")
@@ -119,9 +121,9 @@ def build_app(detectors: list[str] | None = None, heads: list[str] | None = None
                               for name, title in PANELS.items()]
                 with gr.Row():
                     table = gr.Dataframe(label="Detections: rank under each scoring (green: the "
-                                         "head moves it up, red: down)", interactive=False,
+                                         "final score moves it up, red: down)", interactive=False,
                                          elem_id="table", wrap=True, scale=3, max_height=420)
-                    plot = gr.Image(label="Predicted vs true MaskIoU", elem_id="plot",
+                    plot = gr.Image(label="The head's output vs the true MaskIoU", elem_id="plot",
                                     interactive=False, buttons=[], scale=1)
         pred_state, current = gr.State(None), gr.State(None)
         view = [*panels, table, plot, status]

@@ -29,8 +29,9 @@ from demo.inference import (
 )
 from demo.sources import DEFAULT_METRICS, ValSplit, short_path
 from maskiou.data.coco import CocoFormatError
-from maskiou.models.checkpoint import CheckpointError, load_checkpoint
-from maskiou.models.paths import model_dir
+from maskiou.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from maskiou.models.load import model_kind
+from maskiou.models.paths import default_model, model_dir
 
 IN_MEMORY = "in-memory model"
 NO_HEAD = "none: the detector's own scores"
@@ -45,11 +46,9 @@ def training_allowed(host: str, share: bool) -> bool:
 
 
 def checkpoint_kind(path: str | Path) -> str:
-    """``"plain"``, ``"add-on"`` or ``"end to end"`` (reads the checkpoint's config)."""
-    ckpt = load_checkpoint(path)
-    if not ckpt.get("config", {}).get("maskiou", True):
-        return "plain"
-    return "add-on" if ckpt.get("addon") else "end to end"
+    """``"plain"``, ``"add-on"`` or ``"end to end"``, for every framework alike (reads the
+    checkpoint's ``maskiou_head`` and ``addon`` entries)."""
+    return model_kind(read_checkpoint(path))
 
 
 class DemoApp:
@@ -75,11 +74,11 @@ class DemoApp:
                  metrics_path: str | Path = DEFAULT_METRICS, device: str | None = None,
                  allow_training: bool = False, train_args: dict[str, Any] | None = None,
                  upload_dirs: list[str | Path] | None = None) -> None:
-        self.default_detector = str(model_dir("plain") / "model_final.pt")
-        self.default_head = str(model_dir("addon") / "model_final.pt")
+        self.default_detector = str(model_dir(default_model("plain")) / "model_final.pt")
+        self.default_head = str(model_dir(default_model("addon")) / "model_final.pt")
         self.detectors = [str(p) for p in (detectors or [self.default_detector])]
         heads = [str(p) for p in heads] if heads is not None else [
-            self.default_head, str(model_dir("end_to_end") / "model_final.pt")]
+            self.default_head, str(model_dir(default_model("end_to_end")) / "model_final.pt")]
         self.heads = ([IN_MEMORY] if predictor is not None else []) + heads
         self.split = split
         self.metrics_path = Path(metrics_path)
@@ -262,8 +261,8 @@ class DemoApp:
 
     def view(self, pred: Prediction | None, status: str, threshold: float, order_by: str,
              show_gt: bool) -> tuple[Any, ...]:
-        """Every output of the page for ``pred``: the four panels, the table, the plot, the
-        status line."""
+        """Every output of the page for ``pred``: the panels (one per scoring of
+        :data:`~demo.inference.PANELS`), the table, the plot, the status line."""
         blank = (None,) * len(PANELS)
         problem = settings_problem(threshold, order_by)
         if problem or not (pred is None or isinstance(pred, Prediction)):
@@ -276,8 +275,9 @@ class DemoApp:
                        for name in PANELS)
         df = table(pred, order_by)
         moves = rank_changes(pred)
-        text = (f"{len(pred)} detections; the head changes the rank of {moves}. " if
-                "rescored" in scores else f"{len(pred)} detections. ") + pred.caption
+        text = (f"{len(pred)} detections; the final score the model returns changes the rank "
+                f"of {moves}. " if "final" in scores else f"{len(pred)} detections. ") \
+            + pred.caption
         if pred.notes:
             text += "  \nNote: " + "; ".join(pred.notes) + "."
         return (*panels, style_moves(df), iou_plot(pred), text)

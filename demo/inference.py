@@ -20,6 +20,8 @@ from pycocotools import mask as mask_utils
 
 from demo.draw import Shape, color, draw
 from demo.images import ImageSource, load_image
+from maskiou.attach import find_maskiou_head
+from maskiou.configs import TARGET_NAMES
 from maskiou.evaluation.metrics import scorings
 from maskiou.evaluation.predict import predictor
 from maskiou.records import encode_masks
@@ -28,9 +30,10 @@ from maskiou.scoring import maskness
 MASK_THRESHOLD = 0.5  # mask probability -> binary mask, as in COCO evaluation
 PANELS = {"cls": "classification score (Mask R-CNN)",
           "maskness": "cls × maskness (free)",
-          "rescored": "cls × predicted MaskIoU (the head)",
+          "rescored": "cls × the head's output",
+          "final": "final score: what the model returns",
           "oracle": "cls × true MaskIoU (oracle)"}
-SCORE_COLUMNS = {"cls": "cls score", "maskness": "maskness", "rescored": "predicted MaskIoU",
+SCORE_COLUMNS = {"cls": "cls score", "maskness": "maskness", "final": "final score",
                  "oracle": "true MaskIoU"}
 
 
@@ -47,7 +50,7 @@ class Predictor:
             callable: ``model([Tensor[3, H, W] float in [0, 1]])`` returns a list with one
             dict: boxes Tensor[n, 4], labels Tensor[n], scores Tensor[n], masks
             Tensor[n, 1, H, W] probabilities, and, with the MaskIoU head, cls_scores,
-            mask_ious and maskness Tensor[n].
+            mask_quality and maskness Tensor[n].
         class_names: index 0 is the background.
         kind: ``"plain"`` (no head) or ``"add-on"``/``"end to end"``, for the page.
     """
@@ -76,19 +79,17 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None
                         ) -> Predictor:
         """Load any maskiou checkpoint (raises ``CheckpointError`` with one line)."""
-        from maskiou.attach import find_maskiou_head
-        from maskiou.models.load import load_trained_model
+        from maskiou.models.load import load_trained_model, model_kind
 
         device = torch.device(device) if device is not None else default_device()
         model, meta = load_trained_model(path, device)
-        kind = "plain" if find_maskiou_head(model) is None else (
-            "add-on" if meta.get("addon") else "end to end")
-        return cls(model, meta["class_names"], device, source=str(path), kind=kind)
+        return cls(model, meta["class_names"], device, source=str(path), kind=model_kind(meta))
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """image: UInt8[H, W, 3]. Returns numpy arrays: boxes [n, 4], labels [n], cls_scores
-        [n], maskness [n], mask_ious [n] (None without a head), masks Bool[n, H, W]."""
+        [n], maskness [n], mask_quality [n] and scores [n] (the head's output and the final
+        score the model returns; None without a head), masks Bool[n, H, W]."""
         tensor = torch.from_numpy(np.array(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         with self.lock:
             out = self._run([tensor.to(self.device)])[0]
@@ -100,9 +101,24 @@ class Predictor:
             "labels": out["labels"].cpu().numpy().astype(np.int64),
             "cls_scores": out.get("cls_scores", out["scores"]).float().cpu().numpy(),
             "maskness": mk.float().cpu().numpy(),
-            "mask_ious": out["mask_ious"].float().cpu().numpy() if "mask_ious" in out else None,
+            "mask_quality": head_field(out, "mask_quality"),
+            "scores": head_field(out, "scores"),
             "masks": (probs > MASK_THRESHOLD).cpu().numpy(),
         }
+
+    @property
+    def target(self) -> str:
+        """What the head's output estimates (its ``target``: ``"iou"`` or ``"coco"``)."""
+        head = find_maskiou_head(self.model) if isinstance(self.model, torch.nn.Module) else None
+        return getattr(head, "target", "iou")
+
+
+def head_field(out: dict[str, torch.Tensor], name: str) -> np.ndarray | None:
+    """A field a model with the head returns (``scores`` then being the final score), as numpy;
+    None for a model without the head."""
+    if "mask_quality" not in out:
+        return None
+    return out[name].float().cpu().numpy()
 
 
 @dataclass
@@ -118,7 +134,9 @@ class GroundTruth:
 @dataclass
 class Prediction:
     """One image's detections, kept compact (RLE masks) between redraws. Arrays are [n], in the
-    model's order; ``mask_ious`` is None without a head, ``true_ious`` without ground truth."""
+    model's order; ``mask_quality`` (the head's output) and ``final_scores`` (the score the
+    model returns) are None without a head, ``true_ious`` without ground truth; ``target`` says
+    what the head's output estimates."""
 
     image: np.ndarray  # UInt8[H, W, 3]
     class_names: list[str]
@@ -126,8 +144,10 @@ class Prediction:
     boxes: np.ndarray
     cls_scores: np.ndarray
     maskness: np.ndarray
-    mask_ious: np.ndarray | None
+    mask_quality: np.ndarray | None
     rles: list[dict[str, Any]]
+    final_scores: np.ndarray | None = None
+    target: str = "iou"
     true_ious: np.ndarray | None = None
     ground_truth: GroundTruth | None = None
     notes: list[str] = field(default_factory=list)
@@ -140,13 +160,21 @@ class Prediction:
         return self.class_names[label] if 0 <= label < len(self.class_names) else f"class {label}"
 
     def scores(self) -> dict[str, np.ndarray]:
-        """Every scoring this prediction has: cls and maskness always, rescored with a head,
-        oracle with ground truth."""
+        """Every scoring this prediction has: cls and maskness always, rescored (cls x the
+        head's output) and final (the score the model returns) with a head, oracle with ground
+        truth; in :data:`PANELS` order."""
         true = self.true_ious if self.true_ious is not None else np.zeros(len(self))
-        out = scorings(self.cls_scores, self.mask_ious, self.maskness, true)
+        out = scorings(self.cls_scores, self.mask_quality, self.maskness, true)
+        if self.final_scores is not None:
+            out["final"] = np.asarray(self.final_scores, dtype=np.float64)
         if self.true_ious is None:
             out.pop("oracle")
-        return out
+        return {k: out[k] for k in PANELS if k in out}
+
+    @property
+    def head_name(self) -> str:
+        """What the head's output column is called (by the head's target)."""
+        return TARGET_NAMES[self.target]
 
 
 def ranks(scores: np.ndarray) -> np.ndarray:
@@ -189,7 +217,8 @@ def predict(image: ImageSource, predictor: Predictor, ground_truth: GroundTruth 
     out = predictor(loaded.array)
     rles = encode_masks(torch.from_numpy(out["masks"]))
     pred = Prediction(loaded.array, predictor.class_names, out["labels"], out["boxes"],
-                      out["cls_scores"], out["maskness"], out["mask_ious"], rles,
+                      out["cls_scores"], out["maskness"], out["mask_quality"], rles,
+                      final_scores=out["scores"], target=predictor.target,
                       notes=list(loaded.notes))
     if ground_truth is not None:
         if ground_truth.masks.shape[1:] != loaded.array.shape[:2]:
@@ -200,7 +229,7 @@ def predict(image: ImageSource, predictor: Predictor, ground_truth: GroundTruth 
         else:
             pred.ground_truth = ground_truth
             pred.true_ious = true_mask_ious(rles, pred.labels, pred.class_names, ground_truth)
-    if pred.mask_ious is None:
+    if pred.mask_quality is None:
         pred.notes.append("this model has no MaskIoU head: classification score and maskness "
                           "only (load an add-on checkpoint for the head's scores)")
     return pred
@@ -226,25 +255,27 @@ def panel(pred: Prediction, scoring: str, threshold: float, show_gt: bool = Fals
     return draw(pred.image, shapes)
 
 
-def table(pred: Prediction, order_by: str = "rescored") -> pd.DataFrame:
-    """One row per detection: its number, class, every score it has, its rank under every
-    scoring, and how far the learned score moves it against the classification score; sorted
-    by the rank under ``order_by`` (or the classification score where that scoring is
-    missing)."""
+def table(pred: Prediction, order_by: str = "final") -> pd.DataFrame:
+    """One row per detection: its number, class, every score it has (the final score the model
+    returns among them), its rank under every scoring, and how far the final score moves it
+    against the classification score; sorted by the rank under ``order_by`` (or the
+    classification score where that scoring is missing)."""
     scores = pred.scores()
     order_by = order_by if order_by in scores else "cls"
     df = pd.DataFrame({"#": np.arange(1, len(pred) + 1),
                        "class": [pred.class_name(int(x)) for x in pred.labels],
                        "cls score": pred.cls_scores.round(3),
                        "maskness": pred.maskness.round(3)})
-    if pred.mask_ious is not None:
-        df["predicted MaskIoU"] = pred.mask_ious.round(3)
+    if pred.mask_quality is not None:
+        df[pred.head_name] = pred.mask_quality.round(3)
+    if pred.final_scores is not None:
+        df["final score"] = np.asarray(pred.final_scores).round(3)
     if pred.true_ious is not None:
         df["true MaskIoU"] = pred.true_ious.round(3)
     for name, s in scores.items():
         df[f"rank: {name}"] = ranks(s)
-    if "rescored" in scores:
-        df["move"] = df["rank: cls"] - df["rank: rescored"]  # > 0: the head moves it up
+    if "final" in scores:
+        df["move"] = df["rank: cls"] - df["rank: final"]  # > 0: the final score moves it up
     return df.sort_values(f"rank: {order_by}", kind="stable").reset_index(drop=True)
 
 
@@ -260,7 +291,7 @@ def style_moves(df: pd.DataFrame) -> Any:
 
 
 def iou_plot(pred: Prediction) -> np.ndarray | None:
-    """Predicted MaskIoU (and maskness) against the true MaskIoU of this image's detections,
+    """The head's output (and maskness) against the true MaskIoU of this image's detections,
     numbered as in the table: the benchmark's correlation plot for one image. None without
     ground truth."""
     if pred.true_ious is None or len(pred) == 0:
@@ -272,10 +303,11 @@ def iou_plot(pred: Prediction) -> np.ndarray | None:
 
     fig, ax = plt.subplots(figsize=(3.6, 3.4), dpi=100)
     ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1)
-    if pred.mask_ious is not None:
-        ax.scatter(pred.true_ious, pred.mask_ious, s=28, c=[color(i) for i in range(len(pred))],
-                   edgecolors="k", linewidths=0.5, label="predicted MaskIoU", zorder=3)
-        for i, (x, y) in enumerate(zip(pred.true_ious, pred.mask_ious)):
+    if pred.mask_quality is not None:
+        ax.scatter(pred.true_ious, pred.mask_quality, s=28,
+                   c=[color(i) for i in range(len(pred))], edgecolors="k", linewidths=0.5,
+                   label=pred.head_name, zorder=3)
+        for i, (x, y) in enumerate(zip(pred.true_ious, pred.mask_quality)):
             ax.annotate(str(i + 1), (x, y), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
     ax.scatter(pred.true_ious, pred.maskness, s=14, marker="x", c="gray", label="maskness")
@@ -290,9 +322,9 @@ def iou_plot(pred: Prediction) -> np.ndarray | None:
 
 
 def rank_changes(pred: Prediction) -> int:
-    """How many detections the learned score ranks differently from the classification
-    score (0 without a head)."""
-    if pred.mask_ious is None:
-        return 0
+    """How many detections the final score ranks differently from the classification score
+    (0 without a head)."""
     s = pred.scores()
-    return int((ranks(s["cls"]) != ranks(s["rescored"])).sum())
+    if "final" not in s:
+        return 0
+    return int((ranks(s["cls"]) != ranks(s["final"])).sum())

@@ -10,15 +10,16 @@ model with only ``roi_heads.maskiou_head.*`` new.
 - Training: ``loss_maskiou`` joins the loss dict, on the mask branch's positive proposals, with
   full-instance targets from each proposal's matched GT mask (``PolygonMasks`` are rasterized
   to the image, ``BitMasks`` used as they are: the same targets for the same pixels).
-- Inference: each ``Instances`` gains ``cls_scores``, ``mask_ious`` and ``maskness`` (dtype of
-  ``scores``), and with ``rescore_outputs`` its ``scores`` become cls x MaskIoU, re-sorted.
+- Inference: each ``Instances`` gains ``cls_scores``, ``mask_quality`` (the head's output) and
+  ``maskness`` (dtype of ``scores``), and with ``rescore_outputs`` its ``scores`` become the
+  final score (the head's calibration of these signals), re-sorted.
 
 Labels: detectron2 numbers classes 0..K-1; maskiou's records and its head count background as
 0 (as torchvision does), so the head has K + 1 outputs and a detectron2 class c is maskiou's
 label c + 1. ``predict`` and ``collect`` return maskiou's labels.
 """
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 from detectron2.modeling import GeneralizedRCNN
@@ -30,21 +31,20 @@ from detectron2.modeling.roi_heads.mask_head import (
     mask_rcnn_loss,
 )
 from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
-from detectron2.structures import BitMasks, Instances, PolygonMasks
+from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from torch import Tensor, nn
 
 from maskiou.branch import (
-    MaskIoUConfig,
     head_inputs_recorded,
-    install_head,
+    head_score_inputs,
     maskiou_outputs,
     maskiou_training_inputs,
     predicted_mask_probs,
-    scoring_subclass,
 )
-from maskiou.head import MaskIoUHead
+from maskiou.calibration import box_area_share
 from maskiou.loss import mask_iou_loss
-from maskiou.scoring import maskness, rescore
+from maskiou.roi_heads import RoIHeadsAdapter, roi_size_of, split_head_inputs
+from maskiou.scoring import maskness, score_order
 
 
 def full_image_masks(instances: Instances) -> Tuple[Tensor, Tensor]:
@@ -103,6 +103,40 @@ class MaskScoringStandardROIHeads(StandardROIHeads):
     maskiou_loss_weight: float
     maskiou_detach_inputs: bool
 
+    def forward(self, images: ImageList, features: Dict[str, Tensor], proposals: List[Instances],
+                targets: List[Instances] | None = None
+                ) -> Tuple[List[Instances], Dict[str, Tensor]]:
+        """detectron2's ``StandardROIHeads.forward``; in training the box classifier's
+        probabilities of the sampled proposals are kept for the head's score inputs, from the
+        box head's one run (:meth:`_maskiou_training_forward`)."""
+        if self.training:
+            return self._maskiou_training_forward(features, proposals, targets)
+        pred_instances = self._forward_box(features, proposals)
+        return self.forward_with_given_boxes(features, pred_instances), {}
+
+    @torch.jit.unused
+    def _maskiou_training_forward(self, features: Dict[str, Tensor], proposals: List[Instances],
+                                  targets: List[Instances] | None
+                                  ) -> Tuple[List[Instances], Dict[str, Tensor]]:
+        """detectron2's training forward; the box predictor's output is read as it runs (a hook
+        for the duration of ``_forward_box``) and each proposal gets ``maskiou_cls_score``, the
+        probability of its GT class (detached): the head's training score input."""
+        assert targets, "'targets' argument is required during training"
+        proposals = self.label_and_sample_proposals(proposals, targets)
+        seen: List[Any] = []
+        handle = self.box_predictor.register_forward_hook(lambda m, i, out: seen.append(out))
+        try:
+            losses = self._forward_box(features, proposals)
+        finally:
+            handle.remove()
+        with torch.no_grad():
+            probs = self.box_predictor.predict_probs(seen[-1], proposals)
+        for p, inst in zip(probs, proposals):
+            inst.maskiou_cls_score = p[torch.arange(len(inst), device=p.device), inst.gt_classes]
+        losses.update(self._forward_mask(features, proposals))
+        losses.update(self._forward_keypoint(features, proposals))
+        return proposals, losses
+
     def forward_with_given_boxes(self, features: Dict[str, Tensor], instances: List[Instances]
                                  ) -> List[Instances]:
         """detectron2's, without the keypoint branch (the adapter refuses keypoint models):
@@ -115,7 +149,7 @@ class MaskScoringStandardROIHeads(StandardROIHeads):
     def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances]):
         """detectron2's mask branch with the MaskIoU branch: in training a loss dict with
         ``loss_mask`` and ``loss_maskiou``; at inference ``instances`` with ``pred_masks``,
-        ``cls_scores``, ``mask_ious`` and ``maskness`` (and rescored ``scores``)."""
+        ``cls_scores``, ``mask_quality`` and ``maskness`` (and the final ``scores``)."""
         if not self.mask_on:
             return {} if self.training else instances
         if self.training:
@@ -140,26 +174,12 @@ class MaskScoringStandardROIHeads(StandardROIHeads):
             [g[1] for g in gt])
         if self.maskiou_detach_inputs:
             roi_features, probs = roi_features.detach(), probs.detach()
-        score_inputs = None
-        if self.maskiou_head.score_inputs > 0:
-            score_inputs = self._score_inputs(self._training_class_scores(features, fg), probs)
+        score_inputs = head_score_inputs(self.maskiou_head.score_inputs,
+                                         [x.maskiou_cls_score for x in fg], probs)
         pred = self.maskiou_head(roi_features, probs, score_inputs)
         losses["loss_maskiou"] = mask_iou_loss(pred, all_labels + 1, targets,
                                                self.maskiou_loss_weight)
         return losses
-
-    @torch.jit.unused
-    def _training_class_scores(self, features: Dict[str, Tensor], fg: List[Instances]
-                               ) -> List[Tensor]:
-        """The box classifier's probability of each positive proposal's GT class (the head's
-        score input in training; detectron2's ``_forward_box`` does not return it)."""
-        with torch.no_grad():
-            box_features = self.box_pooler([features[f] for f in self.box_in_features],
-                                           [x.proposal_boxes for x in fg])
-            predictions = self.box_predictor(self.box_head(box_features))
-            probs = self.box_predictor.predict_probs(predictions, fg)
-        return [p[torch.arange(len(x), device=p.device), x.gt_classes]
-                for p, x in zip(probs, fg)]
 
     def _maskiou_inference(self, features: Dict[str, Tensor], instances: List[Instances]
                            ) -> List[Instances]:
@@ -171,46 +191,34 @@ class MaskScoringStandardROIHeads(StandardROIHeads):
         mask_rcnn_inference(mask_logits, instances)
         classes = [x.pred_classes for x in instances]
         probs, all_labels = predicted_mask_probs(mask_logits, classes)
-        score_inputs: Tensor | None = None
-        if self.maskiou_head.score_inputs > 0:
-            score_inputs = self._score_inputs([x.scores for x in instances], probs)
+        score_inputs = head_score_inputs(self.maskiou_head.score_inputs,
+                                         [x.scores for x in instances], probs)
         pred = self.maskiou_head(roi_features, probs, score_inputs)
-        ious, mask_maskness = maskiou_outputs(pred, probs, all_labels + 1,
-                                              [len(c) for c in classes])
+        quality, mask_maskness = maskiou_outputs(pred, probs, all_labels + 1,
+                                                 [len(c) for c in classes])
         results: List[Instances] = []
         for i, inst in enumerate(instances):
-            results.append(self._with_maskiou(inst, ious[i], mask_maskness[i]))
+            results.append(self._with_maskiou(inst, quality[i], mask_maskness[i]))
         return results
 
-    def _with_maskiou(self, inst: Instances, ious: Tensor, mask_maskness: Tensor) -> Instances:
-        """``inst`` with ``cls_scores``, ``mask_ious``, ``maskness``; with rescoring, ``scores``
-        = cls x MaskIoU and every field re-sorted by it (ties keep detectron2's order)."""
+    def _with_maskiou(self, inst: Instances, quality: Tensor, mask_maskness: Tensor
+                      ) -> Instances:
+        """``inst`` with ``cls_scores``, ``mask_quality``, ``maskness``; with rescoring,
+        ``scores`` = the final score (the head's calibration of these signals and the box's
+        share of the image) and every field re-sorted by it (ties keep detectron2's order)."""
         scores = inst.scores
         inst.cls_scores = scores
-        inst.mask_ious = ious.to(scores.dtype)
+        inst.mask_quality = quality.to(scores.dtype)
         inst.maskness = mask_maskness.to(scores.dtype)
         if not self.maskiou_rescore:
             return inst
-        new = rescore(scores, inst.mask_ious)
-        order = torch.argsort(new, descending=True, stable=True)
+        final = self.maskiou_head.calibration(
+            scores, inst.mask_quality, inst.maskness,
+            box_area_share(inst.pred_boxes.tensor, inst.image_size)).to(scores.dtype)
+        order = score_order(final)
         out = inst[order]
-        out.scores = new[order]
+        out.scores = final[order]
         return out
-
-    def _score_inputs(self, cls_scores: List[Tensor], probs: Tensor) -> Tensor:
-        """Tensor[N, 2] (classification score, maskness) for a head with score inputs."""
-        cls = torch.cat(cls_scores).to(probs.dtype)
-        return torch.stack([cls, maskness(probs.detach()).to(probs.dtype)], 1)
-
-
-_SCORING_CLASSES: Dict[type, type] = {StandardROIHeads: MaskScoringStandardROIHeads}
-
-
-def scoring_class(base: type) -> type:
-    """The class an attached ``base`` (StandardROIHeads or a subclass) becomes: our
-    ``_forward_mask`` first in the MRO, everything else of ``base`` kept (see
-    :func:`maskiou.branch.scoring_subclass`)."""
-    return scoring_subclass(base, MaskScoringStandardROIHeads, _SCORING_CLASSES, globals())
 
 
 def _model_inputs(model: nn.Module, images: List[Tensor]) -> List[Dict[str, Any]]:
@@ -241,17 +249,22 @@ def _record(inst: Instances) -> Dict[str, Tensor]:
     maskiou's detection record (see ``maskiou.addon.collect``)."""
     out = {"boxes": inst.pred_boxes.tensor, "labels": inst.pred_classes + 1,
            "scores": inst.scores, "masks": inst.pred_masks[:, None].float()}
-    for f in ("cls_scores", "mask_ious", "maskness"):
+    for f in ("cls_scores", "mask_quality", "maskness"):
         if inst.has(f):
             out[f] = inst.get(f)
     return out
 
 
-class Detectron2RCNNAdapter:
-    """Attaches the head to ``model.roi_heads`` of a detectron2 ``GeneralizedRCNN``."""
+class Detectron2RCNNAdapter(RoIHeadsAdapter):
+    """Attaches the head to ``model.roi_heads`` of a detectron2 ``GeneralizedRCNN``: the whole
+    adapter contract (:mod:`maskiou.contract`)."""
 
     name = "detectron2 GeneralizedRCNN (maskiou_integrations.detectron2_rcnn)"
     framework = "detectron2"
+    capabilities = frozenset({"predict", "collect", "load", "convert", "train", "losses",
+                              "cost"})
+    mixin = MaskScoringStandardROIHeads
+    base = StandardROIHeads
 
     def matches(self, model: nn.Module) -> bool:
         return isinstance(model, GeneralizedRCNN)
@@ -261,9 +274,10 @@ class Detectron2RCNNAdapter:
         if not isinstance(rh, StandardROIHeads):
             raise TypeError(f"attach_maskiou_head: model.roi_heads is a {type(rh).__name__}, "
                             "not detectron2's StandardROIHeads; write an adapter for it")
-        if type(rh)._forward_mask is not StandardROIHeads._forward_mask:
-            raise TypeError(f"attach_maskiou_head: {type(rh).__name__} overrides _forward_mask, "
-                            "which the MaskIoU branch replaces; write an adapter for it")
+        for method in ("forward", "_forward_mask", "forward_with_given_boxes"):
+            if getattr(type(rh), method) is not getattr(StandardROIHeads, method):
+                raise TypeError(f"attach_maskiou_head: {type(rh).__name__} overrides {method}, "
+                                "which the MaskIoU branch replaces; write an adapter for it")
         if rh.keypoint_on:
             raise TypeError("attach_maskiou_head: keypoint branches are not supported")
         if not rh.mask_on:
@@ -283,16 +297,10 @@ class Detectron2RCNNAdapter:
         if len(channels) != 1:
             raise TypeError(f"attach_maskiou_head: the mask features {rh.mask_in_features} "
                             f"have different channel counts {sorted(channels)}")
-        size = rh.mask_pooler.output_size
-        roi_size = size[0] if isinstance(size, (tuple, list)) else int(size)
         return {"in_channels": channels.pop(), "num_classes": rh.num_classes + 1,
-                "roi_size": roi_size}
+                "roi_size": roi_size_of(rh.mask_pooler.output_size)}
 
-    def install(self, model: nn.Module, head: MaskIoUHead, config: MaskIoUConfig) -> None:
-        model.roi_heads.__class__ = scoring_class(type(model.roi_heads))
-        install_head(model.roi_heads, head, config)
-
-    def load_detector(self, detector: Dict[str, Any]) -> nn.Module:
+    def load_detector(self, detector: Mapping[str, Any]) -> nn.Module:
         """The plain detectron2 model a maskiou checkpoint describes (``"config"``: the full
         detectron2 config as YAML), random weights, on the CPU, in eval mode; its test-time
         resize (``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``) kept for :meth:`predict`."""
@@ -329,11 +337,37 @@ class Detectron2RCNNAdapter:
             raw = model.inference(inputs, do_postprocess=False)
         return raw, inputs
 
+    def losses(self, model: nn.Module, images: List[Tensor],
+               targets: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+        """detectron2's training forward on maskiou's images and targets, as they are (no
+        resize): each target becomes the image's ``Instances`` (``gt_boxes``, ``gt_classes`` =
+        label - 1, ``gt_masks`` as ``BitMasks``)."""
+        from detectron2.structures import Boxes
+        from detectron2.utils.events import EventStorage, get_event_storage
+
+        inputs = []
+        for img, t in zip(images, targets):
+            h, w = int(img.shape[-2]), int(img.shape[-1])
+            x = img * 255.0
+            if getattr(model, "input_format", "BGR") == "BGR":
+                x = x.flip(0)
+            inst = Instances((h, w), gt_boxes=Boxes(t["boxes"].float()),
+                             gt_classes=t["labels"].to(torch.int64) - 1,
+                             gt_masks=BitMasks(t["masks"].bool()))
+            inputs.append({"image": x, "height": h, "width": w, "instances": inst})
+        model.train()
+        try:  # inside detectron2's trainer: its event storage
+            get_event_storage()
+        except AssertionError:
+            with EventStorage(0):
+                return model(inputs)
+        return model(inputs)
+
     def predict(self, model: nn.Module, images: List[Tensor]) -> List[Dict[str, Tensor]]:
         """Run ``model`` (eval mode, no grad) on maskiou's images and return, per image, its
         detections as maskiou's records: ``boxes`` xyxy, ``labels`` (1..K), ``scores``,
         ``masks`` Tensor[n, 1, H, W] (detectron2's pasted, binarized masks), and with a head
-        ``cls_scores``, ``mask_ious``, ``maskness``; a plain model gets ``maskness`` from its
+        ``cls_scores``, ``mask_quality``, ``maskness``; a plain model gets ``maskness`` from its
         mask probabilities."""
         raw, inputs = self._run(model, images)
         out = []
@@ -349,15 +383,14 @@ class Detectron2RCNNAdapter:
         ``mask_probs`` Tensor[n, M, M]. The add-on's collection pass calls this."""
         with head_inputs_recorded(model.roi_heads) as seen:
             raw, inputs = self._run(model, images)
-        features, probs = seen[-1]
-        sizes = [len(inst) for inst in raw]
+        head_inputs = split_head_inputs(seen, [len(inst) for inst in raw])
         out = []
-        for inst, x, f, p in zip(raw, inputs, features.split(sizes), probs.split(sizes)):
+        for inst, x, (f, p) in zip(raw, inputs, head_inputs):
             inst.maskiou_row = torch.arange(len(inst), device=f.device)
             kept = detector_postprocess(inst, x["height"], x["width"])
             rec = _record(kept)
             rec["scores"] = rec.pop("cls_scores")
-            rec.pop("mask_ious")
+            rec.pop("mask_quality")
             rows = kept.maskiou_row
             rec["roi_features"], rec["mask_probs"] = f[rows], p[rows]
             out.append(rec)

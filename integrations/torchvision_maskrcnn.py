@@ -11,7 +11,7 @@ detector loads into the attached model with ``strict=False`` (only ``roi_heads.m
 is new), and the attached model still scripts with TorchScript.
 """
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -24,17 +24,15 @@ from torchvision.models.detection.roi_heads import (
 )
 
 from maskiou.branch import (
-    MaskIoUConfig,
-    head_inputs_recorded,
-    install_head,
+    head_score_inputs,
     maskiou_outputs,
     maskiou_training_inputs,
     predicted_mask_probs,
-    scoring_subclass,
 )
-from maskiou.head import MaskIoUHead
+from maskiou.calibration import box_area_share
 from maskiou.loss import mask_iou_loss
-from maskiou.scoring import add_maskiou_outputs, maskness
+from maskiou.roi_heads import RoIHeadsAdapter, records_with_head_inputs, roi_size_of
+from maskiou.scoring import add_maskiou_outputs
 
 
 class MaskScoringRoIHeads(RoIHeads):
@@ -53,7 +51,7 @@ class MaskScoringRoIHeads(RoIHeads):
         targets: List[Dict[str, Tensor]] | None = None,
     ) -> Tuple[List[Dict[str, Tensor]], Dict[str, Tensor]]:
         """``RoIHeads.forward`` with the MaskIoU branch: ``loss_maskiou`` in training;
-        ``cls_scores``, ``mask_ious``, ``maskness`` (and rescored ``scores``) at inference."""
+        ``cls_scores``, ``mask_quality``, ``maskness`` (and the final ``scores``) at inference."""
         if targets is not None:
             for t in targets:
                 if not t["boxes"].is_floating_point():
@@ -121,46 +119,37 @@ class MaskScoringRoIHeads(RoIHeads):
             head_features = roi_features
             if self.maskiou_detach_inputs:
                 head_features, probs = roi_features.detach(), probs.detach()
-            pred = self.maskiou_head(head_features, probs, self._score_inputs(pos_scores, probs))
+            pred = self.maskiou_head(head_features, probs,
+                                     head_score_inputs(self.maskiou_head.score_inputs, pos_scores,
+                                                       probs))
             losses["loss_maskiou"] = mask_iou_loss(pred, all_labels, iou_targets,
                                                    self.maskiou_loss_weight)
         else:
             probs, all_labels = predicted_mask_probs(mask_logits, pos_labels)
-            pred = self.maskiou_head(roi_features, probs, self._score_inputs(pos_scores, probs))
-            ious, mask_maskness = maskiou_outputs(pred, probs, all_labels,
-                                                  [x.shape[0] for x in pos_labels])
+            pred = self.maskiou_head(roi_features, probs,
+                                     head_score_inputs(self.maskiou_head.score_inputs, pos_scores,
+                                                       probs))
+            quality, mask_maskness = maskiou_outputs(pred, probs, all_labels,
+                                                     [x.shape[0] for x in pos_labels])
             masks = maskrcnn_inference(mask_logits, pos_labels)
             for i, r in enumerate(result):
                 r["masks"] = masks[i]
-                add_maskiou_outputs(r, ious[i], mask_maskness[i], self.maskiou_rescore)
+                final = self.maskiou_head.calibration(
+                    r["scores"], quality[i], mask_maskness[i],
+                    box_area_share(r["boxes"], image_shapes[i]))
+                add_maskiou_outputs(r, quality[i], mask_maskness[i], self.maskiou_rescore, final)
         return result, losses
 
-    def _score_inputs(self, cls_scores: List[Tensor], probs: Tensor) -> Tensor | None:
-        """Tensor[N, 2] (classification score, maskness) for a head with score inputs."""
-        if self.maskiou_head.score_inputs == 0:
-            return None
-        scores = torch.cat(cls_scores)  # one Tensor per image: never an empty list
-        # dtype: the class probabilities are float32; under AMP the probabilities are not (stack
-        # would promote them anyway: one dtype, stated)
-        cls = scores.to(probs.dtype)  # pragma: no mutate (stack promotes)
-        mask = maskness(probs.detach()).to(probs.dtype)  # pragma: no mutate (stack promotes)
-        return torch.stack([cls, mask], 1)
 
-
-_SCORING_CLASSES: Dict[type, type] = {RoIHeads: MaskScoringRoIHeads}
-
-
-def scoring_class(base: type) -> type:
-    """The class an attached ``base`` (``RoIHeads`` or a subclass) becomes: our ``forward``
-    first in the MRO, every other method of ``base`` kept (see
-    :func:`maskiou.branch.scoring_subclass`)."""
-    return scoring_subclass(base, MaskScoringRoIHeads, _SCORING_CLASSES, globals())
-
-
-class TorchvisionMaskRCNNAdapter:
-    """Attaches the head to ``model.roi_heads`` of a torchvision ``MaskRCNN``."""
+class TorchvisionMaskRCNNAdapter(RoIHeadsAdapter):
+    """Attaches the head to ``model.roi_heads`` of a torchvision ``MaskRCNN``: the whole
+    adapter contract (:mod:`maskiou.contract`)."""
 
     name = "torchvision MaskRCNN (maskiou_integrations.torchvision_maskrcnn)"
+    framework = "torchvision"
+    capabilities = frozenset({"predict", "collect", "load", "losses", "cost"})
+    mixin = MaskScoringRoIHeads
+    base = RoIHeads
 
     def matches(self, model: nn.Module) -> bool:
         return isinstance(model, MaskRCNN)
@@ -183,13 +172,22 @@ class TorchvisionMaskRCNNAdapter:
         channels = getattr(model.backbone, "out_channels", None)
         if channels is None:
             raise TypeError("attach_maskiou_head: model.backbone has no out_channels")
-        size = getattr(rh.mask_roi_pool, "output_size", (14, 14))
-        roi_size = size[0] if isinstance(size, (tuple, list)) else int(size)
+        roi_size = roi_size_of(getattr(rh.mask_roi_pool, "output_size", (14, 14)))
         return {"in_channels": int(channels), "num_classes": num_classes, "roi_size": roi_size}
 
-    def install(self, model: nn.Module, head: MaskIoUHead, config: MaskIoUConfig) -> None:
-        model.roi_heads.__class__ = scoring_class(type(model.roi_heads))
-        install_head(model.roi_heads, head, config)
+    def load_detector(self, detector: Mapping[str, Any]) -> nn.Module:
+        """The plain Mask R-CNN a checkpoint's ``"detector"`` entry describes: ``"config"``,
+        the ``maskiou.models.config.TrainConfig`` of maskiou's own recipe (how it was built),
+        and ``"num_classes"`` (with the background); random weights, CPU, eval mode."""
+        from maskiou.models.load import build_detector
+
+        return build_detector(detector["config"], int(detector["num_classes"])).eval()
+
+    def losses(self, model: nn.Module, images: List[Tensor],
+               targets: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+        """torchvision's own training forward: its targets are maskiou's."""
+        model.train()
+        return model(images, targets)
 
     def predict(self, model: nn.Module, images: List[Tensor]) -> List[Dict[str, Tensor]]:
         """The model's own output (eval mode, no grad): torchvision's detection dicts are
@@ -208,12 +206,4 @@ class TorchvisionMaskRCNNAdapter:
         inputs beside them: ``roi_features`` Tensor[n, C, S, S] (``mask_roi_pool``'s output)
         and ``mask_probs`` Tensor[n, M, M] (the predicted class's mask probabilities). The
         add-on's collection pass calls this (``maskiou.addon.collect``)."""
-        with head_inputs_recorded(model.roi_heads) as seen:
-            outputs = model(images)
-        features, probs = seen[-1]
-        sizes = [len(o["boxes"]) for o in outputs]
-        for out, f, p in zip(outputs, features.split(sizes), probs.split(sizes)):
-            out["scores"] = out.pop("cls_scores")
-            out.pop("mask_ious")
-            out["roi_features"], out["mask_probs"] = f, p
-        return outputs
+        return records_with_head_inputs(model.roi_heads, lambda: model(images))

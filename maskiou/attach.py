@@ -1,14 +1,8 @@
 """``attach_maskiou_head``: find the adapter for a model and install the MaskIoU head in it.
 
-An adapter is any object with four members (see the README, "Write an adapter"):
-
-- ``name: str``, shown in error messages;
-- ``matches(model) -> bool``;
-- ``head_defaults(model) -> dict``: the head arguments the model implies
-  (``in_channels``, ``num_classes``, ``roi_size``);
-- ``install(model, head, config) -> None``: put the head and the :class:`MaskIoUConfig` values in
-  the model and make its forward add ``loss_maskiou`` in training and ``cls_scores``,
-  ``mask_ious``, ``maskness`` (and rescored ``scores``) at inference, with :mod:`maskiou.branch`.
+An adapter implements the contract of :mod:`maskiou.contract` (the members every adapter has,
+and the optional capabilities it declares); :func:`maskiou.check_adapter` runs it against a
+model.
 
 Adapters are plugins. A package ships one by declaring an entry point in the group
 ``maskiou.adapters`` (``name = "package.module:AdapterClass"``, a class or an instance); the
@@ -21,27 +15,14 @@ from __future__ import annotations
 
 import warnings
 from importlib.metadata import entry_points
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .branch import MaskIoUConfig
+from .contract import Adapter, AdapterContractError, missing_members, require
 from .head import MaskIoUHead
-
-
-@runtime_checkable
-class Adapter(Protocol):
-    """What ``attach_maskiou_head`` needs to know about a detector family."""
-
-    name: str
-
-    def matches(self, model: nn.Module) -> bool: ...
-
-    def head_defaults(self, model: nn.Module) -> dict[str, Any]: ...
-
-    def install(self, model: nn.Module, head: MaskIoUHead, config: MaskIoUConfig) -> None: ...
-
 
 ENTRY_POINT_GROUP = "maskiou.adapters"
 _registered: list[Adapter] = []
@@ -50,9 +31,10 @@ _registered: list[Adapter] = []
 def register_adapter(adapter: Adapter) -> Adapter:
     """Make ``attach_maskiou_head`` recognise another detector family, ahead of the adapters
     found through entry points. Returns ``adapter``."""
-    if not isinstance(adapter, Adapter):
-        raise TypeError(f"{adapter!r} is not an adapter: it needs name, matches, head_defaults "
-                        "and install (see maskiou.attach.Adapter)")
+    missing = missing_members(adapter)
+    if missing:
+        raise AdapterContractError(f"{adapter!r} is not an adapter: it lacks "
+                                   f"{'; '.join(missing)} (see maskiou.contract)")
     _registered.insert(0, adapter)
     return adapter
 
@@ -75,12 +57,13 @@ def entry_point_adapters(failed: list[str] | None = None) -> list[Adapter]:
                 failed.append(f"{ep.name} = {ep.value} ({type(e).__name__}: {e})")
             continue
         adapter = obj() if isinstance(obj, type) else obj
-        if isinstance(adapter, Adapter):
+        missing = missing_members(adapter)
+        if not missing:
             adapters.append(adapter)
         else:
             warnings.warn(f"entry point {ep.name} = {ep.value} in {ENTRY_POINT_GROUP} is not an "
-                          "adapter (needs name, matches, head_defaults, install); ignored",
-                          stacklevel=2)
+                          f"adapter (it lacks {'; '.join(missing)}; see maskiou.contract); "
+                          "ignored", stacklevel=2)
     return adapters
 
 
@@ -107,9 +90,9 @@ def find_adapter(model: nn.Module) -> Adapter:
     broken = _failed_note(failed)
     raise TypeError(
         f"attach_maskiou_head: no adapter for {type(model).__module__}.{type(model).__name__}. "
-        f"Adapters available: {names}.{broken} To support another RoI-based segmenter, write an "
-        "object with name, matches(model), head_defaults(model) and install(model, head, config) "
-        "(see examples/custom_adapter.py) and pass it as adapter=..., call "
+        f"Adapters available: {names}.{broken} To support another segmenter, write an adapter "
+        "(the contract: maskiou.contract; checked by maskiou.check_adapter; an example: "
+        "examples/custom_adapter.py) and pass it as adapter=..., call "
         "maskiou.register_adapter(...), or declare it as an entry point in the group "
         f"'{ENTRY_POINT_GROUP}'."
     )
@@ -119,17 +102,18 @@ class UnknownFrameworkError(LookupError):
     """No installed adapter handles the models of a framework a checkpoint or a flag names."""
 
 
-def framework_adapter(framework: str) -> Any:
-    """The adapter that rebuilds models of ``framework`` from a maskiou checkpoint (its
-    ``framework`` attribute, with a ``load_detector(checkpoint)`` method), or an
-    :class:`UnknownFrameworkError` naming what is installed."""
+def framework_adapter(framework: str, capability: str = "load", needed_for: str = "") -> Adapter:
+    """The adapter of ``framework`` (its ``framework`` attribute, as checkpoints record it)
+    that declares ``capability`` (default ``"load"``: it rebuilds the models of maskiou
+    checkpoints), or an :class:`UnknownFrameworkError` naming what is installed (an
+    :class:`~maskiou.contract.AdapterContractError` when the framework's adapter lacks the
+    capability)."""
     failed: list[str] = []
     adapters = available_adapters(failed)
-    for adapter in adapters:
-        if getattr(adapter, "framework", None) == framework and hasattr(adapter,
-                                                                        "load_detector"):
-            return adapter
-    known = ", ".join(sorted({getattr(a, "framework", a.name) for a in adapters})) or "none"
+    mine = [a for a in adapters if a.framework == framework]
+    if mine:
+        return require(mine[0], capability, needed_for)
+    known = ", ".join(sorted({a.framework for a in adapters})) or "none"
     broken = _failed_note(failed)
     raise UnknownFrameworkError(f"no adapter loads {framework} models (frameworks available: "
                                 f"{known}).{broken} Is {framework} installed?")
@@ -219,7 +203,7 @@ def attach_maskiou_head(
         freeze_detector: add-on mode: every parameter the detector had is frozen and its norm
             layers stay in eval behaviour; only the head trains.
         rescore_outputs: at inference ``scores`` = cls score x predicted MaskIoU (the original
-            scores stay in ``cls_scores``, the IoUs in ``mask_ious``).
+            scores stay in ``cls_scores``, the head's output in ``mask_quality``).
         loss_weight: weight of ``loss_maskiou`` (paper: 1).
         detach_inputs: keep the MaskIoU loss out of the RoI features and the mask branch.
         adapter: use this adapter instead of looking one up.
@@ -231,7 +215,13 @@ def attach_maskiou_head(
     """
     if find_maskiou_head(model) is not None:
         raise ValueError("attach_maskiou_head: this model already has a MaskIoU head")
-    adapter = adapter or find_adapter(model)
+    if adapter is None:
+        adapter = find_adapter(model)
+    else:
+        missing = missing_members(adapter)
+        if missing:
+            raise AdapterContractError(f"{adapter!r} is not an adapter: it lacks "
+                                       f"{'; '.join(missing)} (see maskiou.contract)")
     kwargs = {**adapter.head_defaults(model), **head_kwargs}
     if freeze_detector:
         freeze_model(model)

@@ -6,43 +6,28 @@ tensor work is here, in functions TorchScript can compile (a scripted ``forward`
 module to a free function, so the adapter calls the head itself between them):
 
 - training: ``probs, targets, labels = maskiou_training_inputs(...)``, then
-  ``mask_iou_loss(head(roi_features, probs), labels, targets, weight)``;
-- inference: ``probs = predicted_mask_probs(...)``, then
-  ``maskiou_outputs(head(roi_features, probs), probs, labels, sizes)``, then
-  :func:`maskiou.scoring.add_maskiou_outputs` on each image's result.
+  ``mask_iou_loss(head(roi_features, probs, head_score_inputs(head.score_inputs, cls, probs)),
+  labels, targets, weight)``;
+- inference: ``probs, labels = predicted_mask_probs(...)``, then
+  ``maskiou_outputs(head(roi_features, probs, head_score_inputs(...)), probs, labels, sizes)``,
+  then :func:`maskiou.scoring.add_maskiou_outputs` on each image's result.
 
 :func:`maskiou_training_loss` and :func:`maskiou_inference` chain the same steps for adapters
-written in plain Python (see ``examples/custom_adapter.py``).
+written in plain Python (see ``examples/custom_adapter.py``). What adapters of RoI-head
+detectors also share (the class swap, the install, the head's recorded inputs for the add-on)
+is at the end of this module and in :mod:`maskiou.roi_heads`.
 """
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from .configs import MaskIoUConfig
 from .loss import mask_iou_loss, select_class
 from .scoring import maskness
 from .targets import mask_iou_targets
-
-
-@dataclass
-class MaskIoUConfig:
-    """Behaviour of an attached head (not its architecture: that is the head's own arguments).
-
-    Attributes:
-        rescore_outputs: replace each detection's ``scores`` by cls score x predicted IoU.
-        loss_weight: weight of ``loss_maskiou``.
-        detach_inputs: stop the MaskIoU loss from flowing into the RoI features and the mask
-            branch (the paper trains end to end, so the default is False).
-        freeze_detector: only the head trains (set by ``attach_maskiou_head``).
-    """
-
-    rescore_outputs: bool = True
-    loss_weight: float = 1.0
-    detach_inputs: bool = False
-    freeze_detector: bool = False
 
 
 def select_masks(mask_logits: Tensor, labels: Tensor) -> Tensor:
@@ -109,6 +94,38 @@ def predicted_mask_probs(mask_logits: Tensor, labels: List[Tensor]) -> Tuple[Ten
     return select_masks(mask_logits, all_labels).sigmoid(), all_labels
 
 
+def score_features(cls_scores: Tensor, mask_maskness: Tensor) -> Tensor:
+    """The head's score inputs from their two signals: Tensor[N] each -> Tensor[N, 2]
+    (classification score, maskness), in the dtype of ``cls_scores``."""
+    return torch.stack([cls_scores, mask_maskness.to(cls_scores.dtype)], 1)
+
+
+def head_score_inputs(num_inputs: int, cls_scores: List[Tensor], probs: Tensor
+                      ) -> Tensor | None:
+    """What a head with ``num_inputs`` score inputs (``head.score_inputs``) takes beside its RoI
+    features and masks: None for a head without them (0, the paper's), else Tensor[N, 2], the
+    classification score of each RoI's class and the maskness of its mask (computed from
+    ``probs`` without gradient), in the dtype of ``probs``.
+
+    Args:
+        num_inputs: 0 or 2.
+        cls_scores: per image, Tensor[n_i], the class confidence of each RoI (training: of its
+            GT class; inference: of its predicted class), in the order of ``probs``' rows.
+        probs: Tensor[N, M, M], the head's mask input.
+    """
+    if num_inputs == 0:
+        return None
+    if num_inputs != 2:
+        raise ValueError(f"a head with {num_inputs} score inputs: maskiou computes 2 (class "
+                         "score, maskness)")
+    if len(cls_scores) == 0:
+        return probs.new_zeros((0, 2))
+    scores = torch.cat(cls_scores)
+    if scores.shape[0] != probs.shape[0]:
+        raise ValueError(f"{scores.shape[0]} class scores for {probs.shape[0]} RoIs")
+    return score_features(scores.to(probs.dtype), maskness(probs.detach()).to(probs.dtype))
+
+
 def maskiou_outputs(pred_ious: Tensor, probs: Tensor, labels: Tensor, sizes: List[int]
                     ) -> Tuple[List[Tensor], List[Tensor]]:
     """Per image, the predicted MaskIoU of each detection's class and its maskness.
@@ -139,6 +156,7 @@ def maskiou_training_loss(
     proposals: List[Tensor],
     gt_masks: List[Tensor],
     matched_idxs: List[Tensor],
+    cls_scores: List[Tensor] | None = None,
     loss_weight: float = 1.0,
     detach_inputs: bool = False,
 ) -> Tensor:
@@ -149,6 +167,8 @@ def maskiou_training_loss(
         roi_features: Tensor[N, C, S, S], RoI features of all images, in image order.
         mask_logits, labels, proposals, gt_masks, matched_idxs: see
             :func:`maskiou_training_inputs`.
+        cls_scores: per image, Tensor[n_i], the box classifier's probability of each RoI's GT
+            class; needed by a head with score inputs (the add-on's), else ignored.
         loss_weight: weight of the loss.
         detach_inputs: keep the loss out of the RoI features and the mask branch.
 
@@ -159,11 +179,23 @@ def maskiou_training_loss(
                                                          matched_idxs)
     if detach_inputs:
         roi_features, probs = roi_features.detach(), probs.detach()
-    return mask_iou_loss(head(roi_features, probs), all_labels, targets, loss_weight)
+    extra = head_score_inputs(head.score_inputs, _needed(cls_scores, head), probs)
+    return mask_iou_loss(head(roi_features, probs, extra), all_labels, targets, loss_weight)
+
+
+def _needed(cls_scores: List[Tensor] | None, head: nn.Module) -> List[Tensor]:
+    """``cls_scores``, which a head with score inputs cannot do without."""
+    if cls_scores is None:
+        if head.score_inputs:
+            raise ValueError("this MaskIoU head takes each RoI's class score as an input "
+                             "(score_inputs=2): pass cls_scores")
+        return []
+    return cls_scores
 
 
 def maskiou_inference(head: nn.Module, roi_features: Tensor, mask_logits: Tensor,
-                      labels: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+                      labels: List[Tensor], cls_scores: List[Tensor] | None = None
+                      ) -> Tuple[List[Tensor], List[Tensor]]:
     """Predicted MaskIoU and maskness of each detection's predicted class, in one call.
 
     Args:
@@ -171,13 +203,16 @@ def maskiou_inference(head: nn.Module, roi_features: Tensor, mask_logits: Tensor
         roi_features: Tensor[N, C, S, S], RoI features of the final detections of all images.
         mask_logits: Tensor[N, K, M, M], their mask logits.
         labels: per image, Tensor[n_i] int64, the predicted classes.
+        cls_scores: per image, Tensor[n_i], each detection's class confidence; needed by a head
+            with score inputs, else ignored.
 
     Returns:
         (per image Tensor[n_i] IoUs in [0, 1], per image Tensor[n_i] maskness), float32 (float64
         for a float64 model): see :func:`maskiou_outputs`.
     """
     probs, all_labels = predicted_mask_probs(mask_logits, labels)
-    return maskiou_outputs(head(roi_features, probs), probs, all_labels,
+    extra = head_score_inputs(head.score_inputs, _needed(cls_scores, head), probs)
+    return maskiou_outputs(head(roi_features, probs, extra), probs, all_labels,
                            [x.shape[0] for x in labels])
 
 

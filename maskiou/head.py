@@ -6,16 +6,16 @@ predicted mask probability of the target class, max-pooled to the RoI feature's 
 """
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Fusion = Literal["concat", "multiply", "mask", "roi"]
-FUSIONS: tuple[str, ...] = ("concat", "multiply", "mask", "roi")
+from .calibration import ScoreCalibration
+from .configs import FUSIONS, Fusion, HeadConfig
 
+__all__ = ["FUSIONS", "Fusion", "HeadConfig", "MaskIoUHead"]
 
 class MaskIoUHead(nn.Module):
     """Predicts the mask IoU of each RoI for each class.
@@ -31,23 +31,9 @@ class MaskIoUHead(nn.Module):
         mask_size: side M of the mask probabilities (28 for torchvision); when M is a multiple
             of S the mask is max-pooled with a fixed M/S x M/S kernel (2 x 2 in the paper),
             which exports to ONNX, else adaptively to S x S.
-        conv_channels: channels of the four convolutions.
-        reduce_channels: 0 (the paper) or the channels of a 1x1 convolution put before the 3x3
-            ones: a light head whose cost hardly depends on ``in_channels`` (for CPUs).
-        num_convs: number of convolutions; the last one has stride 2.
-        fc_dim: width of the two hidden fully connected layers.
-        fusion: how the mask enters the head, the cases of the paper's table 4:
-            ``"concat"`` (a, default) concatenates the pooled mask to the RoI feature;
-            ``"multiply"`` (b) multiplies the RoI feature by it; ``"mask"`` (e) uses the mask only;
-            ``"roi"`` (f) uses the RoI feature only.
-        mask_features: 0 (the paper) or the channels of a learned 3x3 stride-2 convolution of
-            the full-resolution M x M mask probabilities, concatenated to the head's input
-            beside the max-pooled mask (max pooling keeps where the mask is, not how sure the
-            mask branch is about its edges).
-        score_inputs: number of per-RoI scores the head also sees (0 in the paper; 2 for the
-            classification score and the maskness), appended to the second FC layer's input.
-        output: ``"linear"`` (the paper: raw regression, clamped to [0, 1] when used) or
-            ``"sigmoid"`` (for a BCE loss on the IoU).
+        config: the architecture options (:class:`HeadConfig`), or give them one by one as
+            keyword arguments (``conv_channels=64, fusion="concat", ...``); an unknown or
+            invalid option raises with one line.
     """
 
     def __init__(
@@ -57,22 +43,21 @@ class MaskIoUHead(nn.Module):
         *,
         roi_size: int = 14,
         mask_size: int = 0,
-        conv_channels: int = 256,
-        reduce_channels: int = 0,
-        num_convs: int = 4,
-        fc_dim: int = 1024,
-        fusion: Fusion = "concat",
-        mask_features: int = 0,
-        score_inputs: int = 0,
-        output: str = "linear",
+        config: HeadConfig | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-        if output not in ("linear", "sigmoid"):
-            raise ValueError(f"output must be 'linear' or 'sigmoid', got {output!r}")
-        if num_convs < 1:
-            raise ValueError(f"num_convs must be >= 1, got {num_convs}")
+        if config is not None and options:
+            raise TypeError("MaskIoUHead: give config= or options, not both")
+        unknown = sorted(options.keys() - {f.name for f in dataclasses.fields(HeadConfig)})
+        if unknown:
+            raise TypeError(f"MaskIoUHead: unknown option(s) {', '.join(unknown)}; the options "
+                            "are HeadConfig's fields")
+        cfg = config if config is not None else HeadConfig(**options)
+        self.config = cfg
+        fusion, mask_features, score_inputs = cfg.fusion, cfg.mask_features, cfg.score_inputs
+        conv_channels, reduce_channels, num_convs = (cfg.conv_channels, cfg.reduce_channels,
+                                                     cfg.num_convs)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.roi_size = roi_size
@@ -81,7 +66,11 @@ class MaskIoUHead(nn.Module):
         self.mask_pool = self.mask_size // roi_size if self.mask_size % roi_size == 0 else 0
         self.fusion = fusion
         self.score_inputs = score_inputs
-        self.sigmoid_output = output == "sigmoid"
+        self.sigmoid_output = cfg.output == "sigmoid"
+        self.target = cfg.target
+        # the final score of a detection from its signals (fitted by the add-on; until then
+        # cls x the head's output): tensors, so checkpoints, TorchScript and ONNX carry it
+        self.calibration = ScoreCalibration()
         first = {"concat": in_channels + 1, "multiply": in_channels, "mask": 1, "roi": in_channels}
         convs = []
         channels = first[fusion] + mask_features
@@ -100,9 +89,9 @@ class MaskIoUHead(nn.Module):
             channels = conv_channels
         self.convs = nn.ModuleList(convs)
         out_size = (roi_size + 1) // 2
-        self.fc1 = nn.Linear(conv_channels * out_size * out_size, fc_dim)
-        self.fc2 = nn.Linear(fc_dim + score_inputs, fc_dim)
-        self.predictor = nn.Linear(fc_dim, num_classes)
+        self.fc1 = nn.Linear(conv_channels * out_size * out_size, cfg.fc_dim)
+        self.fc2 = nn.Linear(cfg.fc_dim + score_inputs, cfg.fc_dim)
+        self.predictor = nn.Linear(cfg.fc_dim, num_classes)
         extra = [c for c in (self.reduce, self.mask_conv) if c is not None]
         for conv in [*self.convs, *extra]:
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
@@ -163,36 +152,4 @@ class MaskIoUHead(nn.Module):
         if self.sigmoid_output:
             x = torch.sigmoid(x)
         return x
-
-
-@dataclass
-class HeadConfig:
-    """The architecture of a :class:`MaskIoUHead` as a model's config records it: one definition
-    shared by the end-to-end trainer (``TrainConfig.maskiou_head``) and the add-on
-    (``AddonConfig.head``). The rest of the head's arguments (``in_channels``, ``num_classes``,
-    ``roi_size``) come from the detector, through its adapter. Defaults: the paper's head."""
-
-    conv_channels: int = 256
-    reduce_channels: int = 0
-    num_convs: int = 4
-    fc_dim: int = 1024
-    fusion: str = "concat"
-    mask_features: int = 0
-    score_inputs: int = 0
-    output: str = "linear"
-
-    def kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :class:`MaskIoUHead` (and of ``attach_maskiou_head``)."""
-        return dataclasses.asdict(self)
-
-    @staticmethod
-    def pop_from(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        """Remove the ``<prefix><field>`` entries of a flat config dict (as configs written
-        before :class:`HeadConfig` stored them) and return them as ``{field: value}``; a
-        boolean ``score_inputs`` (the old add-on switch) becomes 2 or 0."""
-        out = {f.name: values.pop(prefix + f.name) for f in dataclasses.fields(HeadConfig)
-               if prefix + f.name in values}
-        if isinstance(out.get("score_inputs"), bool):
-            out["score_inputs"] = 2 if out["score_inputs"] else 0
-        return out
 

@@ -28,10 +28,12 @@ AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 class Detections:
     """All detections of a dataset split, flattened: arrays of length N (RLEs a list).
 
-    ``cls_scores``: the detector's class confidence; ``pred_ious``: the head's predicted MaskIoU
-    (1 for a model without a head); ``maskness``: :func:`maskiou.maskness` of each mask;
-    ``labels``: the model's contiguous labels (``category_ids`` are the dataset's ids);
-    ``rel_areas``: box area / image area.
+    ``cls_scores``: the detector's class confidence; ``pred_ious``: the head's output, the
+    model's ``mask_quality`` (1 for a model without a head); ``maskness``:
+    :func:`maskiou.maskness` of each mask; ``labels``: the model's contiguous labels
+    (``category_ids`` are the dataset's ids); ``rel_areas``: box area / image area;
+    ``scores``: the score the model returned (its final score; the class confidence for a model
+    without a head).
     """
 
     image_ids: np.ndarray
@@ -43,9 +45,10 @@ class Detections:
     maskness: np.ndarray
     labels: np.ndarray
     rel_areas: np.ndarray
+    scores: np.ndarray
 
     ARRAYS = ("image_ids", "category_ids", "boxes_xywh", "cls_scores", "pred_ious", "maskness",
-              "labels", "rel_areas")
+              "labels", "rel_areas", "scores")
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -54,7 +57,7 @@ class Detections:
     def empty() -> Detections:
         return Detections(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), [],
                           np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, np.int64),
-                          np.zeros(0))
+                          np.zeros(0), np.zeros(0))
 
     @staticmethod
     def concat(parts: list[Detections]) -> Detections:
@@ -89,15 +92,16 @@ def output_to_detections(output: dict[str, torch.Tensor], image_id: int,
 
     Args:
         output: boxes Tensor[n, 4] xyxy, labels Tensor[n], masks Tensor[n, 1, H, W]
-            probabilities, ``cls_scores``, ``mask_ious`` and ``maskness`` Tensor[n]. A model
-            without the head has only ``scores``: the predicted IoU is then taken as 1 and the
+            probabilities, ``cls_scores``, ``mask_quality`` and ``maskness`` Tensor[n]. A model
+            without the head has only ``scores``: the head's output is then taken as 1 and the
             maskness is computed from the pasted masks (the same quantity up to resampling).
+            ``scores`` (the model's final score) is kept as it is.
     """
     n = len(output["boxes"])
     boxes = output["boxes"].detach().float().cpu().numpy().reshape(n, 4)
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
     cls = output.get("cls_scores", output["scores"]).detach().float().cpu().numpy()
-    pred = output["mask_ious"].detach().float().cpu().numpy() if "mask_ious" in output \
+    pred = output["mask_quality"].detach().float().cpu().numpy() if "mask_quality" in output \
         else np.ones(n)
     probs = output["masks"][:, 0]
     mk = output["maskness"] if "maskness" in output else maskness(probs, mask_threshold)
@@ -109,6 +113,7 @@ def output_to_detections(output: dict[str, torch.Tensor], image_id: int,
         xywh, encode_masks(probs > mask_threshold), cls, pred,
         mk.detach().float().cpu().numpy(), labels,
         (xywh[:, 2] * xywh[:, 3]) / float(height * width),
+        output["scores"].detach().float().cpu().numpy(),
     )
 
 

@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 
 
-def rescore(cls_scores: Tensor, mask_ious: Tensor) -> Tensor:
-    """``cls_scores * clamp(mask_ious, 0, 1)``; both Tensor[N] -> Tensor[N]."""
-    return cls_scores * mask_ious.clamp(0.0, 1.0).to(cls_scores.dtype)
+def rescore(cls_scores: Tensor, quality: Tensor) -> Tensor:
+    """``cls_scores * clamp(quality, 0, 1)`` (the paper's rescoring, with the head's output);
+    both Tensor[N] -> Tensor[N]."""
+    return cls_scores * quality.clamp(0.0, 1.0).to(cls_scores.dtype)
 
 
 def maskness(mask_probs: Tensor, threshold: float = 0.5) -> Tensor:
@@ -44,34 +45,48 @@ def maskness(mask_probs: Tensor, threshold: float = 0.5) -> Tensor:
     return (probs * on).sum((-2, -1)) / area.clamp(min=1.0)
 
 
-def add_maskiou_outputs(result: Dict[str, Tensor], mask_ious: Tensor, mask_maskness: Tensor,
-                        rescore_outputs: bool) -> None:
-    """Add ``cls_scores``, ``mask_ious`` and ``maskness`` to one image's detections, in place.
+def score_order(scores: Tensor) -> Tensor:
+    """The order that sorts detections by ``scores`` (Tensor[n]), highest first, ties in their
+    present order (the detector's): Tensor[n] int64. Every adapter re-sorts with it."""
+    if torch.jit.is_tracing():  # ONNX export: TopK (the exporter has no stable sort)
+        return torch.sort(scores, descending=True)[1]
+    # stable: CPU sorts are stable anyway (so no test here can tell), CUDA's are not
+    return torch.argsort(scores, descending=True, stable=True)  # pragma: no mutate
 
-    With ``rescore_outputs`` the ``scores`` become :func:`rescore` of ``cls_scores`` and
-    ``mask_ious``, and every per-detection field is re-sorted by the new score, highest first (as
-    a detector's output is). ``mask_ious`` and ``maskness`` are stored in the dtype of ``scores``
-    (float64 for a float64 model, bfloat16 under bfloat16 autocast; float32 ones are unchanged).
+
+def add_maskiou_outputs(result: Dict[str, Tensor], quality: Tensor, mask_maskness: Tensor,
+                        rescore_outputs: bool, final_scores: Tensor | None = None) -> None:
+    """Add ``cls_scores``, ``mask_quality`` and ``maskness`` to one image's detections, in
+    place, and with ``rescore_outputs`` make ``scores`` the final score.
+
+    The final score is ``final_scores`` (the head's :class:`maskiou.calibration.ScoreCalibration`
+    of the detections' signals, what every adapter passes) or, without it, :func:`rescore` of
+    ``cls_scores`` and ``quality``; every per-detection field is then re-sorted by it, highest
+    first (as a detector's output is). ``mask_quality`` and ``maskness`` are stored in the dtype
+    of ``scores`` (float64 for a float64 model, bfloat16 under bfloat16 autocast).
 
     Args:
-        result: a detector output dict with ``scores`` Tensor[n] and other Tensor[n, ...] fields.
-        mask_ious: Tensor[n], predicted IoU of each detection, in [0, 1].
+        result: a detector output dict with ``scores`` Tensor[n] (the class confidence) and other
+            Tensor[n, ...] fields.
+        quality: Tensor[n], the head's output for each detection, in [0, 1]: its predicted
+            MaskIoU, or the predicted share of COCO's thresholds it passes (the head's
+            ``target``).
         mask_maskness: Tensor[n], :func:`maskness` of each detection's mask.
         rescore_outputs: replace ``scores`` and re-sort.
+        final_scores: Tensor[n], the final score of each detection.
     """
     cls_scores = result["scores"]
-    mask_ious = mask_ious.to(cls_scores.dtype)
+    quality = quality.to(cls_scores.dtype)
     mask_maskness = mask_maskness.to(cls_scores.dtype)
     result["cls_scores"] = cls_scores
-    result["mask_ious"] = mask_ious
+    result["mask_quality"] = quality
     result["maskness"] = mask_maskness
     if rescore_outputs:
-        scores = rescore(cls_scores, mask_ious)
-        if torch.jit.is_tracing():  # ONNX export: TopK (the exporter has no stable sort)
-            order = torch.sort(scores, descending=True)[1]
-        else:  # ties keep the detector's order
-            # stable: CPU sorts are stable anyway (so no test here can tell), CUDA's are not
-            order = torch.argsort(scores, descending=True, stable=True)  # pragma: no mutate
+        if final_scores is None:
+            scores = rescore(cls_scores, quality)
+        else:
+            scores = final_scores.to(cls_scores.dtype)
+        order = score_order(scores)
         n = scores.shape[0]
         for key in list(result.keys()):
             value = result[key]

@@ -87,7 +87,7 @@ def test_train_head_lowers_the_loss_and_leaves_a_contiguous_eval_head():
     q = predict_ious(head, samples)
     assert q.shape == (64,) and (q >= 0).all() and (q <= 1).all()
     with pytest.raises(ValueError, match="no detections"):
-        train_head(head, samples, AddonConfig(min_target=2.0), progress=False)
+        train_head(head, samples, AddonConfig(min_target=1.0), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,7 @@ def data(tmp_path_factory):
     return {"root": d, "det": det, "addon": addon}
 
 
+@pytest.mark.threads
 def test_collected_samples_align_with_the_detections_and_their_true_mask_iou(data):
     val = CocoInstanceDataset(data["det"].val_json, data["det"].val_images)
     model = tiny_model(len(val.class_names))
@@ -114,7 +115,8 @@ def test_collected_samples_align_with_the_detections_and_their_true_mask_iou(dat
     assert len(top) == len(val) and torch.unique(top.image_ids).numel() == len(val)
     first = [int(np.flatnonzero(dets.image_ids == i)[0]) for i in top_dets.image_ids]
     assert top.cls_scores.tolist() == pytest.approx(dets.cls_scores[first].tolist())
-    assert torch.equal(top.roi_features, samples.roi_features[first])  # rows stay aligned
+    # rows stay aligned: the same images in the same batch, so the same computation, bit for bit
+    assert torch.equal(top.roi_features, samples.roi_features[first])
 
 
 def test_train_addon_checkpoint_embeds_the_detector_and_records_its_images(data, tmp_path):
@@ -159,20 +161,24 @@ def _signals(n: int, seed: int = 0):
 def test_logistic_recalibration_learns_which_signals_count_and_round_trips():
     cls, head, mk, area, labels, true = _signals(400)
     recal = Recalibration.fit("logistic", cls, head, mk, area, labels, true, {"abc": 7})
-    coef = recal.model.coef_[0]
+    coef = recal.weights
     assert coef[1] > 0.5 and coef[2] > 0.5 and abs(coef[0]) < 0.3  # head and maskness, not cls
     s = recal.predict(cls, head, mk, area, labels)
     assert s.shape == (400,) and ((s > 0) & (s < 1)).all()
     assert np.corrcoef(s, true)[0, 1] > 0.9
+    # what it keeps is scikit-learn's logistic function, by hand
+    logs = np.log(np.clip(np.stack([cls, head, mk, area], 1), 1e-4, 1))
+    np.testing.assert_allclose(s, 1 / (1 + np.exp(-(logs @ np.array(coef) + recal.bias))),
+                               rtol=1e-12)
     again = Recalibration.from_state(recal.state())
+    # the state keeps the fitted float64 coefficients as they are: the same computation
     assert np.array_equal(again.predict(cls, head, mk, area, labels), s)
-    gbm = Recalibration.fit("gbm", cls, head, mk, area, labels, true, {}, target="coco")
-    assert gbm.predict(cls[:3], head[:3], mk[:3], area[:3], labels[:3]).shape == (3,)
     with pytest.raises(ValueError, match="too few"):
         Recalibration.fit("logistic", cls[:5], head[:5], mk[:5], area[:5], labels[:5],
                           true[:5], {})
-    with pytest.raises(ValueError, match="recalibration must be"):
-        Recalibration.fit("isotonic", cls, head, mk, area, labels, true, {})
+    for kind in ("isotonic", "gbm"):  # the gradient-boosted one could not run in the model
+        with pytest.raises(ValueError, match="recalibration must be"):
+            Recalibration.fit(kind, cls, head, mk, area, labels, true, {})
 
 
 def test_recalibration_refuses_the_images_it_was_fitted_on_naming_their_ids():
@@ -194,6 +200,7 @@ def test_image_folds_deal_every_image_once_by_seed():
     assert folds == image_folds(ids, 3, seed=0) and folds != image_folds(ids, 3, seed=1)
 
 
+@pytest.mark.threads
 def test_crossfit_predicts_each_fold_with_a_head_that_never_saw_it():
     """Two folds: the out-of-fold prediction of fold A is exactly what a head trained from the
     same initialization on fold B's rows (all views) predicts; mirrored rows are never
@@ -216,10 +223,14 @@ def test_crossfit_predicts_each_fold_with_a_head_that_never_saw_it():
         again.load_state_dict(init)
         train_head(again, samples, cfg, torch.where(~inside)[0], progress=False, workers=0)
         mine = torch.where(inside & (samples.views == 0))[0]
+        # the same start, rows, seed and batches in one process: the same computation
         assert torch.equal(oof[torch.isin(rows, mine)], predict_ious(again, samples, mine))
         states.append(again.state_dict())
     for k, v in head.state_dict().items():
-        assert torch.allclose(v, (states[0][k] + states[1][k]) / 2, atol=1e-7), k
+        if v.is_floating_point():  # the weights; the calibration's flag is not averaged
+            assert torch.allclose(v, (states[0][k] + states[1][k]) / 2, atol=1e-7), k
+        else:
+            assert torch.equal(v, init[k]), k
 
 
 def test_crossfit_addon_reports_its_held_out_gain_and_warns_when_it_is_not_positive(
@@ -265,7 +276,8 @@ def test_ablation_scores_a_cross_fitted_add_on_and_the_ensemble_of_its_fold_head
             tmp_path / "cache", val, val_dets, val_set.coco, "cpu", False)
     ens = rows[2]["ensemble"]["segm"]
     assert set(ens) == set(rows[2]["segm"]) and "ensemble" not in rows[0]
-    assert ens["maskness"] == rows[2]["segm"]["maskness"]  # the same detections, other scores
+    # the same detections and maskness scores, so the same AP computation: exact
+    assert ens["maskness"] == rows[2]["segm"]["maskness"]
     pearson = rows[2]["ensemble"]["correlation"]["head_pearson"]
     assert pearson != rows[2]["correlation"]["head_pearson"]  # the mean of three heads
 

@@ -26,7 +26,7 @@ def test_main_job_paragraph_is_the_measured_run():
             f"{sec['addon_training']:.0f} s, evaluation {sec['evaluation']:.0f} s; "
             "`docs/measurements/main_job_cpu_metrics.json`)") in README
     log = json.loads((ROOT / "maskiou" / "pretrained" /
-                      "synthetic_cpu_addon.train_log.json").read_text())
+                      "synthetic_cpu_torchvision_addon.train_log.json").read_text())
     seconds = sum(e["seconds"] for e in log)
     rate = sum(e["samples_per_s"] for e in log) / len(log)
     assert (f"{seconds:.0f} s of head training ({len(log)} epochs, {rate:,.0f} samples/s"
@@ -64,6 +64,7 @@ def test_learning_curve_table_is_the_measured_run():
         assert " ".join(line.split()) in README, line
     main = load("main_job_cpu_metrics.json")["segm"]
     row = next(r for r in results if r["row"] == "curve-2000-seed0")["segm"]
+    # figures read back from the two files: exact
     assert row["recalibrated"]["AP"] == main["recalibrated"]["AP"]
     assert row["rescored"]["AP"] == main["rescored"]["AP"]
 

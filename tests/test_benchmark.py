@@ -34,7 +34,8 @@ from maskiou.models.checkpoint import load_checkpoint, save_atomic  # noqa: E402
 from maskiou.models.paths import shipped_model_path  # noqa: E402
 
 SCORES = {"AP", "AP50", "AP75", "APs", "APm", "APl"}
-PLAIN, END_TO_END = shipped_model_path("plain"), shipped_model_path("end_to_end")
+PLAIN = shipped_model_path("torchvision_plain")
+END_TO_END = shipped_model_path("torchvision_end_to_end")
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,8 @@ def test_every_reported_ap_equals_pycocotools_on_the_written_results(data, run):
             assert set(aps) == SCORES
             expected = pycocotools_ap(data["val_json"], out / f"results_{iou_type}_{name}.json",
                                       iou_type)
+            # the written results are the ones the benchmark scored (JSON keeps each float):
+            # the same pycocotools computation, exact
             assert [aps[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")] == expected, \
                 (iou_type, name)
     assert metrics["segm"]["cls"]["AP"] > 20  # the shipped detector finds the shapes
@@ -98,7 +101,7 @@ def test_oracle_bounds_every_other_scoring(run):
 def test_each_scoring_is_its_formula_of_the_written_detections(run):
     out, _, _ = run
     d = {k: np.asarray(v) for k, v in json.loads((out / "detections.json").read_text()).items()}
-    cls, mk, pred, true = d["cls_score"], d["maskness"], d["predicted_iou"], d["true_iou"]
+    cls, mk, pred, true = d["cls_score"], d["maskness"], d["mask_quality"], d["true_iou"]
     assert len(cls) > 50 and np.ptp(pred) > 0.1  # a real head, not a constant
     for name, expected in (("cls", cls), ("maskness", cls * mk), ("rescored", cls * pred),
                            ("oracle", cls * true)):
@@ -111,7 +114,7 @@ def test_each_scoring_is_its_formula_of_the_written_detections(run):
 def test_pearson_equals_scipy_on_the_written_detections(run):
     out, metrics, _ = run
     d = json.loads((out / "detections.json").read_text())
-    pred, true = np.array(d["predicted_iou"]), np.array(d["true_iou"])
+    pred, true = np.array(d["mask_quality"]), np.array(d["true_iou"])
     assert metrics["correlation"]["head_pearson"] == pytest.approx(
         stats.pearsonr(pred, true).statistic, abs=1e-9)
     m = true > 0
@@ -149,6 +152,7 @@ def test_report_files_and_models_side_by_side(run):
     assert "| plain Mask R-CNN (the detector the user has) | maskness |" in printed
     assert "| Mask Scoring R-CNN trained end to end | rescored |" in printed
     # the add-on's detector is frozen: its box AP with the class score is the plain detector's
+    # (the same weights on the same batches of images: the same computation, exact)
     assert metrics["bbox"]["cls"] == metrics["models"]["addon"]["bbox"]["cls"]
     gallery = json.loads((out / "gallery.json").read_text())
     assert gallery["images"] and Path(gallery["images"][0]["file"]).is_file()
@@ -186,7 +190,7 @@ def test_checkpoint_with_a_head_on_a_coco_root_and_a_baseline(data, tmp_path):
 
 
 def test_a_frozen_detector_checkpoint_of_maskiou_train_evaluates(data, tmp_path):
-    from maskiou.training.trainer import main as train
+    from maskiou.training.cli import main as train
 
     args = ["--output-dir", str(tmp_path / "head"), "--freeze-detector", "--detector-checkpoint",
             str(PLAIN), "--train-json", str(data["addon_json"]), "--train-images",
@@ -222,7 +226,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit_with_nothing_written(data, run
         save_atomic(c, ckpt)
     elif case == "architecture":
         c = load_checkpoint(END_TO_END)
-        c["config"] = {**c["config"], "maskiou_num_convs": 3}
+        c["maskiou_head"] = {**c["maskiou_head"], "num_convs": 3}  # what rebuilds the head
         save_atomic(c, ckpt)
     elif case == "fitted":  # scoring the add-on on the very images its head was trained on
         addon = next((data["root"] / "runs").glob("addon-*/model_final.pt"))
@@ -260,6 +264,7 @@ def test_distributed_evaluation_matches_single_process(data, tmp_path):
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["num_images"] == 20 and two["num_detections"] == one["num_detections"]
+    # one image a batch and one thread in both: each image is the same computation, exact
     assert two["segm"] == one["segm"] and two["bbox"] == one["bbox"]
 
 

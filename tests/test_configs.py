@@ -14,7 +14,7 @@ from maskiou.head import HeadConfig
 from maskiou.models.checkpoint import load_checkpoint
 from maskiou.models.config import TrainConfig, resolve
 from maskiou.models.paths import shipped_model_path
-from maskiou.training.trainer import parse_args
+from maskiou.training.cli import parse_args
 
 
 def test_a_flat_config_of_before_reads_as_the_grouped_one():
@@ -29,7 +29,7 @@ def test_a_flat_config_of_before_reads_as_the_grouped_one():
         TrainConfig.from_dict({**flat, "maskiou_width": 3})
 
 
-@pytest.mark.parametrize("name", ["plain", "end_to_end"])
+@pytest.mark.parametrize("name", ["torchvision_plain", "torchvision_end_to_end"])
 def test_the_shipped_checkpoints_configs_read_with_the_embedded_head(name):
     stored = load_checkpoint(shipped_model_path(name))["config"]
     assert "maskiou_conv_channels" in stored  # written before the head had its own record
@@ -60,7 +60,9 @@ def test_the_add_on_reads_its_old_flat_config_and_routes_head_fields():
     assert AddonConfig.from_dict(dataclasses.asdict(AddonConfig(epochs=3))).epochs == 3
     light = AddonConfig().replace(reduce_channels=32, conv_channels=32, epochs=2)
     assert light.head == HeadConfig(conv_channels=32, reduce_channels=32, num_convs=2,
-                                    fc_dim=256, score_inputs=2) and light.epochs == 2
+                                    fc_dim=256, score_inputs=2, target="coco")
+    assert light.epochs == 2
+    assert AddonConfig(target="iou").head.target == "iou"  # the head regresses the add-on's target
     assert AddonConfig(loss="bce").head_kwargs()["output"] == "sigmoid"
     assert AddonConfig().head_kwargs()["output"] == "linear"
 
@@ -72,13 +74,13 @@ def test_an_add_on_checkpoint_written_before_the_head_config_loads_and_scores(tm
     from maskiou.models.checkpoint import save_atomic
     from maskiou.models.load import load_trained_model
 
-    ckpt = load_checkpoint(shipped_model_path("addon"))
+    ckpt = load_checkpoint(shipped_model_path("torchvision_addon"))
     head = ckpt["config"].pop("maskiou_head")
     ckpt["config"].update({f"maskiou_{k}": v for k, v in head.items()})
     ckpt["addon"]["config"] = FLAT_ADDON
     save_atomic(ckpt, tmp_path / "old_addon.pt")
     old, meta = load_trained_model(tmp_path / "old_addon.pt")
-    new, _ = load_trained_model(shipped_model_path("addon"))
+    new, _ = load_trained_model(shipped_model_path("torchvision_addon"))
     assert old.roi_heads.maskiou_head.score_inputs == 2
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(),
                                                  new.state_dict().values()))
@@ -120,8 +122,8 @@ def test_zoom_views_are_automatic_below_a_thousand_images_and_named_otherwise():
     assert AddonConfig(zoom="in").zoom_views_for(10_000) == ("zoom-in",)
     assert AddonConfig(zoom="out").zoom_views_for(10) == ("zoom-out",)
     assert AddonConfig(zoom="none").zoom_views_for(10) == ()
-    with pytest.raises(ValueError, match="zoom must be"):
-        AddonConfig(zoom="sideways").zoom_views_for(10)
+    with pytest.raises(ValueError, match="AddonConfig.zoom: 'sideways' is not one of 'auto'"):
+        AddonConfig(zoom="sideways")
     # the views the collection adds: of the images the head trains on (not the held-out ones)
     views = addon_views([10, 11, 12], {11}, AddonConfig(zoom="in", photometric=True))
     assert views == {"mirror": [0, 2], "photometric": [0, 2], "zoom-in": [0, 2]}

@@ -32,6 +32,7 @@ from demo.handlers import (  # noqa: E402
 )
 from demo.images import MAX_SIDE, ImageInputError, load_image  # noqa: E402
 from demo.inference import (  # noqa: E402
+    PANELS,
     GroundTruth,
     Predictor,
     panel,
@@ -49,6 +50,8 @@ from demo.testing import (  # noqa: E402
 )
 from maskiou.data.synthetic import generate_synthetic_coco  # noqa: E402
 
+TABLE, STATUS = len(PANELS), len(PANELS) + 2  # a handler's outputs: panels, table, plot, status
+
 pytestmark = pytest.mark.filterwarnings(  # pandas 3 deprecations inside gradio's queue
     "ignore:'future.no_silent_downcasting' is deprecated", "ignore:The copy keyword is deprecated")
 NAMES = ["__background__", "rectangle", "ring"]
@@ -58,11 +61,12 @@ GT_RECT = (slice(44, 60), slice(44, 60))  # 16 x 16 square, class "rectangle"
 
 
 class FakeDetector(torch.nn.Module):
-    """Two detections with fixed scores, in a model's output format (sorted by rescored score).
+    """Two detections with fixed scores, in a model's output format (sorted by the final score,
+    which, as a recalibrated one does, differs from the rescored score).
 
-    ring: cls 0.9, predicted IoU 0.2 -> 0.18; its mask is the left half of the GT ring (true
-    IoU 0.5), maskness 0.9. rectangle: cls 0.6, predicted IoU 0.9 -> 0.54; its mask is the GT
-    (true IoU 1), maskness 0.8.
+    ring: cls 0.9, predicted IoU 0.2 -> 0.18, final 0.35; its mask is the left half of the GT
+    ring (true IoU 0.5), maskness 0.9. rectangle: cls 0.6, predicted IoU 0.9 -> 0.54, final
+    0.5; its mask is the GT (true IoU 1), maskness 0.8.
     """
 
     calls = 0
@@ -75,10 +79,11 @@ class FakeDetector(torch.nn.Module):
         masks[1, 0, GT_RECT[0], GT_RECT[1]] = 0.8
         cls = torch.tensor([0.9, 0.6])
         iou = torch.tensor([0.2, 0.9])
-        order = torch.argsort(cls * iou, descending=True)
+        final = torch.tensor([0.35, 0.5])
+        order = torch.argsort(final, descending=True)
         out = {"boxes": torch.tensor([[8.0, 8, 24, 40], [44, 44, 60, 60]]),
                "labels": torch.tensor([2, 1]), "masks": masks, "cls_scores": cls,
-               "mask_ious": iou, "maskness": torch.tensor([0.9, 0.8]), "scores": cls * iou}
+               "mask_quality": iou, "maskness": torch.tensor([0.9, 0.8]), "scores": final}
         return [{k: v[order] for k, v in out.items()}]
 
 
@@ -121,18 +126,20 @@ def test_every_scoring_ranks_the_two_detections_as_computed_by_hand(fake: Predic
     by_label = np.argsort(pred.labels)  # rectangle (1), ring (2)
     assert pred.true_ious[by_label].tolist() == pytest.approx([1.0, 0.5])
     s = pred.scores()
-    assert list(s) == ["cls", "maskness", "rescored", "oracle"]
-    # rectangle: cls 0.6, maskness 0.48, rescored 0.54, oracle 0.6
-    # ring:      cls 0.9, maskness 0.81, rescored 0.18, oracle 0.45
+    assert list(s) == ["cls", "maskness", "rescored", "final", "oracle"]
+    # rectangle: cls 0.6, maskness 0.48, rescored 0.54, final 0.5, oracle 0.6
+    # ring:      cls 0.9, maskness 0.81, rescored 0.18, final 0.35, oracle 0.45
     expected = {"cls": [0.6, 0.9], "maskness": [0.48, 0.81], "rescored": [0.54, 0.18],
-                "oracle": [0.6, 0.45]}
+                "final": [0.5, 0.35], "oracle": [0.6, 0.45]}
     for k, v in expected.items():
         assert s[k][by_label].tolist() == pytest.approx(v, abs=1e-6), k
     assert rank_changes(pred) == 2
-    df = table(pred, "rescored")
+    df = table(pred)  # by the final score, what the model returns
     assert df["class"].tolist() == ["rectangle", "ring"]
-    assert df["rank: cls"].tolist() == [2, 1] and df["rank: rescored"].tolist() == [1, 2]
-    assert df["move"].tolist() == [1, -1]  # the head moves the rectangle up, the ring down
+    assert df["rank: cls"].tolist() == [2, 1] and df["rank: final"].tolist() == [1, 2]
+    assert df["final score"].tolist() == pytest.approx([0.5, 0.35])
+    assert df["move"].tolist() == [1, -1]  # the final score moves the rectangle up, the ring down
+    assert table(pred, "rescored")["class"].tolist() == ["rectangle", "ring"]
     assert table(pred, "cls")["class"].tolist() == ["ring", "rectangle"]  # the order switches
     assert table(pred, "oracle")["class"].tolist() == ["rectangle", "ring"]
     np.testing.assert_array_equal(ranks(np.array([0.2, 0.9, 0.2, 0.5])), [3, 1, 4, 2])
@@ -143,7 +150,8 @@ def test_panels_show_what_clears_the_threshold_under_their_own_scoring(fake: Pre
     blank = draw(pred.image, [])
     # at 0.5: cls shows both, rescored only the rectangle (0.54), oracle both (0.6, 0.45 < 0.5:
     # only the rectangle)
-    for scoring, shown in (("cls", 2), ("rescored", 1), ("oracle", 1), ("maskness", 1)):
+    for scoring, shown in (("cls", 2), ("rescored", 1), ("final", 1), ("oracle", 1),
+                           ("maskness", 1)):
         out = panel(pred, scoring, 0.5)
         changed = (out != blank).any(axis=2)
         ring_area = changed[8 * 6:40 * 6, 8 * 6:24 * 6].mean()  # drawn 6x larger (64 -> 384)
@@ -166,7 +174,7 @@ def test_draw_fills_at_low_opacity_and_outlines_in_colour() -> None:
 
 def test_without_ground_truth_or_head_the_missing_scorings_are_absent(fake: Predictor) -> None:
     pred = predict(image(), fake)
-    assert list(pred.scores()) == ["cls", "maskness", "rescored"]
+    assert list(pred.scores()) == ["cls", "maskness", "rescored", "final"]
     assert "true MaskIoU" not in table(pred).columns
     plain = Predictor(FakeDetector(), NAMES, "cpu", kind="plain")
     plain.model = _Headless()
@@ -192,7 +200,7 @@ def test_real_model_forced_head_reverses_the_classes(split: ValSplit) -> None:
     for label in (1, 2):
         sel = pred.labels == label
         np.testing.assert_allclose(pred.cls_scores[sel], CLASS_PROBS[label], rtol=1e-5)
-        np.testing.assert_allclose(pred.mask_ious[sel], MASK_IOUS[label], rtol=1e-5)
+        np.testing.assert_allclose(pred.mask_quality[sel], MASK_IOUS[label], rtol=1e-5)
     df = table(pred, "rescored")
     n2 = int((pred.labels == 2).sum())
     assert set(df["class"][:n2]) == {names[2]}  # class 2 first when rescored ...
@@ -203,7 +211,8 @@ def test_real_model_forced_head_reverses_the_classes(split: ValSplit) -> None:
     n = len(pred)
     cats = np.array([split.dataset.label_to_cat_id[int(x)] for x in pred.labels])
     dets = Detections(np.full(n, split.dataset.image_ids[0]), cats, np.zeros((n, 4)), pred.rles,
-                      pred.cls_scores, pred.mask_ious, pred.maskness, pred.labels, np.zeros(n))
+                      pred.cls_scores, pred.mask_quality, pred.maskness, pred.labels, np.zeros(n),
+                      pred.scores)
     np.testing.assert_allclose(pred.true_ious, true_mask_ious(dets, split.dataset.coco))
 
 
@@ -254,10 +263,10 @@ def test_bad_inputs_one_clear_message(fake: Predictor, tmp_path: Path, name: str
     app = DemoApp(heads=[], split=None, predictor=fake, upload_dirs=[tmp_path])
     out = app.detect(str(_bad_inputs(tmp_path)[name]), NO_HEAD, IN_MEMORY, 0.1, "rescored",
                      False)
-    status, pred = out[6], out[7]
+    status, pred = out[STATUS], out[STATUS + 1]
     assert message in status
     if name in ("huge", "gray"):  # converted: detections drawn, with a note
-        assert pred is not None and out[0] is not None and len(out[4].data) == 2
+        assert pred is not None and out[0] is not None and len(out[TABLE].data) == 2
         if name == "huge":
             assert pred.image.shape == (600, MAX_SIDE, 3)
     else:  # refused: nothing drawn, one line saying why
@@ -281,7 +290,7 @@ def test_checkpoint_problems_each_say_what_is_wrong(split: ValSplit, checkpoints
     plain = str(checkpoints["plain"])
 
     def status(head: str) -> str:
-        return app.example(0, plain, head, 0.25, "rescored", False)[6]
+        return app.example(0, plain, head, 0.25, "rescored", False)[STATUS]
 
     assert "not one of the offered checkpoints" in status(str(tmp_path / "other.pt"))
     assert "Not there yet" in status(str(tmp_path / "missing.pt"))
@@ -291,7 +300,8 @@ def test_checkpoint_problems_each_say_what_is_wrong(split: ValSplit, checkpoints
     # the add-on flow: the plain detector alone, then with the head
     text = status(NO_HEAD)
     assert text.startswith("") and "(plain)" in text and "no MaskIoU head" in text
-    assert "the head changes the rank of" in status(str(checkpoints["head"]))
+    assert "the final score the model returns changes the rank of" in \
+        status(str(checkpoints["head"]))
 
 
 def test_training_is_refused_unless_the_page_is_local_only(split: ValSplit) -> None:
@@ -373,7 +383,8 @@ def test_live_app_every_endpoint(live_app, split: ValSplit, checkpoints) -> None
     # first screen: the first gallery image, rescored
     *panels, table_, plot, status = client.predict(plain, head, 0.25, "rescored", False,
                                                    api_name="/first_example")
-    assert "the head changes the rank of" in status and "with ground truth" in status
+    assert "the final score the model returns changes the rank of" in status
+    assert "with ground truth" in status
     assert all(Path(p).is_file() for p in panels) and Path(plot).is_file()
     rows = table_["data"]
     assert table_["headers"][:2] == ["#", "class"] and len(rows) >= 2
@@ -393,7 +404,8 @@ def test_live_app_every_endpoint(live_app, split: ValSplit, checkpoints) -> None
     # training, for real on 10 add-on images and one epoch (the page is local-only here)
     status, choice = client.predict(api_name="/train")
     assert status.startswith("Trained the add-on head")
-    assert choice["value"].endswith("synthetic-cpu-addon/model_final.pt")  # a dropdown update
+    # a dropdown update
+    assert choice["value"].endswith("synthetic-cpu-torchvision-addon/model_final.pt")
     assert [choice["value"]] * 2 in choice["choices"]  # ... that offers the new head
     *_, status = client.predict(3, plain, choice["value"], 0.25, "rescored", False,
                                 api_name="/example")
@@ -408,7 +420,8 @@ def test_live_app_concurrent_clients(live_app, split: ValSplit, checkpoints) -> 
                      str(checkpoints["plain"]), str(checkpoints["head"]), 0.25, "rescored",
                      False, api_name="/detect") for i, c in enumerate(clients)]
     for job in jobs:
-        assert "the head changes the rank of" in job.result(timeout=120)[-1]
+        assert "the final score the model returns changes the rank of" in \
+            job.result(timeout=120)[-1]
 
 
 def test_in_memory_predictor(fake: Predictor, tmp_path: Path) -> None:
@@ -416,10 +429,11 @@ def test_in_memory_predictor(fake: Predictor, tmp_path: Path) -> None:
     app = DemoApp(heads=[], split=None, predictor=fake, upload_dirs=[tmp_path])
     calls = FakeDetector.calls
     out = app.detect(str(tmp_path / "x.png"), NO_HEAD, IN_MEMORY, 0.1, "rescored", False)
-    assert out[6].startswith("2 detections; the head changes the rank of 2.")
-    redrawn = app.redraw(out[7], 0.55, "cls", False)
+    assert out[STATUS].startswith("2 detections; the final score the model returns changes "
+                                  "the rank of 2.")
+    redrawn = app.redraw(out[STATUS + 1], 0.55, "cls", False)
     assert FakeDetector.calls == calls + 1  # a redraw does not run the model again
-    assert redrawn[4].data["class"].tolist() == ["ring", "rectangle"]
+    assert redrawn[TABLE].data["class"].tolist() == ["ring", "rectangle"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert app.redraw(None, 0.5, "cls", False)[0] == gr.update()

@@ -41,7 +41,8 @@ pytestmark = pytest.mark.filterwarnings(  # pandas 3 deprecations inside gradio'
 @pytest.fixture(scope="module")
 def page_url(split, checkpoints, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
     real = (os.environ.get("MASKIOU_SCREENSHOT") == "1" and default_model_path().is_file()
-            and (model_dir("plain") / "model_final.pt").is_file() and DEFAULT_GALLERY.is_file())
+            and (model_dir("torchvision_plain") / "model_final.pt").is_file()
+            and DEFAULT_GALLERY.is_file())
     if real:  # the README picture: the embedded default models and the benchmark's gallery
         demo = build_app(threshold=0.3)
     else:
@@ -79,15 +80,16 @@ def test_first_screen_shows_a_rank_change_and_the_order_switches(page_url: str,
             page.goto(page_url)
             status = page.locator("#status")
             # the first screen: the first gallery image, with ground truth, some ranks changed
-            sync_api.expect(status).to_contain_text("the head changes the rank of",
-                                                    timeout=TIMEOUT_MS)
+            sync_api.expect(status).to_contain_text(
+                "the final score the model returns changes the rank of", timeout=TIMEOUT_MS)
             moved = int(re.search(r"changes the rank of (\d+)", status.inner_text()).group(1))
             assert moved >= 1
             sync_api.expect(status).to_contain_text("with ground truth")
-            for name in ("cls", "maskness", "rescored", "oracle"):
+            for name in ("cls", "maskness", "rescored", "final", "oracle"):
                 page.locator(f"#panel-{name} img").first.wait_for(state="visible")
             page.locator("#plot img").first.wait_for(state="visible")
-            sync_api.expect(page.locator("#table")).to_contain_text("rank: rescored")
+            sync_api.expect(page.locator("#table")).to_contain_text("rank: final")
+            sync_api.expect(page.locator("#table")).to_contain_text("final score")
             page.wait_for_timeout(500)
             by_head = first_column(page)
             shot.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +108,8 @@ def test_first_screen_shows_a_rank_change_and_the_order_switches(page_url: str,
             page.locator("#upload input[type=file]").set_input_files(str(bad))
             sync_api.expect(status).to_contain_text("notes.txt: not an image file")
             page.locator("#examples img").nth(1).click()
-            sync_api.expect(status).to_contain_text("the head changes the rank of")
+            sync_api.expect(status).to_contain_text(
+                "the final score the model returns changes the rank of")
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000

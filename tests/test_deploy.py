@@ -4,6 +4,8 @@ same outputs as in eager mode; a user's RoIHeads subclass keeps its overrides.""
 from __future__ import annotations
 
 import copy
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ from maskiou.models.load import load_trained_model
 from maskiou.models.paths import shipped_model_path
 from maskiou.training.deploy import export_onnx, output_names, run_onnx, script_model
 
-FIELDS = ("boxes", "labels", "scores", "cls_scores", "mask_ious", "maskness", "masks")
+FIELDS = ("boxes", "labels", "scores", "cls_scores", "mask_quality", "maskness", "masks")
 
 
 def two_images() -> list[torch.Tensor]:
@@ -25,6 +27,8 @@ def two_images() -> list[torch.Tensor]:
 
 
 def assert_same_detections(eager: list[dict], other: list[dict]) -> None:
+    """Bit for bit: TorchScript runs the same kernels as eager mode on the same images in
+    the same process (no fusion on the CPU), so the same computation."""
     assert len(eager) == len(other)
     for a, b in zip(eager, other):
         assert len(a["boxes"]) > 0
@@ -34,12 +38,15 @@ def assert_same_detections(eager: list[dict], other: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def r50() -> torch.nn.Module:
-    """torchvision's R-50-FPN Mask R-CNN as a user builds it, with the head attached."""
+    """torchvision's R-50-FPN Mask R-CNN as a user builds it, with the head attached and a
+    fitted recalibration (so the final scores are not the rescored ones)."""
     torch.manual_seed(0)
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=5,
                                   min_size=96, max_size=128, box_score_thresh=0.0,
                                   box_detections_per_img=30)
-    return attach_maskiou_head(model).eval()
+    attach_maskiou_head(model).eval()
+    model.roi_heads.maskiou_head.calibration.set([0.3, 1.0, 2.0, 0.1], 0.5)
+    return model
 
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -63,6 +70,8 @@ def test_scripted_equals_eager_on_two_images_and_survives_save_load(r50, tmp_pat
     assert_same_detections(eager, out)
     assert_same_detections(eager, reloaded)
     assert set(eager[0]) == set(FIELDS)
+    r = eager[0]  # the final scores are the recalibration's, not cls x the head's output
+    assert not torch.allclose(r["scores"], r["cls_scores"] * r["mask_quality"])
 
 
 class KeepThree(RoIHeads):
@@ -116,20 +125,32 @@ def test_roi_heads_that_override_forward_are_refused():
         attach_maskiou_head(_with_roi_heads_class(OwnForward))
 
 
-def test_onnx_export_of_the_attached_model_matches_eager():
+@pytest.mark.parametrize("name", ["torchvision_end_to_end", "torchvision_addon"])
+def test_onnx_export_of_the_attached_model_matches_eager(name):
+    """The end-to-end model (final = rescored) and the add-on (its fitted recalibration in the
+    graph): ONNX Runtime returns the eager final scores."""
     pytest.importorskip("onnxruntime")
-    model, _ = load_trained_model(shipped_model_path())
+    if name == "torchvision_addon":
+        from maskiou.evaluation.benchmark import shipped_checkpoint
+        from maskiou.models.checkpoint import save_atomic
+
+        path = Path(tempfile.mkdtemp()) / "addon.pt"
+        save_atomic(shipped_checkpoint(name), path)
+    else:
+        path = shipped_model_path(name)
+    model, _ = load_trained_model(path)
+    assert bool(model.roi_heads.maskiou_head.calibration.fitted) == (name == "torchvision_addon")
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 128, 128, generator=g), torch.rand(3, 96, 128, generator=g)]
     data = export_onnx(model, images[:1])
     assert output_names(model) == ["boxes", "labels", "scores", "masks", "cls_scores",
-                                   "mask_ious", "maskness"]
+                                   "mask_quality", "maskness"]
     for image in images:  # the second image has another size: the axes are dynamic
         with torch.no_grad():
             eager = model([image])[0]
         onnx = run_onnx(data, image)
         assert len(eager["boxes"]) > 0 and onnx["boxes"].shape == eager["boxes"].shape
-        for k in ("boxes", "scores", "cls_scores", "mask_ious", "maskness", "masks"):
+        for k in ("boxes", "scores", "cls_scores", "mask_quality", "maskness", "masks"):
             torch.testing.assert_close(onnx[k], eager[k], rtol=1e-3, atol=1e-4, msg=k)
         assert torch.equal(onnx["labels"], eager["labels"])
 

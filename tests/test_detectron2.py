@@ -16,6 +16,11 @@ pytest.importorskip("detectron2", reason="detectron2 is not installed (see the R
 from detectron2.export import scripting_with_instances  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
+
+from maskiou import attach_maskiou_head, mask_iou_targets  # noqa: E402
+from maskiou.attach import find_adapter  # noqa: E402
+from maskiou.models.checkpoint import save_atomic  # noqa: E402
+from maskiou.models.load import load_trained_model  # noqa: E402
 from maskiou_integrations.detectron2_models import (  # noqa: E402
     build_detector,
     detector_checkpoint,
@@ -26,17 +31,12 @@ from maskiou_integrations.detectron2_rcnn import (  # noqa: E402
     full_image_masks,
 )
 
-from maskiou import attach_maskiou_head, mask_iou_targets  # noqa: E402
-from maskiou.attach import find_adapter  # noqa: E402
-from maskiou.models.checkpoint import save_atomic  # noqa: E402
-from maskiou.models.load import load_trained_model  # noqa: E402
-
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
 SIZE = 64
 FIELDS = {"proposal_boxes": Boxes, "objectness_logits": torch.Tensor, "pred_boxes": Boxes,
           "scores": torch.Tensor, "pred_classes": torch.Tensor, "pred_masks": torch.Tensor,
-          "cls_scores": torch.Tensor, "mask_ious": torch.Tensor, "maskness": torch.Tensor}
+          "cls_scores": torch.Tensor, "mask_quality": torch.Tensor, "maskness": torch.Tensor}
 
 
 def tiny_detectron2(num_classes: int = 3, norm: str = "GN", seed: int = 0, **overrides):
@@ -115,6 +115,7 @@ def test_polygon_and_bit_masks_give_the_same_full_instance_targets():
         inst = gt_instances(polygons)[torch.tensor([0, 0, 1])]
         masks, matched = full_image_masks(inst)
         assert torch.equal(masks, full) and matched.tolist() == [0, 0, 1]  # one mask per GT
+        # the same masks (checked just above) into the same computation: exact
         assert torch.equal(mask_iou_targets(logits, boxes, masks, matched), expected)
 
 
@@ -156,6 +157,16 @@ def test_score_inputs_in_training_are_the_box_classifiers_gt_class_probabilities
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
+def test_the_box_head_runs_once_per_training_step():
+    """The head's training score inputs come from the box head's own run, not a second one."""
+    model = tiny_detectron2()
+    attach_maskiou_head(model, score_inputs=2)
+    calls = []
+    model.roi_heads.box_head.register_forward_hook(lambda m, i, o: calls.append(len(o)))
+    out = losses(model, [gt_instances()])
+    assert "loss_maskiou" in out and len(calls) == 1
+
+
 @pytest.mark.parametrize("norm", ["GN", "BN", "FrozenBN"])
 def test_freeze_detector_keeps_detectron2s_weights_bit_identical(norm):
     model = tiny_detectron2(norm=norm)
@@ -187,9 +198,9 @@ def test_inference_adds_cls_scores_mask_ious_and_maskness_and_rescores():
     assert len(results) == 2
     for inst in results:
         assert len(inst) > 0
-        for f in ("cls_scores", "mask_ious", "maskness"):
+        for f in ("cls_scores", "mask_quality", "maskness"):
             assert inst.get(f).dtype == torch.float32 and inst.get(f).shape == (len(inst),)
-        assert torch.allclose(inst.scores, inst.cls_scores * inst.mask_ious)
+        assert torch.allclose(inst.scores, inst.cls_scores * inst.mask_quality)
         assert (inst.scores[:-1] >= inst.scores[1:]).all()  # re-sorted by the new score
         assert ((inst.maskness == 0) | (inst.maskness >= 0.5)).all()
     model.roi_heads.maskiou_rescore = False
@@ -201,9 +212,10 @@ def test_zero_detections_give_empty_fields():
     model = tiny_detectron2(**{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 1.0})
     attach_maskiou_head(model)
     (inst,) = inference(model, images(1))
-    assert len(inst) == 0 and inst.mask_ious.shape == (0,) and inst.maskness.shape == (0,)
+    assert len(inst) == 0 and inst.mask_quality.shape == (0,) and inst.maskness.shape == (0,)
 
 
+@pytest.mark.threads
 def test_an_attached_model_scripts_with_detectron2s_export_and_matches_eager():
     model = tiny_detectron2()
     attach_maskiou_head(model, score_inputs=2)
@@ -214,7 +226,8 @@ def test_an_attached_model_scripts_with_detectron2s_export_and_matches_eager():
         eager = model.inference(inputs, do_postprocess=False)
         script = scripted.inference(inputs, do_postprocess=False)
     for e, s in zip(eager, script):
-        for f in ("scores", "cls_scores", "mask_ious", "maskness", "pred_masks"):
+        # the same kernels on the same images in one process: bit for bit
+        for f in ("scores", "cls_scores", "mask_quality", "maskness", "pred_masks"):
             assert torch.equal(e.get(f), getattr(s, f)), f
 
 
@@ -233,16 +246,17 @@ def test_predict_and_collect_give_maskiou_records_in_image_pixels():
     assert torch.allclose(rec["boxes"], raw.pred_boxes.tensor / 2, atol=1e-4)
     (col, _) = adapter.collect(model, imgs)
     assert (col["scores"][:-1] >= col["scores"][1:]).all()  # the detector's order
-    assert "mask_ious" not in col and model.roi_heads.maskiou_rescore  # restored
+    assert "mask_quality" not in col and model.roi_heads.maskiou_rescore  # restored
     head = model.roi_heads.maskiou_head
     with torch.no_grad():
         score_inputs = torch.stack([col["scores"], col["maskness"]], 1)
         pred = head(col["roi_features"], col["mask_probs"], score_inputs)
     ious = pred[torch.arange(len(pred)), col["labels"]].clamp(0, 1)
     order = torch.argsort(rec["cls_scores"], descending=True, stable=True)
-    assert torch.allclose(ious, rec["mask_ious"][order], atol=1e-5)  # rows aligned
+    assert torch.allclose(ious, rec["mask_quality"][order], atol=1e-5)  # rows aligned
 
 
+@pytest.mark.threads
 def test_detectron2_checkpoints_load_plain_and_with_a_head(tmp_path):
     names = ["__background__", "a", "b", "c"]
     cfg = embedded_config(3, **{"INPUT.MIN_SIZE_TEST": SIZE, "INPUT.MAX_SIZE_TEST": SIZE})
@@ -256,7 +270,7 @@ def test_detectron2_checkpoints_load_plain_and_with_a_head(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in plain.state_dict().items())
     assert not hasattr(model.roi_heads, "maskiou_head")
     (rec,) = find_adapter(model).predict(model, images(1))
-    assert "maskness" in rec and "mask_ious" not in rec  # a plain model: maskness for free
+    assert "maskness" in rec and "mask_quality" not in rec  # a plain model: maskness for free
     attach_maskiou_head(plain, score_inputs=2, conv_channels=32, num_convs=1, fc_dim=64)
     head = {"conv_channels": 32, "reduce_channels": 0, "num_convs": 1, "fc_dim": 64,
             "fusion": "concat", "mask_features": 0, "score_inputs": 2, "output": "linear"}
@@ -266,7 +280,8 @@ def test_detectron2_checkpoints_load_plain_and_with_a_head(tmp_path):
     assert model.roi_heads.maskiou_head.score_inputs == 2
     (a,) = find_adapter(model).predict(model, images(1))
     (b,) = find_adapter(plain).predict(plain.eval(), images(1))
-    assert torch.equal(a["mask_ious"], b["mask_ious"])
+    # same weights, same image: the same computation
+    assert torch.equal(a["mask_quality"], b["mask_quality"])
 
 
 def test_the_add_on_flow_runs_on_a_detectron2_model_and_its_checkpoint_evaluates(tmp_path):
@@ -342,7 +357,7 @@ def test_maskiou_addon_takes_a_detectron2_config_and_weights(d2_files, tmp_path,
 
     pred = Predictor.from_checkpoint(out / "model_final.pt", "cpu")
     shown = pred((np.random.default_rng(0).random((SIZE, SIZE, 3)) * 255).astype(np.uint8))
-    assert pred.kind == "add-on" and shown["mask_ious"] is not None
+    assert pred.kind == "add-on" and shown["mask_quality"] is not None
     assert shown["masks"].shape[1:] == (SIZE, SIZE)
     code = main(["--detector-config", d2_files["config"] + ".missing", "--detector",
                  d2_files["weights"], *d2_files["addon"], "--output-dir", str(out), *QUICK])
@@ -370,7 +385,7 @@ def test_coco_eval_runs_the_add_on_on_a_detectron2_model_named_by_its_files(d2_f
     no_weights = ["--detector-framework", "detectron2", *d2_files["val"],
                   "--output-dir", str(out)]
     assert coco_eval.main(no_weights) == 2
-    assert "trained with detectron2 itself" in capsys.readouterr().err
+    assert "train it with detectron2 itself" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -386,7 +401,7 @@ def test_training_and_inference_on_a_gpu_match_the_cpus_fields():
     sum(out.values()).backward()
     model.eval()
     (rec,) = find_adapter(model).predict(model, [images(1)[0].cuda()])
-    assert rec["mask_ious"].is_cuda and rec["masks"].shape[-2:] == (SIZE, SIZE)
+    assert rec["mask_quality"].is_cuda and rec["masks"].shape[-2:] == (SIZE, SIZE)
     (col,) = find_adapter(model).collect(model, [images(1)[0].cuda()])
     assert len(col["roi_features"]) == len(col["boxes"])
 
@@ -398,7 +413,7 @@ def test_class_agnostic_masks_train_and_score():
     assert out["loss_maskiou"].item() > 0 and out["loss_mask"].item() > 0
     (inst,) = inference(model, images(1))
     assert inst.pred_masks.shape[1] == 1 and torch.allclose(inst.scores,
-                                                            inst.cls_scores * inst.mask_ious)
+                                                            inst.cls_scores * inst.mask_quality)
 
 
 def test_a_subclass_of_standard_roi_heads_keeps_its_own_overrides():
@@ -426,13 +441,12 @@ def test_a_subclass_of_standard_roi_heads_keeps_its_own_overrides():
 
 
 def test_detectron2s_own_trainer_writes_a_maskiou_checkpoint_of_its_model(tmp_path):
-    from maskiou_integrations.detectron2_models import train_embedded
-
     from maskiou.addon.run import detector_training_images
     from maskiou.data.coco import CocoInstanceDataset
     from maskiou.data.synthetic import generate_synthetic_coco
     from maskiou.models.checkpoint import load_checkpoint
     from maskiou.records import image_fingerprints
+    from maskiou_integrations.detectron2_models import train_embedded
 
     data = generate_synthetic_coco(tmp_path / "data", 4, 0, seed=0, image_size=SIZE,
                                    progress=False)
@@ -480,11 +494,11 @@ def test_the_recipe_trains_with_maskious_class_mapping_on_a_json_with_a_skipped_
     recipe's classes (background skipped, labels in id order), not register_coco_instances'
     numbering of all of them."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
-    from maskiou_integrations.detectron2_models import config_from_yaml, train_embedded
 
     from maskiou.data.coco import CocoInstanceDataset
     from maskiou.data.synthetic import generate_synthetic_coco
     from maskiou.models.checkpoint import load_checkpoint
+    from maskiou_integrations.detectron2_models import config_from_yaml, train_embedded
 
     data = generate_synthetic_coco(tmp_path / "data", 4, 0, seed=0, image_size=SIZE,
                                    progress=False)

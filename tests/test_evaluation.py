@@ -50,7 +50,8 @@ def detections(masks: torch.Tensor, cls, pred, mk, category_ids=None) -> Detecti
     return Detections(np.full(n, 7), np.array(category_ids or [3] * n), np.array(boxes),
                       encode_masks(masks), np.array(cls, dtype=float),
                       np.array(pred, dtype=float), np.array(mk, dtype=float),
-                      np.ones(n, dtype=np.int64), np.full(n, 400 / 64 ** 2))
+                      np.ones(n, dtype=np.int64), np.full(n, 400 / 64 ** 2),
+                      np.array(cls, dtype=float) * np.array(pred, dtype=float))
 
 
 def three_detections() -> Detections:

@@ -120,7 +120,7 @@ def test_output_fields_and_rescored_order():
                         rescore_outputs=True)
     assert r["scores"].tolist() == pytest.approx([0.8, 0.45])  # re-sorted, highest first
     assert r["labels"].tolist() == [2, 1] and r["cls_scores"].tolist() == pytest.approx([0.8, 0.9])
-    assert r["mask_ious"].tolist() == [1.0, 0.5]
+    assert r["mask_quality"].tolist() == [1.0, 0.5]
     assert r["maskness"].tolist() == pytest.approx([0.6, 0.7])
     assert r["boxes"].tolist() == [[1, 1, 2, 2], [0, 0, 1, 1]]
     assert r["image_id"].item() == 7 and r["other"].tolist() == [0, 1, 2]  # not per detection
@@ -131,7 +131,8 @@ def test_output_fields_without_rescoring_keep_order_and_scores():
     add_maskiou_outputs(r, torch.tensor([0.1, 1.0]), torch.tensor([0.7, 0.6]),
                         rescore_outputs=False)
     assert r["scores"].tolist() == pytest.approx([0.9, 0.8])
-    assert r["labels"].tolist() == [1, 2] and r["mask_ious"].tolist() == pytest.approx([0.1, 1.0])
+    assert r["labels"].tolist() == [1, 2]
+    assert r["mask_quality"].tolist() == pytest.approx([0.1, 1.0])
 
 
 def test_under_onnx_tracing_the_order_is_by_score_too(monkeypatch):
@@ -196,7 +197,10 @@ def test_light_head_has_a_1x1_reduction_and_the_paper_head_has_none():
 class ConstantHead(torch.nn.Module):
     """Predicts 0.5 for every class, through the RoI features and the mask probabilities."""
 
-    def forward(self, features: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    score_inputs = 0
+
+    def forward(self, features: torch.Tensor, probs: torch.Tensor,
+                scores: torch.Tensor | None = None) -> torch.Tensor:
         per_roi = 0.5 + 0.0 * (features.mean((1, 2, 3)) + probs.mean((1, 2)))
         return per_roi[:, None].expand(-1, 3)
 
@@ -264,8 +268,8 @@ def test_head_defaults_are_the_papers_and_bad_arguments_get_one_line():
     assert len(one.convs) == 1
     assert one(torch.rand(2, 8, 14, 14), torch.rand(2, 28, 28)).shape == (2, 3)
     for kwargs, message in (
-            ({"num_convs": 0}, "num_convs must be >= 1, got 0"),
-            ({"output": "relu"}, "output must be 'linear' or 'sigmoid', got 'relu'")):
+            ({"num_convs": 0}, "HeadConfig.num_convs: 0 is outside [1, inf]"),
+            ({"output": "relu"}, "HeadConfig.output: 'relu' is not one of 'linear', 'sigmoid'")):
         with pytest.raises(ValueError) as e:
             MaskIoUHead(**kwargs)
         assert str(e.value) == message
@@ -303,6 +307,7 @@ def test_mask_features_are_the_learned_convolution_of_the_full_mask_beside_the_p
     roi, m = torch.rand(1, 2, 4, 4), torch.rand(1, 8, 8)
     x = head.fuse(roi, m)
     assert x.shape == (1, 2 + 1 + 1, 4, 4)
+    # the same convolution of the same input: exact
     assert torch.equal(x[:, 3:], torch.relu(head.mask_conv(m[:, None])))
     assert x[:, 3:].abs().sum() > 0
     assert head(roi, m).shape == (1, 3)

@@ -43,6 +43,8 @@ class TinyNet(nn.Module):
 
 class TinyAdapter:
     name = "tiny plugin adapter"
+    framework = "tiny"
+    capabilities = frozenset()  # attaching only
 
     def matches(self, model):
         return isinstance(model, TinyNet)
@@ -119,7 +121,7 @@ def test_wheel_installs_maskiou_integrations_not_a_top_level_integrations(wheel)
     tops = {n.split("/")[0] for n in names if not n.startswith("maskiou-")}
     assert tops == {"maskiou", "maskiou_integrations"}
     assert "maskiou_integrations/torchvision_maskrcnn.py" in names
-    assert "maskiou/pretrained/synthetic_cpu.pt" in names
+    assert "maskiou/pretrained/synthetic_cpu_torchvision_end_to_end.pt" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[maskiou.adapters]" in text

@@ -41,9 +41,9 @@ def test_every_backbone_trains_and_infers(name, build):
     with torch.no_grad():
         out = model(images(2))
     for r in out:
-        assert set(r) >= {"boxes", "labels", "scores", "masks", "cls_scores", "mask_ious"}
-        assert ((r["mask_ious"] >= 0) & (r["mask_ious"] <= 1)).all()
-        torch.testing.assert_close(r["scores"], r["cls_scores"] * r["mask_ious"])
+        assert set(r) >= {"boxes", "labels", "scores", "masks", "cls_scores", "mask_quality"}
+        assert ((r["mask_quality"] >= 0) & (r["mask_quality"] <= 1)).all()
+        torch.testing.assert_close(r["scores"], r["cls_scores"] * r["mask_quality"])
         assert torch.all(r["scores"][:-1] >= r["scores"][1:])
 
 
@@ -114,7 +114,7 @@ def test_image_with_zero_detections(model):
     with torch.no_grad():
         out = model(images(2))
     for r in out:
-        assert r["boxes"].shape == (0, 4) and r["mask_ious"].shape == (0,)
+        assert r["boxes"].shape == (0, 4) and r["mask_quality"].shape == (0,)
         assert r["cls_scores"].shape == (0,) and r["masks"].shape[0] == 0
 
 
@@ -142,9 +142,10 @@ def test_bfloat16_autocast_on_cpu():
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         r = model(images(1))[0]
-    assert torch.isfinite(r["scores"].float()).all() and torch.isfinite(r["mask_ious"]).all()
+    assert torch.isfinite(r["scores"].float()).all() and torch.isfinite(r["mask_quality"]).all()
 
 
+@pytest.mark.threads
 def test_state_dict_round_trip(model, tmp_path):
     attach_maskiou_head(model).eval()
     torch.save(model.state_dict(), tmp_path / "m.pt")
@@ -154,7 +155,7 @@ def test_state_dict_round_trip(model, tmp_path):
     other.load_state_dict(torch.load(tmp_path / "m.pt"))
     with torch.no_grad():
         a, b = model(images(1)), other(images(1))
-    for k in ("boxes", "scores", "mask_ious", "masks"):
+    for k in ("boxes", "scores", "mask_quality", "masks"):  # same weights: same computation
         assert torch.equal(a[0][k], b[0][k])
 
 
@@ -183,6 +184,7 @@ def test_coco_predictors_keep_the_rows_of_the_dataset_classes():
                           keep=True)
 
 
+@pytest.mark.threads
 def test_plain_and_adapted_roi_heads_agree_on_the_detector():
     """Same weights, same seed: the adapter changes nothing torchvision computes."""
     plain = tiny_maskrcnn()
@@ -247,7 +249,7 @@ def test_score_inputs_are_the_class_probability_and_maskness_in_training_and_inf
     assert len(out["cls_scores"]) > 0
     assert sorted(scores[:, 0].tolist()) == sorted(out["cls_scores"].tolist())
     torch.testing.assert_close(scores[:, 1], maskness(probs))
-    torch.testing.assert_close(out["scores"], out["cls_scores"] * out["mask_ious"])
+    torch.testing.assert_close(out["scores"], out["cls_scores"] * out["mask_quality"])
 
 
 def test_loss_weight_scales_the_maskiou_loss():

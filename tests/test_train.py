@@ -17,7 +17,8 @@ from maskiou.models.checkpoint import (
 )
 from maskiou.models.config import resolve
 from maskiou.models.load import build_model, load_trained_model
-from maskiou.training.trainer import Trainer, lr_factor, main
+from maskiou.training.cli import main
+from maskiou.training.trainer import Trainer, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ def test_synthetic_cpu_config_trains_and_checkpoint_loads(tiny_data, tmp_path):
     assert model.roi_heads.maskiou_head.convs[0].out_channels == 64
     with torch.no_grad():
         out = model([torch.rand(3, 64, 64)])[0]
-    assert {"cls_scores", "mask_ious"} <= set(out)
+    assert {"cls_scores", "mask_quality"} <= set(out)
 
 
 def test_coco_recipe_shape_and_baseline(tiny_data, tmp_path):
@@ -78,6 +79,7 @@ def test_coco_recipe_shape_and_baseline(tiny_data, tmp_path):
     assert not any("maskiou" in k for k in ckpt["model"])
 
 
+@pytest.mark.threads
 def test_resume_is_exact(tiny_data, tmp_path, monkeypatch):
     straight = Trainer(tiny_cfg(tiny_data), tmp_path / "a", progress=False)
     straight.train()
@@ -97,6 +99,7 @@ def test_resume_is_exact(tiny_data, tmp_path, monkeypatch):
     resumed.resume(tmp_path / "b" / "last.pt")
     assert resumed.iteration == 2
     resumed.train()
+    # the same batches, seeds and steps in one process: the same computation, bit for bit
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
     for k in a:
@@ -231,7 +234,7 @@ def test_export_cli_writes_slim_torchscript_and_onnx_or_says_why(tiny_data, tmp_
                if ".maskiou_head." in k and v.is_floating_point())  # the head stays exact
     scripted = torch.jit.load(str(tmp_path / "m.ts"))
     _, out = scripted([torch.rand(3, 64, 64)])
-    assert {"cls_scores", "mask_ious", "maskness"} <= set(out[0])
+    assert {"cls_scores", "mask_quality", "maskness"} <= set(out[0])
     if importlib.util.find_spec("onnxruntime"):
         assert export([str(src), "--onnx", str(tmp_path / "m.onnx")]) == 0
         assert (tmp_path / "m.onnx").stat().st_size > 100_000

@@ -20,14 +20,12 @@ import argparse
 import dataclasses
 import sys
 
-from maskiou import distributed as D
-from maskiou.attach import UnknownFrameworkError
-from maskiou.head import HeadConfig
-from maskiou.models.checkpoint import CheckpointError
+from maskiou.configs import HeadConfig
+from maskiou.options import ArgumentParser, ConfigError
 
-from .cache import CacheKeyError
-from .fit import AddonConfig
-from .run import train_addon
+from .config import AddonConfig
+
+HEAD_SET_BY_ADDON = ("output", "target")  # follow --addon-loss and --addon-target
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -38,12 +36,12 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(p, AddonConfig, "add-on head training (default: AddonConfig's values)",
                             prefix="addon_", skip=("head",))
     add_dataclass_arguments(p, HeadConfig, "add-on head (default: AddonConfig's head)",
-                            prefix="addon_", skip=("output",))
+                            prefix="addon_", skip=HEAD_SET_BY_ADDON)
 
 
 def config_from_args(args: argparse.Namespace, base: AddonConfig | None = None) -> AddonConfig:
     names = [f.name for f in dataclasses.fields(AddonConfig) if f.name != "head"] + \
-        [f.name for f in dataclasses.fields(HeadConfig) if f.name != "output"]
+        [f.name for f in dataclasses.fields(HeadConfig) if f.name not in HEAD_SET_BY_ADDON]
     values = {n: getattr(args, f"addon_{n}") for n in names}
     return (base or AddonConfig()).replace(**{k: v for k, v in values.items() if v is not None})
 
@@ -51,6 +49,7 @@ def config_from_args(args: argparse.Namespace, base: AddonConfig | None = None) 
 def converted_detector(args: argparse.Namespace) -> str:
     """The maskiou checkpoint of ``--detector-config``/``--detector``: converted once, by the
     main process, into the output folder; the other ranks then find it there."""
+    from maskiou import distributed as D
     from maskiou.data.coco import CocoInstanceDataset
     from maskiou.models.load import convert_detector
 
@@ -65,12 +64,11 @@ def converted_detector(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maskiou.data.coco import CocoFormatError, one_line, set_max_pixels
-
-    p = argparse.ArgumentParser(prog="maskiou-addon", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--detector", required=True, help="plain Mask R-CNN checkpoint (maskiou-train "
-                   "--no-maskiou, or the shipped maskiou/pretrained/synthetic_cpu_plain.pt), or "
+    p = ArgumentParser(prog="maskiou-addon", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--detector", required=True, help="plain detector checkpoint (maskiou-train "
+                   "--no-maskiou, or the shipped "
+                   "maskiou/pretrained/synthetic_cpu_torchvision_plain.pt), or "
                    "with --detector-config the framework's own weights file (detectron2: "
                    "model_final.pth)")
     p.add_argument("--detector-config", help="the detector's config file in its framework's "
@@ -94,6 +92,20 @@ def main(argv: list[str] | None = None) -> int:
                    "MASKIOU_MAX_PIXELS, else 8192 x 8192 = 67,108,864)")
     add_config_flags(p)
     args = p.parse_args(argv)
+    try:  # a bad value is refused here, before torch is imported
+        cfg = config_from_args(args)
+    except ConfigError as e:
+        p.error(str(e))
+    # the heavy part: torch, the detector
+    from maskiou import distributed as D
+    from maskiou.attach import UnknownFrameworkError
+    from maskiou.contract import AdapterContractError
+    from maskiou.data.coco import CocoFormatError, one_line, set_max_pixels
+    from maskiou.models.checkpoint import CheckpointError
+
+    from .cache import CacheKeyError
+    from .run import train_addon
+
     try:
         set_max_pixels(args.max_pixels)
         _, _, device = D.init_distributed(args.device)
@@ -101,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.detector_config:
             detector = converted_detector(args)
         path = train_addon(detector, args.train_json, args.train_images, args.output_dir,
-                           config_from_args(args), device=device, progress=not args.no_progress,
+                           cfg, device=device, progress=not args.no_progress,
                            cache_dir=args.cache_dir, workers=args.workers,
                            log=lambda msg: print(msg, flush=True) if D.is_main() else None)
     except (CocoFormatError, CheckpointError, CacheKeyError, ValueError, FileNotFoundError,
-            UnknownFrameworkError) as e:
+            UnknownFrameworkError, AdapterContractError) as e:
         print(f"maskiou-addon: error: {one_line(e)}", file=sys.stderr)
         return 2
     finally:

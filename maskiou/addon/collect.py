@@ -1,9 +1,10 @@
 """The collection pass: run a frozen detector once over labeled images and keep, for every final
 detection, the MaskIoU head's inputs and the detection's true MaskIoU.
 
-The detector is run through its adapter (``adapter.collect(model, images)``), never through a
-framework's own output format, so a third framework needs one more adapter and nothing else.
-What the adapter returns for each image, in the detector's order (highest score first):
+The detector is run through its adapter (capability ``collect`` of :mod:`maskiou.contract`),
+never through a framework's own output format, so a third framework needs one more adapter and
+nothing else. What the adapter returns for each image, in the detector's order (highest score
+first):
 
 - ``boxes`` Tensor[n, 4] xyxy, ``labels`` Tensor[n] (contiguous), ``scores`` Tensor[n] (the
   class confidence), ``masks`` Tensor[n, 1, H, W] (probabilities pasted in the image),
@@ -20,15 +21,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from maskiou import distributed as D
 from maskiou.attach import find_adapter, find_maskiou_head
+from maskiou.contract import require
 from maskiou.records import Detections, output_to_detections, true_mask_ious
 
 from .cache import (
@@ -46,23 +48,10 @@ from .cache import (
 from .views import SHARD_PREFIX, VIEWS, to_image, view_of, visible_window
 
 
-@runtime_checkable
-class CollectingAdapter(Protocol):
-    """An adapter that can also feed the add-on (see the module docstring)."""
-
-    name: str
-
-    def collect(self, model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]: ...
-
-
-def collecting_adapter(model: nn.Module) -> CollectingAdapter:
-    """The model's adapter, if it can run the collection pass (else a TypeError saying so)."""
-    adapter = find_adapter(model)
-    if not isinstance(adapter, CollectingAdapter):
-        raise TypeError(f"the adapter {adapter.name} has no collect(model, images): the add-on "
-                        "needs it to read each final detection's head inputs, score, box, label "
-                        "and pasted mask (see maskiou.addon.collect)")
-    return adapter
+def collecting_adapter(model: nn.Module) -> Any:
+    """The model's adapter, if it declares the capability ``collect`` (else an
+    :class:`~maskiou.contract.AdapterContractError` saying so)."""
+    return require(find_adapter(model), "collect", "the add-on")
 
 
 @torch.no_grad()

@@ -14,11 +14,9 @@ trained head, are the same: one seeded permutation of the rows.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,19 +24,22 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from maskiou.head import HeadConfig, MaskIoUHead
+from maskiou.branch import score_features
+from maskiou.head import MaskIoUHead
 from maskiou.loss import select_class
 
 from .cache import DiskSamples, HeadSamples
+from .config import (  # noqa: F401 (re-exported: the add-on's config lives with its fitting)
+    AUTO_CROSSFIT_BELOW,
+    AUTO_CROSSFIT_FOLDS,
+    LOSSES,
+    TARGETS,
+    AddonConfig,
+    addon_head,
+)
 
-LOSSES = ("l2", "smooth_l1", "bce")
-TARGETS = ("iou", "coco")
 COCO_THRESHOLDS = torch.linspace(0.5, 0.95, 10)
 Samples = HeadSamples | DiskSamples
-# crossfit_folds=-1: few labeled images are worth k head trainings (each image then serves the
-# head and the recalibration); with many, the held-out fifth costs less and loses little
-AUTO_CROSSFIT_FOLDS = 5
-AUTO_CROSSFIT_BELOW = 1000
 
 
 def regression_target(true_ious: Tensor, kind: str) -> Tensor:
@@ -57,107 +58,10 @@ def regression_target(true_ious: Tensor, kind: str) -> Tensor:
     raise ValueError(f"target must be one of {TARGETS}, got {kind!r}")
 
 
-def addon_head() -> HeadConfig:
-    """The add-on's head: 2 convolutions of 64, FC 256, the class score and maskness as inputs."""
-    return HeadConfig(conv_channels=64, num_convs=2, fc_dim=256, score_inputs=2)
-
-
-@dataclass
-class AddonConfig:
-    """Everything head-only training decides (saved in the add-on checkpoint)."""
-
-    # the head (its ``output`` follows the loss: sigmoid for BCE)
-    head: HeadConfig = field(default_factory=addon_head)
-    # its training samples: every final detection of the add-on images (target from the true
-    # MaskIoU, 0 for a false positive); min_target >= 0 keeps only true MaskIoUs above it (the
-    # paper trains on positives: > 0)
-    min_target: float = -1.0
-    # what the head regresses: "iou" (the true MaskIoU, as the paper) or "coco" (the share of
-    # COCO's ten IoU thresholds 0.50:0.05:0.95 the mask passes: what mask AP rewards)
-    target: str = "coco"
-    # views of the head's training images the detector is also run on (new detections of the
-    # same objects, see maskiou.addon.views): the mirror image, a brightness and contrast
-    # jitter, and scale jitter (a crop the detector enlarges, a canvas it shrinks)
-    flip: bool = True
-    photometric: bool = False
-    # "in", "out", "both" or "none"; "auto": both below AUTO_CROSSFIT_BELOW images, else none
-    zoom: str = "auto"
-    max_detections: int = 100  # per image, the highest scored
-    # optimization
-    loss: str = "l2"
-    # weight of a pairwise ranking loss on the final score (cls x predicted): within a class,
-    # a detection whose target is higher by 0.1 should score higher (0: none)
-    rank_weight: float = 0.1
-    epochs: int = 12
-    # at least this many optimizer steps (more epochs on few detections: 12 epochs of 250
-    # images are about 200 steps, of 2,000 images about 1,500)
-    min_steps: int = 0
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    # recalibration fitted on a held-out share of the add-on images ("none": no recalibration)
-    recalibration: str = "logistic"
-    recalibration_holdout: float = 0.2
-    # cross-fitting instead of the held-out share (k >= 2): a head trained on k-1 folds of the
-    # images predicts the k-th, the recalibration fits on all these out-of-fold predictions,
-    # and the shipped head is trained on every image ("all") or is the fold heads' average;
-    # -1: AUTO_CROSSFIT_FOLDS folds below AUTO_CROSSFIT_BELOW images, else the held-out share
-    crossfit_folds: int = -1
-    crossfit_final: str = "all"
-
-    def folds_for(self, num_images: int) -> int:
-        """The cross-fitting folds for ``num_images`` add-on images (0: the held-out share)."""
-        if self.crossfit_folds < 0:
-            return AUTO_CROSSFIT_FOLDS if num_images < AUTO_CROSSFIT_BELOW else 0
-        return self.crossfit_folds
-
-    def zoom_views_for(self, num_images: int) -> tuple[str, ...]:
-        """The scale-jitter views (``"zoom-in"``, ``"zoom-out"``) of ``num_images`` add-on
-        images' training images."""
-        zoom = self.zoom
-        if zoom == "auto":
-            zoom = "both" if num_images < AUTO_CROSSFIT_BELOW else "none"
-        views = {"in": ("zoom-in",), "out": ("zoom-out",), "both": ("zoom-in", "zoom-out"),
-                 "none": ()}
-        if zoom not in views:
-            raise ValueError(f"zoom must be in, out, both, none or auto, got {self.zoom!r}")
-        return views[zoom]
-
-    def head_config(self) -> HeadConfig:
-        """The head as it is built: ``head`` with the output the loss needs."""
-        return dataclasses.replace(self.head, output="sigmoid" if self.loss == "bce"
-                                   else self.head.output)
-
-    def head_kwargs(self) -> dict[str, Any]:
-        return self.head_config().kwargs()
-
-    def replace(self, **changes: Any) -> AddonConfig:
-        """A copy with ``changes``; :class:`HeadConfig` fields (``conv_channels=32``, ...) go to
-        the head."""
-        head = HeadConfig.pop_from(changes)
-        new = dataclasses.replace(self, **changes)
-        return dataclasses.replace(new, head=dataclasses.replace(new.head, **head)) if head \
-            else new
-
-    @staticmethod
-    def from_dict(values: dict[str, Any]) -> AddonConfig:
-        """The config of a dict: ``dataclasses.asdict``'s form, or the flat form of add-on
-        checkpoints written before the head had its own record (``conv_channels``, ...,
-        ``score_inputs: true``). A config without ``crossfit_folds`` is from before
-        cross-fitting: the held-out share (0); one without ``zoom``, from before the zoom
-        views: none."""
-        values = dict(values)
-        head = values.pop("head", None) or {}
-        head = {**dataclasses.asdict(addon_head()), **head, **HeadConfig.pop_from(values)}
-        values.setdefault("crossfit_folds", 0)  # what every add-on did before the field
-        values.setdefault("zoom", "none")
-        return AddonConfig(**values, head=HeadConfig(**head))
-
-
 def score_inputs(samples: HeadSamples) -> Tensor:
-    """Tensor[D, 2]: the classification score and the maskness, the head's score inputs."""
-    return torch.stack([samples.cls_scores, samples.maskness], dim=1)
+    """Tensor[D, 2]: the classification score and the maskness, the head's score inputs (the
+    same as an attached model computes, :func:`maskiou.branch.score_features`)."""
+    return score_features(samples.cls_scores, samples.maskness)
 
 
 def head_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:

@@ -51,49 +51,27 @@ def attach_to_detector(detector: str | Path, cfg: AddonConfig,
     return model, meta
 
 
-def addon_train_config(detector_config: dict[str, Any], cfg: AddonConfig) -> dict[str, Any]:
-    """The TrainConfig dict that rebuilds the attached model (detector + this head)."""
-    from maskiou.models.config import TrainConfig
-
-    return {**TrainConfig.from_dict(detector_config).to_dict(), "maskiou": True,
-            "maskiou_head": dataclasses.asdict(cfg.head_config())}
-
-
 def addon_model_entries(meta: dict[str, Any], cfg: AddonConfig) -> dict[str, Any]:
-    """What an add-on checkpoint needs to rebuild its model (the detector and this head): a
-    torchvision detector's TrainConfig with the head, or another framework's own description
-    of its detector beside the head's config."""
-    framework = meta.get("framework", "torchvision")
-    if framework == "torchvision":
-        return {"config": addon_train_config(meta["config"], cfg)}
-    return {"framework": framework, "detector": meta["detector"],
-            "maskiou_head": dataclasses.asdict(cfg.head_config())}
+    """What an add-on checkpoint needs to rebuild its model, for every framework alike: the
+    detector's checkpoint entries (schema, framework, detector description, and the trainer's
+    config where maskiou's own trainer made it) with this head's config."""
+    kept = {k: meta[k] for k in ("schema", "framework", "detector", "config") if k in meta}
+    if "config" in kept:  # maskiou's own recipe: the config records the head too
+        kept["config"] = {**kept["config"], "maskiou": True,
+                          "maskiou_head": dataclasses.asdict(cfg.head_config())}
+    return {**kept, "maskiou_head": dataclasses.asdict(cfg.head_config())}
 
 
 def detector_training_images(meta: dict[str, Any]) -> dict[str, int]:
-    """Fingerprints of the images the detector was trained on, when its config says where they
-    are (another framework's checkpoint: ``detector.source``, ``train_split: embedded`` or
-    ``train_json``/``train_images``) and they are still there (else empty)."""
+    """Fingerprints of the images the detector was trained on, when its checkpoint records
+    where they are (``detector.source``, :func:`maskiou.models.paths.training_source`) and they
+    are still there (else empty)."""
     from maskiou.data.coco import CocoFormatError, CocoInstanceDataset
-    from maskiou.models.config import TrainConfig
-    from maskiou.models.paths import resolve_split, synthetic_dir
+    from maskiou.models.paths import source_split
 
     try:
-        source = (meta.get("detector") or {}).get("source") or {}
-        if meta.get("framework", "torchvision") == "torchvision":
-            cfg = TrainConfig.from_dict(meta["config"])
-        elif source.get("train_split") == "embedded":  # another framework's embedded detector
-            from maskiou.models.config import resolve
-
-            cfg = resolve("synthetic-cpu", {})
-        else:
-            return image_fingerprints(CocoInstanceDataset(source["train_json"],
-                                                          source["train_images"]))
-        if cfg.dataset == "synthetic" and not cfg.synthetic_dir:
-            if not (synthetic_dir(cfg) / "manifest.json").is_file():
-                return {}
-        json_path, images = resolve_split(cfg, "train", progress=False)
-        return image_fingerprints(CocoInstanceDataset(json_path, images))
+        split = source_split((meta.get("detector") or {}).get("source") or {})
+        return image_fingerprints(CocoInstanceDataset(*split)) if split else {}
     except (CocoFormatError, ValueError, TypeError, KeyError, OSError):
         return {}
 
@@ -173,8 +151,6 @@ def crossfit_head(head: nn.Module, samples: Samples, cfg: AddonConfig, image_ids
     head's training log, or the last fold's with ``"average"``); the fold heads' weights are
     appended to ``fold_states`` when a list is given.
     """
-    if cfg.crossfit_final not in ("all", "average"):
-        raise ValueError(f"crossfit_final must be 'all' or 'average', got {cfg.crossfit_final!r}")
     init = copy.deepcopy(head.state_dict())
     as_is = samples.views == 0
     oof = torch.zeros(len(samples))
@@ -194,7 +170,9 @@ def crossfit_head(head: nn.Module, samples: Samples, cfg: AddonConfig, image_ids
     if fold_states is not None:
         fold_states.extend(states)
     if cfg.crossfit_final == "average":
-        head.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) for k in init})
+        # the weights averaged; buffers that are not floats (the calibration's flag) as they are
+        head.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0)
+                              if init[k].is_floating_point() else init[k] for k in init})
     else:
         head.load_state_dict(init)
         epoch_log = train_head(head, samples, cfg, progress=progress, workers=workers)
@@ -222,7 +200,7 @@ def heldout_gain(samples: Samples, rows: Tensor, pred: Tensor, recal: Any, datas
         category_ids=np.array([dataset.label_to_cat_id[int(x)] for x in labels], np.int64),
         boxes_xywh=np.zeros((len(rows), 4)), rles=rles, cls_scores=cls,
         pred_ious=pred.numpy(), maskness=mk, labels=labels,
-        rel_areas=samples.rel_areas[rows].numpy())
+        rel_areas=samples.rel_areas[rows].numpy(), scores=cls)
     scores = {"maskness": cls * mk, "rescored": cls * np.clip(pred.numpy(), 0, 1)}
     if recal is not None:
         scores["recalibrated"] = recal.predict(cls, dets.pred_ious, mk, dets.rel_areas, labels)
@@ -307,6 +285,7 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
             samples.labels[r].numpy(), samples.targets[r].numpy(),
             {h: i for h, i in fingerprints.items() if i in fitted}, seed=cfg.seed,
             target=cfg.target)
+        recal.install(head)  # the model's own final score from now on
         how = "out-of-fold predictions" if crossfit else "held-out images"
         log(f"fitted the {cfg.recalibration} recalibration on {len(r)} detections of "
             f"{len(fitted)} images ({how})")

@@ -24,19 +24,23 @@ from maskiou.addon.run import ADDON_VERSION, load_recalibration, train_addon
 from maskiou.attach import find_maskiou_head
 from maskiou.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from maskiou.models.config import TrainConfig
-from maskiou.models.load import load_trained_model
+from maskiou.models.load import load_trained_model, trained_by_maskiou
 from maskiou.models.paths import (
+    DEFAULT_FRAMEWORK,
     addon_dir,
+    default_model,
     model_dir,
     resolve_split,
+    shipped_frameworks,
     shipped_model_path,
+    shipped_name,
 )
 from maskiou.records import Detections, file_sha1, image_fingerprints, true_mask_ious
 
 from .cocoeval import evaluate_detections
 from .cost import head_cost
 from .gallery import rank_change_gallery
-from .metrics import scorings
+from .metrics import final_score_calibration, scorings
 from .predict import predict
 from .report import best_learned, markdown_report, write_metrics, write_plots
 
@@ -122,7 +126,7 @@ def shipped_checkpoint(name: str) -> dict[str, Any]:
     return ckpt
 
 
-def install_shipped_addon(name: str = "addon") -> Path | None:
+def install_shipped_addon(name: str = default_model("addon")) -> Path | None:
     """Copy the shipped add-on ``name`` (what the main job trains) to the main job's model
     folder when nothing is there yet, so that the demo starts with a head. No stamp is written:
     the main job still trains its own (the same weights: CPU training is deterministic)."""
@@ -140,19 +144,58 @@ def embedded_config(**overrides: Any) -> TrainConfig:
     return resolve("synthetic-cpu", overrides)
 
 
+def embedded_detector(framework: str = DEFAULT_FRAMEWORK, progress: bool = True,
+                      retrain: bool = False, device: str | torch.device = "cpu",
+                      cfg: TrainConfig | None = None) -> Path:
+    """The plain detector of ``framework`` for the embedded data, in its run folder: the
+    shipped one (``maskiou/pretrained/index.json``), or with ``retrain`` one trained again the
+    way the shipped one was: by maskiou's own trainer and the ``synthetic-cpu`` recipe
+    (``trained_by: maskiou-train``), or by the framework's own trainer (its adapter's
+    capability ``train``)."""
+    from maskiou.attach import framework_adapter
+
+    name = shipped_name(framework, "plain")
+    if name is None:
+        raise ValueError(f"no embedded {framework} detector is shipped (frameworks with one: "
+                         f"{', '.join(shipped_frameworks())}); give --checkpoint")
+    if trained_by_maskiou(name):
+        cfg = dataclasses.replace(cfg or embedded_config(), maskiou=False)
+        return train_or_reuse(cfg, model_dir(name), progress, retrain, shipped=name)
+    final = model_dir(name) / "model_final.pt"
+    if retrain and D.is_main():
+        final.unlink(missing_ok=True)
+    if not final.is_file() and D.is_main():
+        shipped = shipped_model_path(name)
+        if shipped.is_file() and not retrain:
+            log(f"using the shipped {framework} model {shipped.name} (pass --retrain to train "
+                "it from scratch)")
+            save_atomic(load_checkpoint(shipped), final)
+        else:
+            adapter = framework_adapter(framework, "train", "--retrain")
+            log(f"training the plain {framework} detector into {final.parent}")
+            trained = adapter.train_embedded(str(final.parent), device=str(device))
+            if Path(trained) != final:
+                save_atomic(load_checkpoint(trained), final)
+    D.barrier()
+    return final
+
+
 def default_detector(progress: bool = True, retrain: bool = False,
                      cfg: TrainConfig | None = None) -> Path:
-    """The plain Mask R-CNN of the embedded data: the shipped one, or trained (``--no-maskiou``)
-    with the ``synthetic-cpu`` recipe."""
-    cfg = dataclasses.replace(cfg or embedded_config(), maskiou=False)
-    return train_or_reuse(cfg, model_dir("plain"), progress, retrain, shipped="plain")
+    """The main job's plain detector (:func:`embedded_detector` of the default framework)."""
+    return embedded_detector(DEFAULT_FRAMEWORK, progress, retrain, cfg=cfg)
 
 
 def default_end_to_end(progress: bool = True, retrain: bool = False,
-                       cfg: TrainConfig | None = None) -> Path:
-    """Mask Scoring R-CNN trained end to end on the embedded data (shipped, or trained)."""
+                       cfg: TrainConfig | None = None,
+                       framework: str = DEFAULT_FRAMEWORK) -> Path | None:
+    """The shipped Mask Scoring R-CNN trained end to end on the embedded data by maskiou's own
+    trainer, if one is shipped for ``framework`` (or trained again with ``retrain``)."""
+    name = shipped_name(framework, "end_to_end")
+    if name is None:
+        return None
     cfg = dataclasses.replace(cfg or embedded_config(), maskiou=True)
-    return train_or_reuse(cfg, model_dir("end_to_end"), progress, retrain, shipped="end_to_end")
+    return train_or_reuse(cfg, model_dir(name), progress, retrain, shipped=name)
 
 
 def embedded_val(progress: bool = True, cfg: TrainConfig | None = None) -> tuple[Path, Path]:
@@ -247,20 +290,24 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Any, device: torch.devi
     if not D.is_main():
         return None
     true = true_mask_ious(dets, dataset.coco)
-    has_head = find_maskiou_head(model) is not None
-    recal_scores = None
-    if recal is not None:
-        recal_scores = recal.predict(dets.cls_scores, dets.pred_ious, dets.maskness,
-                                     dets.rel_areas, dets.labels)
+    head = find_maskiou_head(model)
+    has_head = head is not None
+    # the final row is what the model returned: its own scores, when its head carries a fitted
+    # recalibration (no second implementation of the score here)
+    fitted = has_head and bool(head.calibration.fitted)
+    final = dets.scores if fitted else None
     metrics, results = evaluate_detections(dets, dataset.coco, true, has_head=has_head,
-                                           recalibrated=recal_scores, backend=backend)
+                                           recalibrated=final, backend=backend)
     scores = scorings(dets.cls_scores, dets.pred_ious if has_head else None, dets.maskness,
-                      true, recal_scores)
-    metrics.update(checkpoint=str(checkpoint), has_head=has_head,
-                   framework=meta.get("framework", "torchvision"),
-                   inference_seconds=round(seconds, 1))
+                      true, final)
+    model_scoring = "recalibrated" if fitted else ("rescored" if has_head else "cls")
+    metrics.update(checkpoint=str(checkpoint), has_head=has_head, framework=meta["framework"],
+                   inference_seconds=round(seconds, 1), model_scoring=model_scoring)
     if has_head:
         metrics["cost"] = head_cost(model)
+        metrics["head_target"] = head.target
+        metrics["calibration"] = final_score_calibration(scores[model_scoring], true,
+                                                         head.target)
     if recal is not None:
         metrics["recalibration"] = recal.kind
     return {**metrics, "results": results, "detections": dets, "true_ious": true,
@@ -274,40 +321,13 @@ def is_plain(checkpoint: str | Path) -> bool:
     return not has_head(load_checkpoint(checkpoint))
 
 
-def default_framework_detector(framework: str, progress: bool = True, retrain: bool = False,
-                               device: str | torch.device = "cpu") -> Path:
-    """The plain detector of another framework for the embedded data: the shipped one
-    (``maskiou/pretrained/synthetic_cpu_<framework>_plain.pt``), or with ``retrain`` one
-    trained by the framework's own trainer (its adapter's ``train_embedded``)."""
-    from maskiou.attach import framework_adapter
-
-    name = f"{framework}_plain"
-    final = model_dir(name) / "model_final.pt"
-    if retrain and D.is_main():
-        final.unlink(missing_ok=True)
-    if not final.is_file() and D.is_main():
-        shipped = shipped_model_path(name)
-        if shipped.is_file() and not retrain:
-            log(f"using the shipped {framework} model {shipped.name} (pass --retrain to train "
-                "it from scratch)")
-            save_atomic(load_checkpoint(shipped), final)
-        else:
-            adapter = framework_adapter(framework)
-            log(f"training the plain {framework} Mask R-CNN into {final.parent}")
-            trained = adapter.train_embedded(final.parent, device=str(device))
-            if Path(trained) != final:
-                save_atomic(load_checkpoint(trained), final)
-    D.barrier()
-    return final
-
-
 def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
         addon_train: tuple[str, str] | None = None, baseline_checkpoint: str | None = None,
         end_to_end_checkpoint: str | None = None, train_baseline: bool = False,
         device: str = "auto", batch_size: int = 8, backend: str = "pycocotools",
         progress: bool = True, retrain: bool = False, run_root: Path | None = None,
         addon: AddonConfig | None = None, addon_images: int = ADDON_IMAGES,
-        framework: str = "torchvision") -> dict[str, Any]:
+        framework: str = DEFAULT_FRAMEWORK) -> dict[str, Any]:
     """The main job; returns metrics.json's dict (on the main process).
 
     Args:
@@ -319,9 +339,8 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
             trains on; on the embedded data, generated add-on images.
         baseline_checkpoint, train_baseline: also score a plain detector (the paper's table 1).
         end_to_end_checkpoint: also score an end-to-end model.
-        framework: on the embedded data, whose plain detector gets the add-on: torchvision's
-            (with the end-to-end model beside it) or another framework's shipped one
-            (``"detectron2"``).
+        framework: on the embedded data, whose shipped plain detector gets the add-on (with
+            that framework's shipped end-to-end model beside it, where there is one).
     """
     from maskiou.data.coco import CocoInstanceDataset
 
@@ -338,12 +357,11 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
     timings["data"] = time.perf_counter() - t_start
 
     models: dict[str, str] = {}
-    if checkpoint is None and embedded and framework != "torchvision":
-        checkpoint = str(default_framework_detector(framework, progress, retrain, dev))
-    elif checkpoint is None and embedded:
-        checkpoint = str(default_detector(progress, retrain, cfg))
-        end_to_end_checkpoint = end_to_end_checkpoint or str(
-            default_end_to_end(progress, retrain, cfg))
+    if checkpoint is None and embedded:
+        checkpoint = str(embedded_detector(framework, progress, retrain, dev, cfg))
+        if end_to_end_checkpoint is None:
+            e2e = default_end_to_end(progress, retrain, cfg, framework)
+            end_to_end_checkpoint = str(e2e) if e2e else None
     elif checkpoint is None:
         checkpoint = str(train_or_reuse(cfg, run_root / "maskiou", progress, retrain))
     if is_plain(checkpoint):
@@ -355,10 +373,10 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
                                  "add-on head to train on")
             addon_train = tuple(map(str, addon_split(addon_images, progress)))
         timings["addon_data"] = time.perf_counter() - t0
-        plain = "plain" if framework == "torchvision" else f"{framework}_plain"
-        default = (embedded and addon_images == ADDON_IMAGES
+        plain, addon_name = shipped_name(framework, "plain"), shipped_name(framework, "addon")
+        default = (embedded and addon_images == ADDON_IMAGES and plain and addon_name
                    and Path(checkpoint) == model_dir(plain) / "model_final.pt")
-        run_dir = model_dir(plain.replace("plain", "addon")) if default else \
+        run_dir = model_dir(addon_name) if default else \
             run_root / f"addon-{file_sha1(checkpoint)[:8]}"
         t0 = time.perf_counter()
         addon_or_reuse(Path(checkpoint), Path(addon_train[0]), Path(addon_train[1]), run_dir,
@@ -398,6 +416,7 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
         "num_images": len(dataset), "num_detections": main["num_detections"],
         "main_model": main_model, "checkpoint": models[main_model],
         "framework": main["framework"],
+        **{k: main[k] for k in ("model_scoring", "head_target", "calibration") if k in main},
         "val_json": str(val_json),
         "models": {name: {k: v for k, v in m.items()
                           if k not in ("results", "detections", "true_ious", "scores")}
@@ -427,7 +446,8 @@ def write_outputs(out: Path, metrics: dict[str, Any], main: dict[str, Any], data
                "cls_score": dets.cls_scores.tolist(), "maskness": dets.maskness.tolist(),
                "true_iou": np.asarray(true).tolist()}
     if main["has_head"]:
-        per_det["predicted_iou"] = dets.pred_ious.tolist()
+        per_det["mask_quality"] = dets.pred_ious.tolist()  # the head's output
+        per_det["final_score"] = dets.scores.tolist()  # what the model returned
     (out / "detections.json").write_text(json.dumps(per_det))
     write_plots(out, metrics, dets.pred_ious if main["has_head"] else None, true, main["scores"])
     best = best_learned(main["segm"])

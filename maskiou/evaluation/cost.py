@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from maskiou.attach import find_adapter, find_maskiou_head
+from maskiou.contract import has_capability
 
 
 def count_flops(fn: Any, *args: Any) -> int:
@@ -41,7 +42,7 @@ def head_cost(model: nn.Module) -> dict[str, Any]:
         "head_gmacs_per_roi": head_flops / 2e9,
     }
     adapter = find_adapter(model)
-    if hasattr(adapter, "mask_branch"):  # the adapter's optional member
+    if has_capability(adapter, "cost"):
         mask_flops = count_flops(adapter.mask_branch(model), roi)
         out["mask_head_gflops_per_roi"] = mask_flops / 1e9
         out["mask_head_gmacs_per_roi"] = mask_flops / 2e9

@@ -104,3 +104,29 @@ def correlation_summary(cls_scores: np.ndarray, pred_ious: np.ndarray | None,
         if name != "oracle":
             out[f"ece_{name}"] = expected_calibration_error(score, true_ious)
     return out
+
+
+def target_of(true_ious: np.ndarray, target: str) -> np.ndarray:
+    """What a score of a head with ``target`` estimates, from the true MaskIoU Float[N]: the
+    IoU itself (``"iou"``), or the share of COCO's thresholds it passes (``"coco"``); the same
+    function the add-on trains on (:func:`maskiou.addon.fit.regression_target`)."""
+    import torch
+
+    from maskiou.addon.fit import regression_target
+
+    truth = torch.as_tensor(np.asarray(true_ious, dtype=np.float32))
+    return regression_target(truth, target).double().numpy()
+
+
+def final_score_calibration(scores: np.ndarray, true_ious: np.ndarray, target: str,
+                            bins: int = 10) -> dict[str, object]:
+    """How well the final score estimates what it claims to (its head's ``target``, see
+    :func:`target_of`): the expected calibration error and the reliability diagram (per
+    equal-width score bin: mean score, mean truth, count; bins without detections left out)."""
+    truth = target_of(true_ious, target)
+    s = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    idx = np.minimum((s * bins).astype(int), bins - 1)
+    rows = [{"score": float(s[idx == b].mean()), "truth": float(truth[idx == b].mean()),
+             "count": int((idx == b).sum())} for b in range(bins) if (idx == b).any()]
+    return {"target": target, "ece": expected_calibration_error(s, truth, bins),
+            "bins": rows}

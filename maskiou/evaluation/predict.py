@@ -9,20 +9,21 @@ import torch
 from tqdm import tqdm
 
 from maskiou.attach import find_adapter
+from maskiou.contract import require
 from maskiou.records import Detections, output_to_detections
 
 
 def predictor(model: torch.nn.Module) -> Any:
-    """``run(images) -> outputs``: the model run through its adapter's ``predict`` (maskiou's
-    images in, maskiou's detection records out, whatever the framework), or called directly
-    when its adapter has none (then it must take and return those itself)."""
+    """``run(images) -> outputs``: the model run through its adapter (capability ``predict``:
+    maskiou's images in, maskiou's detection records out, whatever the framework; see
+    :mod:`maskiou.contract`). A model no adapter matches is called as it is: it must take and
+    return those itself."""
     try:
         adapter = find_adapter(model)
     except TypeError:
         return model
-    if hasattr(adapter, "predict"):
-        return lambda images: adapter.predict(model, images)
-    return model
+    require(adapter, "predict", "running the model on images")
+    return lambda images: adapter.predict(model, images)
 
 
 @torch.no_grad()

@@ -15,8 +15,8 @@ from .metrics import SCORINGS, binned_means
 SCORING_TITLES = {
     "cls": "classification score (Mask R-CNN)",
     "maskness": "cls x maskness (free: SOLOv2, Mask2Former)",
-    "rescored": "cls x predicted MaskIoU (MS R-CNN head)",
-    "recalibrated": "recalibrated (cls, predicted MaskIoU, maskness, box size)",
+    "rescored": "cls x the head's output (MS R-CNN rescoring)",
+    "recalibrated": "recalibrated: what the model returns (cls, head, maskness, box size)",
     "oracle": "cls x true MaskIoU (oracle, paper table 7)",
 }
 MODEL_TITLES = {"plain": "plain Mask R-CNN (the detector the user has)",
@@ -111,6 +111,14 @@ def markdown_report(metrics: dict[str, Any]) -> str:
              "## Models side by side", "", comparison_table(metrics), "",
              "## Predicted vs true MaskIoU (top-100 detections per image)", "",
              correlation_table(metrics["correlation"])]
+    if metrics.get("calibration"):
+        cal = metrics["calibration"]
+        parts += ["", "## The score the model returns", "",
+                  f"`model(images)` returns `{metrics.get('model_scoring')}` in `scores`; the "
+                  f"head's output (`mask_quality`) estimates the "
+                  f"{TARGET_NAMES_TRUE[cal['target']]}, and so does the final score: its "
+                  f"expected calibration error against it is {cal['ece']:.3f} "
+                  "(reliability.png)."]
     if "cost" in main:
         parts += ["", "## Cost", "", cost_table(main["cost"])]
     if "seconds" in metrics:
@@ -125,10 +133,14 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
 
 def write_plots(out: Path, metrics: dict[str, Any], pred: np.ndarray | None, true: np.ndarray,
                 scores: dict[str, np.ndarray]) -> None:
-    """maskiou_correlation.png (figure 5, when there is a head) and score_vs_maskiou.png."""
+    """maskiou_correlation.png (figure 5, when there is a head), reliability.png (the final
+    score's calibration against what it estimates) and score_vs_maskiou.png."""
     if pred is not None:
         plot_correlation(out / "maskiou_correlation.png", pred, true,
                          metrics["correlation"]["head_pearson"])
+    if metrics.get("calibration"):
+        plot_reliability(out / "reliability.png", metrics["calibration"],
+                         metrics.get("model_scoring", "final"))
     plot_score_vs_iou(out / "score_vs_maskiou.png", true,
                       {k: v for k, v in scores.items() if k != "oracle"})
 
@@ -151,6 +163,31 @@ def plot_correlation(path: Path, pred: np.ndarray, true: np.ndarray, pearson: fl
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_reliability(path: Path, calibration: dict[str, Any], scoring: str) -> None:
+    """The reliability diagram of the score the model returns: mean of what it estimates (its
+    head's target) per score bin, against the diagonal, with its ECE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    what = TARGET_NAMES_TRUE[calibration["target"]]
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1, label="perfectly calibrated")
+    rows = calibration["bins"]
+    ax.plot([r["score"] for r in rows], [r["truth"] for r in rows], "o-",
+            label=f"{scoring} (ECE {calibration['ece']:.3f})")
+    ax.set(xlabel=f"final score ({scoring}: what the model returns)", ylabel=f"mean {what}",
+           xlim=(0, 1), ylim=(0, 1), title="Reliability of the final score")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+TARGET_NAMES_TRUE = {"iou": "true MaskIoU", "coco": "true COCO-threshold share"}
 
 
 def plot_score_vs_iou(path: Path, true: np.ndarray, scores: dict[str, np.ndarray]) -> None:

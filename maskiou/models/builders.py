@@ -5,6 +5,7 @@ Nothing is downloaded unless ``weights`` or ``weights_backbone`` names torchvisi
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -23,9 +24,10 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-MODEL_NAMES = ("maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2",
-               "maskrcnn_mobilenet_v3_large_fpn")
-NORMS = ("frozen_bn", "bn", "gn")
+from .config import ModelName, Norm
+
+MODEL_NAMES: tuple[str, ...] = typing.get_args(ModelName)
+NORMS: tuple[str, ...] = typing.get_args(Norm)
 
 
 def norm_layer(norm: str) -> Callable[[int], nn.Module]:

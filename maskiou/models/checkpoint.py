@@ -1,8 +1,27 @@
-"""Checkpoints that are written atomically, resume exactly, and explain a mismatch in one line."""
+"""Checkpoints that are written atomically, resume exactly, and explain a mismatch in one line.
+
+A maskiou checkpoint (schema :data:`SCHEMA`) is a dict, the same for every framework:
+
+- ``"schema"``: 2;
+- ``"framework"``: whose adapter rebuilds the model (``maskiou.contract``, capability ``load``);
+- ``"detector"``: that adapter's description of the plain detector (JSON-like values), with
+  ``"source"``, where it was trained when known (``{"train_split": "embedded", ...}`` or
+  ``{"train_json": ..., "train_images": ...}``);
+- ``"maskiou_head"``: the :class:`maskiou.head.HeadConfig` of the attached head, or None;
+- ``"class_names"`` (index 0 the background), ``"label_to_cat_id"``;
+- ``"model"``: the state dict;
+- optional: ``"config"`` (maskiou's own trainer: the run's ``TrainConfig``, for resuming),
+  ``"addon"`` (what the add-on did), ``"iteration"`` and the training state of ``last.pt``.
+
+Files written before the schema (schema 1: maskiou's own trainer, with ``"config"`` and no
+``"framework"``) are migrated when read (:func:`migrate`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -39,16 +58,114 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint on the CPU; a missing or unreadable file is a CheckpointError."""
+    """Read a checkpoint on the CPU as data (``torch.load(weights_only=True)``: tensors and plain
+    values, nothing is unpickled that could run code); a missing or unreadable file, or one that
+    needs more than data, is a CheckpointError of one line."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same to the user
+        if isinstance(e, pickle.UnpicklingError) and "eights only load failed" in str(e):
+            raise CheckpointError(refusal(path)) from None
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a maskiou checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def refusal(path: str | Path) -> str:
+    """The one line that refuses a file which needs unpickling, naming what it would build."""
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - the refusal stands without the names
+        needed = []
+    what = f" ({', '.join(needed[:4])}{' ...' if len(needed) > 4 else ''})" if needed else ""
+    return (f"{path}: refused: it holds pickled objects{what}, and loading them could run any "
+            "code; maskiou reads checkpoints as data (weights_only=True). A checkpoint written "
+            f"by maskiou before schema 2 converts with `maskiou-convert {path} NEW.pt` (only if "
+            "you trust the file)")
+
+
+SCHEMA = 2
+# schema 1 had no "framework" entry: every such file was written by maskiou's own trainer or by
+# the add-on on one of its detectors, whose models are this framework's
+SCHEMA1_FRAMEWORK = "torchvision"
+
+
+def migrate(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:
+    """``ckpt`` in the current schema (a new dict; the same one when it is current)."""
+    version = ckpt.get("schema", 1)
+    if version == SCHEMA:
+        return ckpt
+    if version != 1:
+        raise CheckpointError(f"{path}: checkpoint schema {version!r}; this maskiou reads "
+                              f"schemas 1 to {SCHEMA} (a newer maskiou wrote it?)")
+    out = dict(ckpt)
+    out["schema"] = SCHEMA
+    if "framework" in out:  # another framework's file: already in this form
+        out.setdefault("maskiou_head", None)
+        return _with_calibration(out)
+    if "config" not in out or "class_names" not in out:
+        raise CheckpointError(f"{path}: not a maskiou checkpoint (no config or class names): a "
+                              "bare state dict cannot be rebuilt")
+    from .config import TrainConfig
+    from .paths import training_source
+
+    try:
+        cfg = TrainConfig.from_dict(out["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its config does not match this maskiou version "
+                              f"({e})") from e
+    out["framework"] = SCHEMA1_FRAMEWORK
+    out["detector"] = detector_entry(cfg, len(out["class_names"]), training_source(cfg))
+    out["maskiou_head"] = dataclasses.asdict(cfg.maskiou_head) if cfg.maskiou else None
+    return _with_calibration(out)
+
+
+def _with_calibration(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 checkpoint's head as schema 2 has it: its ``target`` (an add-on's, from its
+    config; the paper's IoU for an end-to-end head) and its calibration buffers in the state
+    dict, holding the add-on's recalibration weights (unfitted where there were none)."""
+    if ckpt.get("maskiou_head") is None:
+        return ckpt
+    addon = ckpt.get("addon") or {}
+    # an add-on's config without the field ran AddonConfig's default, "coco"
+    target = addon["config"].get("target", "coco") if addon.get("config") else "iou"
+    ckpt["maskiou_head"] = {**ckpt["maskiou_head"], "target": target}
+    state = dict(ckpt["model"])
+    prefixes = {k[:k.index("maskiou_head.") + len("maskiou_head.")] for k in state
+                if "maskiou_head." in k}
+    recal = addon.get("recalibration") or {}
+    for prefix in prefixes:
+        if f"{prefix}calibration.weights" in state:
+            continue
+        fitted = "weights" in recal
+        state[f"{prefix}calibration.weights"] = torch.tensor(
+            recal["weights"] if fitted else [0.0] * 4, dtype=torch.float32)
+        state[f"{prefix}calibration.bias"] = torch.tensor(float(recal.get("bias", 0.0)))
+        state[f"{prefix}calibration.fitted"] = torch.tensor(fitted)
+    ckpt["model"] = state
+    return ckpt
+
+
+def detector_entry(cfg: Any, num_classes: int, source: dict[str, Any]) -> dict[str, Any]:
+    """The ``"detector"`` entry of a model built by maskiou's own recipe (a
+    ``TrainConfig``): what its adapter's ``load_detector`` reads back."""
+    plain = {**cfg.to_dict(), "maskiou": False, "freeze_detector": False, "weights": None,
+             "weights_backbone": None, "detector_checkpoint": None}
+    return {"config": plain, "num_classes": int(num_classes), "source": source}
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """:func:`load_checkpoint` in the current schema (:func:`migrate`), with the entries every
+    model loader needs checked."""
+    ckpt = migrate(load_checkpoint(path), path)
+    missing = [k for k in ("framework", "detector", "class_names") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: a {ckpt.get('framework', 'maskiou')} checkpoint without "
+                              f"{', '.join(missing)}")
     return ckpt
 
 
@@ -80,17 +197,34 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
     """Every global RNG state this process draws from (CUDA: only ``device``'s generator, so a
-    rank never opens a context on another rank's GPU)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    rank never opens a context on another rank's GPU), as tensors and plain values."""
+    state = {"torch": torch.get_rng_state(), "numpy": _numpy_state(np.random.get_state()),
              "python": random.getstate()}
     if device is not None and device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
+def _numpy_state(state: Any) -> dict[str, Any]:
+    """NumPy's legacy random state (a tuple holding an array) as a dict of plain values."""
+    if isinstance(state, dict):
+        return state
+    name, keys, pos, has_gauss, gauss = state
+    return {"algorithm": str(name), "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+
+
+def plain_rng_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A resume state written before schema 2 (NumPy's state as a tuple) as :func:`rng_state`
+    writes it now."""
+    return {**state, "numpy": _numpy_state(state["numpy"])}
+
+
 def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = _numpy_state(state["numpy"])
+    np.random.set_state((n["algorithm"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
     random.setstate(state["python"])
     if "cuda" in state and device is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)

@@ -11,9 +11,14 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from maskiou.head import HeadConfig
+from maskiou.configs import HeadConfig
+from maskiou.options import ConfigError, bounded, check_fields, choices_of, field_types
+
+ModelName = Literal["maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2",
+                    "maskrcnn_mobilenet_v3_large_fpn"]
+Norm = Literal["frozen_bn", "bn", "gn"]
 
 
 @dataclass
@@ -21,68 +26,75 @@ class TrainConfig:
     """All knobs of a training run (see the README's configuration table)."""
 
     # model
-    model: str = "maskrcnn_resnet50_fpn"
+    model: ModelName = "maskrcnn_resnet50_fpn"
     weights: str | None = None
     weights_backbone: str | None = None
-    norm: str = "frozen_bn"
-    head_norm: str | None = None
-    trainable_layers: int | None = None
-    fpn_channels: int = 256
-    mask_head_channels: int = 256
-    mask_head_convs: int = 4
-    box_head_dim: int = 1024
+    norm: Norm = "frozen_bn"
+    head_norm: Literal["bn", "gn"] | None = None
+    trainable_layers: int | None = bounded(None, 0, 5)
+    fpn_channels: int = bounded(256, 1)
+    mask_head_channels: int = bounded(256, 1)
+    mask_head_convs: int = bounded(4, 1)
+    box_head_dim: int = bounded(1024, 1)
     anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     returned_layers: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
-    min_size: int = 800
-    max_size: int = 1333
+    min_size: int = bounded(800, 1)
+    max_size: int = bounded(1333, 1)
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_test: int = 1000
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512
-    box_detections_per_img: int = 100
+    box_detections_per_img: int = bounded(100, 1)
     # MaskIoU head
     maskiou: bool = True
     maskiou_head: HeadConfig = field(default_factory=HeadConfig)
-    maskiou_loss_weight: float = 1.0
+    maskiou_loss_weight: float = bounded(1.0, 0.0)
     freeze_detector: bool = False
     detector_checkpoint: str | None = None
     # optimization
-    optimizer: str = "sgd"
-    lr: float = 0.02
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = bounded(0.02, 0.0, low_open=True)
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    batch_size: int = 2
-    reference_batch_size: int = 16
-    max_iters: int = 90000
-    epochs: int = 0
-    warmup_iters: int = 1000
+    batch_size: int = bounded(2, 1)
+    reference_batch_size: int = bounded(16, 1)
+    max_iters: int = bounded(90000, 0)
+    epochs: int = bounded(0, 0)
+    warmup_iters: int = bounded(1000, 0)
     warmup_factor: float = 0.001
-    lr_schedule: str = "step"
+    lr_schedule: Literal["step", "cosine"] = "step"
     lr_steps: list[int] = field(default_factory=lambda: [60000, 80000])
     lr_gamma: float = 0.1
     grad_clip: float = 0.0
-    hflip: float = 0.5
+    hflip: float = bounded(0.5, 0.0, 1.0)
     aspect_ratio_grouping: bool = True
-    amp: str = "none"
+    amp: Literal["none", "auto", "bf16", "fp16"] = "none"
     # run
     seed: int = 0
     device: str = "auto"
-    workers: int = 2
-    checkpoint_every: int = 5000
-    log_every: int = 20
+    workers: int = bounded(2, 0)
+    checkpoint_every: int = bounded(5000, 1)
+    log_every: int = bounded(20, 1)
     # data
-    dataset: str = "coco"
+    dataset: Literal["coco", "synthetic"] = "coco"
     coco_root: str | None = None
     train_json: str | None = None
     train_images: str | None = None
     val_json: str | None = None
     val_images: str | None = None
     synthetic_dir: str | None = None
-    synthetic_train: int = 1000
-    synthetic_val: int = 200
-    synthetic_image_size: int = 128
+    synthetic_train: int = bounded(1000, 1)
+    synthetic_val: int = bounded(200, 0)
+    synthetic_image_size: int = bounded(128, 16)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.device != "auto" and not (self.device in ("cpu", "cuda", "mps")
+                                          or self.device.startswith("cuda:")):
+            raise ConfigError(f"TrainConfig.device: {self.device!r} is not auto, cpu, cuda, "
+                              "cuda:N or mps")
 
     def scaled_lr(self, world_size: int = 1) -> float:
         """``lr`` is given for ``reference_batch_size`` images; linear scaling rule."""
@@ -145,8 +157,10 @@ def resolve(preset: str, overrides: dict[str, Any]) -> TrainConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown config {preset!r}; choose one of {', '.join(PRESETS)}")
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    kinds = field_types(TrainConfig)
     for key, value in values.items():  # "--weights-backbone none" clears a preset's weights
-        if isinstance(value, str) and value.lower() in ("none", "null", ""):
+        if isinstance(value, str) and value.lower() in ("none", "null", "") \
+                and "none" not in (choices_of(kinds.get(key)) or ()):
             values[key] = None
     return TrainConfig.from_dict(values)
 
@@ -162,15 +176,23 @@ def parse_bool(text: str) -> bool:
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, title: str,
                             prefix: str = "", skip: tuple[str, ...] = ()) -> None:
     """One ``--<prefix><field>`` flag per field of the dataclass ``cls`` (dest
-    ``<prefix><field>`` with underscores), defaulting to None (= keep the config's value)."""
+    ``<prefix><field>`` with underscores), defaulting to None (= keep the config's value); a
+    ``Literal`` field's flag takes only its choices (plus ``none`` where None is allowed)."""
     group = parser.add_argument_group(title)
+    kinds = field_types(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         name = prefix + f.name
         flag, kind = "--" + name.replace("_", "-"), str(f.type)
         kw: dict[str, Any] = {"default": None, "dest": name}
-        if "bool" in kind:
+        choices = choices_of(kinds[f.name])
+        if choices is not None:
+            ints = all(isinstance(c, int) for c in choices)
+            kw.update(type=int if ints else str, choices=list(choices))
+            if not ints and "None" in kind and "none" not in choices:
+                kw["choices"].append("none")
+        elif "bool" in kind:
             kw.update(type=parse_bool, metavar="BOOL")
         elif "list[int]" in kind:
             kw.update(type=int, nargs="+")
@@ -188,5 +210,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, TrainConfig, "config overrides (default: the preset's value)",
                             skip=("maskiou", "freeze_detector", "amp",  # dedicated CLI flags
                                   "maskiou_head"))
+    # the end-to-end head regresses the true MaskIoU (the paper's target): no --maskiou-target
     add_dataclass_arguments(parser, HeadConfig, "MaskIoU head (default: the preset's value)",
-                            prefix="maskiou_")
+                            prefix="maskiou_", skip=("target",))

@@ -4,6 +4,7 @@ rebuild the model of any checkpoint the trainer (or the add-on trainer) writes.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,16 @@ from torch import nn
 from maskiou.attach import attach_maskiou_head
 
 from .builders import build_maskrcnn
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_atomic
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    migrate,
+    read_checkpoint,
+    save_atomic,
+)
 from .config import TrainConfig
+from .paths import shipped_frameworks, shipped_model_path
 
 
 def build_model(cfg: TrainConfig, num_classes: int,
@@ -54,29 +63,49 @@ def build_model(cfg: TrainConfig, num_classes: int,
     return model
 
 
+def build_detector(config: dict[str, Any], num_classes: int) -> nn.Module:
+    """The plain Mask R-CNN of maskiou's own recipe: a ``TrainConfig`` dict (the ``"config"`` of
+    a checkpoint's ``"detector"`` entry) without its head, random weights (none downloaded)."""
+    try:
+        cfg = TrainConfig.from_dict({**config, "maskiou": False, "freeze_detector": False,
+                                     "detector_checkpoint": None, "weights": None,
+                                     "weights_backbone": None})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"its detector config does not match this maskiou version "
+                              f"({e})") from e
+    return build_model(cfg, num_classes)
+
+
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu"
                        ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint was made with and load its weights: any checkpoint that
-    ``maskiou-train`` (``--freeze-detector`` runs included) or the add-on trainer writes. These
-    embed every weight, the frozen detector's too, so the detector's own file is not needed.
+    """Rebuild the model of any maskiou checkpoint and load its weights, whatever its framework:
+    the framework's adapter (capability ``load``) rebuilds the plain detector from the
+    checkpoint's ``"detector"`` entry, and the head of ``"maskiou_head"`` is attached. Every
+    weight is in the file (an add-on embeds its frozen detector's), so nothing else is read.
 
     Returns:
-        (model in eval mode on ``device``, checkpoint metadata: config, class_names, ...).
+        (model in eval mode on ``device``, checkpoint metadata: class_names, detector, ...).
     """
-    ckpt = load_checkpoint(path)
-    if ckpt.get("framework", "torchvision") != "torchvision":
-        return load_framework_model(ckpt, path, device)
-    if "config" not in ckpt or "class_names" not in ckpt:
-        raise CheckpointError(f"{path}: not a maskiou-train checkpoint (no config or class "
-                              "names): a bare state dict cannot be rebuilt")
+    from maskiou.attach import UnknownFrameworkError, framework_adapter
+    from maskiou.contract import AdapterContractError
+    from maskiou.head import HeadConfig
+
+    ckpt = read_checkpoint(path)
     try:
-        # how the weights were obtained does not matter any more: they are all in the file
-        cfg = TrainConfig.from_dict({**ckpt["config"], "detector_checkpoint": None, "weights": None,
-                             "weights_backbone": None, "freeze_detector": False})
-    except TypeError as e:
-        msg = f"{path}: its config does not match this maskiou version ({e})"
-        raise CheckpointError(msg) from e
-    model = build_model(cfg, len(ckpt["class_names"]))
+        adapter = framework_adapter(ckpt["framework"], "load", f"loading {path}")
+    except (UnknownFrameworkError, AdapterContractError) as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    try:
+        model = adapter.load_detector(ckpt["detector"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    if ckpt.get("maskiou_head") is not None:
+        try:
+            head = HeadConfig(**ckpt["maskiou_head"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: its head config does not match this maskiou "
+                                  f"version ({e})") from e
+        attach_maskiou_head(model, **head.kwargs())
     load_model_state(model, ckpt["model"], path, strict=True)
     model.to(device).eval()
     return model, checkpoint_meta(ckpt)
@@ -88,39 +117,17 @@ def checkpoint_meta(ckpt: dict[str, Any]) -> dict[str, Any]:
                                                        "scaler", "rng")}
 
 
-def load_framework_model(ckpt: dict[str, Any], path: str | Path,
-                         device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The model of a checkpoint of another framework's detector (``"framework"``, its
-    adapter's ``"detector"`` description, ``"class_names"``, and ``"maskiou_head"``, the
-    :class:`HeadConfig` of an attached head, or None): rebuilt by that framework's adapter."""
-    from maskiou.attach import UnknownFrameworkError, framework_adapter
-    from maskiou.head import HeadConfig
-
-    missing = [k for k in ("detector", "class_names") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: a {ckpt['framework']} checkpoint without {missing}")
-    try:
-        adapter = framework_adapter(ckpt["framework"])
-    except UnknownFrameworkError as e:
-        raise CheckpointError(f"{path}: {e}") from e
-    model = adapter.load_detector(ckpt["detector"])
-    if ckpt.get("maskiou_head") is not None:
-        try:
-            head = HeadConfig(**ckpt["maskiou_head"])
-        except TypeError as e:
-            raise CheckpointError(f"{path}: its head config does not match this maskiou "
-                                  f"version ({e})") from e
-        attach_maskiou_head(model, **head.kwargs())
-    load_model_state(model, ckpt["model"], path, strict=True)
-    model.to(device).eval()
-    return model, checkpoint_meta(ckpt)
-
-
 def has_head(meta: dict[str, Any]) -> bool:
-    """Whether a checkpoint (its metadata) holds a model with the MaskIoU head."""
-    if meta.get("framework", "torchvision") != "torchvision":
-        return meta.get("maskiou_head") is not None
-    return bool(meta["config"].get("maskiou", True))
+    """Whether a checkpoint (its metadata, any schema) holds a model with the MaskIoU head."""
+    return migrate(meta).get("maskiou_head") is not None
+
+
+def model_kind(meta: dict[str, Any]) -> str:
+    """``"plain"`` (no head), ``"add-on"`` (a head trained alone on the frozen detector) or
+    ``"end to end"``, from a checkpoint's metadata, any framework."""
+    if not has_head(meta):
+        return "plain"
+    return "add-on" if meta.get("addon") else "end to end"
 
 
 def convert_detector(framework: str, config_file: str | Path, weights: str | Path, dataset: Any,
@@ -131,7 +138,7 @@ def convert_detector(framework: str, config_file: str | Path, weights: str | Pat
     reused while the two files are the same."""
     import hashlib
 
-    from maskiou.attach import UnknownFrameworkError, framework_adapter
+    from maskiou.attach import framework_adapter
 
     for what, f in (("config", config_file), ("weights", weights)):
         if not Path(f).is_file():
@@ -140,11 +147,22 @@ def convert_detector(framework: str, config_file: str | Path, weights: str | Pat
     path = Path(out_dir) / f"detector-{framework}-{digest.hexdigest()[:12]}.pt"
     if path.is_file():
         return path
-    adapter = framework_adapter(framework)
-    if not hasattr(adapter, "checkpoint_from_files"):
-        raise UnknownFrameworkError(f"the {framework} adapter cannot read a config and a "
-                                    "weights file")
+    adapter = framework_adapter(framework, "convert", "reading a config and a weights file")
     ckpt = adapter.checkpoint_from_files(str(config_file), str(weights), dataset.class_names,
                                          dataset.label_to_cat_id)
     save_atomic(ckpt, path)
     return path
+
+
+@functools.cache
+def trained_by_maskiou(name: str) -> bool:
+    """Whether the shipped model ``name`` was trained by maskiou's own trainer and recipe (its
+    checkpoint records a ``TrainConfig``: ``--retrain`` runs that recipe again), rather than by
+    its framework's own trainer (through its adapter's ``train_embedded``)."""
+    return "config" in load_checkpoint(shipped_model_path(name))
+
+
+def trainer_frameworks() -> list[str]:
+    """The frameworks whose detectors maskiou's own trainer (``maskiou-train``) builds: those
+    of the shipped plain detectors it trained."""
+    return [f for f in shipped_frameworks() if trained_by_maskiou(f"{f}_plain")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from .config import TrainConfig
 
@@ -46,6 +47,45 @@ def resolve_split(cfg: TrainConfig, split: str, progress: bool = True) -> tuple[
                      f"--{split}-images, or --dataset synthetic")
 
 
+def training_source(cfg: TrainConfig) -> dict[str, Any]:
+    """Where a detector trained with ``cfg`` took its training images from, as checkpoints
+    record it (``detector.source``): explicit files, a COCO root's train split, or the embedded
+    synthetic data (``train_split: embedded`` with its generator's settings); {} if unknown."""
+    from maskiou.data.coco import coco_root_paths
+
+    if cfg.train_json or cfg.train_images:
+        return {"train_json": cfg.train_json, "train_images": cfg.train_images}
+    if cfg.coco_root:
+        json_path, images = coco_root_paths(cfg.coco_root, "train")
+        return {"train_json": str(json_path), "train_images": str(images)}
+    if cfg.dataset == "synthetic":
+        return {"train_split": "embedded",
+                "synthetic": {"dir": cfg.synthetic_dir, "train": cfg.synthetic_train,
+                              "val": cfg.synthetic_val, "image_size": cfg.synthetic_image_size}}
+    return {}
+
+
+def source_split(source: dict[str, Any]) -> tuple[Path, Path] | None:
+    """(annotation JSON, image folder) of a detector's recorded training ``source``
+    (:func:`training_source`; another framework's embedded detector records only
+    ``train_split: embedded``), or None when unknown or not generated here (nothing is
+    generated)."""
+    if source.get("train_json") and source.get("train_images"):
+        return Path(source["train_json"]), Path(source["train_images"])
+    if source.get("train_split") != "embedded":
+        return None
+    from .config import resolve
+
+    gen = source.get("synthetic") or {}
+    cfg = resolve("synthetic-cpu", {"synthetic_dir": gen.get("dir"),
+                                    "synthetic_train": gen.get("train"),
+                                    "synthetic_val": gen.get("val"),
+                                    "synthetic_image_size": gen.get("image_size")})
+    if not (synthetic_dir(cfg) / "manifest.json").is_file():
+        return None
+    return resolve_split(cfg, "train", progress=False)
+
+
 ADDON_SEED = 1  # the add-on images of the embedded data: generated with another seed
 
 
@@ -55,37 +95,50 @@ def addon_dir(num_images: int, image_size: int = 128, seed: int = ADDON_SEED) ->
     return cache_dir() / f"addon_s{image_size}_n{num_images}_seed{seed}"
 
 
-SHIPPED = {"end_to_end": "synthetic_cpu.pt", "plain": "synthetic_cpu_plain.pt",
-           "addon": "synthetic_cpu_addon.pt",
-           "detectron2_plain": "synthetic_cpu_detectron2_plain.pt",
-           "detectron2_addon": "synthetic_cpu_detectron2_addon.pt"}
-MODEL_DIRS = {"end_to_end": "synthetic-cpu", "plain": "synthetic-cpu-plain",
-              "addon": "synthetic-cpu-addon", "detectron2_plain": "synthetic-cpu-detectron2-plain",
-              "detectron2_addon": "synthetic-cpu-detectron2-addon"}
+PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
+DEFAULT_FRAMEWORK = "torchvision"  # the main job's (``coco_eval.py --detector-framework``)
+KINDS = ("plain", "addon", "end_to_end")
+"""The shipped models of the embedded data, per framework: ``plain`` (the detector a user has),
+``addon`` (it with the head the main job trains alone) and ``end_to_end`` (Mask Scoring R-CNN
+trained with the head by maskiou's own trainer). Each is ``pretrained/synthetic_cpu_<name>.pt``,
+``<name>`` = ``<framework>_<kind>``, with its config and training log beside it."""
 
 
-def model_dir(name: str = "addon") -> Path:
-    """Run folder of an embedded default model: ``"plain"`` (the detector the user has),
-    ``"addon"`` (it with the head trained alone: the main job's model) or ``"end_to_end"``."""
-    return cache_dir() / "models" / MODEL_DIRS[name]
+def shipped_model_path(name: str) -> Path:
+    """A checkpoint shipped in the package, ``name`` = ``<framework>_<kind>`` (see
+    :data:`KINDS`), e.g. ``"torchvision_plain"``, ``"detectron2_addon"``."""
+    return PRETRAINED / f"synthetic_cpu_{name}.pt"
+
+
+def shipped_name(framework: str, kind: str) -> str | None:
+    """The name of the shipped ``kind`` model of ``framework``, or None when none is shipped."""
+    name = f"{framework}_{kind}"
+    return name if shipped_model_path(name).is_file() else None
+
+
+def shipped_frameworks() -> list[str]:
+    """The frameworks with a shipped plain detector of the embedded data."""
+    return sorted(p.name[len("synthetic_cpu_"):-len("_plain.pt")]
+                  for p in PRETRAINED.glob("synthetic_cpu_*_plain.pt"))
+
+
+def default_model(kind: str) -> str:
+    """The name of the main job's framework's shipped ``kind`` model (``"torchvision_plain"``,
+    ...)."""
+    return f"{DEFAULT_FRAMEWORK}_{kind}"
+
+
+def model_dir(name: str = f"{DEFAULT_FRAMEWORK}_addon") -> Path:
+    """Run folder of an embedded default model once installed or trained, ``name`` as in
+    :func:`shipped_model_path`: ``cache_dir()/models/synthetic-cpu-<framework>-<kind>``."""
+    return cache_dir() / "models" / f"synthetic-cpu-{name.replace('_', '-')}"
 
 
 def default_model_dir() -> Path:
     """Run folder of the main job's model: the add-on on the shipped plain detector."""
-    return model_dir("addon")
+    return model_dir(f"{DEFAULT_FRAMEWORK}_addon")
 
 
 def default_model_path() -> Path:
     """Checkpoint of the main job's model, written by ``benchmarks/coco_eval.py``."""
     return default_model_dir() / "model_final.pt"
-
-
-def shipped_model_path(name: str = "end_to_end") -> Path:
-    """A checkpoint shipped in the package, trained by this project's own trainer on the embedded
-    data (its config and training log lie beside it): ``"plain"``, the Mask R-CNN a user has;
-    ``"end_to_end"``, Mask Scoring R-CNN trained with the head; ``"addon"``, the plain one with
-    the head the main job trains alone (shipped for the tests and the demo);
-    ``"detectron2_plain"``, a plain detectron2 Mask R-CNN trained by detectron2's own trainer
-    on the same images, and ``"detectron2_addon"``, it with the head the detectron2 main job
-    trains alone."""
-    return Path(__file__).resolve().parents[1] / "pretrained" / SHIPPED[name]

@@ -2,7 +2,7 @@
 
 import sys
 
-from maskiou.training.trainer import main
+from maskiou.training.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 """Deployment formats of a trained model: TorchScript and ONNX (inference only).
 
 An attached torchvision Mask R-CNN scripts and exports wherever torchvision's own does: the
-MaskIoU branch adds three outputs (``cls_scores``, ``mask_ious``, ``maskness``) and rescored
+MaskIoU branch adds three outputs (``cls_scores``, ``mask_quality``, ``maskness``) and the final
 ``scores``. ONNX uses the TorchScript-based exporter with torchvision's own recipe (opset 17,
 dynamic image and detection axes); the ``torch.export``-based exporter (``dynamo=True``) fails on
 torchvision's plain Mask R-CNN on this torch release (a data-dependent guard in the RPN), so it is
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from maskiou.attach import find_maskiou_head
 
 DETECTION_FIELDS = ("boxes", "labels", "scores", "masks")
-MASKIOU_FIELDS = ("cls_scores", "mask_ious", "maskness")
+MASKIOU_FIELDS = ("cls_scores", "mask_quality", "maskness")
 ONNX_OPSET = 17
 
 

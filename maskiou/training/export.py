@@ -1,7 +1,8 @@
 """Shrink a trainer checkpoint to what inference needs (weights, float16 by default, and
 metadata), and write its TorchScript or ONNX form.
 
-    maskiou-export runs/synthetic-cpu/model_final.pt maskiou/pretrained/synthetic_cpu.pt
+    maskiou-export runs/synthetic-cpu/model_final.pt \\
+        maskiou/pretrained/synthetic_cpu_torchvision_end_to_end.pt
     maskiou-export runs/x/model_final.pt --torchscript model.ts --onnx model.onnx
 
 This is how the shipped models in ``maskiou/pretrained/`` were made. Loading
@@ -16,16 +17,17 @@ from pathlib import Path
 
 import torch
 
-from maskiou.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from maskiou.models.checkpoint import CheckpointError, read_checkpoint, save_atomic
 
-KEEP = ("config", "class_names", "label_to_cat_id", "iteration", "format", "addon")
+KEEP = ("schema", "framework", "detector", "maskiou_head", "config", "class_names",
+        "label_to_cat_id", "iteration", "format", "addon")
 
 
 def export_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> int:
     """Write the slim copy of ``src`` to ``dst``; returns its size in bytes. The MaskIoU head
     stays float32: it is small, and an add-on head then scores exactly as trained (a detector
     that came from a float16 checkpoint round-trips exactly)."""
-    ckpt = load_checkpoint(src)
+    ckpt = read_checkpoint(src)
     model = {k: (v.half() if half and v.is_floating_point() and ".maskiou_head." not in k
                  else v) for k, v in ckpt["model"].items()}
     save_atomic({"model": model, **{k: ckpt[k] for k in KEEP if k in ckpt}}, dst)

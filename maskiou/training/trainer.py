@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -20,7 +20,9 @@ from tqdm import tqdm
 
 from maskiou import distributed as D
 from maskiou.models.checkpoint import (
+    SCHEMA,
     CheckpointError,
+    detector_entry,
     load_checkpoint,
     load_model_state,
     rng_state,
@@ -28,15 +30,10 @@ from maskiou.models.checkpoint import (
     set_rng_state,
 )
 from maskiou.models.config import (
-    DEFAULT_PRESET,
-    PRESETS,
     TrainConfig,
-    add_config_arguments,
-    override_keys,
-    resolve,
 )
 from maskiou.models.load import build_model
-from maskiou.models.paths import resolve_split
+from maskiou.models.paths import resolve_split, training_source
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], world: int
@@ -135,11 +132,24 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "iteration": self.iteration, "config": self.cfg.to_dict(),
+            **self.model_entries(),
             "class_names": self.dataset.class_names,
             "label_to_cat_id": self.dataset.label_to_cat_id,
             "rng": D.all_gather_objects(rng), "world_size": self.world,
             "format": "maskiou-train-1",
         }
+
+    def model_entries(self) -> dict[str, Any]:
+        """The checkpoint entries that rebuild the model (:mod:`maskiou.models.checkpoint`):
+        its framework (the adapter the model has), its detector as maskiou's recipe builds it,
+        and the head's config (None without a head)."""
+        from maskiou.attach import find_adapter
+
+        head = dataclasses.asdict(self.cfg.maskiou_head) if self.cfg.maskiou else None
+        return {"schema": SCHEMA, "framework": find_adapter(self.model).framework,
+                "detector": detector_entry(self.cfg, self.dataset.num_classes,
+                                           training_source(self.cfg)),
+                "maskiou_head": head}
 
     def save(self, final: bool = False) -> Path:
         """Write ``last.pt`` (and, when ``final``, the slim ``model_final.pt``)."""
@@ -279,55 +289,3 @@ def _tensorboard(out: Path):
         return None
     return SummaryWriter(str(out / "tb"))
 
-
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, TrainConfig]:
-    p = argparse.ArgumentParser(prog="maskiou-train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    p.add_argument("--output-dir", default="runs/maskiou")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="checkpoint to continue from (default: OUTPUT_DIR/last.pt)")
-    p.add_argument("--no-maskiou", action="store_true", help="plain Mask R-CNN baseline")
-    p.add_argument("--freeze-detector", action="store_true",
-                   help="train only the head (with --detector-checkpoint or --weights)")
-    p.add_argument("--amp", nargs="?", const="auto", default=None,
-                   choices=["auto", "bf16", "fp16", "none"])
-    p.add_argument("--no-progress", action="store_true")
-    add_config_arguments(p)
-    args = p.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k in override_keys()}
-    if args.no_maskiou:
-        overrides["maskiou"] = False
-    if args.freeze_detector:
-        overrides["freeze_detector"] = True
-    if args.train_json or args.coco_root:
-        overrides["dataset"] = "coco"
-    return args, resolve(args.config, overrides)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from maskiou.data.coco import CocoFormatError
-
-    args, cfg = parse_args(argv)
-    trainer = None
-    try:
-        trainer = Trainer(cfg, args.output_dir, progress=not args.no_progress)
-        if args.resume:
-            path = Path(args.output_dir) / "last.pt" if args.resume == "auto" else args.resume
-            trainer.resume(path)
-        if trainer.main:
-            cfg.save(Path(args.output_dir) / "config.json")
-        path = trainer.train()
-        if trainer.main:
-            print(f"done: {trainer.iteration} iterations, checkpoint {path}")
-    except (CocoFormatError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"maskiou-train: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        trainer = None  # its DDP model holds the process group: free both before destroying it
-        D.cleanup()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

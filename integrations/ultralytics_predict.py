@@ -1,0 +1,118 @@
+"""YOLO-seg prediction as ultralytics' predictor does it, keeping what a mask-quality score needs.
+
+For one image: ultralytics' ``LetterBox`` (as its predictor pads one image: to a multiple of
+the stride), the model's forward, its ``non_max_suppression`` (class-aware, one label per box,
+``return_idxs=True``: the anchor index of every kept detection), then the masks of its
+``process_mask(..., upsample=True)`` (the predictor's default) kept soft:
+
+    logits = coefficients @ protos          # [n, 32] @ [32, h/4 * w/4]
+    logits = bilinear upsampling to the network input, then ``scale_masks`` to the image
+    mask = logits > 0 inside the box        # ultralytics' binary mask, exactly
+    probs = sigmoid(logits) inside the box  # the soft mask (0 outside the box), > 0.5 on mask
+
+and, as its predictor does, detections whose mask is empty are dropped. On an image that needs
+no letterbox padding (the embedded data: 128 x 128 at ``imgsz`` 128) the masks are bit for bit
+those of ``process_mask``; with padding they are upsampled to the input and then mapped to the
+image, as ``Results`` masks are, rather than by ``process_mask_native``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .ultralytics_offline import offline_environment
+
+
+def preprocess(image: np.ndarray, imgsz: int, stride: int) -> Tensor:
+    """UInt8 [H, W, 3] RGB -> float32 [1, 3, h, w] in [0, 1], letterboxed as ultralytics'
+    predictor does one image (scaled to fit ``imgsz``, padded with 114 to a stride multiple)."""
+    offline_environment()
+    from ultralytics.data.augment import LetterBox
+
+    boxed = LetterBox(new_shape=(imgsz, imgsz), auto=True, stride=stride)(image=image)
+    x = torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1)))
+    return x[None].float() / 255.0
+
+
+def split_output(output: Any) -> tuple[Tensor, Tensor]:
+    """(predictions [B, 4 + nc + nm, A], protos [B, nm, h/4, w/4]) of a ``SegmentationModel``'s
+    eval-mode output, as its predictor reads it: ``((predictions, protos), raw head dict)`` in
+    ultralytics 8.4; ``(predictions, (P3-P5 list, coefficients, protos))`` before it."""
+    first, second = output[0], output[1]
+    if isinstance(first, tuple):
+        return first[0], first[1]
+    return first, second[-1] if isinstance(second, (tuple, list)) else second
+
+
+def soft_masks(protos: Tensor, coefficients: Tensor, boxes: Tensor, input_shape: tuple[int, int],
+               image_shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """(binary masks bool [n, H, W], soft masks float32 [n, H, W]) in the image's pixels.
+
+    Args:
+        protos: [nm, mh, mw] of one image.
+        coefficients: [n, nm], the kept detections' mask coefficients.
+        boxes: [n, 4] xyxy in the image's pixels (scaled back from the input).
+        input_shape: (h, w) of the network input; image_shape: (H, W) of the image.
+    """
+    from ultralytics.utils import ops
+
+    c, mh, mw = protos.shape
+    n = len(coefficients)
+    if n == 0:
+        empty = torch.zeros((0, *image_shape))
+        return empty.bool(), empty
+    logits = (coefficients @ protos.float().view(c, -1)).view(n, mh, mw)
+    logits = F.interpolate(logits[None], input_shape, mode="bilinear")[0]
+    logits = ops.scale_masks(logits[None], image_shape)[0]
+    h, w = image_shape
+    x1, y1, x2, y2 = torch.chunk(boxes[:, :, None], 4, 1)  # as ops.crop_mask compares
+    cols = torch.arange(w, dtype=x1.dtype)[None, None, :]
+    rows = torch.arange(h, dtype=x1.dtype)[None, :, None]
+    inside = (cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2)
+    binary = (logits > 0) & inside
+    probs = torch.sigmoid(logits) * inside
+    # a logit in (0, 3e-8) has a float32 sigmoid of exactly 0.5: keep probs > 0.5 == binary
+    above = torch.nextafter(torch.tensor(0.5), torch.tensor(1.0))
+    return binary, torch.where(binary, probs.clamp(min=above), probs)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, image: np.ndarray, *, imgsz: int, conf: float, iou: float,
+            max_det: int) -> dict[str, Tensor]:
+    """One image's detections the way ultralytics' predictor makes them (see the module).
+
+    Args:
+        model: an ultralytics ``SegmentationModel`` in eval mode (``model.names``: its classes).
+        image: UInt8 [H, W, 3] RGB.
+
+    Returns:
+        ``boxes`` [n, 4] xyxy in the image's pixels, ``scores`` [n] (the class confidence),
+        ``labels`` [n] int64 (maskiou's: YOLO class + 1), ``masks`` [n, 1, H, W] soft masks,
+        ``maskness`` [n] (mean soft-mask probability over the binary mask's pixels),
+        ``anchor_indices`` [n] (position in the head's A predictions), ``coefficients`` [n, nm];
+        sorted by score, highest first.
+    """
+    offline_environment()
+    from ultralytics.utils import nms, ops
+
+    stride = int(max(model.stride.max().item(), 32))
+    x = preprocess(image, imgsz, stride)
+    predictions, protos = split_output(model(x))
+    (det,), (idx,) = nms.non_max_suppression(predictions, conf, iou, nc=len(model.names),
+                                             max_det=max_det, return_idxs=True)
+    shape = image.shape[:2]
+    boxes = ops.scale_boxes(x.shape[2:], det[:, :4].clone(), shape)
+    coefficients = det[:, 6:]
+    binary, probs = soft_masks(protos[0], coefficients, boxes, tuple(x.shape[2:]), shape)
+    keep = binary.flatten(1).any(1)  # as the predictor: no detection without a mask
+    binary, probs = binary[keep], probs[keep]
+    area = binary.flatten(1).sum(1)
+    maskness = (probs * binary).flatten(1).sum(1) / area.clamp(min=1)
+    return {"boxes": boxes[keep], "scores": det[keep, 4], "labels": det[keep, 5].long() + 1,
+            "masks": probs[:, None], "maskness": maskness,
+            "anchor_indices": idx[keep].long(), "coefficients": coefficients[keep]}
