@@ -326,7 +326,17 @@ def demo_app(data, tmp_path_factory):
 
 
 def _status(outputs: tuple[Any, ...]) -> str:
-    return outputs[6]
+    """The status line: after the panels (one per scoring), the table and the plot."""
+    from demo.inference import PANELS
+
+    return outputs[len(PANELS) + 2]
+
+
+def _prediction(outputs: tuple[Any, ...]) -> Any:
+    """The prediction the page keeps, right after the status line."""
+    from demo.inference import PANELS
+
+    return outputs[len(PANELS) + 3]
 
 
 def test_the_demo_opens_only_uploads_and_its_own_images(demo_app, tmp_path):
@@ -383,7 +393,7 @@ def test_every_handler_turns_a_bad_argument_into_a_message(demo_app, tmp_path, h
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(outside)
     args = tuple(json.loads(json.dumps(args).replace("OUTSIDE", str(outside))))
     out = getattr(app, handler)(*args, NO_HEAD, IN_MEMORY, 0.3, "rescored", False)
-    assert out[7] is None and isinstance(_status(out), str)
+    assert _prediction(out) is None and isinstance(_status(out), str)
     assert _status(out).startswith("⚠️") or args == ("junk",), _status(out)
 
 
