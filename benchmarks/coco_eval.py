@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    choices=["pycocotools", "faster-coco-eval"])
     p.add_argument("--retrain", action="store_true", help="ignore cached trained models")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-pixels", type=int, help="refuse images of more pixels (width x "
+                   "height), read from their header before decoding (default: "
+                   "MASKIOU_MAX_PIXELS, else 8192 x 8192 = 67,108,864)")
     add_config_flags(p)
     return p.parse_args(argv)
 
@@ -135,12 +138,23 @@ def main(argv: list[str] | None = None) -> int:
     from maskiou.addon.recalibration import RecalibrationError
     from maskiou.attach import UnknownFrameworkError
     from maskiou.contract import AdapterContractError
-    from maskiou.data.coco import CocoFormatError
+    from maskiou.data.coco import (
+        CocoFormatError,
+        CocoInstanceDataset,
+        one_line,
+        require_annotations,
+        set_max_pixels,
+    )
     from maskiou.evaluation.benchmark import ADDON_IMAGES, run
     from maskiou.evaluation.report import markdown_report
     from maskiou.models.checkpoint import CheckpointError
+    from maskiou.models.paths import resolve_split
 
     try:
+        set_max_pixels(args.max_pixels)
+        if custom_data:  # the scored split, checked before any detector runs
+            require_annotations(CocoInstanceDataset(*resolve_split(cfg, "val", progress=False)),
+                                "the scored split")
         if args.detector_config:
             args.checkpoint = converted(args, cfg)
         runs = Path(args.runs_dir) if args.runs_dir else (
@@ -155,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                       ADDON_IMAGES, framework=args.detector_framework)
     except (CocoFormatError, CheckpointError, RecalibrationError, ValueError,
             FileNotFoundError, UnknownFrameworkError, AdapterContractError) as e:
-        print(f"coco_eval: error: {e}", file=sys.stderr)
+        print(f"coco_eval: error: {one_line(e)}", file=sys.stderr)
         return 2
     finally:
         D.cleanup()

@@ -140,7 +140,7 @@ def build_app(detectors: list[str] | None = None, heads: list[str] | None = None
         # the same as a gallery click, for API clients (a click's event data has no API form)
         example_number = gr.Number(0, precision=0, visible=False)
         example_button = gr.Button(visible=False)
-        example_button.click(lambda n, d, h, t, o, g: app.example(int(n), d, h, t, o, g),
+        example_button.click(lambda n, d, h, t, o, g: app.example(n, d, h, t, o, g),
                              [example_number, *models, *settings], outputs, api_name="example")
         for box in settings:
             box.change(app.redraw, [pred_state, *settings], view, api_name=False)
@@ -181,11 +181,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="initial score threshold (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=2, help="detections running at once")
+    p.add_argument("--max-pixels", type=int, help="refuse images of more pixels (width x "
+                   "height), read from their header before decoding (default: "
+                   "MASKIOU_MAX_PIXELS, else 8192 x 8192 = 67,108,864)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from maskiou.data.coco import set_max_pixels
+
     args = parse_args(argv)
+    try:
+        set_max_pixels(args.max_pixels)
+    except ValueError as e:
+        print(f"demo/app.py: error: {e}", file=sys.stderr)
+        return 2
     if args.device:
         import torch
 

@@ -1,7 +1,13 @@
-"""The page's state and event handlers: plain methods returning values or Gradio updates."""
+"""The page's state and event handlers: plain methods returning values or Gradio updates.
+
+Every handler turns a bad argument (a path that is not an upload, a gallery number out of range,
+a threshold that is not a number, ...) into a message on the page, never a traceback. Only
+files in Gradio's upload folder and the split's own images are ever opened.
+"""
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,7 @@ from demo.inference import (
     table,
 )
 from demo.sources import DEFAULT_METRICS, ValSplit, short_path
+from maskiou.data.coco import CocoFormatError
 from maskiou.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from maskiou.models.load import model_kind
 from maskiou.models.paths import default_model, model_dir
@@ -58,12 +65,15 @@ class DemoApp:
         allow_training: offer the "train the add-on head" button (only for a page reachable
             from this machine alone: see :func:`training_allowed`).
         train_args: what the button trains (``addon_images``, ``AddonConfig`` overrides).
+        upload_dirs: the folders uploads arrive in; a path elsewhere (other than the split's
+            own images) is refused unopened (default: Gradio's upload folder).
     """
 
     def __init__(self, detectors: list[str] | None = None, heads: list[str] | None = None,
                  split: ValSplit | None = None, predictor: Predictor | None = None,
                  metrics_path: str | Path = DEFAULT_METRICS, device: str | None = None,
-                 allow_training: bool = False, train_args: dict[str, Any] | None = None) -> None:
+                 allow_training: bool = False, train_args: dict[str, Any] | None = None,
+                 upload_dirs: list[str | Path] | None = None) -> None:
         self.default_detector = str(model_dir(default_model("plain")) / "model_final.pt")
         self.default_head = str(model_dir(default_model("addon")) / "model_final.pt")
         self.detectors = [str(p) for p in (detectors or [self.default_detector])]
@@ -80,6 +90,9 @@ class DemoApp:
         self._load_lock = threading.Lock()
         self._train_lock = threading.Lock()
         self.trainings = 0  # how many trainings this app started (tests)
+        from gradio.utils import get_upload_folder
+
+        self.upload_dirs = [Path(d).resolve() for d in (upload_dirs or [get_upload_folder()])]
 
     # --- models ------------------------------------------------------------------------------
 
@@ -141,7 +154,7 @@ class DemoApp:
     def model_status(self, detector: str, head: str) -> tuple[str, bool]:
         """(status Markdown, whether the page may offer training) for the chosen models."""
         missing = [p for p in (detector, head) if p not in (NO_HEAD, IN_MEMORY, "", None)
-                   and not Path(p).expanduser().is_file()]
+                   and not (isinstance(p, str) and Path(p).expanduser().is_file())]
         if not missing:
             return "", False
         hint = ("Run `python benchmarks/coco_eval.py` once: it installs the shipped detector and "
@@ -193,8 +206,11 @@ class DemoApp:
         status Markdown)."""
         if source is None and example is None:
             return None, "Upload an image or click one in the gallery."
+        if example is not None and (self.split is None or _index(example,
+                                                                  len(self.split.dataset)) is None):
+            return None, f"⚠️ {example!r}: not an image of this app's validation split"
         if source is not None and example is None:
-            problem = upload_problem(source)
+            problem = self.source_problem(source)
             if problem:
                 return None, f"⚠️ {problem}"
         try:
@@ -212,7 +228,10 @@ class DemoApp:
                     return None, (f"⚠️ Cannot use this checkpoint: its classes "
                                   f"{predictor.class_names[1:]} are not the dataset's "
                                   f"{self.split.dataset.class_names[1:]}")
-                gt = self.split.ground_truth(index)
+                try:
+                    gt = self.split.ground_truth(index)  # names the image id if unreadable
+                except CocoFormatError as e:
+                    return None, f"⚠️ {e}"
                 where = f"; validation image {Path(source).stem}, with ground truth"
         try:
             pred = predict(source, predictor, gt)
@@ -223,11 +242,32 @@ class DemoApp:
         pred.caption = f"Model: `{short_path(Path(predictor.source or head))}`{kind}{where}."
         return pred, ""
 
+    def source_problem(self, source: Any) -> str | None:
+        """One line saying why ``source`` is not opened, or None: it must be a file uploaded
+        through the page (in :attr:`upload_dirs`) or one of the split's own images, of an image
+        type and size (:func:`upload_problem`)."""
+        if not isinstance(source, (str, Path)):
+            return f"expected an uploaded image file, got {type(source).__name__}"
+        path = Path(source)
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError, ValueError):
+            return f"{path.name}: not a file uploaded through this page"
+        inside = [*self.upload_dirs] + ([self.split.images_dir.resolve()] if self.split else [])
+        if not any(real.is_relative_to(d) for d in inside):
+            return (f"{path.name}: not a file uploaded through this page; the demo opens only "
+                    "uploads and its own example images")
+        return upload_problem(real)
+
     def view(self, pred: Prediction | None, status: str, threshold: float, order_by: str,
              show_gt: bool) -> tuple[Any, ...]:
         """Every output of the page for ``pred``: the panels (one per scoring of
         :data:`~demo.inference.PANELS`), the table, the plot, the status line."""
         blank = (None,) * len(PANELS)
+        problem = settings_problem(threshold, order_by)
+        if problem or not (pred is None or isinstance(pred, Prediction)):
+            return (*blank, pd.DataFrame(), None, f"⚠️ {problem or 'no result to show'}")
+        threshold = float(threshold)
         if pred is None:
             return (*blank, pd.DataFrame(), None, status)
         scores = pred.scores()
@@ -252,7 +292,14 @@ class DemoApp:
     def example(self, number: int, detector: str, head: str, threshold: float, order_by: str,
                 show_gt: bool) -> tuple[Any, ...]:
         """Run on gallery image ``number`` (0-based)."""
-        index = self.split.example_indices[number] if self.split is not None else None
+        count = len(self.split.example_indices) if self.split is not None else 0
+        k = _index(number, count)
+        if k is None:
+            status = (f"⚠️ {number!r}: no such gallery image (this app has {count}, numbered "
+                      f"0 to {count - 1})" if count else "⚠️ this app has no gallery images")
+            return (*self.view(None, status, threshold, order_by, show_gt), None,
+                    {"source": None, "example": None})
+        index = self.split.example_indices[k]
         pred, status = self.analyse(None, index, detector, head)
         return (*self.view(pred, status, threshold, order_by, show_gt), pred,
                 {"source": None, "example": index})
@@ -260,7 +307,7 @@ class DemoApp:
     def rerun(self, current: dict[str, Any] | None, detector: str, head: str, threshold: float,
               order_by: str, show_gt: bool) -> tuple[Any, ...]:
         """Run the current input again (after a model choice changed)."""
-        current = current or {}
+        current = current if isinstance(current, dict) else {}
         pred, status = self.analyse(current.get("source"), current.get("example"), detector,
                                     head)
         if pred is None and not status:
@@ -270,9 +317,28 @@ class DemoApp:
     def redraw(self, pred: Prediction | None, threshold: float, order_by: str, show_gt: bool
                ) -> tuple[Any, ...]:
         """Redraw at a new threshold, order or ground-truth toggle without running the model."""
-        if pred is None:
+        if pred is None and settings_problem(threshold, order_by) is None:
             return (gr.update(),) * (len(PANELS) + 3)
         return self.view(pred, "", threshold, order_by, show_gt)
+
+
+def _index(value: Any, count: int) -> int | None:
+    """``value`` as an index into ``count`` items (a whole number 0..count-1), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not (math.isfinite(value) and float(value).is_integer() and 0 <= value < count):
+        return None
+    return int(value)
+
+
+def settings_problem(threshold: Any, order_by: Any) -> str | None:
+    """One line saying why the display settings cannot be used, or None."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+            or not math.isfinite(threshold):
+        return f"score threshold {threshold!r}: expected a number between 0 and 1"
+    if not isinstance(order_by, str):
+        return f"rank the table by {order_by!r}: expected one of the scorings' names"
+    return None
 
 
 def upload_problem(path: str | Path) -> str | None:

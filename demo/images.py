@@ -3,8 +3,9 @@
 Accepted: any file PIL can read (PNG, JPEG, WebP, TIFF, BMP, GIF, ...), a PIL image, or a numpy
 array. Grayscale, palette, CMYK, RGBA (flattened onto white), 16-bit and float images are
 converted; images whose long side is over :data:`MAX_SIDE` px are downscaled. Each conversion
-adds a short note for the page. Images under :data:`MIN_SIDE` px on a side, non-image files and
-unreadable arrays raise :class:`ImageInputError`.
+adds a short note for the page. Images under :data:`MIN_SIDE` px on a side, images over the
+pixel limit (:func:`maskiou.data.coco.max_pixels`, checked from a file's header before it is
+decoded), non-image files and unreadable arrays raise :class:`ImageInputError`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from maskiou.data.coco import ImageTooLargeError, open_image, pixel_limit_problem
 
 MAX_SIDE = 1333  # torchvision's default max_size: larger inputs only cost time
 MIN_SIDE = 16
@@ -44,7 +47,8 @@ def load_image(source: ImageSource, name: str | None = None) -> LoadedImage:
         name: how to call the input in messages (default: the file name).
 
     Raises:
-        ImageInputError: not an image, unreadable, or smaller than ``MIN_SIDE`` px on a side.
+        ImageInputError: not an image, unreadable, smaller than ``MIN_SIDE`` px on a side, or
+            over the pixel limit.
     """
     if isinstance(source, (str, Path)):
         name = name or Path(source).name
@@ -56,9 +60,12 @@ def load_image(source: ImageSource, name: str | None = None) -> LoadedImage:
         image, notes = _from_pil(_open(io.BytesIO(source), name), name)
     elif isinstance(source, Image.Image):
         name = name or "image"
+        _check_pixels(*source.size, name)
         image, notes = _from_pil(source, name)
     elif isinstance(source, np.ndarray):
         name = name or "array"
+        if source.ndim >= 2:
+            _check_pixels(source.shape[1], source.shape[0], name)
         image, notes = _from_array(source, name)
     else:
         raise ImageInputError(f"{name or 'input'}: expected an image file or array, "
@@ -67,12 +74,18 @@ def load_image(source: ImageSource, name: str | None = None) -> LoadedImage:
     return LoadedImage(np.ascontiguousarray(image), notes + more, name)
 
 
+def _check_pixels(width: int, height: int, name: str) -> None:
+    problem = pixel_limit_problem(width, height)
+    if problem:
+        raise ImageInputError(f"{name}: the image is {problem}")
+
+
 def _open(fp: str | Path | io.BytesIO, name: str) -> Image.Image:
     try:
-        im = Image.open(fp)
+        im = open_image(fp)  # its header only: refused over the pixel limit before decoding
         im.load()
-    except Image.DecompressionBombError as e:
-        raise ImageInputError(f"{name}: image is too large to open safely ({e})") from None
+    except ImageTooLargeError as e:
+        raise ImageInputError(f"{name}: the image is {e}") from None
     except UnidentifiedImageError:
         raise ImageInputError(f"{name}: not an image file (PNG, JPEG, WebP, TIFF, BMP, ...) "
                               "that PIL can read") from None

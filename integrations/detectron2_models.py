@@ -16,6 +16,7 @@ dict. Nothing here needs detectron2's model zoo: the recipe sets every field it 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -182,6 +183,35 @@ def detector_checkpoint(cfg: Any, model: nn.Module, class_names: list[str],
             "label_to_cat_id": {int(k): int(v) for k, v in label_to_cat_id.items()}}
 
 
+def register_dataset(data: Any) -> str:
+    """Register a :class:`maskiou.data.coco.CocoInstanceDataset`'s file with detectron2 under
+    maskiou's class mapping (``data.cat_id_to_label``, background names skipped; detectron2's
+    class = label - 1), not the one ``register_coco_instances`` would make (every category,
+    a skipped "background" included, numbered in id order). detectron2's own ``load_coco_json``
+    reads the annotations; those of a skipped category are left out. Returns the name."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import load_coco_json
+
+    json_file, image_root = str(data.ann_file), str(data.image_dir)
+    contiguous = {int(c): label - 1 for c, label in data.cat_id_to_label.items()}
+    digest = hashlib.sha1((json_file + json.dumps(sorted(contiguous.items()))).encode())
+    name = f"maskiou_{data.ann_file.stem}_{digest.hexdigest()[:10]}"
+
+    def load() -> list[dict[str, Any]]:
+        records = load_coco_json(json_file, image_root)  # category ids as the file has them
+        for r in records:
+            r["annotations"] = [{**a, "category_id": contiguous[a["category_id"]]}
+                                for a in r["annotations"] if a["category_id"] in contiguous]
+        return records
+
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, load)
+        MetadataCatalog.get(name).set(
+            thing_classes=list(data.class_names[1:]), thing_dataset_id_to_contiguous_id=contiguous,
+            json_file=json_file, image_root=image_root, evaluator_type="coco")
+    return name
+
+
 def train_embedded(output_dir: str | Path, *, device: str = "cpu", max_iter: int | None = None,
                    workers: int = 2, train_json: str | Path | None = None,
                    train_images: str | Path | None = None,
@@ -192,10 +222,9 @@ def train_embedded(output_dir: str | Path, *, device: str = "cpu", max_iter: int
     ``train_log.jsonl`` beside detectron2's own output. ``opts``: detectron2 config changes as
     its tools take them (``["INPUT.MIN_SIZE_TEST", "800", ...]``). Returns the checkpoint's
     path."""
-    from detectron2.data.datasets import register_coco_instances
     from detectron2.engine import DefaultTrainer
 
-    from maskiou.data.coco import CocoInstanceDataset
+    from maskiou.data.coco import CocoInstanceDataset, require_annotations
     from maskiou.models.checkpoint import save_atomic
 
     source: dict[str, Any] = {"trained_by": "detectron2 DefaultTrainer"}
@@ -207,12 +236,8 @@ def train_embedded(output_dir: str | Path, *, device: str = "cpu", max_iter: int
         source["train_split"] = "embedded"
     else:
         source.update(train_json=str(train_json), train_images=str(train_images))
-    data = CocoInstanceDataset(train_json, train_images)
-    name = f"maskiou_train_{Path(train_json).stem}_{abs(hash(str(train_json))) % 10**8}"
-    from detectron2.data import DatasetCatalog
-
-    if name not in DatasetCatalog.list():
-        register_coco_instances(name, {}, str(train_json), str(train_images))
+    data = require_annotations(CocoInstanceDataset(train_json, train_images), "training")
+    name = register_dataset(data)
     out = Path(output_dir)
     cfg = embedded_config(data.num_classes - 1, device=device, max_iter=max_iter,
                           workers=workers)

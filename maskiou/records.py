@@ -158,7 +158,15 @@ def image_fingerprints(dataset: Any, indices: list[int] | None = None) -> dict[s
     """``{sha1 of the image file: image id}`` of a :class:`CocoInstanceDataset`: the images a
     head or a recalibration was fitted on, recognised again whatever their ids or names."""
     indices = list(range(len(dataset))) if indices is None else indices
-    return {file_sha1(dataset.image_path(i)): int(dataset.image_ids[i]) for i in indices}
+    prints = {}
+    for i in indices:
+        path, image_id = dataset.image_path(i), int(dataset.image_ids[i])
+        try:
+            prints[file_sha1(path)] = image_id
+        except OSError as e:  # one line naming the file and the image id
+            raise FileNotFoundError(f"{path}: image file not found or unreadable (image id "
+                                    f"{image_id}): {e.strerror or e}") from None
+    return prints
 
 
 def coco_ap(coco_gt: Any, results: list[dict[str, Any]], iou_type: str,

@@ -260,7 +260,7 @@ def _bad_inputs(tmp: Path) -> dict[str, Path]:
 ])
 def test_bad_inputs_one_clear_message(fake: Predictor, tmp_path: Path, name: str,
                                       message: str) -> None:
-    app = DemoApp(heads=[], split=None, predictor=fake)
+    app = DemoApp(heads=[], split=None, predictor=fake, upload_dirs=[tmp_path])
     out = app.detect(str(_bad_inputs(tmp_path)[name]), NO_HEAD, IN_MEMORY, 0.1, "rescored",
                      False)
     status, pred = out[STATUS], out[STATUS + 1]
@@ -426,7 +426,7 @@ def test_live_app_concurrent_clients(live_app, split: ValSplit, checkpoints) -> 
 
 def test_in_memory_predictor(fake: Predictor, tmp_path: Path) -> None:
     Image.fromarray(image()).save(tmp_path / "x.png")
-    app = DemoApp(heads=[], split=None, predictor=fake)
+    app = DemoApp(heads=[], split=None, predictor=fake, upload_dirs=[tmp_path])
     calls = FakeDetector.calls
     out = app.detect(str(tmp_path / "x.png"), NO_HEAD, IN_MEMORY, 0.1, "rescored", False)
     assert out[STATUS].startswith("2 detections; the final score the model returns changes "

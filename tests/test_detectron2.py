@@ -464,3 +464,94 @@ def test_detectron2s_own_trainer_writes_a_maskiou_checkpoint_of_its_model(tmp_pa
     assert detector_training_images(meta) == image_fingerprints(train)  # the add-on warns
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert (tmp_path / "run" / "train_log.jsonl").is_file()
+
+
+def _with_background(src, dst, new_id, keep_images: int | None = None,
+                     background: bool = True):
+    """``src`` (a COCO JSON) rewritten as some annotation tools export it: a category
+    ``background`` with id 0 first (unless not ``background``), the real categories renumbered
+    by ``new_id(old id)``, optionally only the first ``keep_images`` images."""
+    import json
+    from pathlib import Path
+
+    data = json.loads(Path(src).read_text())
+    if keep_images is not None:
+        data["images"] = data["images"][:keep_images]
+        kept = {img["id"] for img in data["images"]}
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] in kept]
+    data["categories"] = [{"id": 0, "name": "background", "supercategory": "none"}] * \
+        background + [{**c, "id": new_id(c["id"])} for c in data["categories"]]
+    for a in data["annotations"]:
+        a["category_id"] = new_id(a["category_id"])
+    Path(dst).write_text(json.dumps(data))
+    return Path(dst)
+
+
+def test_the_recipe_trains_with_maskious_class_mapping_on_a_json_with_a_skipped_background(
+        tmp_path):
+    """A COCO file with a ``background`` category id 0 (no annotations) and class ids 5, 8,
+    14, ... (3 x the embedded ones + 2): detectron2's DefaultTrainer is given the torchvision
+    recipe's classes (background skipped, labels in id order), not register_coco_instances'
+    numbering of all of them."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from maskiou.data.coco import CocoInstanceDataset
+    from maskiou.data.synthetic import generate_synthetic_coco
+    from maskiou.models.checkpoint import load_checkpoint
+    from maskiou_integrations.detectron2_models import config_from_yaml, train_embedded
+
+    data = generate_synthetic_coco(tmp_path / "data", 4, 0, seed=0, image_size=SIZE,
+                                   progress=False)
+    train_json = _with_background(data.train_json, tmp_path / "bg.json", lambda c: 3 * c + 2)
+    path = train_embedded(tmp_path / "run", max_iter=2, workers=0, train_json=train_json,
+                          train_images=data.train_images,
+                          opts=["SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TEST", str(SIZE)])
+    torchvision_recipe = CocoInstanceDataset(train_json, data.train_images)  # maskiou-train's
+    plain = CocoInstanceDataset(data.train_json, data.train_images)
+    assert torchvision_recipe.label_to_cat_id == {
+        label: 3 * c + 2 for label, c in plain.label_to_cat_id.items()}
+    assert torchvision_recipe.class_names == plain.class_names
+    ckpt = load_checkpoint(path)
+    assert ckpt["class_names"] == torchvision_recipe.class_names
+    assert ckpt["label_to_cat_id"] == torchvision_recipe.label_to_cat_id
+    cfg = config_from_yaml(ckpt["detector"]["config"])
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(plain.class_names) - 1 == 7
+    name = cfg.DATASETS.TRAIN[0]
+    assert MetadataCatalog.get(name).thing_classes == torchvision_recipe.class_names[1:]
+    # what DefaultTrainer trained on: every annotation's class is its label - 1, image by image
+    by_file = {str(torchvision_recipe.image_path(i)): i for i in range(len(torchvision_recipe))}
+    records = DatasetCatalog.get(name)
+    assert len(records) == len(torchvision_recipe) == 4
+    assert sum(len(r["annotations"]) for r in records) > 0
+    for r in records:
+        i = by_file[r["file_name"]]
+        want = sorted(inst.label - 1 for inst in torchvision_recipe.instances(i))
+        assert sorted(a["category_id"] for a in r["annotations"]) == want, r["file_name"]
+        # ... and the same classes as the plain file's
+        assert want == sorted(inst.label - 1 for inst in plain.instances(i))
+
+
+def test_the_shipped_detectron2_detector_scores_the_same_on_a_json_with_a_skipped_background(
+        tmp_path):
+    """The embedded story on such a file: evaluation maps the checkpoint's labels to the
+    dataset's category ids through the class names, so the shipped plain detectron2 detector
+    gets the same mask AP on the validation split with a ``background`` id 0 and shifted ids
+    as on the plain file; a file whose classes come in another order is refused in one line."""
+    from maskiou.data.coco import CocoInstanceDataset
+    from maskiou.evaluation.benchmark import embedded_val, evaluate_checkpoint
+    from maskiou.models.paths import shipped_model_path
+
+    val_json, val_images = embedded_val(progress=False)
+    plain = _with_background(val_json, tmp_path / "plain.json", lambda c: c, 40,
+                             background=False)
+    shifted = _with_background(val_json, tmp_path / "shifted.json", lambda c: 3 * c + 2, 40)
+    detector = shipped_model_path("detectron2_plain")
+    scores = [evaluate_checkpoint(detector, CocoInstanceDataset(path, val_images), "cpu",
+                                  progress=False)["segm"]["cls"]
+              for path in (plain, shifted)]
+    assert scores[0]["AP"] > 30 and scores[0] == scores[1]
+    swapped = _with_background(val_json, tmp_path / "swapped.json", lambda c: 100 - c, 40)
+    with pytest.raises(ValueError) as e:
+        evaluate_checkpoint(detector, CocoInstanceDataset(swapped, val_images), "cpu",
+                            progress=False)
+    assert "trained on classes" in str(e.value) and "\n" not in str(e.value)

@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                    "cache during head training (0: read in this process; default: 0 on a CPU, "
                    "2 on a GPU)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-pixels", type=int, help="refuse images of more pixels (width x "
+                   "height), read from their header before decoding (default: "
+                   "MASKIOU_MAX_PIXELS, else 8192 x 8192 = 67,108,864)")
     add_config_flags(p)
     args = p.parse_args(argv)
     try:  # a bad value is refused here, before torch is imported
@@ -97,13 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     from maskiou import distributed as D
     from maskiou.attach import UnknownFrameworkError
     from maskiou.contract import AdapterContractError
-    from maskiou.data.coco import CocoFormatError
+    from maskiou.data.coco import CocoFormatError, one_line, set_max_pixels
     from maskiou.models.checkpoint import CheckpointError
 
     from .cache import CacheKeyError
     from .run import train_addon
 
     try:
+        set_max_pixels(args.max_pixels)
         _, _, device = D.init_distributed(args.device)
         detector = args.detector
         if args.detector_config:
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                            log=lambda msg: print(msg, flush=True) if D.is_main() else None)
     except (CocoFormatError, CheckpointError, CacheKeyError, ValueError, FileNotFoundError,
             UnknownFrameworkError, AdapterContractError) as e:
-        print(f"maskiou-addon: error: {e}", file=sys.stderr)
+        print(f"maskiou-addon: error: {one_line(e)}", file=sys.stderr)
         return 2
     finally:
         D.cleanup()

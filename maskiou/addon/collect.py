@@ -39,8 +39,10 @@ from .cache import (
     DiskSamples,
     HeadSamples,
     ShardWriter,
+    check_shard,
+    claim_shards,
     key_hash,
-    shard_record,
+    require_writable,
     write_manifest,
 )
 from .views import SHARD_PREFIX, VIEWS, to_image, view_of, visible_window
@@ -162,9 +164,12 @@ def collect_to_cache(model: nn.Module, dataset: Any, directory: str | Path,
     at their indices (``{"mirror": [...], "photometric": [...]}``), as a disk cache in
     ``directory`` written for ``key``.
 
-    Complete shards of the same key already there are kept (an interrupted collection resumes);
-    under torchrun shard k is written by rank k mod world size and every rank returns the
-    finished cache after a barrier. Memory: one detector batch of rows at a time.
+    Complete shards of the same key already there are checked (sizes and checksums) and kept
+    (an interrupted collection resumes), damaged ones moved aside and written again; under
+    torchrun shard k is written by rank k mod world size and every rank returns the finished
+    cache after a barrier. Other processes may share ``directory``: each shard is written by
+    one of them (:func:`maskiou.addon.cache.claim_shards`). A finished cache is only read (it
+    may be read-only). Memory: one detector batch of rows at a time.
     """
     if shard_images % batch_size:
         raise ValueError(f"shard_images ({shard_images}) must be a multiple of batch_size "
@@ -173,13 +178,19 @@ def collect_to_cache(model: nn.Module, dataset: Any, directory: str | Path,
     h = key_hash(key)
     plan = shard_plan(len(dataset), views, shard_images)
     rank, world = D.rank_and_world()
-    todo = [(name, idx, view) for k, (name, idx, view) in enumerate(plan)
-            if k % world == rank and shard_record(directory, name, h) is None]
-    t0 = time.perf_counter()
+    mine = [shard for k, shard in enumerate(plan) if k % world == rank]
+    states = {name: check_shard(directory, name, h) for name, _, _ in mine}
+    todo = [shard for shard in mine if states[shard[0]][0] != "ok"]
+    if todo:
+        name, (state, why) = todo[0][0], states[todo[0][0]]
+        require_writable(directory, f"{len(todo)} of its shards are unfinished or damaged "
+                         f"(shard {name}: {why or state})")
+    t0, done = time.perf_counter(), 0
     bar = tqdm(total=sum(len(idx) for _, idx, _ in todo), disable=not (progress and D.is_main()),
                dynamic_ncols=True, desc="detector on the add-on images (and their views)",
                unit="img")
-    for name, idx, view in todo:
+    for name, idx, view in claim_shards(directory, todo, h, log):  # each locked while written
+        done += len(idx)
         writer = ShardWriter(directory, name, h)
         try:
             for n, rows, dets in detection_rows(model, dataset, idx, device=device,
@@ -192,8 +203,7 @@ def collect_to_cache(model: nn.Module, dataset: Any, directory: str | Path,
             raise
         writer.close()
     bar.close()
-    if todo:
-        done = sum(len(idx) for _, idx, _ in todo)
+    if done:
         log(f"collected {done} images in {time.perf_counter() - t0:.0f} s "
             f"({done / max(time.perf_counter() - t0, 1e-9):.1f} images/s"
             f"{f' on rank {rank} of {world}' if world > 1 else ''})")
@@ -203,4 +213,4 @@ def collect_to_cache(model: nn.Module, dataset: Any, directory: str | Path,
         shapes = {f: list(a.shape[1:]) for f, a in empty_rows(head).items() if f in FEATURES}
         write_manifest(directory, key, [name for name, _, _ in plan], shapes)
     D.barrier()
-    return DiskSamples(directory, key)
+    return DiskSamples(directory, key, verified=[name for name, _, _ in plan])  # just checked

@@ -318,13 +318,13 @@ def train_addon(detector: str | Path, train_json: str | Path, train_images: str 
     recalibration were fitted on, and the recalibration model. The detections are cached in
     ``cache_dir`` (default ``output_dir/cache``).
     """
-    from maskiou.data.coco import CocoInstanceDataset
+    from maskiou.data.coco import CocoInstanceDataset, require_annotations
 
+    dataset = require_annotations(CocoInstanceDataset(train_json, train_images), "the add-on")
     cfg = cfg or AddonConfig()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, meta = attach_to_detector(detector, cfg, device)
-    dataset = CocoInstanceDataset(train_json, train_images)
     if dataset.class_names != meta["class_names"]:
         raise ValueError(f"{train_json}: classes {dataset.class_names} differ from the "
                          f"detector's {meta['class_names']} ({detector})")

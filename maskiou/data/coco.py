@@ -12,6 +12,14 @@ Conventions:
 * Crowd regions (``iscrowd`` 1 or true) never become targets; they stay in ``self.coco`` for
   evaluation. Annotations whose box (clipped to the image) has w or h <= 1 px or whose mask is
   empty are dropped with one warning line per file.
+* Every annotation is checked when the file is loaded, before any image is read: an RLE's
+  counts must be non-negative and add up to height x width (pycocotools would decode a short
+  one into uninitialised memory), polygon coordinates must be finite numbers at most one image
+  size outside the image; an image's height and width positive whole numbers of at most
+  :func:`max_pixels` pixels. A split with no usable annotation is refused by
+  :func:`require_annotations`.
+* Image files are opened header first: one over :func:`max_pixels` pixels (``MASKIOU_MAX_PIXELS``,
+  default 8192 x 8192) or of another size than the JSON says is refused before it is decoded.
 * Bad input raises ``CocoFormatError`` with one line naming the file, image id, annotation id.
 """
 
@@ -21,6 +29,9 @@ import contextlib
 import io
 import json
 import logging
+import math
+import os
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,43 +46,205 @@ from maskiou.data.transforms import Transform
 
 logger = logging.getLogger(__name__)
 _BACKGROUND_NAMES = ("background", "__background__")
+MAX_PIXELS_ENV = "MASKIOU_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 8192 * 8192  # 67 Mpx: a float32 RGB tensor of 805 MB
 
 
 class CocoFormatError(ValueError):
     """Bad COCO input; the message is one line naming the file, image id and annotation id."""
 
 
-class _Instance(NamedTuple):
+class Instance(NamedTuple):
+    """One usable annotation of an image, as the dataset's targets are made of it."""
+
     ann_id: Any
-    label: int
-    segmentation: Any  # cleaned polygons (list) or RLE dict
+    label: int  # contiguous, 1..C
+    segmentation: Any  # cleaned polygons (list) or RLE dict, checked
     box: tuple[float, float, float, float]  # xyxy, clipped to the image
     area: float
+
+
+class CategoryMap(NamedTuple):
+    """The dataset's category ids -> contiguous labels, computed once by :func:`category_map`."""
+
+    cat_id_to_label: dict[int, int]
+    label_to_cat_id: dict[int, int]
+    class_names: list[str]  # background first, then the classes in label order
+    skipped: set[int]  # category ids named as a background: not classes
+
+
+def category_map(categories: dict[int, dict[str, Any]]) -> CategoryMap:
+    """The one class mapping of a COCO file (``{category id: category}``): a category named
+    "background" or "__background__" (any case) is skipped; the others, sorted by id, get labels
+    1..C (0 is the implicit background). Every framework's training and loading goes through
+    it (detectron2's datasets are registered with it)."""
+    skipped = {c for c, cat in categories.items()
+               if str(cat["name"]).lower() in _BACKGROUND_NAMES}
+    kept = sorted(c for c in categories if c not in skipped)
+    to_label = {c: i + 1 for i, c in enumerate(kept)}
+    names = ["__background__"] + [str(categories[c]["name"]) for c in kept]
+    return CategoryMap(to_label, {i: c for c, i in to_label.items()}, names, skipped)
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line, as the CLIs print it after ``error:``."""
+    return " ".join(str(error).splitlines()) or type(error).__name__
+
+
+def max_pixels() -> int:
+    """The largest image, in pixels (width x height), that is read: ``MASKIOU_MAX_PIXELS`` or
+    :data:`DEFAULT_MAX_PIXELS`. The CLIs' ``--max-pixels`` sets the variable."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{MAX_PIXELS_ENV}={raw!r}: must be a positive whole number of pixels")
+    return value
+
+
+def set_max_pixels(value: int | None) -> None:
+    """Set the pixel limit of this process and its children (None: leave it as it is)."""
+    if value is None:
+        return
+    if value <= 0:
+        raise ValueError(f"--max-pixels {value}: must be a positive whole number of pixels")
+    os.environ[MAX_PIXELS_ENV] = str(int(value))
+
+
+def pixel_limit_problem(width: int, height: int) -> str | None:
+    """Why a ``width`` x ``height`` image is too large to read, or None."""
+    limit = max_pixels()
+    if width * height <= limit:
+        return None
+    return (f"{width}x{height} px ({width * height / 1e6:.1f} Mpx), over the limit of "
+            f"{limit:,} px per image (raise it with --max-pixels or {MAX_PIXELS_ENV})")
+
+
+class ImageTooLargeError(ValueError):
+    """An image over :func:`max_pixels`; the message says its size and the limit (no file)."""
+
+
+def open_image(fp: Any) -> Image.Image:
+    """``Image.open`` (which reads the header only) of an image within :func:`max_pixels`;
+    raises :class:`ImageTooLargeError` for a larger one, before it is decoded."""
+    limit = max_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit  # a raised limit: PIL's own bomb check follows it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(fp)
+        except Image.DecompressionBombError as e:
+            raise ImageTooLargeError(f"over the limit of {limit:,} px per image ({e})") from None
+    problem = pixel_limit_problem(*im.size)
+    if problem:
+        im.close()
+        raise ImageTooLargeError(problem)
+    return im
 
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_whole(v: Any) -> bool:
+    return _is_num(v) and math.isfinite(v) and float(v).is_integer()
+
+
+def _compressed_counts(counts: str) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``), or None
+    where the string is not one."""
+    out: list[int] = []
+    p = 0
+    while p < len(counts):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(counts):
+                return None
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+def _check_rle(seg: dict[str, Any], h: int, w: int, where: str) -> None:
+    """Refuse an RLE whose run lengths are not non-negative and do not add up to h x w."""
+    counts = seg["counts"]
+    if isinstance(counts, list):
+        if not all(_is_whole(c) and c >= 0 for c in counts):
+            raise CocoFormatError(f"{where}: RLE counts must be non-negative whole numbers")
+        runs = [int(c) for c in counts]
+    else:
+        runs = _compressed_counts(counts)
+        if runs is None:
+            raise CocoFormatError(f"{where}: RLE counts is not a compressed COCO RLE string")
+        if any(c < 0 for c in runs):
+            raise CocoFormatError(f"{where}: compressed RLE has a negative run length")
+    if sum(runs) != h * w:
+        raise CocoFormatError(f"{where}: RLE counts add up to {sum(runs)} pixels, not height x "
+                              f"width = {h * w}")
+
+
+def _check_polygon(poly: Any, h: int, w: int, where: str) -> None:
+    """Refuse a polygon that is not an even list of finite numbers near the image (at most one
+    image size outside it: farther points are an error, and cost pycocotools' rasteriser time
+    in proportion to their distance)."""
+    if not isinstance(poly, list) or not all(_is_num(v) for v in poly):
+        raise CocoFormatError(f"{where}: polygon must be a list of numbers")
+    if len(poly) % 2:
+        raise CocoFormatError(f"{where}: polygon has an odd number of coordinates")
+    if not all(math.isfinite(v) for v in poly):
+        raise CocoFormatError(f"{where}: polygon has a NaN or infinite coordinate")
+    xs, ys = poly[0::2], poly[1::2]
+    if xs and (min(xs) < -w or max(xs) > 2 * w or min(ys) < -h or max(ys) > 2 * h):
+        raise CocoFormatError(
+            f"{where}: polygon reaches ({min(xs):g}..{max(xs):g}, {min(ys):g}..{max(ys):g}), "
+            f"more than one image size outside the {w}x{h} image")
+
+
 def _check_segmentation(seg: Any, h: int, w: int, where: str) -> Any:
     """Validate one segmentation; return it with polygons of < 3 points removed."""
     if isinstance(seg, list):
-        polys = []
         for poly in seg:
-            if not isinstance(poly, list):  # numbers are checked when decoded
-                raise CocoFormatError(f"{where}: polygon must be a list of numbers")
-            if len(poly) % 2:
-                raise CocoFormatError(f"{where}: polygon has an odd number of coordinates")
-            if len(poly) >= 6:
-                polys.append(poly)
-        return polys
+            _check_polygon(poly, h, w, where)
+        return [poly for poly in seg if len(poly) >= 6]
     if isinstance(seg, dict) and "counts" in seg and "size" in seg:
-        if list(seg["size"]) != [h, w]:
+        if not (isinstance(seg["size"], list) and all(_is_int(v) for v in seg["size"])
+                and seg["size"] == [h, w]):
             raise CocoFormatError(f"{where}: RLE size {seg['size']} != image size [{h}, {w}]")
         if not isinstance(seg["counts"], (list, str)):
             raise CocoFormatError(f"{where}: RLE counts must be a list or a string")
+        _check_rle(seg, h, w, where)
         return seg
     raise CocoFormatError(f"{where}: segmentation must be polygons or an RLE dict")
+
+
+def _image_size(img: dict[str, Any], where: str) -> tuple[int, int]:
+    """(height, width) of an image entry: positive whole numbers within the pixel limit."""
+    h, w = img["height"], img["width"]
+    if not (_is_whole(h) and _is_whole(w) and h > 0 and w > 0):
+        raise CocoFormatError(f"{where}: height and width must be positive whole numbers, "
+                              f"got {h!r} x {w!r}")
+    problem = pixel_limit_problem(int(w), int(h))
+    if problem:
+        raise CocoFormatError(f"{where}: {problem}")
+    return int(h), int(w)
 
 
 def _empty_rle(h: int, w: int) -> dict[str, Any]:
@@ -149,21 +322,29 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             ):
                 msg = f"{name}: image #{k} needs id, file_name, height and width"
                 raise CocoFormatError(msg)
+            if not (_is_int(img["id"]) and isinstance(img["file_name"], str)):
+                raise CocoFormatError(f"{name}: image #{k}: id must be an integer and "
+                                      f"file_name a string, got {img['id']!r}, "
+                                      f"{img['file_name']!r}")
             if img["id"] in images:
                 raise CocoFormatError(f"{name}: duplicate image id {img['id']}")
+            _image_size(img, f"{name}: image id {img['id']} ({img['file_name']})")
             images[img["id"]] = img
         cats = {}
         for k, cat in enumerate(data["categories"]):
             if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
                 raise CocoFormatError(f"{name}: category #{k} needs id and name")
+            if not _is_int(cat["id"]):
+                raise CocoFormatError(f"{name}: category #{k}: id must be an integer, got "
+                                      f"{cat['id']!r}")
             if cat["id"] in cats:
                 raise CocoFormatError(f"{name}: duplicate category id {cat['id']}")
             cats[cat["id"]] = cat
-        skipped = {c for c, cat in cats.items() if str(cat["name"]).lower() in _BACKGROUND_NAMES}
-        kept = sorted(c for c in cats if c not in skipped)
-        self.cat_id_to_label: dict[int, int] = {c: i + 1 for i, c in enumerate(kept)}
-        self.label_to_cat_id: dict[int, int] = {i: c for c, i in self.cat_id_to_label.items()}
-        self.class_names: list[str] = ["__background__"] + [str(cats[c]["name"]) for c in kept]
+        mapping = category_map(cats)
+        skipped = mapping.skipped
+        self.cat_id_to_label: dict[int, int] = mapping.cat_id_to_label
+        self.label_to_cat_id: dict[int, int] = mapping.label_to_cat_id
+        self.class_names: list[str] = mapping.class_names
         self.num_classes: int = len(self.class_names)
 
         anns = data["annotations"]
@@ -172,23 +353,27 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                 f"{name}: has no segmentation in any of its {len(anns)} annotations: "
                 "this is a detection-only dataset, instance masks are required"
             )
-        per_image: dict[int, list[_Instance]] = {i: [] for i in images}
+        per_image: dict[int, list[Instance]] = {i: [] for i in images}
         degenerate: list[Any] = []
-        n_background = 0
+        n_background = n_crowd = 0
+        ann_ids: set[Any] = set()
         for k, ann in enumerate(anns):
-            if not isinstance(ann, dict) or "id" not in ann:
+            if not isinstance(ann, dict) or not isinstance(ann.get("id"), (int, str)):
                 raise CocoFormatError(f"{name}: annotation #{k} is not an object with an 'id'")
             where = f"{name}: annotation id {ann['id']} (image id {ann.get('image_id')})"
-            if ann.get("image_id") not in images:
+            if ann["id"] in ann_ids:  # COCOeval's index would keep one of them
+                raise CocoFormatError(f"{where}: duplicate annotation id")
+            ann_ids.add(ann["id"])
+            if not _is_int(ann.get("image_id")) or ann["image_id"] not in images:
                 raise CocoFormatError(f"{where}: unknown image id {ann.get('image_id')}")
-            if ann.get("category_id") not in cats:
+            if not _is_int(ann.get("category_id")) or ann["category_id"] not in cats:
                 raise CocoFormatError(f"{where}: unknown category id {ann.get('category_id')}")
             if "segmentation" not in ann:
                 raise CocoFormatError(f"{where}: has no segmentation")
             if ann.get("iscrowd", 0) not in (0, 1):  # True == 1, False == 0
                 raise CocoFormatError(f"{where}: iscrowd must be 0/1 or a boolean")
             img = images[ann["image_id"]]
-            h, w = int(img["height"]), int(img["width"])
+            h, w = int(img["height"]), int(img["width"])  # checked above
             ann["iscrowd"] = int(ann.get("iscrowd", 0))
             seg = _check_segmentation(ann["segmentation"], h, w, where)
             # pycocotools cannot decode an empty polygon list: COCOeval gets an empty RLE
@@ -198,9 +383,13 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                 ann.setdefault("bbox", mask_utils.toBbox(rle).tolist() if rle else [0, 0, 0, 0])
                 ann.setdefault("area", float(mask_utils.area(rle)) if rle else 0.0)
             bbox = ann["bbox"]
-            if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)):
-                raise CocoFormatError(f"{where}: bbox must be [x, y, w, h]")
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)
+                    and all(math.isfinite(v) for v in bbox)):
+                raise CocoFormatError(f"{where}: bbox must be [x, y, w, h], finite numbers")
+            if not (_is_num(ann["area"]) and math.isfinite(ann["area"])):
+                raise CocoFormatError(f"{where}: area must be a finite number")
             if ann["iscrowd"]:
+                n_crowd += 1
                 continue
             if ann["category_id"] in skipped:
                 n_background += 1
@@ -212,7 +401,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                 continue
             label = self.cat_id_to_label[ann["category_id"]]
             box = (float(x0), float(y0), float(x1), float(y1))
-            inst = _Instance(ann["id"], label, seg, box, float(ann["area"]))
+            inst = Instance(ann["id"], label, seg, box, float(ann["area"]))
             per_image[ann["image_id"]].append(inst)
         if skipped:
             names = ", ".join(f"id {c} '{cats[c]['name']}'" for c in sorted(skipped))
@@ -234,6 +423,11 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             self.coco.createIndex()
         self._images = images
         self._instances = per_image
+        # what the annotations gave: usable instances, and what was left out and why
+        self.num_annotations = len(anns)
+        self.num_instances = sum(len(v) for v in per_image.values())
+        self.left_out = {"crowd": n_crowd, "background": n_background,
+                         "degenerate": len(degenerate)}
         self.image_ids: list[int] = sorted(
             i for i in images if not (drop_empty and not per_image[i])
         )
@@ -267,8 +461,13 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             raise CocoFormatError(
                 f"{path}: image file not found (image id {image_id}, in {self.ann_file.name})"
             )
+        h, w = self.get_height_and_width(i)
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:  # the header only: size checked before decoding
+                if im.size != (w, h):
+                    raise CocoFormatError(
+                        f"{path}: image is {im.size[0]}x{im.size[1]} but the JSON says {w}x{h} "
+                        f"(image id {image_id})")
                 if im.mode.startswith("I"):  # 16/32-bit grayscale: scale to 8 bits
                     arr = np.asarray(im, dtype=np.float32) / 65535.0
                     arr = np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2)
@@ -276,16 +475,22 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                     if im.mode == "P" and "transparency" in im.info:
                         im = im.convert("RGBA")
                     arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        except CocoFormatError:
+            raise
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
             msg = f"{path}: cannot read image (image id {image_id}): {exc}"
             raise CocoFormatError(msg) from None
-        h, w = self.get_height_and_width(i)
         if arr.shape[:2] != (h, w):
             raise CocoFormatError(
                 f"{path}: image is {arr.shape[1]}x{arr.shape[0]} but the JSON says {w}x{h} "
                 f"(image id {image_id})"
             )
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+    def instances(self, i: int) -> list[Instance]:
+        """The usable annotations of item ``i`` (crowd, background and degenerate ones left
+        out), with their contiguous labels: what its target is made of."""
+        return list(self._instances[self.image_ids[i]])
 
     def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Any]]:
         image = self._load_image(i)
@@ -314,6 +519,18 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def require_annotations(dataset: CocoInstanceDataset, what: str) -> CocoInstanceDataset:
+    """``dataset`` if it has at least one usable annotation, else CocoFormatError (one line
+    saying what was left out): ``what`` says what the split is for ("the add-on images")."""
+    if dataset.num_instances:
+        return dataset
+    why = ", ".join(f"{n} {k}" for k, n in dataset.left_out.items() if n)
+    raise CocoFormatError(
+        f"{dataset.ann_file}: no usable annotation for {what} ({len(dataset)} images, "
+        f"{dataset.num_annotations} annotations" + (f": {why}" if why else "") + "); nothing "
+        "to learn from or measure")
 
 
 def coco_root_paths(root: str | Path, split: str) -> tuple[Path, Path]:

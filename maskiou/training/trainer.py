@@ -74,7 +74,7 @@ class Trainer:
     """Owns one run: data, model, optimizer, schedule, checkpoints and logs."""
 
     def __init__(self, cfg: TrainConfig, output_dir: str | Path, progress: bool = True) -> None:
-        from maskiou.data.coco import CocoInstanceDataset
+        from maskiou.data.coco import CocoInstanceDataset, require_annotations
 
         self.cfg, self.out = cfg, Path(output_dir)
         self.rank, self.world, self.device = D.init_distributed(cfg.device)
@@ -88,7 +88,7 @@ class Trainer:
             resolve_split(cfg, "train", progress=self.progress)
         D.barrier()
         json_path, images = resolve_split(cfg, "train", progress=False)
-        self.dataset = CocoInstanceDataset(json_path, images)
+        self.dataset = require_annotations(CocoInstanceDataset(json_path, images), "training")
         self.aspect = [w / h for h, w in (self.dataset.get_height_and_width(i)
                                           for i in range(len(self.dataset)))]
         self.batches_per_epoch = len(self._batches(0))
