@@ -64,20 +64,21 @@ def soft_masks(protos: Tensor, coefficients: Tensor, boxes: Tensor, input_shape:
     c, mh, mw = protos.shape
     n = len(coefficients)
     if n == 0:
-        empty = torch.zeros((0, *image_shape))
+        empty = torch.zeros((0, *image_shape), device=protos.device)
         return empty.bool(), empty
     logits = (coefficients @ protos.float().view(c, -1)).view(n, mh, mw)
     logits = F.interpolate(logits[None], input_shape, mode="bilinear")[0]
     logits = ops.scale_masks(logits[None], image_shape)[0]
     h, w = image_shape
     x1, y1, x2, y2 = torch.chunk(boxes[:, :, None], 4, 1)  # as ops.crop_mask compares
-    cols = torch.arange(w, dtype=x1.dtype)[None, None, :]
-    rows = torch.arange(h, dtype=x1.dtype)[None, :, None]
+    cols = torch.arange(w, dtype=x1.dtype, device=x1.device)[None, None, :]
+    rows = torch.arange(h, dtype=x1.dtype, device=x1.device)[None, :, None]
     inside = (cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2)
     binary = (logits > 0) & inside
     probs = torch.sigmoid(logits) * inside
     # a logit in (0, 3e-8) has a float32 sigmoid of exactly 0.5: keep probs > 0.5 == binary
-    above = torch.nextafter(torch.tensor(0.5), torch.tensor(1.0))
+    half = torch.tensor(0.5, device=probs.device)
+    above = torch.nextafter(half, torch.ones_like(half))
     return binary, torch.where(binary, probs.clamp(min=above), probs)
 
 

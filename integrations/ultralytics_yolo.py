@@ -1,0 +1,281 @@
+"""Adapter for ultralytics' YOLO-seg (``SegmentationModel`` with a ``Segment`` head: YOLOv8-seg,
+YOLO11-seg), installed as ``maskiou_integrations.ultralytics_yolo`` and found through the
+``maskiou.adapters`` entry point. ultralytics is AGPL-3.0: this module is imported only where it
+is installed (``pip install maskiou[ultralytics]``); see the README's "YOLO-seg".
+
+YOLO-seg has no RoI heads: its ``forward`` ends before NMS with per-anchor boxes, class
+probabilities and 32 mask coefficients, and the masks are made after NMS from those
+coefficients and a prototype map. So the MaskIoU branch runs where ultralytics' predictor
+turns the raw output into detections (:func:`detect`, the one place both paths below call):
+
+1. the model's own forward, with a forward pre-hook on its ``Segment`` head for the duration of
+   the call: the hook keeps the head's input, the neck features P3/P4/P5 (strides 8/16/32);
+2. ultralytics' ``non_max_suppression`` as its predictor calls it (conf, IoU, ``max_det`` of the
+   checkpoint; class-aware, one label per box), masks as its ``process_mask`` makes them, kept
+   soft, and detections with an empty mask dropped (the predictor's steps, see
+   :mod:`maskiou_integrations.ultralytics_predict`);
+3. per final detection, the head's inputs: P3, the input of the mask branch (``Segment.proto``
+   reads P3 alone), RoI-aligned at the box to ``[64, 14, 14]`` (``in_channels`` is P3's width),
+   and the mask probabilities ``sigmoid(coefficients @ protos)`` RoI-aligned from the prototype
+   grid into the box at ``28 x 28`` (the mask as the model predicts it, before ultralytics
+   resamples it into the image);
+4. the head, ``maskiou_outputs`` and the head's calibration (the final score), re-sorted with
+   :func:`maskiou.scoring.add_maskiou_outputs`.
+
+Nothing of the detector changes: the head is a submodule ``model.maskiou_head`` of the
+``SegmentationModel`` that the model's own forward never calls, so ``model(x)``, ultralytics'
+predictor, validator and exports are what they were, and the detections' boxes, labels, class
+scores and masks are bit for bit those of the plain model when the head's score is ignored.
+Two paths reach :func:`detect`: :meth:`UltralyticsYOLOAdapter.predict` (maskiou's records, for
+the benchmarks and the add-on) and :class:`maskiou_integrations.ultralytics_results.
+MaskIoUSegmentationPredictor` (ultralytics' own ``Results``, for ``YOLO.predict``).
+
+Labels: YOLO class ``k`` is maskiou label ``k + 1`` (0 is the background), so the head has
+``nc + 1`` outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from maskiou.branch import head_score_inputs, install_head, maskiou_outputs
+from maskiou.calibration import box_area_share
+from maskiou.scoring import add_maskiou_outputs, maskness
+
+from .ultralytics_offline import offline_environment
+
+offline_environment()  # before ultralytics is imported: no network attempt, ever
+
+from ultralytics.nn.modules.head import Segment  # noqa: E402
+from ultralytics.nn.tasks import SegmentationModel  # noqa: E402
+
+from .ultralytics_predict import preprocess, soft_masks, split_output  # noqa: E402
+
+ROI_SIZE = 14  # the RoI-aligned P3 features: [64, 14, 14] per detection
+MASK_SIZE = 28  # the soft mask resampled into the box
+FEATURE_LEVEL = 0  # P3, the Segment head's first input (what its Proto reads)
+# how a model predicts when its checkpoint does not say (ultralytics' predictor's defaults but
+# its validator's conf, as the shipped detector): ``model.maskiou_predict`` overrides them
+PREDICT_DEFAULTS: dict[str, Any] = {"imgsz": 640, "conf": 0.001, "iou": 0.7, "max_det": 100}
+
+
+def segment_head(model: nn.Module) -> Segment:
+    """The model's ``Segment`` head (its last layer), or a TypeError of one line."""
+    layers = getattr(model, "model", None)
+    head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
+    if not isinstance(head, Segment):
+        raise TypeError(f"attach_maskiou_head: the last layer of this {type(model).__name__} is "
+                        f"a {type(head).__name__}, not ultralytics' Segment head")
+    return head
+
+
+def predict_args(model: nn.Module) -> dict[str, Any]:
+    """``imgsz``, ``conf``, ``iou``, ``max_det`` the model predicts with (its checkpoint's,
+    ``model.maskiou_predict``, else :data:`PREDICT_DEFAULTS`)."""
+    return {**PREDICT_DEFAULTS, **(getattr(model, "maskiou_predict", None) or {})}
+
+
+def to_uint8(image: Tensor) -> np.ndarray:
+    """A maskiou image (Tensor[3, H, W] RGB in [0, 1]) as ultralytics reads one: uint8
+    [H, W, 3] RGB (exact for an image that was read from 8-bit pixels)."""
+    return (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0) \
+        .cpu().numpy()
+
+
+def _forward(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """The model's own forward on ``x`` [B, 3, h, w]: (predictions [B, 4 + nc + nm, A], protos
+    [B, nm, h/4, w/4], the Segment head's inputs P3/P4/P5), read by a forward pre-hook on the
+    head for the duration of the call."""
+    seen: list[list[Tensor]] = []
+    hook = segment_head(model).register_forward_pre_hook(
+        lambda module, args: seen.append(list(args[0])))  # a copy: Detect may edit the list
+    try:
+        predictions, protos = split_output(model(x))
+    finally:
+        hook.remove()
+    return predictions, protos, seen[-1]
+
+
+def mask_probs_in_boxes(protos: Tensor, coefficients: Tensor, boxes: Tensor,
+                        input_shape: tuple[int, int], size: int = MASK_SIZE) -> Tensor:
+    """Each detection's mask probabilities resampled into its box: Tensor[n, size, size].
+
+    Args:
+        protos: [nm, mh, mw] of one image; coefficients: [n, nm].
+        boxes: [n, 4] xyxy in the network input's pixels.
+        input_shape: (h, w) of the network input (the prototype grid covers it).
+    """
+    nm, mh, mw = protos.shape
+    n = len(boxes)
+    if n == 0:
+        return protos.new_zeros((0, size, size))
+    logits = (coefficients.to(protos.dtype) @ protos.reshape(nm, -1)).reshape(n, 1, mh, mw)
+    rois = torch.cat([torch.arange(n, dtype=boxes.dtype, device=boxes.device)[:, None], boxes], 1)
+    # one map per detection: RoI k reads map k; the grid is at 1/4 of the input, pixel centres
+    # as ultralytics' bilinear upsampling (align_corners=False) places them
+    aligned = roi_align(logits.float(), rois.float(), size, spatial_scale=mh / input_shape[0],
+                        sampling_ratio=2, aligned=True)
+    return aligned[:, 0].sigmoid()
+
+
+def roi_features(features: Tensor, boxes: Tensor, stride: float, size: int = ROI_SIZE) -> Tensor:
+    """One level's features RoI-aligned at ``boxes`` ([n, 4] in input pixels):
+    ``features`` [C, h/s, w/s] -> Tensor[n, C, size, size]."""
+    rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], 1)
+    return roi_align(features[None].float(), rois.float(), size, spatial_scale=1.0 / stride,
+                     sampling_ratio=2, aligned=True)
+
+
+@torch.no_grad()
+def detect(model: nn.Module, images: list[np.ndarray], head_inputs: bool = False
+           ) -> list[dict[str, Tensor]]:
+    """Detections of ``images`` (uint8 [H, W, 3] RGB each) as ultralytics' predictor makes
+    them, with the MaskIoU branch when the model has a head (see the module docstring).
+
+    Returns, per image, maskiou's record: ``boxes`` [n, 4] xyxy in the image's pixels,
+    ``labels`` [n] (YOLO class + 1), ``scores`` [n], ``masks`` [n, 1, H, W] (soft: > 0.5 on
+    ultralytics' mask), ``maskness`` [n] (of the 28 x 28 mask probabilities); with a head also
+    ``cls_scores``, ``mask_quality`` and (with rescoring) ``scores`` the final score, re-sorted.
+    With ``head_inputs`` the head does not run: each record has, in the detector's order, what
+    it would see, ``roi_features`` [n, C, 14, 14] and ``mask_probs`` [n, 28, 28].
+    """
+    from ultralytics.utils import nms, ops
+
+    args = predict_args(model)
+    head = segment_head(model)
+    device = next(model.parameters()).device
+    stride = int(max(model.stride.max().item(), 32))
+    inputs = [preprocess(img, args["imgsz"], stride) for img in images]
+    found: list[tuple[Tensor, Tensor, Tensor, tuple[int, int]]] = []
+    for start in range(len(inputs)):  # one forward per run of images of the same input size
+        if start and inputs[start].shape == inputs[start - 1].shape:
+            continue
+        end = start + 1
+        while end < len(inputs) and inputs[end].shape == inputs[start].shape:
+            end += 1
+        x = torch.cat(inputs[start:end]).to(device)
+        predictions, protos, feats = _forward(model, x)
+        dets = nms.non_max_suppression(predictions, args["conf"], args["iou"], nc=head.nc,
+                                       max_det=args["max_det"])
+        found += [(det, protos[b], feats[FEATURE_LEVEL][b], tuple(x.shape[2:]))
+                  for b, det in enumerate(dets)]
+    level_stride = float(head.stride[FEATURE_LEVEL])
+    with_head = hasattr(model, "maskiou_head")
+    records, features, probs = [], [], []
+    for image, (det, protos, level, input_shape) in zip(images, found):
+        shape = image.shape[:2]
+        boxes = ops.scale_boxes(input_shape, det[:, :4].clone(), shape)
+        binary, soft = soft_masks(protos, det[:, 6:], boxes, input_shape, shape)
+        keep = binary.flatten(1).any(1)  # as the predictor: no detection without a mask
+        det, soft = det[keep], soft[keep]
+        p = mask_probs_in_boxes(protos, det[:, 6:], det[:, :4], input_shape)
+        records.append({"boxes": boxes[keep], "labels": det[:, 5].long() + 1,
+                        "scores": det[:, 4], "masks": soft[:, None], "maskness": maskness(p)})
+        probs.append(p)
+        if with_head or head_inputs:
+            features.append(roi_features(level, det[:, :4], level_stride))
+    if head_inputs:
+        for r, f, p in zip(records, features, probs):
+            r["roi_features"], r["mask_probs"] = f, p
+    elif with_head:
+        score_records(model, records, torch.cat(features), torch.cat(probs),
+                      [img.shape[:2] for img in images])
+    return records
+
+
+def score_records(model: nn.Module, records: list[dict[str, Tensor]], features: Tensor,
+                  probs: Tensor, image_shapes: list[tuple[int, int]]) -> None:
+    """Run the head on every detection of the batch at once and add its outputs to each
+    record (in place): ``cls_scores``, ``mask_quality``, ``maskness``, the final ``scores``."""
+    head = model.maskiou_head
+    labels = torch.cat([r["labels"] for r in records])
+    extra = head_score_inputs(head.score_inputs, [r["scores"] for r in records], probs)
+    pred = head(features.to(next(head.parameters()).dtype), probs, extra)
+    quality, mask_maskness = maskiou_outputs(pred, probs, labels, [len(r["labels"])
+                                                                  for r in records])
+    for r, q, m, shape in zip(records, quality, mask_maskness, image_shapes):
+        final = head.calibration(r["scores"], q, m, box_area_share(r["boxes"], shape))
+        add_maskiou_outputs(r, q, m, model.maskiou_rescore, final)
+
+
+class UltralyticsYOLOAdapter:
+    """Attaches the head to an ultralytics ``SegmentationModel`` (``Segment`` head): predict,
+    collect, load, convert and train of the adapter contract (:mod:`maskiou.contract`). No ``losses``:
+    ultralytics' trainer owns the detector's loss, and the head trains alone on the frozen
+    detector's detections (the add-on, ``maskiou-addon``)."""
+
+    name = "ultralytics YOLO-seg (maskiou_integrations.ultralytics_yolo)"
+    framework = "ultralytics"
+    capabilities = frozenset({"predict", "collect", "load", "convert", "train"})
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, SegmentationModel)
+
+    def head_defaults(self, model: nn.Module) -> dict[str, Any]:
+        head = segment_head(model)
+        if getattr(head, "end2end", False):
+            raise TypeError(f"attach_maskiou_head: this {type(head).__name__} head is end to end "
+                            "(NMS-free, YOLO26): the adapter reads the NMS path of v8 and 11")
+        channels = head.proto.cv1.conv.in_channels  # P3's, what the mask branch reads
+        return {"in_channels": int(channels), "num_classes": int(head.nc) + 1,
+                "roi_size": ROI_SIZE, "mask_size": MASK_SIZE}
+
+    def install(self, model: nn.Module, head: nn.Module, config: Any) -> None:
+        """``model.maskiou_head`` and the config's values (``maskiou_rescore``, ...): read by
+        :func:`detect`; the model's forward does not change."""
+        install_head(model, head, config)
+
+    def predict(self, model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """:func:`detect` on maskiou's images (eval mode, no grad)."""
+        model.eval()
+        return detect(model, [to_uint8(img) for img in images])
+
+    def collect(self, model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """:meth:`predict` in the detector's order (``scores`` = class confidence) with the
+        head's inputs of each detection: ``roi_features`` Tensor[n, 64, 14, 14] (P3) and
+        ``mask_probs`` Tensor[n, 28, 28]."""
+        model.eval()
+        return detect(model, [to_uint8(img) for img in images], head_inputs=True)
+
+    def load_detector(self, detector: Mapping[str, Any]) -> nn.Module:
+        """The ``SegmentationModel`` a checkpoint's ``"detector"`` entry describes (its
+        architecture dict and how it predicts), random weights, CPU, eval mode, no download."""
+        from .ultralytics_models import load_detector
+
+        return load_detector(dict(detector))
+
+    def checkpoint_from_files(self, config_file: str, weights: str, class_names: list[str],
+                              label_to_cat_id: dict[int, int]) -> dict[str, Any]:
+        """A maskiou checkpoint of an ultralytics training run's files: ``args.yaml`` (its
+        trainer's arguments: a segmentation run, and the image size it predicts at) and a
+        weights file (``weights/best.pt``, read with only module classes allowed, see
+        :func:`~maskiou_integrations.ultralytics_models.read_ultralytics_weights`)."""
+        import yaml
+
+        from .ultralytics_models import checkpoint_from_ultralytics
+
+        args = yaml.safe_load(open(config_file).read()) or {}
+        if not isinstance(args, dict) or args.get("task", "segment") != "segment":
+            raise ValueError(f"{config_file}: not the args.yaml of an ultralytics segmentation "
+                             "run (task: segment)")
+        ckpt = checkpoint_from_ultralytics(weights, class_names, label_to_cat_id,
+                                           {"args": str(config_file), "weights": str(weights)})
+        if "imgsz" in args:
+            ckpt["detector"]["imgsz"] = int(args["imgsz"])
+        return ckpt
+
+    def train_embedded(self, output_dir: str, device: str = "cpu") -> str:
+        """Train the shipped detector's recipe with ultralytics' trainer (hours on a CPU) and
+        write its maskiou checkpoint ``output_dir/model_final.pt``; returns its path."""
+        from pathlib import Path
+
+        from .ultralytics_models import ship, train_embedded
+
+        run = train_embedded(output_dir, device=device)
+        return str(ship(run, Path(output_dir) / "model_final.pt"))
