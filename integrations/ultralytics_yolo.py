@@ -206,9 +206,9 @@ def score_records(model: nn.Module, records: list[dict[str, Tensor]], features: 
 
 class UltralyticsYOLOAdapter:
     """Attaches the head to an ultralytics ``SegmentationModel`` (``Segment`` head): predict,
-    collect, load, convert and train of the adapter contract (:mod:`maskiou.contract`). No ``losses``:
-    ultralytics' trainer owns the detector's loss, and the head trains alone on the frozen
-    detector's detections (the add-on, ``maskiou-addon``)."""
+    collect, load, convert and train of the adapter contract (:mod:`maskiou.contract`). No
+    ``losses``: ultralytics' trainer owns the detector's loss, and the head trains alone on
+    the frozen detector's detections (the add-on, ``maskiou-addon``)."""
 
     name = "ultralytics YOLO-seg (maskiou_integrations.ultralytics_yolo)"
     framework = "ultralytics"
