@@ -78,6 +78,15 @@ def test_readme_quickstart_runs(monkeypatch):
     assert len({len(v) for v in out.values()}) == 1  # one row per detection in every field
 
 
+def test_readme_links_lead_to_files_that_exist():
+    """Every relative link and image of the README names a file of the repository (the docs
+    build checks the links of the pages under docs/, not the README's)."""
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page("README"))
+    local = [x for x in targets if "://" not in x]
+    assert len(local) >= 20 and "docs/demo.png" in local
+    assert [x for x in local if not (ROOT / x).is_file()] == []
+
+
 def console_scripts() -> dict[str, str]:
     """``{name: "module:function"}`` of pyproject.toml's [project.scripts]."""
     section = (ROOT / "pyproject.toml").read_text().split("[project.scripts]")[1].split("\n[")[0]
