@@ -121,8 +121,13 @@ def benchmark_summary(path: str | Path = DEFAULT_METRICS) -> str:
 
 
 def short_path(path: Path) -> str:
-    """``path`` relative to the current folder when it is below it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    """``path`` as the page shows it, without this machine's folders (a page may be shared):
+    relative to the current folder when it is below it, ``~/...`` below the home folder, else
+    its folder and name (``.../addon/model_final.pt``)."""
+    resolved = path.resolve()
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        try:
+            return prefix + resolved.relative_to(base).as_posix()
+        except ValueError:
+            pass
+    return "/".join(["...", *resolved.parts[-2:]])

@@ -24,6 +24,8 @@ from .branch import MaskIoUConfig
 from .contract import Adapter, AdapterContractError, missing_members, require
 from .head import MaskIoUHead
 
+#: The entry-point group where packages declare their adapters (in ``pyproject.toml``:
+#: ``[project.entry-points."maskiou.adapters"]``); :func:`available_adapters` loads them.
 ENTRY_POINT_GROUP = "maskiou.adapters"
 _registered: list[Adapter] = []
 
@@ -69,7 +71,7 @@ def entry_point_adapters(failed: list[str] | None = None) -> list[Adapter]:
 
 def available_adapters(failed: list[str] | None = None) -> list[Adapter]:
     """Registered adapters first (newest first), then those found through entry points
-    (``failed``: see :func:`entry_point_adapters`)."""
+    (``failed``: see ``entry_point_adapters``)."""
     return [*_registered, *entry_point_adapters(failed)]
 
 
@@ -105,7 +107,7 @@ class UnknownFrameworkError(LookupError):
 def framework_adapter(framework: str, capability: str = "load", needed_for: str = "") -> Adapter:
     """The adapter of ``framework`` (its ``framework`` attribute, as checkpoints record it)
     that declares ``capability`` (default ``"load"``: it rebuilds the models of maskiou
-    checkpoints), or an :class:`UnknownFrameworkError` naming what is installed (an
+    checkpoints), or an ``UnknownFrameworkError`` naming what is installed (an
     :class:`~maskiou.contract.AdapterContractError` when the framework's adapter lacks the
     capability)."""
     failed: list[str] = []
@@ -172,7 +174,7 @@ def freeze_model(model: nn.Module) -> None:
 
     ``model.train()`` still switches the detector's training logic (proposal sampling, losses),
     but every batch-norm layer (any ``_BatchNorm`` subclass, ``SyncBatchNorm`` included) is put
-    in eval mode and its class swapped for a subclass (:func:`frozen_norm_class`) whose
+    in eval mode and its class swapped for a subclass (``frozen_norm_class``) whose
     ``train(mode)`` leaves it there, so its running statistics never move: after an optimizer
     step the detector is bit-identical. The layers keep their parameters, buffers and state_dict
     keys; being their class, the freeze survives ``copy.deepcopy`` and pickling, and the model

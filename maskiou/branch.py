@@ -10,7 +10,7 @@ module to a free function, so the adapter calls the head itself between them):
   labels, targets, weight)``;
 - inference: ``probs, labels = predicted_mask_probs(...)``, then
   ``maskiou_outputs(head(roi_features, probs, head_score_inputs(...)), probs, labels, sizes)``,
-  then :func:`maskiou.scoring.add_maskiou_outputs` on each image's result.
+  then :func:`maskiou.add_maskiou_outputs` on each image's result.
 
 :func:`maskiou_training_loss` and :func:`maskiou_inference` chain the same steps for adapters
 written in plain Python (see ``examples/custom_adapter.py``). What adapters of RoI-head
@@ -69,9 +69,9 @@ def maskiou_training_inputs(
         matched_idxs: per image, Tensor[n_i] int64, index into that image's ``gt_masks``.
 
     Returns:
-        (probs Tensor[N, M, M]: the GT class's mask probability, the head's mask input;
-        targets Tensor[N] float32: full-instance MaskIoU, :func:`maskiou.mask_iou_targets`;
-        labels Tensor[N] int64, concatenated).
+        A tuple ``(probs, targets, labels)``: ``probs`` Tensor[N, M, M], the GT class's mask
+        probability, the head's mask input; ``targets`` Tensor[N] float32, the full-instance
+        MaskIoU (:func:`maskiou.mask_iou_targets`); ``labels`` Tensor[N] int64, concatenated.
     """
     all_labels = _cat_labels(labels, mask_logits)
     logits = select_masks(mask_logits, all_labels)
@@ -137,9 +137,10 @@ def maskiou_outputs(pred_ious: Tensor, probs: Tensor, labels: Tensor, sizes: Lis
         sizes: detections per image (sum == N).
 
     Returns:
-        (per image Tensor[n_i] in [0, 1], per image Tensor[n_i] maskness): float64 for a float64
-        head output (maskness: float64 probabilities), else float32.
-        :func:`maskiou.scoring.add_maskiou_outputs` stores both in the dtype of ``scores``.
+        A tuple ``(ious, maskness)`` of lists, per image Tensor[n_i] in [0, 1] and per image
+        Tensor[n_i] maskness: float64 for a float64 head output (maskness: float64
+        probabilities), else float32.
+        :func:`maskiou.add_maskiou_outputs` stores both in the dtype of ``scores``.
     """
     ious = select_class(pred_ious, labels)
     if ious.dtype != torch.float64:  # half and bfloat16 (autocast) are widened
@@ -207,8 +208,9 @@ def maskiou_inference(head: nn.Module, roi_features: Tensor, mask_logits: Tensor
             with score inputs, else ignored.
 
     Returns:
-        (per image Tensor[n_i] IoUs in [0, 1], per image Tensor[n_i] maskness), float32 (float64
-        for a float64 model): see :func:`maskiou_outputs`.
+        A tuple ``(ious, maskness)`` of lists, per image Tensor[n_i] IoUs in [0, 1] and per
+        image Tensor[n_i] maskness, float32 (float64 for a float64 model): see
+        :func:`maskiou_outputs`.
     """
     probs, all_labels = predicted_mask_probs(mask_logits, labels)
     extra = head_score_inputs(head.score_inputs, _needed(cls_scores, head), probs)

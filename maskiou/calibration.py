@@ -51,7 +51,7 @@ class ScoreCalibration(nn.Module):
     """The final score of each detection from its signals (see the module docstring).
 
     Buffers (in the model's state dict, so every checkpoint carries them): ``weights``
-    Tensor[4] (per signal of :data:`SIGNALS`), ``bias`` Tensor[] and ``fitted`` Tensor[] bool.
+    Tensor[4] (per signal of ``SIGNALS``), ``bias`` Tensor[] and ``fitted`` Tensor[] bool.
     """
 
     def __init__(self) -> None:
@@ -62,7 +62,7 @@ class ScoreCalibration(nn.Module):
 
     @torch.no_grad()
     def set(self, weights: List[float], bias: float) -> None:
-        """Install fitted coefficients (``weights`` in :data:`SIGNALS` order)."""
+        """Install fitted coefficients (``weights`` in ``SIGNALS`` order)."""
         if len(weights) != len(SIGNALS):
             raise ValueError(f"{len(weights)} weights for the {len(SIGNALS)} signals {SIGNALS}")
         self.weights.copy_(torch.tensor(weights, dtype=self.weights.dtype))

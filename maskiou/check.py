@@ -35,7 +35,7 @@ HEAD_FIELDS = ("cls_scores", "mask_quality", "maskness")
 
 @dataclass
 class AdapterReport:
-    """What :func:`check_adapter` ran: the checks that passed, the problems (each naming the
+    """What :func:`maskiou.check_adapter` ran: the checks that passed, the problems (each naming the
     member), and the capabilities it could not exercise (and why)."""
 
     adapter: str
@@ -146,7 +146,7 @@ def check_adapter(adapter: Any, model: nn.Module, images: list[Tensor] | None = 
             problem (default), or only return the report.
 
     Returns:
-        The :class:`AdapterReport`.
+        The :class:`maskiou.check.AdapterReport`.
     """
     report = AdapterReport(getattr(adapter, "name", type(adapter).__name__))
     check = _Checker(report)

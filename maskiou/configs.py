@@ -47,7 +47,7 @@ class HeadConfig:
             beside the max-pooled mask (max pooling keeps where the mask is, not how sure the
             mask branch is about its edges).
         score_inputs: number of per-RoI scores the head also sees (0 in the paper; 2 for the
-            classification score and the maskness, :func:`maskiou.branch.head_score_inputs`),
+            classification score and the maskness, :func:`maskiou.head_score_inputs`),
             appended to the second FC layer's input.
         output: ``"linear"`` (the paper: raw regression, clamped to [0, 1] when used) or
             ``"sigmoid"`` (for a BCE loss on the IoU).

@@ -58,7 +58,7 @@ class Adapter(Protocol):
     Attributes:
         name: shown in messages, e.g. ``"torchvision MaskRCNN (maskiou_integrations...)"``.
         framework: the name checkpoints record (``"framework"``), so that the adapter that
-            rebuilds their models is found again (:func:`maskiou.attach.framework_adapter`).
+            rebuilds their models is found again (:func:`maskiou.framework_adapter`).
         capabilities: the optional capabilities it implements (names of :data:`CAPABILITIES`).
     """
 
@@ -122,7 +122,7 @@ class Converts(Protocol):
 
     def checkpoint_from_files(self, config_file: str, weights: str, class_names: list[str],
                               label_to_cat_id: dict[int, int]) -> dict[str, Any]:
-        """A maskiou checkpoint (see :mod:`maskiou.models.checkpoint`) of the detector that a
+        """A maskiou checkpoint (see ``maskiou.models.checkpoint``) of the detector that a
         config file and a weights file name, for these classes."""
         ...
 
@@ -154,6 +154,8 @@ class MeasuresCost(Protocol):
         ...
 
 
+#: The optional capabilities by name: ``{name: (Protocol, members, what it is needed for)}``.
+#: An adapter declares the ones it implements in its ``capabilities``; :func:`require` checks.
 CAPABILITIES: dict[str, tuple[type, tuple[str, ...], str]] = {
     "predict": (Predicts, ("predict",), "to run the model on images and read its detections"),
     "collect": (Collects, ("collect",), "to read each final detection's head inputs (the "

@@ -32,7 +32,7 @@ def roi_size_of(output_size: Any) -> int:
 
 def split_head_inputs(seen: list[tuple[Tensor, Tensor]], sizes: list[int]
                       ) -> list[tuple[Tensor, Tensor]]:
-    """The head's inputs recorded during one forward (:func:`maskiou.branch.head_inputs_recorded`)
+    """The head's inputs recorded during one forward (``maskiou.branch.head_inputs_recorded``)
     split per image: ``[(roi_features Tensor[n_i, C, S, S], mask_probs Tensor[n_i, M, M])]``
     for images of ``sizes`` detections."""
     if not seen:
@@ -77,14 +77,14 @@ class RoIHeadsAdapter:
     def scoring_class(self, cls: type) -> type:
         """The class an attached ``cls`` (the base RoI-heads class or a subclass) becomes:
         the mixin's methods first in the MRO, every other override of ``cls`` kept (see
-        :func:`maskiou.branch.scoring_subclass`). Made once per class, stored in the mixin's
+        ``maskiou.branch.scoring_subclass``). Made once per class, stored in the mixin's
         module under its own name, so that pickling and TorchScript find it."""
         made = _MADE.setdefault(self.mixin, {self.base: self.mixin})
         return scoring_subclass(cls, self.mixin, made, vars(sys.modules[self.mixin.__module__]))
 
     def install(self, model: nn.Module, head: nn.Module, config: MaskIoUConfig) -> None:
         """Swap the RoI heads' class for :meth:`scoring_class` and put the head and the config's
-        values in them (:func:`maskiou.branch.install_head`)."""
+        values in them (``maskiou.branch.install_head``)."""
         rh = self.roi_heads(model)
         rh.__class__ = self.scoring_class(type(rh))
         install_head(rh, head, config)

@@ -175,9 +175,9 @@ def test_onnx_export_of_the_attached_model_matches_eager(name):
 
 
 def test_dynamo_onnx_exporter_still_fails_on_plain_torchvision_maskrcnn():
-    """Upstream limitation recorded in the README: torch.export cannot trace torchvision's plain
-    Mask R-CNN on this release. When this test fails, the dynamo exporter works: try it for
-    the attached model and update the README."""
+    """Upstream limitation recorded in docs/deployment.md: torch.export cannot trace
+    torchvision's plain Mask R-CNN on this release. When this test fails, the dynamo exporter
+    works: try it for the attached model and update docs/deployment.md."""
     pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
     torch.manual_seed(0)
     plain = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3,

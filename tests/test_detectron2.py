@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("detectron2", reason="detectron2 is not installed (see the README: "
-                    "pip install ../shared/wheels/detectron2-0.6-py3-none-any.whl)")
+pytest.importorskip("detectron2", reason="detectron2 is not installed (see "
+                    "docs/frameworks/detectron2.md: pip install "
+                    "../shared/wheels/detectron2-0.6-py3-none-any.whl)")
 
 from detectron2.export import scripting_with_instances  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks  # noqa: E402

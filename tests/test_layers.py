@@ -1,5 +1,5 @@
-"""The package's layers: no import cycle, and no layer imports one above it (the README's
-"Layout"). Checked with the project's shared import-graph tool where it is present."""
+"""The package's layers: no import cycle, and no layer imports one above it ("Layout" in
+docs/development.md). Checked with the project's shared import-graph tool where it is present."""
 
 from __future__ import annotations
 

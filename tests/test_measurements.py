@@ -1,8 +1,10 @@
-"""The README's speed and GPU figures are the measured ones in docs/measurements/.
+"""The speed, GPU and mutation figures of the documentation are the measured ones in
+docs/measurements/.
 
 Timings are never asserted (they depend on the machine); what is asserted is that every timing
-the README shows is the one its measurement file holds, formatted the README's way, so a new
-run of ``benchmarks/speed.py`` or of the GPU training check forces the README to follow.
+a page shows is the one its measurement file holds, formatted the page's way, so a new run of
+``benchmarks/speed.py`` or of the GPU training check forces the page to follow. Each test
+reads the page that shows its table (``tests/pages.py``).
 """
 
 import json
@@ -11,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from pages import flat, page
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "docs" / "measurements"
-README = (ROOT / "README.md").read_text()
 
 
 def load(name: str) -> dict:
@@ -30,6 +32,7 @@ def ms(t: dict) -> str:
 
 
 def test_cpu_speed_rows_are_the_measured_ones():
+    text = page("benchmarks/cost")
     r2 = load("speed_cpu_run2.json")["cpu"]
     r1 = load("speed_cpu_run1.json")["cpu"]
     assert r2["machine"] == "x86_64, 2 threads" and r2["torch"].startswith("2.14.1")
@@ -46,9 +49,9 @@ def test_cpu_speed_rows_are_the_measured_ones():
             f"{ms(h['paper head'])} | {ms(h['light head'])} |",
         ]
     assert f"+{r2['sizes']['800x1333']['head_share']:.1%} / " \
-           f"+{r2['sizes']['800x1333']['light_head_share']:.2%}" in README
+           f"+{r2['sizes']['800x1333']['light_head_share']:.2%}" in text
     assert f"+{r2['sizes']['512x853']['head_share']:.1%} / " \
-           f"+{r2['sizes']['512x853']['light_head_share']:.2%}" in README
+           f"+{r2['sizes']['512x853']['light_head_share']:.2%}" in text
     big, small = r2["sizes"]["800x1333"], r2["sizes"]["512x853"]
     rows.append(f"| {big['scripted_ratio']:.3f}x / {small['scripted_ratio']:.3f}x (first run "
                 f"{r1['sizes']['800x1333']['scripted_ratio']:.3f}x / "
@@ -61,11 +64,12 @@ def test_cpu_speed_rows_are_the_measured_ones():
     rows.append(f"| {ms(g2['seconds']['loop'])} | {ms(g2['seconds']['vectorized'])} | "
                 f"**{g2['speedup']:.1f}x** faster (first run {g1['speedup']:.1f}x)")
     for row in rows:
-        assert row in README, row
+        assert row in text, row
     assert g1["max_abs_difference"] < 1e-6 and g2["max_abs_difference"] < 1e-6
 
 
 def test_gpu_speed_rows_are_the_measured_ones():
+    text = page("benchmarks/cost")
     r = load("speed_h200.json")["cuda"]
     assert r["machine"] == "NVIDIA H200"
     big, small = r["sizes"]["800x1333"], r["sizes"]["512x853"]
@@ -78,7 +82,7 @@ def test_gpu_speed_rows_are_the_measured_ones():
         f"| **{r['targets']['speedup']:.0f}x** faster |",
     ]
     for row in rows:
-        assert row in README, row
+        assert row in text, row
 
 
 def steady_rate(name: str, first: int = 20, last: int = 60) -> tuple[float, float]:
@@ -92,30 +96,31 @@ def steady_rate(name: str, first: int = 20, last: int = 60) -> tuple[float, floa
 
 
 def test_gpu_training_rows_are_the_measured_ones():
+    text = page("training")
     plain, p_mem = steady_rate("train_h200_plain.jsonl")
     head, h_mem = steady_rate("train_h200_head.jsonl")
     head2, h2_mem = steady_rate("train_h200_head2.jsonl")
     assert (round(plain, 1), round(head, 1), round(head2, 1)) == pytest.approx((43.0, 38.1, 36.6))
-    assert f"| plain Mask R-CNN (`--no-maskiou`) | {plain:.1f} | {p_mem:.2f} GiB |" in README
+    assert f"| plain Mask R-CNN (`--no-maskiou`) | {plain:.1f} | {p_mem:.2f} GiB |" in text
     assert f"| with the MaskIoU head (two runs) | {head:.1f}, {head2:.1f} | {h_mem:.2f} GiB |" \
-        in README
+        in text
     assert f"{h_mem:.2f}" == f"{h2_mem:.2f}"
     lo, hi = 1 - head / plain, 1 - head2 / plain
-    assert f"costs {lo:.0%}–{hi:.0%} of training throughput and {h_mem - p_mem:.2f} GiB" in README
+    assert f"costs {lo:.0%}–{hi:.0%} of training throughput and {h_mem - p_mem:.2f} GiB" in text
 
 
 def test_gpu_main_job_paragraph_is_the_measured_one():
+    doc = flat("measurements")
     m = load("main_job_h200_metrics.json")
     sec, segm = m["seconds"], m["segm"]
     assert (f"**{sec['total']:.0f} s** (data {sec['data']:.0f} s, add-on images "
             f"{sec['addon_data']:.0f} s, the add-on {sec['addon_training']:.0f} s, evaluation "
             f"{sec['evaluation']:.0f} s; the add-on ran on that machine's CPU, see \"The add-on "
-            f"at COCO scale\"), {m['num_detections']:,} detections") in " ".join(
-                README.split())
+            f"at COCO scale\"), {m['num_detections']:,} detections") in doc
     aps = " / ".join(f"{segm[k]['AP']:.1f}" for k in
                      ("cls", "maskness", "rescored", "recalibrated", "oracle"))
-    assert f"mask AP {aps} for cls" in README
-    assert f"Pearson {m['correlation']['head_pearson']:.3f} (`docs/measurements/" in README
+    assert f"mask AP {aps} for cls" in doc
+    assert f"Pearson {m['correlation']['head_pearson']:.3f} (`docs/measurements/" in doc
     for name, framework in (("main_job_h200_gpu_addon", "torchvision"),
                             ("main_job_detectron2_h200", "detectron2")):
         g = load(f"{name}_metrics.json")
@@ -123,29 +128,29 @@ def test_gpu_main_job_paragraph_is_the_measured_one():
         sec, segm = g["seconds"], g["segm"]
         aps = " / ".join(f"{segm[k]['AP']:.1f}" for k in
                          ("cls", "maskness", "rescored", "recalibrated", "oracle"))
-        text = (MEASURED / f"{name}.log").read_text()
-        wall = re.search(r"wall ([\d.]+) s", text).group(1)
-        collected = re.search(r"collected \d+ images in (\d+) s \(([\d.]+) images/s\)", text)
+        log = (MEASURED / f"{name}.log").read_text()
+        wall = re.search(r"wall ([\d.]+) s", log).group(1)
+        collected = re.search(r"collected \d+ images in (\d+) s \(([\d.]+) images/s\)", log)
         trained = re.search(r"trained the MaskIoU head alone: .* \((\d+) s, (\d+) samples/s\)",
-                            text)
-        flat = " ".join(README.split())
-        assert f"**{sec['total']:.0f} s** by its own count, {float(wall):.0f} s of wall" in flat
-        assert f"{collected.group(1)} s at {float(collected.group(2)):.0f} images/s" in flat
-        assert f"{trained.group(1)} s of head training at {int(trained.group(2)):,}" in flat or \
-            f"head training {trained.group(1)} s at {int(trained.group(2)):,}" in flat
-        assert aps in flat and f"Pearson {g['correlation']['head_pearson']:.3f}" in flat
-    log = (MEASURED / "scripted_h200.log").read_text().splitlines()
-    assert len(log) == 4 and all("all equal: True, max abs diff 0.00e+00" in x for x in log)
+                            log)
+        assert f"**{sec['total']:.0f} s** by its own count, {float(wall):.0f} s of wall" in doc
+        assert f"{collected.group(1)} s at {float(collected.group(2)):.0f} images/s" in doc
+        assert f"{trained.group(1)} s of head training at {int(trained.group(2)):,}" in doc or \
+            f"head training {trained.group(1)} s at {int(trained.group(2)):,}" in doc
+        assert aps in doc and f"Pearson {g['correlation']['head_pearson']:.3f}" in doc
+    lines = (MEASURED / "scripted_h200.log").read_text().splitlines()
+    assert len(lines) == 4 and all("all equal: True, max abs diff 0.00e+00" in x for x in lines)
 
 
 def test_mutation_figures_are_the_recorded_runs():
+    text = page("development")
     final = dict(line.rsplit(": ", 1) for line in
                  (MEASURED / "mutmut_results.txt").read_text().splitlines())
     killed = sum(v == "killed" for v in final.values())
     survived = sorted(k for k, v in final.items() if v == "survived")
     assert len(final) == killed + len(survived)  # every mutant checked
     assert (f"**{len(final)} mutants, {killed} killed ({killed / len(final):.1%}), "
-            f"{len(survived)} survived.**") in README
+            f"{len(survived)} survived.**") in text
     assert killed / len(final) >= 0.90  # the goal of the mutation-testing issue
     first = (MEASURED / "mutmut_first_run.txt").read_text().splitlines()
     total, rest = first[0].split("/", 1)
@@ -153,12 +158,13 @@ def test_mutation_figures_are_the_recorded_runs():
     first_killed, first_survived = counts[1], counts[5]
     assert len(first) - 1 == first_survived
     assert (f"{total} mutants, {first_killed} killed, {first_survived} survived "
-            f"({first_killed / int(total):.1%})") in README
+            f"({first_killed / int(total):.1%})") in text
 
 
-def test_ablation_rows_measured_in_the_final_state_are_the_readmes():
+def test_ablation_rows_measured_in_the_final_state_are_the_pages():
     """The rows of the ablation table that have their JSON here, printed by ablation.py's own
-    table(), appear in the README word for word (the reference row too)."""
+    table(), appear on the ablation page word for word (the reference row too)."""
+    text = page("benchmarks/ablation")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import ablation
 
@@ -168,4 +174,4 @@ def test_ablation_rows_measured_in_the_final_state_are_the_readmes():
     shipped = next(r for r in rows if r["row"] == "shipped")
     lines = ablation.table(rows).splitlines()[2:-1] + ablation.table([shipped]).splitlines()[-1:]
     for line in lines:
-        assert line in README, line
+        assert line in text, line

@@ -1,17 +1,18 @@
 """The shipped models: their configs are the main job's, the main job reuses them without
-training, and evaluating them reproduces the README's headline table (within 0.1 AP).
+training, and evaluating them reproduces the headline tables of the main job's page
+(docs/benchmarks/main-job.md, within 0.1 AP), which the README's table repeats.
 
-When the README's figures change, the last test is what forces the README to follow.
+When the figures change, these tests are what force the pages to follow.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from pages import page
 
 from maskiou.addon.fit import AddonConfig
 from maskiou.data.coco import CocoInstanceDataset
@@ -20,8 +21,6 @@ from maskiou.evaluation.benchmark import ADDON_IMAGES, embedded_config, evaluate
 from maskiou.models.checkpoint import load_checkpoint
 from maskiou.models.config import TrainConfig
 from maskiou.models.paths import shipped_model_path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def has_detectron2() -> bool:
@@ -33,7 +32,6 @@ def has_detectron2() -> bool:
 
 
 NO_DETECTRON2 = pytest.mark.skipif(not has_detectron2(), reason="detectron2 is not installed")
-README = ROOT / "README.md"
 
 
 def differing_fields(stored: dict, cfg: TrainConfig) -> list[str]:
@@ -101,28 +99,35 @@ def test_main_job_reuses_the_shipped_models_without_training(tmp_path, monkeypat
         assert f"using the shipped model {shipped_model_path(name).name}" in capsys.readouterr().out
 
 
-def readme_headline(marker: str = "headline") -> dict[str, tuple[float, float, float]]:
-    """``{scoring: (mask AP, AP75, box AP)}`` from a README headline table: the rows that
-    start with a scoring name in backquotes, between the ``<!-- marker -->`` markers."""
-    text = README.read_text()
+RESULTS_PAGE = "benchmarks/main-job"  # docs/benchmarks/main-job.md: the two headline tables
+ROW = re.compile(r"^\| `(\w+)`[^|]*((?:\| [*\d.]+ )+)\|$", re.M)
+
+
+def marked_rows(text: str, marker: str) -> dict[str, list[float]]:
+    """``{scoring: [the row's numbers]}`` from the table between the ``<!-- marker -->`` markers
+    of ``text``: the rows that start with a scoring name in backquotes (bold figures too)."""
     table = text.split(f"<!-- {marker} -->")[1].split(f"<!-- /{marker} -->")[0]
-    rows = {}
-    for m in re.finditer(r"^\| `(\w+)`[^|]*\| ([\d.]+) \| [\d.]+ \| ([\d.]+) \| ([\d.]+) \|",
-                         table, re.M):
-        rows[m.group(1)] = (float(m.group(2)), float(m.group(3)), float(m.group(4)))
-    return rows
+    return {m.group(1): [float(x.strip(" *")) for x in m.group(2).split("|")[1:]]
+            for m in ROW.finditer(table)}
+
+
+def headline_table(marker: str = "headline") -> dict[str, tuple[float, float, float]]:
+    """``{scoring: (mask AP, AP75, box AP)}`` from a headline table of the main job's page
+    (columns mask AP, AP50, AP75, box AP)."""
+    return {name: (ap, ap75, box) for name, (ap, _, ap75, box) in
+            marked_rows(page(RESULTS_PAGE), marker).items()}
 
 
 @pytest.mark.parametrize("addon, marker", [
     ("torchvision_addon", "headline"),
     pytest.param("detectron2_addon", "headline-detectron2", marks=NO_DETECTRON2),
 ])
-def test_shipped_addon_reproduces_the_readme_headline_table(addon, marker, tmp_path):
+def test_shipped_addon_reproduces_the_headline_table(addon, marker, tmp_path):
     from maskiou.evaluation.benchmark import embedded_val, shipped_checkpoint
     from maskiou.models.checkpoint import save_atomic
 
-    rows = readme_headline(marker)
-    assert set(rows) >= {"cls", "maskness", "rescored", "oracle"}
+    rows = headline_table(marker)
+    assert set(rows) == {"cls", "maskness", "rescored", "recalibrated", "oracle"}
     val_json, val_images = embedded_val(progress=False)
     save_atomic(shipped_checkpoint(addon), tmp_path / "addon.pt")
     m = evaluate_checkpoint(tmp_path / "addon.pt", CocoInstanceDataset(val_json, val_images),
@@ -130,6 +135,16 @@ def test_shipped_addon_reproduces_the_readme_headline_table(addon, marker, tmp_p
     for name, (ap, ap75, box) in rows.items():
         measured = (m["segm"][name]["AP"], m["segm"][name]["AP75"], m["bbox"][name]["AP"])
         assert measured == pytest.approx((ap, ap75, box), abs=0.1), name
+
+
+def test_readme_table_is_the_two_headline_tables():
+    """The README's side-by-side table shows, figure for figure, the two headline tables the
+    test above checks against the shipped add-ons."""
+    both = marked_rows(page("README"), "headline-both")
+    torchvision, detectron2 = headline_table("headline"), headline_table("headline-detectron2")
+    assert set(both) == set(torchvision) == set(detectron2)
+    for name, row in both.items():
+        assert tuple(row) == torchvision[name] + detectron2[name], name
 
 
 def test_the_demo_starts_with_the_shipped_addon_without_claiming_the_main_jobs_run(
