@@ -80,7 +80,8 @@ def build_app(detectors: list[str] | None = None, heads: list[str] | None = None
         demo.maskiou_app = app  # for tests and notebooks
         gr.Markdown("# Why the ranking changed\nMask R-CNN ranks each mask by the confidence of "
                     "its *class*. The MaskIoU head predicts how good the mask is; the final "
-                    "score multiplies the two. Same detections, four scorings.")
+                    "score the model returns combines the two. Same detections, "
+                    f"{len(PANELS)} scorings.")
         gr.Markdown(benchmark_summary(app.metrics_path), elem_id="summary")
         with gr.Row():
             with gr.Column(scale=1, min_width=260):

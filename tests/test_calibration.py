@@ -62,3 +62,16 @@ def test_box_area_share_and_the_heads_state_dict_carry_it():
     again = MaskIoUHead(8, 3, conv_channels=4, fc_dim=8)
     again.load_state_dict(state)
     assert bool(again.calibration.fitted) and again.calibration.weights.tolist() == [1.0] * 4
+
+
+def test_the_recalibration_is_kept_unless_the_held_out_check_measured_it_below_rescoring():
+    from maskiou.addon.run import recalibration_kept
+
+    def gain(**ap):
+        return {"mask_ap": {"maskness": 40.0, **ap}}
+
+    assert recalibration_kept(None)  # no masks to check with: kept
+    assert recalibration_kept(gain(rescored=41.0))  # nothing recalibrated to compare
+    assert recalibration_kept(gain(rescored=41.0, recalibrated=41.0))
+    assert recalibration_kept(gain(rescored=41.0, recalibrated=41.5))
+    assert not recalibration_kept(gain(rescored=41.8, recalibrated=39.6))  # YOLO-seg's case

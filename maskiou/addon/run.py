@@ -212,6 +212,15 @@ def heldout_gain(samples: Samples, rows: Tensor, pred: Tensor, recal: Any, datas
             "best": best, "gain": round(ap[best] - ap["maskness"], 3)}
 
 
+def recalibration_kept(gain: dict[str, Any] | None) -> bool:
+    """Whether the model's final score becomes the recalibration: unless the held-out check
+    (:func:`heldout_gain`, where it could run) measured it below the head's own rescoring, so
+    that the model returns the better of the two on the user's own held-out images."""
+    if gain is None or "recalibrated" not in gain["mask_ap"]:
+        return True
+    return gain["mask_ap"]["recalibrated"] >= gain["mask_ap"]["rescored"]
+
+
 @dataclass
 class AddonFit:
     """What :func:`fit_addon` did: the head's training log, the recalibration (or None), how
@@ -285,7 +294,6 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
             samples.labels[r].numpy(), samples.targets[r].numpy(),
             {h: i for h, i in fingerprints.items() if i in fitted}, seed=cfg.seed,
             target=cfg.target)
-        recal.install(head)  # the model's own final score from now on
         how = "out-of-fold predictions" if crossfit else "held-out images"
         log(f"fitted the {cfg.recalibration} recalibration on {len(r)} detections of "
             f"{len(fitted)} images ({how})")
@@ -296,6 +304,13 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
             f"the head did not train on): mask AP maskness {ap['maskness']:.2f}, "
             + ", ".join(f"{k} {v:.2f}" for k, v in ap.items() if k != "maskness")
             + f": {gain['best']} {gain['gain']:+.2f} over maskness")
+    if recal is not None:
+        if recalibration_kept(gain):
+            recal.install(head)  # the model's own final score from now on
+        else:
+            log(f"the model returns the head's rescoring: the recalibration scored "
+                f"{gain['mask_ap']['recalibrated']:.2f} against its "
+                f"{gain['mask_ap']['rescored']:.2f} on the held-out detections")
         if gain["gain"] <= 0:
             warnings.warn(f"the add-on did not beat maskness on its own held-out images "
                           f"({gain['best']} {gain['gain']:+.2f} mask AP on {gain['images']} "

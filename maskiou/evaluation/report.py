@@ -92,13 +92,17 @@ def correlation_table(corr: dict[str, float]) -> str:
 
 
 def cost_table(cost: dict[str, Any]) -> str:
-    return "\n".join([
+    """The head's cost; the mask head's row only where the adapter declares ``cost`` (a
+    framework without a mask head per RoI, YOLO-seg, has none to compare with)."""
+    rows = [
         "| cost of the head | value |", "|---|---|",
         f"| MaskIoU head parameters | {cost['head_params'] / 1e6:.2f} M "
         f"({100 * cost['head_params'] / cost['model_params']:.1f}% of the model) |",
         f"| MaskIoU head GMACs per RoI | {cost['head_gmacs_per_roi']:.4f} |",
-        f"| mask head GMACs per RoI | {cost['mask_head_gmacs_per_roi']:.4f} |",
-    ])
+    ]
+    if "mask_head_gmacs_per_roi" in cost:
+        rows.append(f"| mask head GMACs per RoI | {cost['mask_head_gmacs_per_roi']:.4f} |")
+    return "\n".join(rows)
 
 
 def markdown_report(metrics: dict[str, Any]) -> str:
