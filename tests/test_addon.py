@@ -233,6 +233,22 @@ def test_crossfit_predicts_each_fold_with_a_head_that_never_saw_it():
             assert torch.equal(v, init[k]), k
 
 
+def test_a_recalibration_that_could_not_be_checked_is_kept(data):
+    """Detections kept in memory carry no masks, so the held-out check cannot run: the
+    recalibration becomes the model's final score all the same (nothing to compare it with)."""
+    from maskiou.addon.run import fit_addon
+    from maskiou.attach import find_maskiou_head
+
+    addon = CocoInstanceDataset(data["addon"].train_json, data["addon"].train_images)
+    model = tiny_model(len(addon.class_names))
+    fit = fit_addon(model, addon, AddonConfig(epochs=1, crossfit_folds=0), detector_sha1="0",
+                    cache=None, progress=False, log=lambda m: None)
+    assert fit.heldout is None and fit.recalibration is not None
+    assert bool(find_maskiou_head(model).calibration.fitted)
+    assert find_maskiou_head(model).calibration.weights.tolist() == pytest.approx(
+        fit.recalibration.weights)
+
+
 def test_crossfit_addon_reports_its_held_out_gain_and_warns_when_it_is_not_positive(
         data, tmp_path):
     names = CocoInstanceDataset(data["addon"].train_json, data["addon"].train_images).class_names

@@ -304,6 +304,11 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
             f"the head did not train on): mask AP maskness {ap['maskness']:.2f}, "
             + ", ".join(f"{k} {v:.2f}" for k, v in ap.items() if k != "maskness")
             + f": {gain['best']} {gain['gain']:+.2f} over maskness")
+        if gain["gain"] <= 0:
+            warnings.warn(f"the add-on did not beat maskness on its own held-out images "
+                          f"({gain['best']} {gain['gain']:+.2f} mask AP on {gain['images']} "
+                          "images): it may not help on this data; label more images, or use "
+                          "the maskness score", stacklevel=2)
     if recal is not None:
         if recalibration_kept(gain):
             recal.install(head)  # the model's own final score from now on
@@ -311,11 +316,6 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
             log(f"the model returns the head's rescoring: the recalibration scored "
                 f"{gain['mask_ap']['recalibrated']:.2f} against its "
                 f"{gain['mask_ap']['rescored']:.2f} on the held-out detections")
-        if gain["gain"] <= 0:
-            warnings.warn(f"the add-on did not beat maskness on its own held-out images "
-                          f"({gain['best']} {gain['gain']:+.2f} mask AP on {gain['images']} "
-                          "images): it may not help on this data; label more images, or use "
-                          "the maskness score", stacklevel=2)
     return AddonFit(head_log, recal, len(samples), fingerprints, gain, fold_heads)
 
 
