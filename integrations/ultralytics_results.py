@@ -46,6 +46,7 @@ from .ultralytics_yolo import (  # noqa: E402
     roi_features,
     score_records,
     segment_head,
+    segment_inputs,
 )
 
 
@@ -66,14 +67,8 @@ class MaskIoUSegmentationPredictor(SegmentationPredictor):
     _maskiou_feats: list[Tensor] | None = None
 
     def inference(self, im: Tensor, *args: Any, **kwargs: Any) -> Any:
-        model = underlying_model(self.model)
-        seen: list[list[Tensor]] = []
-        hook = segment_head(model).register_forward_pre_hook(
-            lambda module, inputs: seen.append(list(inputs[0])))
-        try:
+        with segment_inputs(underlying_model(self.model)) as seen:
             out = super().inference(im, *args, **kwargs)
-        finally:
-            hook.remove()
         self._maskiou_feats = seen[-1] if seen else None
         return out
 

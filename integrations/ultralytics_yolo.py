@@ -36,7 +36,9 @@ Labels: YOLO class ``k`` is maskiou label ``k + 1`` (0 is the background), so th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +50,7 @@ from maskiou.branch import head_score_inputs, install_head, maskiou_outputs
 from maskiou.calibration import box_area_share
 from maskiou.scoring import add_maskiou_outputs, maskness
 
+from .ultralytics_models import FRAMEWORK
 from .ultralytics_offline import offline_environment
 
 offline_environment()  # before ultralytics is imported: no network attempt, ever
@@ -88,17 +91,25 @@ def to_uint8(image: Tensor) -> np.ndarray:
         .cpu().numpy()
 
 
-def _forward(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """The model's own forward on ``x`` [B, 3, h, w]: (predictions [B, 4 + nc + nm, A], protos
-    [B, nm, h/4, w/4], the Segment head's inputs P3/P4/P5), read by a forward pre-hook on the
-    head for the duration of the call."""
+@contextmanager
+def segment_inputs(model: nn.Module) -> Iterator[list[list[Tensor]]]:
+    """For the duration of the block, a forward pre-hook on the model's ``Segment`` head that
+    appends the head's inputs (the neck features P3/P4/P5, each [B, C, h/s, w/s]) to the list
+    it yields, once per forward."""
     seen: list[list[Tensor]] = []
     hook = segment_head(model).register_forward_pre_hook(
         lambda module, args: seen.append(list(args[0])))  # a copy: Detect may edit the list
     try:
-        predictions, protos = split_output(model(x))
+        yield seen
     finally:
         hook.remove()
+
+
+def _forward(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """The model's own forward on ``x`` [B, 3, h, w]: (predictions [B, 4 + nc + nm, A], protos
+    [B, nm, h/4, w/4], the Segment head's inputs P3/P4/P5)."""
+    with segment_inputs(model) as seen:
+        predictions, protos = split_output(model(x))
     return predictions, protos, seen[-1]
 
 
@@ -178,7 +189,7 @@ def detect(model: nn.Module, images: list[np.ndarray], head_inputs: bool = False
         records.append({"boxes": boxes[keep], "labels": det[:, 5].long() + 1,
                         "scores": det[:, 4], "masks": soft[:, None], "maskness": maskness(p)})
         probs.append(p)
-        if with_head or head_inputs:
+        if with_head or head_inputs:  # the plain model's predictions need no RoI features
             features.append(roi_features(level, det[:, :4], level_stride))
     if head_inputs:
         for r, f, p in zip(records, features, probs):
@@ -211,7 +222,7 @@ class UltralyticsYOLOAdapter:
     the frozen detector's detections (the add-on, ``maskiou-addon``)."""
 
     name = "ultralytics YOLO-seg (maskiou_integrations.ultralytics_yolo)"
-    framework = "ultralytics"
+    framework = FRAMEWORK  # what its checkpoints record
     capabilities = frozenset({"predict", "collect", "load", "convert", "train"})
 
     def matches(self, model: nn.Module) -> bool:
@@ -260,7 +271,7 @@ class UltralyticsYOLOAdapter:
 
         from .ultralytics_models import checkpoint_from_ultralytics
 
-        args = yaml.safe_load(open(config_file).read()) or {}
+        args = yaml.safe_load(Path(config_file).read_text()) or {}
         if not isinstance(args, dict) or args.get("task", "segment") != "segment":
             raise ValueError(f"{config_file}: not the args.yaml of an ultralytics segmentation "
                              "run (task: segment)")
@@ -273,8 +284,6 @@ class UltralyticsYOLOAdapter:
     def train_embedded(self, output_dir: str, device: str = "cpu") -> str:
         """Train the shipped detector's recipe with ultralytics' trainer (hours on a CPU) and
         write its maskiou checkpoint ``output_dir/model_final.pt``; returns its path."""
-        from pathlib import Path
-
         from .ultralytics_models import ship, train_embedded
 
         run = train_embedded(output_dir, device=device)

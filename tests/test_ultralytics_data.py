@@ -4,23 +4,18 @@ maskiou's label order; a conversion that is atomic and skipped when up to date."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from offline_ultralytics import require_offline_ultralytics
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-if importlib.util.find_spec("ultralytics") is None:
-    pytest.skip("ultralytics is not installed (pip install maskiou[ultralytics])",
-                allow_module_level=True)
+require_offline_ultralytics()  # a skip without ultralytics; no network attempt, ever
 
 from maskiou_integrations import ultralytics_data as ud  # noqa: E402
-from maskiou_integrations.ultralytics_offline import offline_environment  # noqa: E402
-
-offline_environment()  # before anything imports ultralytics
 
 
 def roundtrip(mask: np.ndarray) -> np.ndarray:

@@ -5,7 +5,6 @@ carrying the same scores, and the add-on leaving the frozen detector bit-identic
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -13,14 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from offline_ultralytics import require_offline_ultralytics
 
-if importlib.util.find_spec("ultralytics") is None:
-    pytest.skip("ultralytics is not installed (pip install maskiou[ultralytics])",
-                allow_module_level=True)
-
-from maskiou_integrations.ultralytics_offline import offline_environment  # noqa: E402
-
-offline_environment()  # before anything imports ultralytics
+require_offline_ultralytics()  # a skip without ultralytics; no network attempt, ever
 
 from test_contract import images, targets  # noqa: E402
 from test_ultralytics_models import NAMES, tiny_model  # noqa: E402
