@@ -31,9 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from maskiou.models.checkpoint import SCHEMA, load_allowing, named_object, save_atomic
+
 from .ultralytics_offline import offline_environment
 
-SCHEMA = 2
 ARCHITECTURE = "yolo11n-seg.yaml"
 EMBEDDED_EPOCHS = 150
 # ultralytics' trainer settings of the embedded recipe (everything else: its defaults)
@@ -100,33 +101,24 @@ FRAMEWORK = "ultralytics"
 _MODULE_PACKAGES = ("torch.nn.", "ultralytics.nn.")
 
 
+def _module_class(name: str) -> Any:
+    """The class a weights file names, if it is a ``torch.nn.Module`` subclass from ``torch.nn``
+    or ``ultralytics.nn``; None for anything else."""
+    obj = named_object(name) if name.startswith(_MODULE_PACKAGES) else None
+    return obj if isinstance(obj, type) and issubclass(obj, nn.Module) else None
+
+
 def read_ultralytics_weights(weights: str | Path) -> dict[str, Any]:
     """An ultralytics weights file read with ``weights_only=True``. Its trainer pickles the model
     object, so the file names classes; each must be a ``torch.nn.Module`` subclass from
     ``torch.nn`` or ``ultralytics.nn`` (checked by name and type before anything is loaded) and
     only those are allowed to the unpickler: a file naming any other global is refused."""
-    import importlib
-
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: ultralytics weights not found")
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as e:  # noqa: BLE001 - not a torch file at all
-        raise ValueError(f"{path}: not an ultralytics weights file "
-                         f"({type(e).__name__}: {e})") from e
-    allowed = []
-    for name in names:
-        module, _, attr = name.rpartition(".")
-        obj = None
-        if name.startswith(_MODULE_PACKAGES):
-            obj = getattr(importlib.import_module(module), attr, None)
-        if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-            raise ValueError(f"{path}: refused: it would unpickle {name}, which is not a "
-                             "torch.nn or ultralytics.nn module class")
-        allowed.append(obj)
-    with torch.serialization.safe_globals(allowed):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_allowing(path, _module_class, "ultralytics weights file",
+                         "and only torch.nn or ultralytics.nn module classes are allowed",
+                         error=ValueError)
     if not isinstance(ckpt, dict) or ("model" not in ckpt and "ema" not in ckpt):
         raise ValueError(f"{path}: not an ultralytics weights file (no 'model' or 'ema' entry)")
     return ckpt
@@ -182,7 +174,6 @@ def load_model(checkpoint: dict[str, Any]) -> nn.Module:
 def to_ultralytics_weights(checkpoint: dict[str, Any], path: str | Path) -> Path:
     """The model of a maskiou checkpoint as an ultralytics weights file (its pickled model,
     float16, as its trainer saves one), for ``YOLO(path)``: its predictor, validator, export."""
-    from maskiou.models.checkpoint import save_atomic
 
     model = load_model(checkpoint).half()
     args = {"task": "segment", "imgsz": checkpoint["detector"]["imgsz"]}
@@ -218,7 +209,6 @@ def ship(run: str | Path, out: str | Path, weights: str = "best.pt") -> Path:
     import yaml
 
     from maskiou.data.coco import CocoInstanceDataset
-    from maskiou.models.checkpoint import save_atomic
 
     run = Path(run)
     args = yaml.safe_load((run / "args.yaml").read_text())

@@ -6,7 +6,6 @@ training with no network attempt. Small random-weight YOLO11n-seg models at 64 p
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,15 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from offline_ultralytics import require_offline_ultralytics
 from PIL import Image
 
-if importlib.util.find_spec("ultralytics") is None:
-    pytest.skip("ultralytics is not installed (pip install maskiou[ultralytics])",
-                allow_module_level=True)
-
-from maskiou_integrations.ultralytics_offline import offline_environment  # noqa: E402
-
-offline_environment()  # before anything imports ultralytics
+require_offline_ultralytics()  # a skip without ultralytics; no network attempt, ever
 
 from ultralytics.nn.tasks import SegmentationModel  # noqa: E402
 from ultralytics.utils import nms, ops  # noqa: E402
@@ -106,7 +100,9 @@ def test_weights_naming_anything_but_module_classes_are_refused_unread(tmp_path)
     path = tmp_path / "best.pt"
     torch.save({"model": tiny_model(), "ema": None, "train_args": {"imgsz": 64},
                 "payload": Payload(str(marker))}, path)
-    with pytest.raises(ValueError, match=r"refused: it would unpickle pathlib\.\w*Path"):
+    with pytest.raises(ValueError, match=r"refused: it would unpickle builtins\.getattr, "
+                       r"pathlib\.Path, pathlib\.PosixPath, and only torch\.nn or "
+                       r"ultralytics\.nn module classes are allowed$"):
         um.checkpoint_from_ultralytics(path, NAMES, LABEL_TO_CAT)
     assert not marker.exists()
     with pytest.raises(FileNotFoundError, match="not found"):
@@ -127,6 +123,8 @@ def test_importing_ultralytics_leaves_pil_and_torch_save_alone(tmp_path):
     """ultralytics patches ``PIL.Image.open`` (an unidentified file makes it pip-install
     pi-heif) and ``torch.save``; offline_environment() puts both back."""
     from ultralytics.utils import patches
+
+    from maskiou_integrations.ultralytics_offline import offline_environment
 
     offline_environment()
     assert Image.open is patches._image_open and torch.save is patches._torch_save

@@ -24,6 +24,7 @@ import os
 import pickle
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,39 @@ def refusal(path: str | Path) -> str:
             "code; maskiou reads checkpoints as data (weights_only=True). A checkpoint written "
             f"by maskiou before schema 2 converts with `maskiou-convert {path} NEW.pt` (only if "
             "you trust the file)")
+
+
+def load_allowing(path: Path, allow: Callable[[str], Any], what: str, why_refused: str,
+                  error: type[Exception] = CheckpointError, also: tuple[Any, ...] = ()) -> Any:
+    """``torch.load(path, weights_only=True)`` of a file that pickles objects, letting through
+    only what ``allow`` accepts. Every global the file names is given to ``allow`` before
+    anything is unpickled: it returns the class or function to allow, or None to refuse. A file
+    naming a refused one raises ``error`` ("PATH: refused: it would unpickle NAMES, WHY_REFUSED"),
+    one that torch cannot read raises ``error`` ("PATH: not a readable WHAT (...)"); only the
+    allowed objects, and ``also`` (objects a pickle builds without naming them as globals, such
+    as NumPy's dtype classes), reach the unpickler."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as e:  # noqa: BLE001 - not a torch file at all
+        raise error(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from e
+    allowed = {name: allow(name) for name in names}
+    refused = sorted(name for name, obj in allowed.items() if obj is None)
+    if refused:
+        raise error(f"{path}: refused: it would unpickle {', '.join(refused)}, {why_refused}")
+    with torch.serialization.safe_globals([*allowed.values(), *also]):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means the same here
+            raise error(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from e
+
+
+def named_object(name: str) -> Any:
+    """The object a pickle's global ``name`` ("package.module.attr") stands for, or None where
+    its module has no such attribute."""
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    return getattr(importlib.import_module(module), attr, None)
 
 
 SCHEMA = 2

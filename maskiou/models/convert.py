@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
-from .checkpoint import CheckpointError, migrate, save_atomic
+from .checkpoint import CheckpointError, load_allowing, migrate, named_object, save_atomic
 
 LEGACY_GLOBALS = ("numpy.ndarray", "numpy.dtype", "numpy._core.multiarray._reconstruct",
                   "numpy.core.multiarray._reconstruct",
@@ -31,43 +31,33 @@ LEGACY_GLOBALS = ("numpy.ndarray", "numpy.dtype", "numpy._core.multiarray._recon
 anything is loaded)."""
 
 
-def _legacy_objects(names: list[str]) -> list[Any]:
-    """The allow-listed classes and functions named in a legacy file."""
-    import importlib
+_DTYPE_CLASSES = {type(np.dtype(t)).__name__: type(np.dtype(t))
+                  for t in ("float64", "float32", "int64", "int32", "uint32", "bool", "float16",
+                            "uint8", "int8")}
+"""The dtype classes NumPy pickles arrays with (``numpy.dtypes.Float64DType``, ...): built while
+an array is unpickled, so allowed whether or not the file names them."""
 
-    import numpy as np
 
-    objects: list[Any] = []
-    for name in names:
-        module, _, attr = name.rpartition(".")
-        objects.append(getattr(importlib.import_module(module), attr))
-    # the dtype classes numpy pickles arrays with (numpy.dtypes.Float64DType, ...)
-    objects += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "uint32",
-                                             "bool", "float16", "uint8", "int8")]
-    return objects
+def _legacy_object(name: str) -> Any:
+    """What a legacy file may unpickle under ``name``: one of :data:`LEGACY_GLOBALS`, or a
+    dtype class of :data:`_DTYPE_CLASSES`; None for anything else."""
+    if name in LEGACY_GLOBALS:
+        return named_object(name)
+    if name.startswith("numpy.dtypes."):
+        return _DTYPE_CLASSES.get(name.rpartition(".")[2])
+    return None
 
 
 def read_legacy(path: str | Path) -> dict[str, Any]:
     """A checkpoint of any maskiou version as a dict, unpickling nothing but
-    :data:`LEGACY_GLOBALS`; a file that needs anything else is refused, naming it."""
+    :data:`LEGACY_GLOBALS` (and NumPy's dtype classes); a file that needs anything else is
+    refused, naming it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as e:  # noqa: BLE001 - not a torch file at all
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    needed = [n for n in needed if not n.startswith("numpy.dtypes.")]
-    other = sorted(set(needed) - set(LEGACY_GLOBALS))
-    if other:
-        raise CheckpointError(f"{path}: refused: it would unpickle {', '.join(other)}, which no "
-                              "maskiou checkpoint contains")
-    with torch.serialization.safe_globals(_legacy_objects(needed)):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means the same here
-            raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
-                                  f"{e})") from e
+    ckpt = load_allowing(path, _legacy_object, "checkpoint",
+                         "which no maskiou checkpoint contains",
+                         also=tuple(_DTYPE_CLASSES.values()))
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a maskiou checkpoint (no 'model' entry)")
     return _plain(ckpt, path)
