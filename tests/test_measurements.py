@@ -175,3 +175,38 @@ def test_ablation_rows_measured_in_the_final_state_are_the_pages():
     lines = ablation.table(rows).splitlines()[2:-1] + ablation.table([shipped]).splitlines()[-1:]
     for line in lines:
         assert line in text, line
+
+
+def test_checksum_cost_rows_are_the_measured_ones():
+    """docs/robustness.md's table: ``benchmarks/checksum_cost.py``'s JSON, formatted the page's
+    way (shares of the collection in percent)."""
+    m = json.loads((MEASURED / "checksum_cost.json").read_text())
+    text = page("robustness")
+
+    def row(title: str, key: str, digits: int, bold: bool = False) -> str:
+        share = (f"{100 * m[f'{key}_share_of_collection']:.{digits}f}% / "
+                 f"{100 * m[f'{key}_cpu_share_of_collection']:.{digits}f}%")
+        return (f"| {title} | {m[f'{key}_seconds']:.3f} | {m[f'{key}_cpu_seconds']:.3f} | "
+                + (f"**{share}**" if bold else share) + " |")
+
+    rows = [
+        f"| collection: {m['images_collected']:,} images, {m['detections']:,} detections, "
+        f"{m['shards']} shards, {m['shard_bytes'] / 1e6:,.0f} MB | {m['collect_seconds']:.1f} | "
+        f"{m['collect_cpu_seconds']:.1f} | |",
+        row(f"XXH3-128 over the shards' bytes (the cache's checksum; "
+            f"{m['xxh3_128_gb_per_s']:.1f} GB/s)", "xxh3_128", 3, bold=True),
+        row(f"BLAKE2b over the same bytes ({m['blake2b_gb_per_s']:.2f} GB/s)", "blake2b", 2),
+        row("the check on first read (read from the page cache and XXH3)",
+            "verify_on_first_read", 2),
+        row("NaN/infinity check of the float16 feature rows", "nonfinite_check", 2),
+    ]
+    for r in rows:
+        assert r in text, r
+    ratio = m["xxh3_128_gb_per_s"] / m["blake2b_gb_per_s"]
+    assert f"hashes {ratio:.0f} times slower" in " ".join(text.split())
+
+
+def test_readme_checksum_share_is_the_measured_one():
+    m = json.loads((MEASURED / "checksum_cost.json").read_text())
+    assert (f"the cache's checksums cost {100 * m['xxh3_128_share_of_collection']:.3f}% of the "
+            "collection's time (`python benchmarks/checksum_cost.py`") in flat("README")
