@@ -139,6 +139,43 @@ def _encode(
     return {"size": list(visible.shape), "counts": rle["counts"].decode("ascii")}, area, bbox
 
 
+def keep_visible(drawn: list[dict[str, Any]], size: int, min_fraction: float,
+                 min_pixels: int) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """The instances that stay visible enough, in paint order, each with its visible mask
+    (Bool[H, W]).
+
+    Occlusion: later instances lie on top. Walk from the top down, keeping an instance only if
+    at least ``min_pixels`` and ``min_fraction`` of its ``full`` mask stay visible under the kept
+    ones; a dropped instance is not painted at all, so it occludes nothing.
+    """
+    covered = np.zeros((size, size), dtype=bool)
+    kept: list[tuple[dict[str, Any], np.ndarray]] = []
+    for d in reversed(drawn):
+        visible = d["full"] & ~covered
+        full_area, vis_area = int(d["full"].sum()), int(visible.sum())
+        if vis_area < min_pixels or vis_area < min_fraction * full_area:
+            continue
+        if visible.any(0).sum() < 2 or visible.any(1).sum() < 2:  # a reader drops w or h <= 1
+            continue
+        covered |= d["full"]
+        kept.append((d, visible))
+    kept.reverse()
+    return kept
+
+
+def paint(img: np.ndarray, d: dict[str, Any]) -> None:
+    """Composite one instance in place: its ``fill`` (Float[h, w, 3] on its ``crop``) through
+    its ``full`` mask, softened by a gaussian of sigma ``blur`` (0: a hard edge). The mask
+    stays exact; only the boundary in the image is soft."""
+    crop = d["crop"]
+    alpha = d["full"][crop].astype(np.float32)
+    if d["blur"] > 0:
+        im = Image.fromarray((alpha * 255).astype(np.uint8))
+        alpha = np.asarray(im.filter(ImageFilter.GaussianBlur(d["blur"])), np.float32) / 255
+    a = alpha[..., None]
+    img[crop] = img[crop] * (1 - a) + d["fill"] * a
+
+
 def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Render one image.
 
@@ -176,29 +213,9 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
             "fill": _texture(rng, grid[(slice(None), *crop)]),
             "blur": 0.0 if rng.random() < 0.5 else rng.uniform(0.4, 1.5),
         })  # fmt: skip
-    # Occlusion: later instances lie on top. Walk from the top down, keeping an instance only if
-    # enough of it stays visible under the kept ones; a dropped instance is not painted at all.
-    covered = np.zeros((size, size), dtype=bool)
-    kept: list[tuple[dict[str, Any], np.ndarray]] = []
-    for d in reversed(drawn):
-        visible = d["full"] & ~covered
-        full_area, vis_area = int(d["full"].sum()), int(visible.sum())
-        if vis_area < MIN_VISIBLE_PIXELS or vis_area < MIN_VISIBLE_FRACTION * full_area:
-            continue
-        if visible.any(0).sum() < 2 or visible.any(1).sum() < 2:  # a reader drops w or h <= 1
-            continue
-        covered |= d["full"]
-        kept.append((d, visible))
-    kept.reverse()
     instances: list[dict[str, Any]] = []
-    for d, visible in kept:
-        crop = d["crop"]
-        alpha = d["full"][crop].astype(np.float32)
-        if d["blur"] > 0:  # soft edge: the mask is exact, the boundary in the image is not
-            im = Image.fromarray((alpha * 255).astype(np.uint8))
-            alpha = np.asarray(im.filter(ImageFilter.GaussianBlur(d["blur"])), np.float32) / 255
-        a = alpha[..., None]
-        img[crop] = img[crop] * (1 - a) + d["fill"] * a
+    for d, visible in keep_visible(drawn, size, MIN_VISIBLE_FRACTION, MIN_VISIBLE_PIXELS):
+        paint(img, d)
         whole = len(d["flats"]) == 1 and bool((visible == d["full"]).all())
         seg, area, bbox = _encode(rng, visible, d["flats"] if whole else None)
         instances.append({"category_id": d["cat"], "segmentation": seg, "area": area, "bbox": bbox})

@@ -203,18 +203,20 @@ def embedded_val(progress: bool = True, cfg: TrainConfig | None = None) -> tuple
 
 
 def addon_split(num_images: int = ADDON_IMAGES, progress: bool = True, image_size: int = 128,
-                seed: int | None = None) -> tuple[Path, Path]:
+                seed: int | None = None, generator: str = "shapes") -> tuple[Path, Path]:
     """Labeled add-on images for the embedded data, generated with another seed than the
     detector's training images (the detector never saw them); ``seed`` draws other ones
-    (default: ``ADDON_SEED``, the main job's)."""
+    (default: ``ADDON_SEED``, the main job's); ``generator`` "scenes" makes them with the
+    second generator (for a detector trained with ``synthetic_generator="scenes"``)."""
     from maskiou.data.synthetic import generate_synthetic_coco
     from maskiou.models.paths import ADDON_SEED
 
     seed = ADDON_SEED if seed is None else seed
     if seed == 0:
         raise ValueError("seed 0 draws the detector's own training and validation images")
-    paths = generate_synthetic_coco(addon_dir(num_images, image_size, seed), num_images, 0,
-                                    seed=seed, image_size=image_size, progress=progress)
+    paths = generate_synthetic_coco(addon_dir(num_images, image_size, seed, generator),
+                                    num_images, 0, seed=seed, image_size=image_size,
+                                    progress=progress, generator=generator)
     return paths.train_json, paths.train_images
 
 
@@ -371,7 +373,9 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
                 raise ValueError(f"{checkpoint} is a plain detector: give --train-json and "
                                  "--train-images, labeled images it did not train on, for the "
                                  "add-on head to train on")
-            addon_train = tuple(map(str, addon_split(addon_images, progress)))
+            addon_train = tuple(map(str, addon_split(
+                addon_images, progress, cfg.synthetic_image_size,
+                generator=cfg.synthetic_generator)))
         timings["addon_data"] = time.perf_counter() - t0
         plain, addon_name = shipped_name(framework, "plain"), shipped_name(framework, "addon")
         default = (embedded and addon_images == ADDON_IMAGES and plain and addon_name

@@ -88,6 +88,7 @@ class TrainConfig:
     synthetic_train: int = bounded(1000, 1)
     synthetic_val: int = bounded(200, 0)
     synthetic_image_size: int = bounded(128, 16)
+    synthetic_generator: Literal["shapes", "scenes"] = "shapes"
 
     def __post_init__(self) -> None:
         check_fields(self)

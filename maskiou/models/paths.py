@@ -14,11 +14,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MASKIOU_CACHE", Path.home() / ".cache" / "maskiou"))
 
 
+def _generator_tag(generator: str) -> str:
+    """What a cache folder's name says of its generator: nothing for the embedded "shapes"
+    (the names of existing caches stay), ``-<generator>`` for any other."""
+    return "" if generator == "shapes" else f"-{generator}"
+
+
 def synthetic_dir(cfg: TrainConfig) -> Path:
+    """Where ``cfg``'s synthetic data lives: ``cfg.synthetic_dir`` or a cache folder named by
+    the generator and its parameters (two generators never share one)."""
     if cfg.synthetic_dir:
         return Path(cfg.synthetic_dir)
-    name = (f"synthetic_s{cfg.synthetic_image_size}_n{cfg.synthetic_train}-"
-            f"{cfg.synthetic_val}_seed0")
+    name = (f"synthetic{_generator_tag(cfg.synthetic_generator)}_s{cfg.synthetic_image_size}"
+            f"_n{cfg.synthetic_train}-{cfg.synthetic_val}_seed0")
     return cache_dir() / name
 
 
@@ -39,7 +47,8 @@ def resolve_split(cfg: TrainConfig, split: str, progress: bool = True) -> tuple[
 
         paths = generate_synthetic_coco(synthetic_dir(cfg), cfg.synthetic_train,
                                         cfg.synthetic_val, seed=0,
-                                        image_size=cfg.synthetic_image_size, progress=progress)
+                                        image_size=cfg.synthetic_image_size, progress=progress,
+                                        generator=cfg.synthetic_generator)
         if split == "train":
             return paths.train_json, paths.train_images
         return paths.val_json, paths.val_images
@@ -61,7 +70,8 @@ def training_source(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.dataset == "synthetic":
         return {"train_split": "embedded",
                 "synthetic": {"dir": cfg.synthetic_dir, "train": cfg.synthetic_train,
-                              "val": cfg.synthetic_val, "image_size": cfg.synthetic_image_size}}
+                              "val": cfg.synthetic_val, "image_size": cfg.synthetic_image_size,
+                              "generator": cfg.synthetic_generator}}
     return {}
 
 
@@ -80,7 +90,8 @@ def source_split(source: dict[str, Any]) -> tuple[Path, Path] | None:
     cfg = resolve("synthetic-cpu", {"synthetic_dir": gen.get("dir"),
                                     "synthetic_train": gen.get("train"),
                                     "synthetic_val": gen.get("val"),
-                                    "synthetic_image_size": gen.get("image_size")})
+                                    "synthetic_image_size": gen.get("image_size"),
+                                    "synthetic_generator": gen.get("generator")})
     if not (synthetic_dir(cfg) / "manifest.json").is_file():
         return None
     return resolve_split(cfg, "train", progress=False)
@@ -89,10 +100,12 @@ def source_split(source: dict[str, Any]) -> tuple[Path, Path] | None:
 ADDON_SEED = 1  # the add-on images of the embedded data: generated with another seed
 
 
-def addon_dir(num_images: int, image_size: int = 128, seed: int = ADDON_SEED) -> Path:
+def addon_dir(num_images: int, image_size: int = 128, seed: int = ADDON_SEED,
+              generator: str = "shapes") -> Path:
     """Where the embedded add-on images live: labeled images the shipped detector never saw
-    (another ``seed``: another draw of such images)."""
-    return cache_dir() / f"addon_s{image_size}_n{num_images}_seed{seed}"
+    (another ``seed``: another draw of such images); ``generator`` "scenes": those of the
+    second generator, for a detector trained on its seed-0 images."""
+    return cache_dir() / f"addon{_generator_tag(generator)}_s{image_size}_n{num_images}_seed{seed}"
 
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
