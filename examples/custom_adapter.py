@@ -33,7 +33,6 @@ from maskiou.branch import (
     maskiou_training_loss,
     select_masks,
 )
-from maskiou.calibration import box_area_share
 from maskiou.roi_heads import records_with_head_inputs
 from maskiou.targets import project_masks
 
@@ -154,8 +153,8 @@ class _ScoredTinySegmenter(TinySegmenter):
             self.maskiou_head, rois[kept], mask_logits[kept], [r["labels"] for r in results],
             cls_scores=[r["scores"] for r in results])
         for r, q, mk in zip(results, quality, mask_maskness):
-            final = self.maskiou_head.calibration(r["scores"], q, mk,
-                                                  box_area_share(r["boxes"], image_size))
+            final = self.maskiou_head.calibration(r["scores"], q, mk, r["boxes"], r["labels"],
+                                                  image_size)
             add_maskiou_outputs(r, q, mk, self.maskiou_rescore, final)
         return results
 

@@ -41,7 +41,6 @@ from maskiou.branch import (
     maskiou_training_inputs,
     predicted_mask_probs,
 )
-from maskiou.calibration import box_area_share
 from maskiou.loss import mask_iou_loss
 from maskiou.roi_heads import RoIHeadsAdapter, roi_size_of, split_head_inputs
 from maskiou.scoring import maskness, score_order
@@ -213,8 +212,8 @@ class MaskScoringStandardROIHeads(StandardROIHeads):
         if not self.maskiou_rescore:
             return inst
         final = self.maskiou_head.calibration(
-            scores, inst.mask_quality, inst.maskness,
-            box_area_share(inst.pred_boxes.tensor, inst.image_size)).to(scores.dtype)
+            scores, inst.mask_quality, inst.maskness, inst.pred_boxes.tensor, inst.pred_classes,
+            inst.image_size).to(scores.dtype)
         order = score_order(final)
         out = inst[order]
         out.scores = final[order]

@@ -29,7 +29,6 @@ from maskiou.branch import (
     maskiou_training_inputs,
     predicted_mask_probs,
 )
-from maskiou.calibration import box_area_share
 from maskiou.loss import mask_iou_loss
 from maskiou.roi_heads import RoIHeadsAdapter, records_with_head_inputs, roi_size_of
 from maskiou.scoring import add_maskiou_outputs
@@ -135,8 +134,8 @@ class MaskScoringRoIHeads(RoIHeads):
             for i, r in enumerate(result):
                 r["masks"] = masks[i]
                 final = self.maskiou_head.calibration(
-                    r["scores"], quality[i], mask_maskness[i],
-                    box_area_share(r["boxes"], image_shapes[i]))
+                    r["scores"], quality[i], mask_maskness[i], r["boxes"], r["labels"],
+                    image_shapes[i])
                 add_maskiou_outputs(r, quality[i], mask_maskness[i], self.maskiou_rescore, final)
         return result, losses
 

@@ -47,7 +47,6 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from maskiou.branch import head_score_inputs, install_head, maskiou_outputs
-from maskiou.calibration import box_area_share
 from maskiou.scoring import add_maskiou_outputs, maskness
 
 from .ultralytics_models import FRAMEWORK
@@ -211,7 +210,7 @@ def score_records(model: nn.Module, records: list[dict[str, Tensor]], features: 
     quality, mask_maskness = maskiou_outputs(pred, probs, labels, [len(r["labels"])
                                                                   for r in records])
     for r, q, m, shape in zip(records, quality, mask_maskness, image_shapes):
-        final = head.calibration(r["scores"], q, m, box_area_share(r["boxes"], shape))
+        final = head.calibration(r["scores"], q, m, r["boxes"], r["labels"], shape)
         add_maskiou_outputs(r, q, m, model.maskiou_rescore, final)
 
 

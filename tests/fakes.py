@@ -16,4 +16,5 @@ def random_samples(n: int = 64, seed: int = 0) -> HeadSamples:
     return HeadSamples(torch.randn(n, 8, 14, 14, generator=g).half(), probs.half(),
                        torch.randint(1, 3, (n,), generator=g), torch.rand(n, generator=g),
                        probs.float().mean((1, 2)), torch.rand(n, generator=g), targets,
-                       torch.arange(n), torch.zeros(n, dtype=torch.int8))
+                       torch.arange(n), torch.zeros(n, dtype=torch.int8),
+                       torch.tensor([[0.0, 0.0, 16.0, 16.0]]).repeat(n, 1))

@@ -21,7 +21,12 @@ from maskiou.addon.fit import (
     regression_target,
     train_head,
 )
-from maskiou.addon.recalibration import Recalibration, RecalibrationError
+from maskiou.addon.recalibration import (
+    MatchInputs,
+    Recalibration,
+    RecalibrationError,
+    detection_signals,
+)
 from maskiou.addon.run import holdout_images, holdout_split, load_recalibration, train_addon
 from maskiou.data.coco import CocoInstanceDataset
 from maskiou.data.synthetic import generate_synthetic_coco
@@ -129,7 +134,8 @@ def test_train_addon_checkpoint_embeds_the_detector_and_records_its_images(data,
     addon = CocoInstanceDataset(data["addon"].train_json, data["addon"].train_images)
     assert ckpt["addon"]["fitted_on"] == image_fingerprints(addon)
     recal = load_recalibration(ckpt)
-    assert recal.kind == "logistic" and len(recal.fitted_on) == 2  # 20% of 10 images
+    # the cache keeps the masks, so the weights were searched for AP
+    assert recal.kind == "search" and len(recal.fitted_on) == 2  # 20% of 10 images
     plain = load_checkpoint(detector)["model"]
     assert all(torch.equal(ckpt["model"][k], v) for k, v in plain.items())  # frozen, embedded
     model, meta = load_trained_model(path)  # without the detector's file
@@ -152,39 +158,94 @@ def test_the_add_on_warns_when_given_the_detectors_training_images(data, tmp_pat
 
 
 def _signals(n: int, seed: int = 0):
+    """The five signals' logs of n detections (uncontested 1) and a true MaskIoU made of the
+    head's output and the maskness."""
     rng = np.random.default_rng(seed)
     cls, head, mk, area = (rng.uniform(0.05, 1, n) for _ in range(4))
     true = np.clip(0.5 * head + 0.5 * mk + rng.normal(0, 0.05, n), 0, 1)
-    return cls, head, mk, area, rng.integers(1, 4, n), true
+    boxes = np.c_[np.arange(n) * 10.0, np.zeros(n), np.arange(n) * 10.0 + 5, np.full(n, 5.0)]
+    x = detection_signals(cls, head, mk, area, boxes, rng.integers(1, 4, n), np.zeros(n))
+    return x, true
+
+
+def test_detection_signals_are_the_models_own_per_image():
+    cls = np.array([0.9, 0.5, 0.4, 0.8])
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 5], [0, 0, 10, 5], [0, 0, 10, 10.0]])
+    labels = np.array([1, 1, 1, 1])
+    # detection 3 is in another image: nothing above it there; 2 is under 1 (IoU 1) and 0
+    x = detection_signals(cls, np.ones(4), np.ones(4), np.full(4, 0.5), boxes, labels,
+                          np.array([7, 7, 7, 8]))
+    assert np.exp(x[:, 4]).tolist() == pytest.approx([1.0, 0.5, 1e-4, 1.0])  # clipped at EPS
+    assert np.exp(x[:, 0]).tolist() == pytest.approx(cls.tolist())
 
 
 def test_logistic_recalibration_learns_which_signals_count_and_round_trips():
-    cls, head, mk, area, labels, true = _signals(400)
-    recal = Recalibration.fit("logistic", cls, head, mk, area, labels, true, {"abc": 7})
+    x, true = _signals(400)
+    recal = Recalibration.fit("logistic", x, true, {"abc": 7})
     coef = recal.weights
     assert coef[1] > 0.5 and coef[2] > 0.5 and abs(coef[0]) < 0.3  # head and maskness, not cls
-    s = recal.predict(cls, head, mk, area, labels)
+    s = recal.predict(x)
     assert s.shape == (400,) and ((s > 0) & (s < 1)).all()
     assert np.corrcoef(s, true)[0, 1] > 0.9
     # what it keeps is scikit-learn's logistic function, by hand
-    logs = np.log(np.clip(np.stack([cls, head, mk, area], 1), 1e-4, 1))
-    np.testing.assert_allclose(s, 1 / (1 + np.exp(-(logs @ np.array(coef) + recal.bias))),
+    np.testing.assert_allclose(s, 1 / (1 + np.exp(-(x @ np.array(coef) + recal.bias))),
                                rtol=1e-12)
     again = Recalibration.from_state(recal.state())
     # the state keeps the fitted float64 coefficients as they are: the same computation
-    assert np.array_equal(again.predict(cls, head, mk, area, labels), s)
+    assert np.array_equal(again.predict(x), s)
+    old = {**recal.state(), "weights": recal.weights[:4]}  # maskiou's four-signal state
+    assert Recalibration.from_state(old).weights == recal.weights[:4] + [0.0]
     with pytest.raises(ValueError, match="too few"):
-        Recalibration.fit("logistic", cls[:5], head[:5], mk[:5], area[:5], labels[:5],
-                          true[:5], {})
+        Recalibration.fit("logistic", x[:5], true[:5], {})
     for kind in ("isotonic", "gbm"):  # the gradient-boosted one could not run in the model
         with pytest.raises(ValueError, match="recalibration must be"):
-            Recalibration.fit(kind, cls, head, mk, area, labels, true, {})
+            Recalibration.fit(kind, x, true, {})
+
+
+def test_the_searched_recalibration_ranks_by_the_signal_that_finds_the_objects():
+    """One object per image, two detections each: the class score is noise, the maskness finds
+    the right one. The search gives the maskness weight (from 0), the scale and bias
+    make the score estimate the target, and each detection gets an out-of-sample score."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    def rle(x0, y0):
+        m = np.zeros((32, 32), np.uint8, order="F")
+        m[y0:y0 + 16, x0:x0 + 16] = 1
+        out = mask_utils.encode(m)
+        out["counts"] = out["counts"].decode()
+        return out
+
+    n = 12
+    coco = COCO()
+    coco.dataset = {"images": [{"id": i, "width": 32, "height": 32} for i in range(n)],
+                    "categories": [{"id": 5, "name": "a"}],
+                    "annotations": [{"id": i + 1, "image_id": i, "category_id": 5,
+                                     "segmentation": rle(0, 0), "area": 256.0, "iscrowd": 0,
+                                     "bbox": [0, 0, 16, 16]} for i in range(n)]}
+    coco.createIndex()
+    image_ids = np.repeat(np.arange(n), 2)
+    right = np.tile([1.0, 0.0], n)  # true MaskIoU: the first of each pair is the object
+    rng = np.random.default_rng(0)
+    cls = rng.uniform(0.4, 0.9, 2 * n)
+    mk = np.where(right > 0, 0.95, 0.6)
+    boxes = np.tile([[0, 0, 16, 16], [16, 16, 32, 32]], (n, 1)).astype(float)
+    x = detection_signals(cls, np.ones(2 * n), mk, np.full(2 * n, 0.25), boxes,
+                          np.ones(2 * n, np.int64), image_ids)
+    match = MatchInputs(coco, image_ids, np.full(2 * n, 5), [rle(0, 0), rle(16, 16)] * n)
+    recal = Recalibration.fit("search", x, right, {"h": 1}, match, target="iou")
+    assert recal.kind == "search" and recal.weights[2] > 0  # maskness now counts
+    s = recal.predict(x)
+    assert (s[right > 0] > s[right == 0].max()).all()  # every object above every miss
+    assert match.table(np.arange(2 * n)).ap(s) == 100.0
+    assert recal.check_scores.shape == (2 * n,) and (recal.check_scores > 0).all()
+    # without masks (nothing to measure AP with) the fit is the logistic one
+    assert Recalibration.fit("search", x, right, {}, None).kind == "logistic"
 
 
 def test_recalibration_refuses_the_images_it_was_fitted_on_naming_their_ids():
-    cls, head, mk, area, labels, true = _signals(50)
-    recal = Recalibration.fit("logistic", cls, head, mk, area, labels, true,
-                              {"aaa": 11, "bbb": 12})
+    x, true = _signals(50)
+    recal = Recalibration.fit("logistic", x, true, {"aaa": 11, "bbb": 12})
     recal.check_not_fitted_on({"ccc": 11, "ddd": 30}, "val.json")  # same id, other image: fine
     with pytest.raises(RecalibrationError, match=r"val.json: 1 of its images \(ids 99\)"):
         recal.check_not_fitted_on({"bbb": 99, "ccc": 11}, "val.json")

@@ -48,7 +48,7 @@ def _rows(n: int, start: int, c: int = 3, s: int = 2, m: int = 4) -> dict[str, n
     return {"roi_features": feats, "mask_probs": np.tile(ids[:, None, None] / 100, (1, m, m)),
             "labels": ids % 3, "cls_scores": ids / 100, "maskness": ids / 200,
             "rel_areas": ids / 300, "targets": ids / 400, "image_ids": ids // 2,
-            "views": ids % 2}
+            "views": ids % 2, "boxes": ids[:, None] + np.arange(4)[None, :] / 10}
 
 
 def _write_cache(directory: Path, sizes: list[int], key: dict) -> DiskSamples:
@@ -116,7 +116,7 @@ def _to_disk(samples: HeadSamples, directory: Path, shard_rows: int = 40) -> Dis
         part = samples.subset(torch.arange(start, min(start + shard_rows, len(samples))))
         w.append({f: getattr(part, f).numpy() for f in
                   ("roi_features", "mask_probs", "labels", "cls_scores", "maskness",
-                   "rel_areas", "targets", "image_ids", "views")})
+                   "rel_areas", "targets", "image_ids", "views", "boxes")})
         w.close()
         names.append(f"s{k}")
     write_manifest(directory, key, names, {"roi_features": [8, 14, 14], "mask_probs": [28, 28]})

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskiou.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from maskiou.models.checkpoint import SCHEMA, CheckpointError, load_checkpoint, read_checkpoint
 from maskiou.models.paths import PRETRAINED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,8 @@ def test_no_loader_unpickles():
 @pytest.mark.parametrize("path", sorted(PRETRAINED.glob("*.pt")), ids=lambda p: p.name)
 def test_the_shipped_checkpoints_are_plain_data_of_the_current_schema(path):
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    assert ckpt["schema"] == 2 and ckpt["framework"] in ("torchvision", "detectron2",
+    # schema 2 (the plain detectors, no calibration) reads as it is
+    assert ckpt["schema"] in (2, SCHEMA) and ckpt["framework"] in ("torchvision", "detectron2",
                                                          "ultralytics")
     assert "detector" in ckpt and "class_names" in ckpt and "maskiou_head" in ckpt
 
@@ -141,7 +142,7 @@ def test_an_old_add_on_checkpoint_is_refused_then_converts_to_the_same_model(tmp
         read_checkpoint(tmp_path / "old.pt")
     assert convert([str(tmp_path / "old.pt"), str(tmp_path / "converted.pt")]) == 0
     converted = read_checkpoint(tmp_path / "converted.pt")
-    assert converted["schema"] == 2 and converted["framework"] == "torchvision"
+    assert converted["schema"] == SCHEMA and converted["framework"] == "torchvision"
     assert converted["maskiou_head"] == new["maskiou_head"]
     assert converted["addon"]["recalibration"]["weights"] == new["addon"]["recalibration"][
         "weights"]
@@ -155,3 +156,16 @@ def test_an_old_add_on_checkpoint_is_refused_then_converts_to_the_same_model(tmp
         assert len(x["scores"]) > 0
         for k, v in x.items():
             assert torch.equal(v, y[k]), k  # the same model, the same computation
+
+
+def test_a_schema_2_calibration_reads_with_the_new_signal_weighing_zero():
+    from maskiou.calibration import SIGNALS
+    from maskiou.models.checkpoint import migrate
+
+    old = {"schema": 2, "framework": "torchvision",
+           "model": {"roi_heads.maskiou_head.calibration.weights": torch.tensor([1.0, 2, 3, 4]),
+                     "roi_heads.maskiou_head.calibration.bias": torch.tensor(0.5)}}
+    new = migrate(old)
+    assert new["schema"] == SCHEMA == 3 and len(SIGNALS) == 5
+    assert new["model"]["roi_heads.maskiou_head.calibration.weights"].tolist() == [1, 2, 3, 4, 0]
+    assert old["model"]["roi_heads.maskiou_head.calibration.weights"].numel() == 4  # a copy

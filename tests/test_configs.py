@@ -54,7 +54,7 @@ FLAT_ADDON = {"conv_channels": 64, "reduce_channels": 0, "num_convs": 2, "fc_dim
 
 
 def test_the_add_on_reads_its_old_flat_config_and_routes_head_fields():
-    as_it_ran = AddonConfig(crossfit_folds=0, zoom="none")
+    as_it_ran = AddonConfig(crossfit_folds=0, zoom="none", recalibration="logistic")
     assert AddonConfig.from_dict(FLAT_ADDON) == as_it_ran
     assert AddonConfig.from_dict({"score_inputs": False}).head.score_inputs == 0
     assert AddonConfig.from_dict(dataclasses.asdict(AddonConfig(epochs=3))).epochs == 3
@@ -84,7 +84,7 @@ def test_an_add_on_checkpoint_written_before_the_head_config_loads_and_scores(tm
     assert old.roi_heads.maskiou_head.score_inputs == 2
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(),
                                                  new.state_dict().values()))
-    as_it_ran = AddonConfig(crossfit_folds=0, zoom="none")
+    as_it_ran = AddonConfig(crossfit_folds=0, zoom="none", recalibration="logistic")
     assert AddonConfig.from_dict(meta["addon"]["config"]) == as_it_ran
 
 

@@ -63,7 +63,7 @@ def r50() -> torch.nn.Module:
                                   min_size=96, max_size=128, box_score_thresh=0.0,
                                   box_detections_per_img=30)
     attach_maskiou_head(model).eval()
-    model.roi_heads.maskiou_head.calibration.set([0.3, 1.0, 2.0, 0.1], 0.5)
+    model.roi_heads.maskiou_head.calibration.set([0.3, 1.0, 2.0, 0.1, 1.5], 0.5)
     return model
 
 

@@ -73,7 +73,7 @@ def assert_frozen(model: nn.Module) -> None:
 def test_frozen_model_with_trainable_batchnorm_scripts_and_equals_eager(tmp_path):
     model = attach_maskiou_head(build(box_score_thresh=0.0), freeze_detector=True).eval()
     # a fitted recalibration: the final scores the scripted model returns are the eager ones
-    model.roi_heads.maskiou_head.calibration.set([0.3, 1.0, 2.0, 0.1], 0.5)
+    model.roi_heads.maskiou_head.calibration.set([0.3, 1.0, 2.0, 0.1, 1.5], 0.5)
     assert not any(m._forward_pre_hooks for m in model.modules())  # nothing TorchScript refuses
     images = two_images()
     with torch.no_grad():

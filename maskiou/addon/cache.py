@@ -61,8 +61,15 @@ from torch import Tensor
 FEATURES = ("roi_features", "mask_probs")  # float16 rows, read from disk per batch
 SCALARS: dict[str, Any] = {"labels": np.int64, "cls_scores": np.float32,
                            "maskness": np.float32, "rel_areas": np.float32,
-                           "targets": np.float32, "image_ids": np.int64, "views": np.int8}
-CACHE_FORMAT = 5  # 5: each shard's record holds its files' sizes and checksums
+                           "targets": np.float32, "image_ids": np.int64, "views": np.int8,
+                           "boxes": np.float32}
+SCALAR_SHAPES: dict[str, tuple[int, ...]] = {"boxes": (4,)}  # per row; the others one value
+CACHE_FORMAT = 6  # 5: each shard's record holds its files' sizes and checksums; 6: boxes
+
+
+def no_rows(field: str) -> np.ndarray:
+    """An empty array of scalar field ``field``: its dtype and row shape."""
+    return np.zeros((0, *SCALAR_SHAPES.get(field, ())), SCALARS[field])
 # ``views``: how the detector saw the image of each detection (0: as it is, the test-time view
 # the recalibration fits on; others: augmented views, see maskiou.addon.views.VIEWS)
 SHARD_FILES = tuple(f"{f}.bin" for f in FEATURES) + ("rows.npz", "rles.json")
@@ -147,6 +154,8 @@ class HeadSamples:
             of its class in its image (0 when none: a false positive).
         image_ids: Tensor[D] int64, the dataset's image id of each detection.
         views: Tensor[D] int8, the view of the image the detector saw (0: the image itself).
+        boxes: Tensor[D, 4] float32, (x1, y1, x2, y2) in the image's pixels (a view's brought
+            back onto the image).
     """
 
     roi_features: Tensor
@@ -158,6 +167,7 @@ class HeadSamples:
     targets: Tensor
     image_ids: Tensor
     views: Tensor
+    boxes: Tensor
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -257,7 +267,8 @@ class ShardWriter:
             self._sums[f].update(arr.reshape(-1).view(np.uint8))
             arr.tofile(self._files[f])
         for f, dtype in SCALARS.items():
-            self._scalars[f].append(np.asarray(rows[f], dtype=dtype).reshape(n))
+            self._scalars[f].append(np.asarray(rows[f], dtype=dtype).reshape(
+                (n, *SCALAR_SHAPES.get(f, ()))))
         self.rows += n
 
     def close(self) -> dict[str, Any]:
@@ -269,7 +280,7 @@ class ShardWriter:
             os.fsync(handle.fileno())
             files[f"{f}.bin"] = {"bytes": handle.tell(), CHECKSUM: self._sums[f].hexdigest()}
             handle.close()
-        scalars = {f: (np.concatenate(v) if v else np.zeros(0, SCALARS[f]))
+        scalars = {f: (np.concatenate(v) if v else no_rows(f))
                    for f, v in self._scalars.items()}
         buf = io.BytesIO()
         np.savez(buf, **scalars)
@@ -487,8 +498,8 @@ class DiskSamples:
             for f, arr in self._rows_npz(name, record).items():
                 scalars[f].append(arr)
         self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        for f, dtype in SCALARS.items():
-            arr = np.concatenate(scalars[f]) if scalars[f] else np.zeros(0, dtype)
+        for f in SCALARS:
+            arr = np.concatenate(scalars[f]) if scalars[f] else no_rows(f)
             setattr(self, f, torch.from_numpy(arr))
         self.row_bytes = {f: int(np.prod(self.shapes.get(f, (0,)))) * 2 for f in FEATURES}
         self._fds: dict[tuple[int, str], int] = {}

@@ -42,6 +42,7 @@ from .cache import (
     check_shard,
     claim_shards,
     key_hash,
+    no_rows,
     require_writable,
     write_manifest,
 )
@@ -80,13 +81,14 @@ def detection_rows(model: nn.Module, dataset: Any, indices: list[int], *,
         images = [img.to(device) for img, _ in batch]
         ids = [int(target["image_id"]) for _, target in batch]
         outputs = adapter.collect(model, [view_of(img, view, i) for img, i in zip(images, ids)])
-        feats, probs, parts, windows = [], [], [], {}
+        feats, probs, parts, boxes, windows = [], [], [], [], {}
         for img, image_id, out in zip(images, ids, outputs):
             out = {k: v[:max_detections] for k, v in out.items()}
             feats.append(out.pop("roi_features").half().cpu())
             probs.append(out.pop("mask_probs").half().cpu())
             height, width = img.shape[-2:]
             out = to_image(out, view, image_id, height, width)
+            boxes.append(out["boxes"].float().cpu().numpy().reshape(-1, 4))
             window = visible_window(view, image_id, height, width)
             if window is not None:
                 windows[image_id] = window
@@ -97,7 +99,8 @@ def detection_rows(model: nn.Module, dataset: Any, indices: list[int], *,
                 "rel_areas": dets.rel_areas,
                 "targets": true_mask_ious(dets, dataset.coco, windows),
                 "image_ids": dets.image_ids,
-                "views": np.full(len(dets), VIEWS.index(view), dtype=np.int8)}
+                "views": np.full(len(dets), VIEWS.index(view), dtype=np.int8),
+                "boxes": np.concatenate(boxes) if boxes else no_rows("boxes")}
         if len(rows["roi_features"]) != len(dets):
             raise RuntimeError(f"the adapter gave {len(rows['roi_features'])} head inputs for "
                                f"{len(dets)} detections")
@@ -136,7 +139,7 @@ def empty_rows(head: nn.Module) -> dict[str, np.ndarray]:
     return {"roi_features": np.zeros((0, head.in_channels, head.roi_size, head.roi_size),
                                      np.float16),
             "mask_probs": np.zeros((0, head.mask_size, head.mask_size), np.float16),
-            **{f: np.zeros(0, dtype) for f, dtype in SCALARS.items()}}
+            **{f: no_rows(f) for f in SCALARS}}
 
 
 def shard_plan(num_images: int, views: dict[str, list[int]], shard_images: int

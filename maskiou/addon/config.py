@@ -16,7 +16,7 @@ from maskiou.options import ConfigError, bounded, check_fields
 Loss = Literal["l2", "smooth_l1", "bce"]
 Target = Literal["iou", "coco"]
 Zoom = Literal["auto", "in", "out", "both", "none"]
-RecalibrationKind = Literal["logistic", "none"]
+RecalibrationKind = Literal["search", "logistic", "none"]
 LOSSES: tuple[str, ...] = typing.get_args(Loss)
 TARGETS: tuple[str, ...] = typing.get_args(Target)
 # crossfit_folds=-1: few labeled images are worth k head trainings (each image then serves the
@@ -64,8 +64,9 @@ class AddonConfig:
     lr: float = bounded(1e-3, 0.0, low_open=True)
     weight_decay: float = bounded(1e-4, 0.0)
     seed: int = 0
-    # recalibration fitted on a held-out share of the add-on images ("none": no recalibration)
-    recalibration: RecalibrationKind = "logistic"
+    # recalibration fitted on a held-out share of the add-on images: weights searched for AP
+    # ("search"), or a logistic fit of the target ("logistic"); "none": no recalibration
+    recalibration: RecalibrationKind = "search"
     recalibration_holdout: float = bounded(0.2, 0.0, 0.95, low_open=True)
     # cross-fitting instead of the held-out share (k >= 2): a head trained on k-1 folds of the
     # images predicts the k-th, the recalibration fits on all these out-of-fold predictions,

@@ -1,19 +1,33 @@
 """Recalibration: fit the weights of the head's final score (:mod:`maskiou.calibration`) on
 detections neither the detector nor the head trained on.
 
-The final score is a logistic function of the logarithms of four signals, the classification
-score, the head's output, the maskness and the box's share of the image: monotone in
-``cls^a * quality^b * maskness^c * area^d``, it learns how much each signal should count. It is
-fitted here with scikit-learn to the head's target as a soft label (each detection counts as a
-positive with weight t and a negative with weight 1 - t), and what is kept is four weights and a
-bias: they become tensors in the model (:meth:`Recalibration.install`), so ``model(images)``,
-TorchScript and ONNX return the same final score that the benchmark measures.
+The final score is a logistic function of the logarithms of five signals, the classification
+score, the head's output, the maskness, the box's share of the image and how uncontested the
+detection is in its image: monotone in ``cls^a * quality^b * maskness^c * area^d * free^e``.
+Two fits (``kind``):
 
-It is fitted on a held-out share of the add-on images (or their out-of-fold predictions), never
-on the evaluation split: it records the images it was fitted on (the SHA-1 of each file, with
-its id) and :meth:`Recalibration.check_not_fitted_on` refuses a split that contains any of
-them. (A gradient-boosted variant existed before the score moved into the model; it could not
-run there as tensors and, measured, did not beat the logistic one: it is gone.)
+- ``"search"`` (the default): the exponents that maximize COCO mask AP on these detections,
+  found by :func:`maskiou.addon.apsearch.search_weights` from the head's rescoring
+  (``cls x quality``), then one scale and a bias fitted (logistic, the head's target as a soft
+  label) so that the score estimates the target. AP depends only on the order of the detections
+  of a class, and this is the order it was chosen for. It needs each detection's mask and the
+  ground truth (a disk cache keeps them); without them the fit is the logistic one.
+- ``"logistic"``: all five weights fitted to the head's target as a soft label (each detection a
+  positive with weight t and a negative with weight 1 - t). It minimizes a log loss that the
+  many low-scored false positives dominate: on YOLO-seg it ranked held-out detections 2.2 AP
+  below the rescoring it contains (docs/levers.md).
+
+With the search, :meth:`Recalibration.fit` also scores each detection out of sample (the images
+split in two halves, each scored by the weights searched on the other): the add-on keeps the
+recalibration only where those scores beat the rescoring on AP (:func:`maskiou.addon.run.
+recalibration_kept`), since the search's own AP on the detections it saw is optimistic.
+
+What is kept is five weights and a bias: they become tensors in the model
+(:meth:`Recalibration.install`), so ``model(images)``, TorchScript and ONNX return the same final
+score that the benchmark measures. It is fitted on a held-out share of the add-on images (or
+their out-of-fold predictions), never on the evaluation split: it records the images it was
+fitted on (the SHA-1 of each file, with its id) and :meth:`Recalibration.check_not_fitted_on`
+refuses a split that contains any of them.
 """
 
 from __future__ import annotations
@@ -26,54 +40,125 @@ import torch
 from torch import nn
 
 from maskiou.calibration import SIGNALS, ScoreCalibration, signal_logs
+from maskiou.signals import uncontested
 
-KINDS = ("logistic",)
+KINDS = ("search", "logistic")
+START = (1.0, 1.0, 0.0, 0.0, 0.0)  # the search starts from the rescoring, cls x quality
+SCALE_SIGNAL = SIGNALS.index("head")  # the search keeps its weight: AP depends on order only
 
 
 class RecalibrationError(ValueError):
     """A recalibration model asked to score images it was fitted on."""
 
 
-def signal_matrix(cls: np.ndarray, head: np.ndarray, maskness: np.ndarray,
-                  rel_area: np.ndarray) -> np.ndarray:
-    """Float64[N, 4]: the log of each signal, clipped as the model clips it
-    (:func:`maskiou.calibration.signal_logs`)."""
-    arrays = [torch.as_tensor(np.asarray(x, dtype=np.float64)) for x in
-              (cls, head, maskness, rel_area)]
-    return signal_logs(*arrays).numpy()
+def detection_signals(cls: np.ndarray, head: np.ndarray, maskness: np.ndarray,
+                      rel_area: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+                      groups: np.ndarray) -> np.ndarray:
+    """Float64[N, 5]: the log of each signal of N detections, as the model computes them
+    (:func:`maskiou.calibration.signal_logs`); ``boxes`` Float[N, 4] (x1, y1, x2, y2) and
+    ``groups`` Int[N] (detections of one image as the detector saw it share a value) give each
+    detection's ``uncontested`` among the detections of its group."""
+    t = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in
+         (("cls", cls), ("head", head), ("maskness", maskness), ("rel_area", rel_area))}
+    box = torch.as_tensor(np.asarray(boxes, dtype=np.float64)).reshape(-1, 4)
+    lab = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    free = torch.ones(len(lab), dtype=torch.float64)
+    groups = np.asarray(groups)
+    order = np.argsort(groups, kind="stable")
+    cuts = np.flatnonzero(np.diff(groups[order])) + 1
+    for idx in np.split(order, cuts) if len(order) else []:
+        i = torch.as_tensor(np.sort(idx))  # the detections' own order within the group
+        free[i] = uncontested(t["cls"][i], box[i], lab[i])
+    return signal_logs(t["cls"], t["head"], t["maskness"], t["rel_area"], free).numpy()
+
+
+def soft_logistic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Weights and bias of a logistic model of soft labels ``y`` (Float[N] in [0, 1]) on
+    ``x`` Float[N, k]: each row a positive with weight y and a negative with weight 1 - y."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=1.0, max_iter=1000)
+    model.fit(np.concatenate([x, x]), np.r_[np.ones(len(y)), np.zeros(len(y))],
+              sample_weight=np.r_[y, 1.0 - y] + 1e-6)
+    return model.coef_[0].astype(np.float64), float(model.intercept_[0])
+
+
+@dataclass
+class MatchInputs:
+    """What the search needs to measure AP: the ground truth (a pycocotools ``COCO``) and each
+    detection's image id, category id and mask (COCO RLE)."""
+
+    coco: Any
+    image_ids: np.ndarray
+    category_ids: np.ndarray
+    rles: list[dict[str, Any]]
+
+    def table(self, rows: np.ndarray) -> Any:
+        from .apsearch import MatchTable
+
+        ids = self.image_ids[rows]
+        return MatchTable(self.coco, sorted({int(i) for i in ids}), ids, self.category_ids[rows],
+                          [self.rles[i] for i in rows])
+
+
+def searched(x: np.ndarray, y: np.ndarray, match: MatchInputs, rows: np.ndarray
+             ) -> tuple[list[float], float]:
+    """The searched weights on ``rows`` (Int[R]) of ``x`` Float[N, 5], scaled with a bias so
+    that sigmoid(bias + x @ weights) estimates ``y``."""
+    from .apsearch import search_weights
+
+    w, _ = search_weights(x[rows], match.table(rows), np.array(START), SCALE_SIGNAL)
+    (scale,), bias = soft_logistic((x[rows] @ w)[:, None], y[rows])
+    return [float(v) for v in scale * w], bias
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 @dataclass
 class Recalibration:
     """A fitted recalibration: the weights of :data:`maskiou.calibration.SIGNALS`, the bias, and
-    the images it was fitted on."""
+    the images it was fitted on; ``check_scores`` (not saved): each fitted detection's score out
+    of sample, where the fit made them."""
 
     kind: str
     weights: list[float]
     bias: float
     fitted_on: dict[str, int] = field(default_factory=dict)  # image SHA-1 -> image id
+    check_scores: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @staticmethod
-    def fit(kind: str, cls: np.ndarray, head: np.ndarray, maskness: np.ndarray,
-            rel_area: np.ndarray, labels: np.ndarray, true_ious: np.ndarray,
-            fitted_on: dict[str, int], seed: int = 0, target: str = "iou") -> Recalibration:
-        """Fit ``kind`` to the ``target`` of N detections' true MaskIoU (arrays [N])."""
-        from sklearn.linear_model import LogisticRegression
-
+    def fit(kind: str, x: np.ndarray, true_ious: np.ndarray, fitted_on: dict[str, int],
+            match: MatchInputs | None = None, seed: int = 0, target: str = "iou"
+            ) -> Recalibration:
+        """Fit ``kind`` on N detections: their signals ``x`` (Float[N, 5],
+        :func:`detection_signals`) and true MaskIoU; ``match`` for the search (without it,
+        the logistic fit)."""
         from .fit import regression_target
 
         if kind not in KINDS:
             raise ValueError(f"recalibration must be one of {KINDS}, got {kind!r}")
-        x = signal_matrix(cls, head, maskness, rel_area)
         y = regression_target(torch.as_tensor(np.asarray(true_ious, dtype=np.float32)),
                               target).double().clamp(0.0, 1.0).numpy()
         if len(y) < 10:
             raise ValueError(f"recalibration: {len(y)} detections are too few to fit on")
-        model = LogisticRegression(C=1.0, max_iter=1000)
-        model.fit(np.concatenate([x, x]), np.r_[np.ones(len(y)), np.zeros(len(y))],
-                  sample_weight=np.r_[y, 1.0 - y] + 1e-6)
-        return Recalibration(kind, [float(w) for w in model.coef_[0]],
-                             float(model.intercept_[0]), dict(fitted_on))
+        if kind == "logistic" or match is None:
+            w, b = soft_logistic(x, y)
+            return Recalibration("logistic", [float(v) for v in w], b, dict(fitted_on))
+        every = np.arange(len(y))
+        weights, bias = searched(x, y, match, every)
+        images = np.unique(match.image_ids)
+        half = set(np.random.default_rng(seed).permutation(images)[:len(images) // 2].tolist())
+        first = np.array([int(i) in half for i in match.image_ids])
+        check = np.zeros(len(y))
+        if first.any() and (~first).any():
+            for fit_on, score in ((first, ~first), (~first, first)):
+                w, b = searched(x, y, match, every[fit_on])
+                check[score] = sigmoid(x[score] @ np.array(w) + b)
+        else:
+            check = None
+        return Recalibration(kind, weights, bias, dict(fitted_on), check)
 
     def module(self) -> ScoreCalibration:
         """A :class:`~maskiou.calibration.ScoreCalibration` with these weights (float64)."""
@@ -81,16 +166,13 @@ class Recalibration:
         m.set(self.weights, self.bias)
         return m
 
-    def predict(self, cls: np.ndarray, head: np.ndarray, maskness: np.ndarray,
-                rel_area: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-        """The final score of N detections, Float[N] in [0, 1]: the model's own computation
-        (:class:`~maskiou.calibration.ScoreCalibration`), in float64."""
-        if len(cls) == 0:
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The final score of N detections from their signals ``x`` (Float[N, 5],
+        :func:`detection_signals`), Float[N] in [0, 1]: what the model's
+        :class:`~maskiou.calibration.ScoreCalibration` computes, in float64."""
+        if len(x) == 0:
             return np.zeros(0)
-        arrays = [torch.as_tensor(np.asarray(x, dtype=np.float64)) for x in
-                  (cls, head, maskness, rel_area)]
-        with torch.no_grad():
-            return self.module()(*arrays).numpy()
+        return sigmoid(np.asarray(x, np.float64) @ np.array(self.weights) + self.bias)
 
     def install(self, head: nn.Module) -> None:
         """Put the weights into the head's calibration: the model's final score becomes this
@@ -118,5 +200,8 @@ class Recalibration:
         if "weights" not in state:
             raise ValueError("a recalibration state without weights (written by maskiou before "
                              "schema 2: convert its checkpoint with maskiou-convert)")
-        return Recalibration(state["kind"], [float(w) for w in state["weights"]],
-                             float(state["bias"]), dict(state["fitted_on"]))
+        weights = [float(w) for w in state["weights"]]
+        # a recalibration of fewer signals (maskiou before "uncontested"): the others weigh 0
+        weights += [0.0] * (len(SIGNALS) - len(weights))
+        return Recalibration(state["kind"], weights, float(state["bias"]),
+                             dict(state["fitted_on"]))

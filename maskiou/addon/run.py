@@ -180,10 +180,40 @@ def crossfit_head(head: nn.Module, samples: Samples, cfg: AddonConfig, image_ids
     return rows, oof[rows], epoch_log
 
 
-def heldout_gain(samples: Samples, rows: Tensor, pred: Tensor, recal: Any, dataset: Any
-                 ) -> dict[str, Any] | None:
+def recalibration_signals(samples: Samples, rows: Tensor, pred: Tensor) -> Any:
+    """Float64[R, 5]: the recalibration's signals of ``rows`` (the head's output ``pred``),
+    each detection's ``uncontested`` among the rows of its image and view."""
+    from .recalibration import detection_signals
+
+    return detection_signals(
+        samples.cls_scores[rows].numpy(), pred.numpy(), samples.maskness[rows].numpy(),
+        samples.rel_areas[rows].numpy(), samples.boxes[rows].numpy(),
+        samples.labels[rows].numpy(),
+        samples.image_ids[rows].numpy() * 256 + samples.views[rows].numpy())
+
+
+def match_inputs(samples: Samples, rows: Tensor, dataset: Any) -> Any:
+    """What the AP search needs of ``rows`` (their masks, from a disk cache, and the dataset's
+    ground truth); None for samples without masks (in memory, or a cache written without
+    them)."""
+    from .recalibration import MatchInputs
+
+    if not hasattr(samples, "rles") or len(rows) == 0:
+        return None
+    rles = samples.rles(rows)
+    if any(r is None for r in rles):
+        return None
+    labels = samples.labels[rows].numpy()
+    return MatchInputs(dataset.coco, samples.image_ids[rows].numpy(),
+                       np.array([dataset.label_to_cat_id[int(i)] for i in labels], np.int64),
+                       rles)
+
+
+def heldout_gain(samples: Samples, rows: Tensor, pred: Tensor, recal: Any, dataset: Any,
+                 x: Any = None) -> dict[str, Any] | None:
     """Mask AP on the add-on images of ``rows`` (detections their head did not train on) under
-    maskness, the head's rescoring (``pred``) and the recalibration: what the add-on gains on
+    maskness, the head's rescoring (``pred``) and the recalibration (its out-of-sample scores
+    where its fit made them, else its scores of the signals ``x``): what the add-on gains on
     the user's own data. None for samples without their masks (in memory, or a cache written
     without them)."""
     from maskiou.records import coco_ap, coco_results
@@ -203,7 +233,8 @@ def heldout_gain(samples: Samples, rows: Tensor, pred: Tensor, recal: Any, datas
         rel_areas=samples.rel_areas[rows].numpy(), scores=cls)
     scores = {"maskness": cls * mk, "rescored": cls * np.clip(pred.numpy(), 0, 1)}
     if recal is not None:
-        scores["recalibrated"] = recal.predict(cls, dets.pred_ious, mk, dets.rel_areas, labels)
+        scores["recalibrated"] = (recal.check_scores if recal.check_scores is not None
+                                  else recal.predict(x))
     images = sorted({int(i) for i in dets.image_ids})
     ap = {name: coco_ap(dataset.coco, coco_results(dets, s, "segm"), "segm",
                         image_ids=images)["AP"] for name, s in scores.items()}
@@ -284,20 +315,22 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
     rate = sum(e["samples_per_s"] for e in head_log) / len(head_log)
     log(f"trained the MaskIoU head alone: {len(head_log)} epochs, {trained[0]} detections of "
         f"{trained[1]} images ({time.perf_counter() - t0:.0f} s, {rate:.0f} samples/s)")
-    recal = None
+    recal, x = None, None
     if cfg.recalibration != "none":
         r = recal_rows
         fitted = set(ids) if crossfit else held  # the images whose detections it sees
+        x = recalibration_signals(samples, r, pred)
+        match = match_inputs(samples, r, dataset)
         recal = Recalibration.fit(
-            cfg.recalibration, samples.cls_scores[r].numpy(), pred.numpy(),
-            samples.maskness[r].numpy(), samples.rel_areas[r].numpy(),
-            samples.labels[r].numpy(), samples.targets[r].numpy(),
-            {h: i for h, i in fingerprints.items() if i in fitted}, seed=cfg.seed,
+            cfg.recalibration, x, samples.targets[r].numpy(),
+            {h: i for h, i in fingerprints.items() if i in fitted}, match, seed=cfg.seed,
             target=cfg.target)
         how = "out-of-fold predictions" if crossfit else "held-out images"
-        log(f"fitted the {cfg.recalibration} recalibration on {len(r)} detections of "
-            f"{len(fitted)} images ({how})")
-    gain = heldout_gain(samples, recal_rows, pred, recal, dataset)
+        log(f"fitted the {recal.kind} recalibration on {len(r)} detections of "
+            f"{len(fitted)} images ({how})" + ("" if match is not None or recal.kind ==
+                                                cfg.recalibration else
+                                                ": no masks cached to search the weights by AP"))
+    gain = heldout_gain(samples, recal_rows, pred, recal, dataset, x)
     if gain is not None:
         ap = gain["mask_ap"]
         log(f"held-out check on {gain['images']} add-on images ({gain['detections']} detections "

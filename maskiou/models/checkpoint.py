@@ -122,7 +122,7 @@ def named_object(name: str) -> Any:
     return getattr(importlib.import_module(module), attr, None)
 
 
-SCHEMA = 2
+SCHEMA = 3  # 3: the calibration weighs five signals (schema 2: four)
 # schema 1 had no "framework" entry: every such file was written by maskiou's own trainer or by
 # the add-on on one of its detectors, whose models are this framework's
 SCHEMA1_FRAMEWORK = "torchvision"
@@ -133,6 +133,8 @@ def migrate(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, 
     version = ckpt.get("schema", 1)
     if version == SCHEMA:
         return ckpt
+    if version == 2:
+        return _padded_calibration({**ckpt, "schema": SCHEMA})
     if version != 1:
         raise CheckpointError(f"{path}: checkpoint schema {version!r}; this maskiou reads "
                               f"schemas 1 to {SCHEMA} (a newer maskiou wrote it?)")
@@ -140,7 +142,7 @@ def migrate(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, 
     out["schema"] = SCHEMA
     if "framework" in out:  # another framework's file: already in this form
         out.setdefault("maskiou_head", None)
-        return _with_calibration(out)
+        return _padded_calibration(_with_calibration(out))
     if "config" not in out or "class_names" not in out:
         raise CheckpointError(f"{path}: not a maskiou checkpoint (no config or class names): a "
                               "bare state dict cannot be rebuilt")
@@ -155,7 +157,7 @@ def migrate(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, 
     out["framework"] = SCHEMA1_FRAMEWORK
     out["detector"] = detector_entry(cfg, len(out["class_names"]), training_source(cfg))
     out["maskiou_head"] = dataclasses.asdict(cfg.maskiou_head) if cfg.maskiou else None
-    return _with_calibration(out)
+    return _padded_calibration(_with_calibration(out))
 
 
 def _with_calibration(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -180,6 +182,20 @@ def _with_calibration(ckpt: dict[str, Any]) -> dict[str, Any]:
             recal["weights"] if fitted else [0.0] * 4, dtype=torch.float32)
         state[f"{prefix}calibration.bias"] = torch.tensor(float(recal.get("bias", 0.0)))
         state[f"{prefix}calibration.fitted"] = torch.tensor(fitted)
+    ckpt["model"] = state
+    return ckpt
+
+
+def _padded_calibration(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A schema-2 head's calibration as schema 3 has it: a weight for each signal of
+    :data:`maskiou.calibration.SIGNALS`; the signals schema 2 did not have get weight 0, so the
+    model's final score stays what it was."""
+    from maskiou.calibration import SIGNALS
+
+    state = dict(ckpt.get("model") or {})
+    for key, value in state.items():
+        if key.endswith("calibration.weights") and value.numel() < len(SIGNALS):
+            state[key] = torch.cat([value, value.new_zeros(len(SIGNALS) - value.numel())])
     ckpt["model"] = state
     return ckpt
 
