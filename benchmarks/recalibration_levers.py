@@ -357,7 +357,46 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cell(r: dict[str, Any] | None, ref: float) -> str:
+    """One row's figure: its AP fitted on every calibration image, its difference from the
+    reference, and the range of the three thirds where measured."""
+    if r is None:
+        return "-"
+    out = f"{r['all']:.2f} ({r['all'] - ref:+.2f})"
+    if len(r.get("thirds", [])) >= 2:
+        out += f" [{min(r['thirds']):.2f}-{max(r['thirds']):.2f}]"
+    return out
+
+
+def side_by_side(results: dict[str, dict[str, Any]]) -> str:
+    """The levers of several runs (column name -> levers.json) as one Markdown table: each row
+    against the shipped logistic fit ("base") of its column."""
+    names = list(results)
+    rows: list[str] = []
+    for res in results.values():
+        rows += [r for r in res["rows"] if r not in rows]
+    head = "| lever | " + " | ".join(names) + " |"
+    lines = [head, "|---" * (len(names) + 1) + "|"]
+    for k in ("cls", "maskness", "rescored", "oracle"):
+        lines.append(f"| ({k}) | " + " | ".join(f"{r['reference'][k]:.2f}"
+                                                 for r in results.values()) + " |")
+    for row in rows:
+        cells = [cell(res["rows"].get(row), res["rows"][BASE_ROW]["all"])
+                 for res in results.values()]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+BASE_ROW = "base (shipped: cls, head, maskness, box share)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--table":  # the docs' table of earlier runs: NAME=levers.json ...
+        runs = dict(a.split("=", 1) for a in argv[1:])
+        print(side_by_side({k: json.loads(Path(v).read_text()) for k, v in runs.items()}))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
     for split in ("calib", "val"):
@@ -370,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     res = run(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    earlier = args.output_dir / "levers.json"
+    if earlier.is_file():  # rows measured by an earlier run of the same model and splits
+        old = json.loads(earlier.read_text())
+        if {k: old.get(k) for k in ("checkpoint", "target", "calib_detections")} == \
+                {k: res[k] for k in ("checkpoint", "target", "calib_detections")}:
+            res["rows"] = {**old["rows"], **res["rows"]}
     (args.output_dir / "levers.json").write_text(json.dumps(res, indent=1))
     (args.output_dir / "levers.md").write_text(markdown(res))
     print(markdown(res))

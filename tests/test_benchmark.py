@@ -149,7 +149,7 @@ def test_report_files_and_models_side_by_side(run):
     assert set(metrics["models"]) == {"addon", "plain", "end_to_end"}
     e2e = metrics["models"]["end_to_end"]
     assert set(e2e["segm"]) == {"cls", "maskness", "rescored", "oracle"}
-    assert "| plain Mask R-CNN (the detector the user has) | maskness |" in printed
+    assert "| plain detector (the one the user has) | maskness |" in printed
     assert "| Mask Scoring R-CNN trained end to end | rescored |" in printed
     # the add-on's detector is frozen: its box AP with the class score is the plain detector's
     # (the same weights on the same batches of images: the same computation, exact)

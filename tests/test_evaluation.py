@@ -146,5 +146,5 @@ def test_report_renders_every_scoring_and_the_change_against_maskness():
     text = markdown_report(metrics)
     assert "| change, recalibrated vs maskness | +40.0 |" in text
     assert "| cls x maskness (free: SOLOv2, Mask2Former) | 60.0 |" in text
-    assert "| plain Mask R-CNN (the detector the user has) | maskness | 60.0 |" in text
+    assert "| plain detector (the one the user has) | maskness | 60.0 |" in text
     json.dumps(metrics)  # serializable

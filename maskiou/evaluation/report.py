@@ -13,13 +13,14 @@ from maskiou.records import AP_KEYS
 from .metrics import SCORINGS, binned_means
 
 SCORING_TITLES = {
-    "cls": "classification score (Mask R-CNN)",
+    "cls": "classification score (the detector's)",
     "maskness": "cls x maskness (free: SOLOv2, Mask2Former)",
     "rescored": "cls x the head's output (MS R-CNN rescoring)",
-    "recalibrated": "recalibrated: what the model returns (cls, head, maskness, box size)",
+    "recalibrated": "recalibrated: what the model returns (cls, head, maskness, box size, "
+                    "uncontested; weights searched for AP)",
     "oracle": "cls x true MaskIoU (oracle, paper table 7)",
 }
-MODEL_TITLES = {"plain": "plain Mask R-CNN (the detector the user has)",
+MODEL_TITLES = {"plain": "plain detector (the one the user has)",
                 "addon": "+ MaskIoU head trained alone (add-on)",
                 "model": "the model", "baseline": "Mask R-CNN trained without the head",
                 "end_to_end": "Mask Scoring R-CNN trained end to end"}
