@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maskiou.addon.collect import collect_samples  # noqa: E402
 from maskiou.addon.fit import AddonConfig, predict_ious  # noqa: E402
+from maskiou.addon.recalibration import detection_signals  # noqa: E402
 from maskiou.addon.run import attach_to_detector, fit_addon  # noqa: E402
 from maskiou.attach import find_maskiou_head  # noqa: E402
 from maskiou.data.coco import CocoInstanceDataset  # noqa: E402
@@ -239,8 +240,10 @@ def score_rows(val_dets: Any, pred: np.ndarray, fit: Any, coco_gt: Any, val: Any
     dets = dataclasses.replace(val_dets, pred_ious=pred)
     recal_scores = None
     if fit.recalibration is not None:
-        recal_scores = fit.recalibration.predict(dets.cls_scores, dets.pred_ious, dets.maskness,
-                                                 dets.rel_areas, dets.labels)
+        boxes = np.c_[dets.boxes_xywh[:, :2], dets.boxes_xywh[:, :2] + dets.boxes_xywh[:, 2:]]
+        recal_scores = fit.recalibration.predict(detection_signals(
+            dets.cls_scores, dets.pred_ious, dets.maskness, dets.rel_areas, boxes, dets.labels,
+            dets.image_ids))
     metrics, _ = evaluate_detections(dets, coco_gt, val.targets.numpy(), has_head=True,
                                      recalibrated=recal_scores)
     return metrics

@@ -33,7 +33,8 @@ from .cache import CACHE_FORMAT, key_hash
 from .collect import collect_samples, collect_to_cache
 from .fit import AddonConfig, Samples, predict_ious, train_head
 
-ADDON_VERSION = 3  # bumped when head-only training changes what it produces for a config
+ADDON_VERSION = 4  # bumped when head-only training changes what it produces for a config
+# (4: the recalibration weighs the uncontested signal too)
 
 
 def attach_to_detector(detector: str | Path, cfg: AddonConfig,
