@@ -75,7 +75,7 @@ def signal_table(samples: Any, dets: Any, quality: np.ndarray) -> dict[str, np.n
     runs (:mod:`maskiou.signals`), image by image."""
     cls = samples.cls_scores.double()
     logs = signal_logs(cls, torch.as_tensor(quality).double(), samples.maskness.double(),
-                       samples.rel_areas.double()).numpy()
+                       samples.rel_areas.double(), torch.ones_like(cls)).numpy()
     table = {name: logs[:, i] for i, name in enumerate(BASE)}
     boxes = torch.as_tensor(dets.boxes_xywh, dtype=torch.float64).clone()
     boxes[:, 2:] += boxes[:, :2]

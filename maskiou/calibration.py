@@ -92,7 +92,7 @@ class ScoreCalibration(nn.Module):
 
     def forward(self, cls_scores: Tensor, quality: Tensor, mask_maskness: Tensor,
                 boxes: Tensor, labels: Tensor, image_size: Tuple[int, int]) -> Tensor:
-        """One image's detections (see :func:`image_signal_logs`) -> the final score Tensor[n]
+        """One image's detections (see ``image_signal_logs``) -> the final score Tensor[n]
         in [0, 1], in the dtype of ``cls_scores``: the recalibrated score once fitted, else
         ``cls x quality``."""
         x = image_signal_logs(cls_scores, quality, mask_maskness, boxes, labels, image_size)

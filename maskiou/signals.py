@@ -62,7 +62,7 @@ def overlap_above(scores: Tensor, boxes: Tensor, labels: Tensor, same_class: boo
 
 
 def uncontested(scores: Tensor, boxes: Tensor, labels: Tensor) -> Tensor:
-    """1 - :func:`overlap_above` of the same class: Tensor[n] in [0, 1] (1 for a detection no
+    """1 - ``overlap_above`` of the same class: Tensor[n] in [0, 1] (1 for a detection no
     higher-scored detection of its class overlaps), one image's detections: scores Tensor[n],
     boxes Tensor[n, 4] (x1, y1, x2, y2), labels Tensor[n]."""
     return 1.0 - overlap_above(scores, boxes, labels, True)

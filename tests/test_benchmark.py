@@ -79,7 +79,10 @@ def pycocotools_ap(val_json: Path, results_file: Path, iou_type: str) -> list[fl
 
 def test_every_reported_ap_equals_pycocotools_on_the_written_results(data, run):
     out, metrics, _ = run
-    assert set(metrics["segm"]) == {"cls", "maskness", "rescored", "recalibrated", "oracle"}
+    # the recalibrated row is there when the model returns it (its held-out check on the tiny
+    # run's two held-out images decides; the search's check may keep the rescoring)
+    final = {"recalibrated"} if metrics["model_scoring"] == "recalibrated" else set()
+    assert set(metrics["segm"]) == {"cls", "maskness", "rescored", "oracle"} | final
     for iou_type in ("segm", "bbox"):
         for name, aps in metrics[iou_type].items():
             assert set(aps) == SCORES
@@ -144,7 +147,8 @@ def _quiet_coco(path: Path) -> COCO:
 def test_report_files_and_models_side_by_side(run):
     out, metrics, printed = run
     for name in ("report.md", "maskiou_correlation.png", "score_vs_maskiou.png",
-                 "detections.json", "gallery.json", "results_segm_recalibrated.json"):
+                 "detections.json", "gallery.json",
+                 f"results_segm_{metrics['model_scoring']}.json"):
         assert (out / name).stat().st_size > 0, name
     assert set(metrics["models"]) == {"addon", "plain", "end_to_end"}
     e2e = metrics["models"]["end_to_end"]

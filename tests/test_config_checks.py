@@ -31,6 +31,7 @@ def test_the_choice_fields_are_the_ones_the_configs_have():
     assert {f"{c.__name__}.{n}" for c, n in choice_fields()} == {
         "TrainConfig.model", "TrainConfig.norm", "TrainConfig.head_norm", "TrainConfig.optimizer",
         "TrainConfig.lr_schedule", "TrainConfig.amp", "TrainConfig.dataset",
+        "TrainConfig.synthetic_generator",
         "AddonConfig.target", "AddonConfig.zoom", "AddonConfig.loss", "AddonConfig.recalibration",
         "AddonConfig.crossfit_final", "HeadConfig.fusion", "HeadConfig.output",
         "HeadConfig.target"}
