@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskiou.calibration import SIGNALS, ScoreCalibration, signal_logs
+from maskiou.calibration import SIGNALS, signal_logs
 from maskiou.signals import uncontested
 
 KINDS = ("search", "logistic")
@@ -159,12 +159,6 @@ class Recalibration:
         else:
             check = None
         return Recalibration(kind, weights, bias, dict(fitted_on), check)
-
-    def module(self) -> ScoreCalibration:
-        """A :class:`~maskiou.calibration.ScoreCalibration` with these weights (float64)."""
-        m = ScoreCalibration().double()
-        m.set(self.weights, self.bias)
-        return m
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The final score of N detections from their signals ``x`` (Float[N, 5],
