@@ -28,7 +28,17 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from maskiou.data._shapes import _encode, _poly_mask, _texture, keep_visible, paint
+from maskiou.data._shapes import (
+    _encode,
+    _poly_mask,
+    _texture,
+    edge_crop,
+    keep_visible,
+    paint,
+    rotation,
+    to_pixels,
+    unit_grid,
+)
 
 CATEGORIES: tuple[dict[str, Any], ...] = (
     {"id": 3, "name": "polygon", "supercategory": "angular"},
@@ -47,7 +57,6 @@ SIZE_RANGE = (0.05, 0.5)  # diameter / image side, log-uniform
 P_EMPTY = 0.03
 P_CAMOUFLAGE = 1 / 3
 P_SHADOW = 0.3
-_EDGE_MARGIN = 5  # pixels around a shape reached by its blurred edge (blur sigma <= 1.5)
 
 
 def _wavy_band(rng: np.random.Generator, radius: float) -> np.ndarray:
@@ -178,7 +187,7 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
         instances: per kept instance, in paint order, a dict with category_id, segmentation,
             area (pixel count of the visible mask) and bbox [x, y, w, h] (its tight box).
     """
-    grid = np.stack(np.meshgrid(*(np.arange(size, dtype=np.float32) / size,) * 2))
+    grid = unit_grid(size)
     img = _background(rng, size, grid)
     _clutter(rng, img, grid)
     n = 0 if rng.random() < P_EMPTY else int(rng.integers(INSTANCES[0], INSTANCES[1] + 1))
@@ -187,16 +196,13 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
         cat = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
         r = size * np.exp(rng.uniform(*np.log(SIZE_RANGE))) / 2
         centre = rng.uniform(0, size, 2)
-        ang = rng.uniform(0, 2 * np.pi)
-        rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+        rot = rotation(rng)
         poly = np.round(unit_polygon(cat["name"], rng, r) @ rot.T * r + centre, 2)
         full = _poly_mask(poly.ravel().tolist(), size)
         inside = int(full.sum())
         if inside == 0 or inside < MIN_INSIDE_FRACTION * _shoelace(poly):
             continue
-        ys, xs = np.nonzero(full)
-        m = _EDGE_MARGIN
-        crop = np.s_[max(ys.min() - m, 0): ys.max() + m + 1, max(xs.min() - m, 0): xs.max() + m + 1]
+        crop = edge_crop(full)
         if rng.random() < P_CAMOUFLAGE:  # the background's own texture, a little off in colour
             shift = rng.uniform(0.05, 0.15, 3) * rng.choice([-1.0, 1.0], 3)
             fill = img[crop] + shift.astype(np.float32)
@@ -216,5 +222,4 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
         whole = d["flats"] is not None and bool((visible == d["full"]).all())
         seg, area, bbox = _encode(rng, visible, d["flats"] if whole else None)
         instances.append({"category_id": d["cat"], "segmentation": seg, "area": area, "bbox": bbox})
-    pixels = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
-    return pixels, instances
+    return to_pixels(img), instances

@@ -69,6 +69,31 @@ def _unit_polygons(name: str, rng: np.random.Generator) -> list[np.ndarray]:
     raise KeyError(name)
 
 
+def unit_grid(size: int) -> np.ndarray:
+    """Float32[2, size, size]: each pixel's (x, y) in [0, 1), what backgrounds and textures are
+    drawn on."""
+    return np.stack(np.meshgrid(*(np.arange(size, dtype=np.float32) / size,) * 2))
+
+
+def rotation(rng: np.random.Generator) -> np.ndarray:
+    """Float64[2, 2]: a rotation by an angle drawn uniformly (one draw of ``rng``)."""
+    ang = rng.uniform(0, 2 * np.pi)
+    return np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+
+
+def edge_crop(full: np.ndarray) -> tuple[slice, slice]:
+    """The crop of a non-empty Bool[H, W] mask that holds the shape and its blurred edge
+    (:data:`_EDGE_MARGIN` pixels around it, cut at the image)."""
+    ys, xs = np.nonzero(full)
+    m = _EDGE_MARGIN
+    return np.s_[max(ys.min() - m, 0): ys.max() + m + 1, max(xs.min() - m, 0): xs.max() + m + 1]
+
+
+def to_pixels(img: np.ndarray) -> np.ndarray:
+    """Float[H, W, 3] in [0, 1] -> UInt8[H, W, 3], rounded."""
+    return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
 def _poly_mask(flat: list[float], size: int) -> np.ndarray:
     rles = mask_utils.frPyObjects([flat], size, size)
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
@@ -184,7 +209,7 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
         instances: per kept instance, in paint order, a dict with category_id, segmentation,
             area (pixel count of the visible mask) and bbox [x, y, w, h] (its tight box).
     """
-    grid = np.stack(np.meshgrid(*(np.arange(size, dtype=np.float32) / size,) * 2))
+    grid = unit_grid(size)
     img = _background(rng, size, grid)
     n = 0 if rng.random() < P_EMPTY else int(rng.integers(1, MAX_INSTANCES + 1))
     drawn: list[dict[str, Any]] = []
@@ -193,8 +218,7 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
         diameter = size * np.exp(rng.uniform(np.log(0.08), np.log(0.45)))
         r = diameter / 2
         centre = rng.uniform(r + 1, size - r - 1, 2)
-        ang = rng.uniform(0, 2 * np.pi)
-        rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+        rot = rotation(rng)
         flats = [
             np.round(p @ rot.T * r + centre, 2).ravel().tolist()
             for p in _unit_polygons(cat["name"], rng)
@@ -202,12 +226,9 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
         full = _poly_mask(flats[0], size)
         for hole in flats[1:]:
             full &= ~_poly_mask(hole, size)
-        ys, xs = np.nonzero(full)
-        if ys.size == 0:
+        if not full.any():
             continue
-        m = _EDGE_MARGIN  # the crop holds the shape and its blurred edge
-        y0, x0 = max(ys.min() - m, 0), max(xs.min() - m, 0)
-        crop = np.s_[y0 : ys.max() + m + 1, x0 : xs.max() + m + 1]
+        crop = edge_crop(full)
         drawn.append({
             "cat": cat["id"], "full": full, "flats": flats, "crop": crop,
             "fill": _texture(rng, grid[(slice(None), *crop)]),
@@ -219,5 +240,4 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
         whole = len(d["flats"]) == 1 and bool((visible == d["full"]).all())
         seg, area, bbox = _encode(rng, visible, d["flats"] if whole else None)
         instances.append({"category_id": d["cat"], "segmentation": seg, "area": area, "bbox": bbox})
-    pixels = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
-    return pixels, instances
+    return to_pixels(img), instances
