@@ -6,6 +6,7 @@
         --val-json v.json --val-images v/                  # any COCO-format dataset
     python benchmarks/ablation.py --curve --curve-sizes 250 500 \
         --curve-set crossfit_folds=5 zoom=both [--curve-pretrain]   # the few-labels levers
+    python benchmarks/ablation.py --columns embedded=a/ablation.json scenes=b/ablation.json
 
 Each row trains a head alone on the cached detections of the add-on images (the same cache the
 main job uses) and scores the cached detections of the validation split with it, so a row costs
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -58,6 +60,16 @@ ROWS: dict[str, tuple[str, dict[str, Any], int]] = {
     "smooth-l1": ("smooth L1 loss", {"loss": "smooth_l1"}, ADDON_IMAGES),
     "mask-features": ("8 learned channels of the full 28 x 28 mask beside the max-pooled one",
                       {"mask_features": 8}, ADDON_IMAGES),
+    "mask-logits": ("the mask's logits instead of its probabilities as the head's mask input",
+                    {"mask_input": "logits"}, ADDON_IMAGES),
+    "boundary-band": ("the predicted mask's boundary band as one more input channel",
+                      {"boundary_band": True}, ADDON_IMAGES),
+    "mask-head-features": ("the mask head's last-layer features (after its convolutions) "
+                           "instead of the RoI features it starts from (the detector's mask "
+                           "branch re-collected; see mask_head_features)", {}, ADDON_IMAGES),
+    "context-features": ("beside the RoI features, those of the box enlarged twice around its "
+                         "centre (what surrounds the detection: the object's parts outside the "
+                         "box, its occluders; see context_features)", {}, ADDON_IMAGES),
     "light": ("light head: 1x1 conv to 32, two 3x3 convs of 32, FC 256",
               {"reduce_channels": 32, "conv_channels": 32}, ADDON_IMAGES),
     "epochs-8": ("8 epochs instead of 12", {"epochs": 8}, ADDON_IMAGES),
@@ -76,6 +88,90 @@ ROWS: dict[str, tuple[str, dict[str, Any], int]] = {
     "images-1000": ("1,000 add-on images", {}, 1000),
     "images-4000": ("4,000 add-on images", {}, 4000),
 }
+
+
+CONTEXT_SCALE = 2.0  # the context row's box enlargement
+
+
+class _PoolThenMaskHead(nn.Module):
+    """The mask branch's RoI pooling followed by its mask head."""
+
+    def __init__(self, pool: nn.Module, mask_head: nn.Module) -> None:
+        super().__init__()
+        self.pool, self.mask_head = pool, mask_head
+
+    def forward(self, features: Any, proposals: Any, image_shapes: Any) -> Any:
+        return self.mask_head(self.pool(features, proposals, image_shapes))
+
+
+def mask_head_features(model: nn.Module) -> nn.Module:
+    """``model`` (a torchvision Mask R-CNN with the head attached) changed so that the MaskIoU
+    head's feature input is the mask head's output, Tensor[N, C', S, S], instead of the pooled
+    RoI features Tensor[N, C, S, S] (the same shape in maskiou's recipes): the RoI pooling runs
+    the mask head and the mask head becomes the identity, so the masks are unchanged. A
+    measurement lever of this script, not a maskiou option."""
+    rh = model.roi_heads
+    if isinstance(rh.mask_roi_pool, _PoolThenMaskHead):
+        return model
+    rh.mask_roi_pool = _PoolThenMaskHead(rh.mask_roi_pool, rh.mask_head)
+    rh.mask_head = nn.Identity()
+    return model
+
+
+class _PoolWithContext(nn.Module):
+    """The mask branch's RoI pooling of each box and of the box enlarged ``scale`` times around
+    its centre, concatenated on the channels: Tensor[N, 2C, S, S]."""
+
+    def __init__(self, pool: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.pool, self.scale = pool, scale
+
+    def forward(self, features: Any, proposals: Any, image_shapes: Any) -> Any:
+        import torch
+
+        wide = []
+        for b in proposals:
+            centre, half = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]) * self.scale / 2
+            wide.append(torch.cat([centre - half, centre + half], 1))
+        return torch.cat([self.pool(features, proposals, image_shapes),
+                          self.pool(features, wide, image_shapes)], 1)
+
+
+class _FirstChannels(nn.Module):
+    """A module applied to the first ``channels`` channels of its input only."""
+
+    def __init__(self, module: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.module, self.channels = module, channels
+
+    def forward(self, x: Any) -> Any:
+        return self.module(x[:, :self.channels])
+
+
+def context_features(model: nn.Module, scale: float = CONTEXT_SCALE) -> nn.Module:
+    """``model`` (a torchvision Mask R-CNN with the head attached) changed so that the MaskIoU
+    head's feature input is Tensor[N, 2C, S, S]: the pooled RoI features of each box and of the
+    box enlarged ``scale`` times around its centre (RoIAlign reads zeros outside the image). The
+    mask head still sees the box's own C channels, so the masks are unchanged; the MaskIoU head
+    is rebuilt with 2C input channels. A measurement lever of this script, not a maskiou
+    option."""
+    from maskiou.head import MaskIoUHead
+
+    rh = model.roi_heads
+    if isinstance(rh.mask_roi_pool, _PoolWithContext):
+        return model
+    head = rh.maskiou_head
+    rh.mask_roi_pool = _PoolWithContext(rh.mask_roi_pool, scale)
+    rh.mask_head = _FirstChannels(rh.mask_head, head.in_channels)
+    rh.maskiou_head = MaskIoUHead(2 * head.in_channels, head.num_classes,
+                                  roi_size=head.roi_size, mask_size=head.mask_size,
+                                  config=head.config).to(next(head.parameters()).device)
+    return model
+
+
+# rows whose head sees other features than the mask branch's RoI features: their detector
+# change (collected into their own cache, the validation split collected again)
+FEATURE_ROWS = {"mask-head-features": mask_head_features, "context-features": context_features}
 
 
 # the learning curve: add-on images, and the draws of them at the small sizes (each seed draws
@@ -206,12 +302,16 @@ def pretrained_head(detector: str, device: str, progress: bool) -> dict[str, Any
 
 def evaluate_row(name: str, cfg: AddonConfig, detector: str, train_set: Any, cache: Path,
                  val: Any, val_dets: Any, coco_gt: Any, device: str, progress: bool,
-                 head_start: dict[str, Any] | None = None) -> dict[str, Any]:
+                 head_start: dict[str, Any] | None = None,
+                 patch: Any = None) -> dict[str, Any]:
     """Fit the add-on of ``cfg`` on ``train_set`` and score the validation detections with it.
     A cross-fitted add-on also gets ``"ensemble"``: the same scored with the mean prediction of
     its fold heads and its final head (a lever measured, not shipped). ``head_start``: the
-    head's weights to start from (default: its initialization)."""
+    head's weights to start from (default: its initialization); ``patch``: a change of the
+    attached model before collection (:func:`mask_head_features`)."""
     model, _ = attach_to_detector(detector, cfg, device)
+    if patch is not None:
+        model = patch(model)
     if head_start is not None:
         find_maskiou_head(model).load_state_dict(head_start)
     t0 = time.perf_counter()
@@ -277,8 +377,39 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def columns_table(columns: dict[str, list[dict[str, Any]]], base: str = "shipped") -> str:
+    """Rows of several ablation runs (column name -> ablation.json's rows) side by side as one
+    Markdown table: each cell the recalibrated mask AP, its change against the column's
+    ``base`` row, and the rescored AP; the references (maskness, oracle) first."""
+    names = list(columns)
+    by_row = [{r["row"]: r for r in rows} for rows in columns.values()]
+    order = [name for name in ROWS if any(name in col for col in by_row)]
+    lines = ["| row | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for ref in ("maskness", "oracle"):
+        lines.append(f"| ({ref}) | " + " | ".join(f"{col[base]['segm'][ref]['AP']:.2f}"
+                                                   for col in by_row) + " |")
+    for name in order:
+        cells = []
+        for col in by_row:
+            if name not in col:
+                cells.append("-")
+                continue
+            seg, ref = col[name]["segm"], col[base]["segm"]["recalibrated"]["AP"]
+            recal = seg["recalibrated"]["AP"]
+            cells.append(f"{recal:.2f} ({recal - ref:+.2f}) · {seg['rescored']['AP']:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from maskiou.evaluation.benchmark import addon_split, default_detector, embedded_val
+
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--columns":  # the docs' table of earlier runs: NAME=ablation.json
+        runs = dict(a.split("=", 1) for a in argv[1:])
+        print(columns_table({k: json.loads(Path(v).read_text()) for k, v in runs.items()}))
+        return 0
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -312,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = attach_to_detector(detector, AddonConfig(), args.device)
     val, val_dets = collect_samples(model, val_set, device=args.device, progress=progress,
                                     return_detections=True)
+    feature_vals: dict[str, Any] = {}
     if args.curve:
         return run_curve(args, detector, val, val_dets, val_set, out, progress)
     saved = out / "ablation.json"  # rows measured before stay, rerun ones are replaced
@@ -324,8 +456,16 @@ def main(argv: list[str] | None = None) -> int:
             else addon_split(images, progress)
         train_set = CocoInstanceDataset(train_json, train_images)
         cache = out / "cache"  # one folder per detector, images and collection settings
-        r = evaluate_row(name, cfg, detector, train_set, cache, val, val_dets, val_set.coco,
-                         args.device, progress)
+        patch, row_val = None, (val, val_dets)
+        if name in FEATURE_ROWS:  # other head inputs: another cache and validation pass
+            patch, cache = FEATURE_ROWS[name], out / f"cache-{name}"
+            if name not in feature_vals:
+                fresh, _ = attach_to_detector(detector, cfg, args.device)
+                feature_vals[name] = collect_samples(patch(fresh), val_set, device=args.device,
+                                                     progress=progress, return_detections=True)
+            row_val = feature_vals[name]
+        r = evaluate_row(name, cfg, detector, train_set, cache, *row_val, val_set.coco,
+                         args.device, progress, patch=patch)
         r["what"], r["config"], r["images"] = what, dataclasses.asdict(cfg), len(train_set)
         results.append(r)
         print(table([r]).splitlines()[2], flush=True)

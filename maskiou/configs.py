@@ -17,6 +17,7 @@ Fusion = Literal["concat", "multiply", "mask", "roi"]
 FUSIONS: tuple[str, ...] = typing.get_args(Fusion)
 
 
+MaskInput = Literal["probs", "logits"]
 Output = Literal["linear", "sigmoid"]
 Target = Literal["iou", "coco"]
 TARGET_NAMES = {"iou": "predicted MaskIoU", "coco": "predicted COCO-threshold share"}
@@ -46,6 +47,12 @@ class HeadConfig:
             the full-resolution M x M mask probabilities, concatenated to the head's input
             beside the max-pooled mask (max pooling keeps where the mask is, not how sure the
             mask branch is about its edges).
+        mask_input: how the mask's values enter the head: ``"probs"`` (the paper: the
+            probabilities) or ``"logits"`` (their logits, clamped to +-``MASK_LOGIT_CLAMP``:
+            how sure the mask branch is, undamped near 0 and 1).
+        boundary_band: one more input channel, the predicted mask's boundary band (the 3x3
+            dilation minus the 3x3 erosion of the mask at 0.5, at full resolution, then
+            max-pooled like the mask): where the mask's edge is, which the pooled mask blurs.
         score_inputs: number of per-RoI scores the head also sees (0 in the paper; 2 for the
             classification score and the maskness, :func:`maskiou.head_score_inputs`),
             appended to the second FC layer's input.
@@ -64,6 +71,8 @@ class HeadConfig:
     fc_dim: int = bounded(1024, 1)
     fusion: Fusion = "concat"
     mask_features: int = bounded(0, 0)
+    mask_input: MaskInput = "probs"
+    boundary_band: bool = False
     score_inputs: int = bounded(0, 0)
     output: Output = "linear"
     target: Target = "iou"

@@ -15,7 +15,27 @@ from torch import Tensor, nn
 from .calibration import ScoreCalibration
 from .configs import FUSIONS, Fusion, HeadConfig
 
-__all__ = ["FUSIONS", "Fusion", "HeadConfig", "MaskIoUHead"]
+__all__ = ["FUSIONS", "Fusion", "HeadConfig", "MASK_LOGIT_CLAMP", "MaskIoUHead", "boundary_band"]
+
+MASK_LOGIT_CLAMP = 8.0
+"""|logit| bound of a head with ``mask_input="logits"`` (float16 probabilities resolve about
+e^-7.6 below 1)."""
+
+
+def boundary_band(mask_probs: Tensor) -> Tensor:
+    """The boundary band of masks: the 3x3 dilation minus the 3x3 erosion of ``mask >= 0.5``.
+
+    Args:
+        mask_probs: Tensor[N, 1, M, M], float in [0, 1].
+
+    Returns:
+        Tensor[N, 1, M, M] of 0 and 1: 1 on the pixels within one pixel of the mask's edge
+        (inside or outside), 0 elsewhere; max pools only, so it scripts and exports to ONNX.
+    """
+    binary = (mask_probs >= 0.5).to(mask_probs.dtype)
+    dilated = F.max_pool2d(binary, 3, 1, 1)
+    eroded = -F.max_pool2d(-binary, 3, 1, 1)
+    return dilated - eroded
 
 class MaskIoUHead(nn.Module):
     """Predicts the mask IoU of each RoI for each class.
@@ -71,9 +91,12 @@ class MaskIoUHead(nn.Module):
         # the final score of a detection from its signals (fitted by the add-on; until then
         # cls x the head's output): tensors, so checkpoints, TorchScript and ONNX carry it
         self.calibration = ScoreCalibration()
+        self.mask_logits = cfg.mask_input == "logits"
+        self.logit_clamp = MASK_LOGIT_CLAMP
+        self.boundary_band = cfg.boundary_band
         first = {"concat": in_channels + 1, "multiply": in_channels, "mask": 1, "roi": in_channels}
         convs = []
-        channels = first[fusion] + mask_features
+        channels = first[fusion] + mask_features + int(cfg.boundary_band)
         self.mask_conv: nn.Conv2d | None = None
         if mask_features > 0:
             if self.mask_size != 2 * roi_size:
@@ -111,13 +134,15 @@ class MaskIoUHead(nn.Module):
                 probability; max-pooled to S x S (a 2x2 max pool when M == 2 S, as in the paper).
 
         Returns:
-            Tensor[N, K, S, S] with K = in_channels + 1, in_channels or 1 by ``fusion``.
+            Tensor[N, K, S, S] with K = in_channels + 1, in_channels or 1 by ``fusion``, then
+            ``mask_features`` channels and the boundary band's one where configured.
         """
-        mask = mask_probs[:, None].to(roi_features.dtype)
-        if self.mask_pool > 0 and mask.shape[-1] == self.mask_size:
-            pooled = F.max_pool2d(mask, self.mask_pool, self.mask_pool)
-        else:
-            pooled = F.adaptive_max_pool2d(mask, [roi_features.shape[-2], roi_features.shape[-1]])
+        probs = mask_probs[:, None].to(roi_features.dtype)
+        mask = probs
+        if self.mask_logits:
+            mask = torch.logit(probs).clamp(-self.logit_clamp, self.logit_clamp)
+        size = [roi_features.shape[-2], roi_features.shape[-1]]
+        pooled = self._pool(mask, size)
         if self.fusion == "concat":
             x = torch.cat([roi_features, pooled], dim=1)
         elif self.fusion == "multiply":
@@ -128,7 +153,16 @@ class MaskIoUHead(nn.Module):
             x = roi_features
         if self.mask_conv is not None:
             x = torch.cat([x, F.relu(self.mask_conv(mask))], dim=1)
+        if self.boundary_band:
+            x = torch.cat([x, self._pool(boundary_band(probs), size)], dim=1)
         return x
+
+    def _pool(self, mask: Tensor, size: list[int]) -> Tensor:
+        """Tensor[N, 1, M, M] max-pooled to Tensor[N, 1, S, S] (a fixed kernel when M is a
+        multiple of S, as the paper's 2 x 2)."""
+        if self.mask_pool > 0 and mask.shape[-1] == self.mask_size:
+            return F.max_pool2d(mask, self.mask_pool, self.mask_pool)
+        return F.adaptive_max_pool2d(mask, size)
 
     def forward(self, roi_features: Tensor, mask_probs: Tensor,
                 scores: Tensor | None = None) -> Tensor:

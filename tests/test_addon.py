@@ -378,3 +378,47 @@ def test_ablation_scores_a_cross_fitted_add_on_and_the_ensemble_of_its_fold_head
     finally:
         ablation.fit_addon = real
     assert seen.keys() == start.keys() and all(torch.equal(seen[k], start[k]) for k in start)
+
+
+@pytest.mark.parametrize("row", ["mask-head-features", "context-features"])
+def test_the_ablations_feature_rows_rewire_what_the_head_sees_and_keep_the_masks(data, tmp_path,
+                                                                                  row):
+    """The head-input rows of benchmarks/ablation.py change only what the MaskIoU head is
+    given: the same boxes, scores and masks, and as features the mask head's output (the same
+    shape) or the box's own RoI features followed by those of the box enlarged twice."""
+    import sys
+    from pathlib import Path
+
+    from maskiou.addon.collect import detection_rows
+    from maskiou.addon.run import attach_to_detector
+    from maskiou.attach import find_maskiou_head
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ablation
+
+    train = CocoInstanceDataset(data["addon"].train_json, data["addon"].train_images)
+    detector = write_tiny_plain_checkpoint(tmp_path / "plain.pt", train.class_names)
+    plain, _ = attach_to_detector(detector, AddonConfig())
+    wired, _ = attach_to_detector(detector, AddonConfig())
+    ablation.FEATURE_ROWS[row](wired)
+    assert ablation.FEATURE_ROWS[row](wired) is wired  # rewiring twice changes nothing more
+    channels = find_maskiou_head(plain).in_channels
+    (_, before, _), = detection_rows(plain, train, [0, 1], batch_size=2)
+    (_, after, _), = detection_rows(wired, train, [0, 1], batch_size=2)
+    assert len(before["labels"]) > 0
+    for key in ("labels", "cls_scores", "mask_probs", "boxes", "targets", "maskness"):
+        assert np.array_equal(before[key], after[key]), key
+    rh = plain.roi_heads
+    if row == "context-features":
+        assert find_maskiou_head(wired).in_channels == 2 * channels
+        assert np.array_equal(after["roi_features"][:, :channels], before["roi_features"])
+        assert after["roi_features"].shape[1] == 2 * channels
+        assert not np.array_equal(after["roi_features"][:, channels:], before["roi_features"])
+    else:
+        feats = torch.from_numpy(before["roi_features"]).float()
+        with torch.no_grad():
+            expected = rh.mask_head(feats).half().numpy()
+        assert after["roi_features"].shape == before["roi_features"].shape
+        # the mask head on the float16-stored inputs vs on the float32 ones: float16 rounding
+        np.testing.assert_allclose(after["roi_features"].astype(np.float32),
+                                   expected.astype(np.float32), atol=2e-2, rtol=1e-2)

@@ -244,3 +244,35 @@ def test_the_readme_quotes_the_scenes_runs():
         gains.append(s["recalibrated"]["AP"] - s["maskness"]["AP"])
     assert (f"it gains +{gains[0]:.2f} over maskness with 2,000 add-on images and "
             f"+{gains[1]:.2f} with 400") in readme
+
+
+# the columns of the head-inputs table: its name of each run -> docs/measurements/head_inputs_*
+HEAD_INPUT_COLUMNS = {"embedded, torchvision": "head_inputs_shapes.json",
+                      "scenes, torchvision": "head_inputs_scenes.json"}
+HEAD_INPUT_LEVERS = ("mask-logits", "boundary-band", "mask-head-features", "context-features")
+
+
+def test_the_head_inputs_table_is_the_measured_runs_and_none_is_kept():
+    """docs/benchmarks/levers.md's head-inputs table is columns_table() of the two ablation
+    runs; no lever clears the seeds' spread on both generators (the shipped and seed-1 rows),
+    and the add-on's head keeps its inputs as they were."""
+    from pages import page
+
+    from maskiou.addon.config import AddonConfig
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ablation
+
+    runs = {name: load(file) for name, file in HEAD_INPUT_COLUMNS.items()}
+    text = page("benchmarks/levers")
+    table = text[text.index("<!-- head-inputs -->") + len("<!-- head-inputs -->"):
+                 text.index("<!-- /head-inputs -->")].strip()
+    assert table == ablation.columns_table(runs)
+    for lever in HEAD_INPUT_LEVERS:
+        clears = []
+        for rows in runs.values():
+            ap = {r["row"]: r["segm"]["recalibrated"]["AP"] for r in rows}
+            clears.append(ap[lever] > max(ap["shipped"], ap["seed-1"]))
+        assert not all(clears), lever
+    head = AddonConfig().head
+    assert head.mask_input == "probs" and not head.boundary_band

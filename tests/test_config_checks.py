@@ -33,8 +33,8 @@ def test_the_choice_fields_are_the_ones_the_configs_have():
         "TrainConfig.lr_schedule", "TrainConfig.amp", "TrainConfig.dataset",
         "TrainConfig.synthetic_generator",
         "AddonConfig.target", "AddonConfig.zoom", "AddonConfig.loss", "AddonConfig.recalibration",
-        "AddonConfig.crossfit_final", "HeadConfig.fusion", "HeadConfig.output",
-        "HeadConfig.target"}
+        "AddonConfig.crossfit_final", "HeadConfig.fusion", "HeadConfig.mask_input",
+        "HeadConfig.output", "HeadConfig.target"}
 
 
 @pytest.mark.parametrize("cls, name", choice_fields(), ids=lambda x: getattr(x, "__name__", x))

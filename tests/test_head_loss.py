@@ -1,3 +1,6 @@
+import math
+import warnings
+
 import pytest
 import torch
 
@@ -316,6 +319,74 @@ def test_mask_features_are_the_learned_convolution_of_the_full_mask_beside_the_p
     with pytest.raises(ValueError) as e:
         MaskIoUHead(2, 3, roi_size=4, mask_size=6, mask_features=1)
     assert str(e.value) == "mask_features needs masks of twice the RoI size"
+
+
+def test_the_boundary_band_is_the_ring_one_pixel_either_side_of_the_mask_edge():
+    from maskiou.head import boundary_band
+
+    m = torch.zeros(1, 1, 6, 6)
+    m[0, 0, 2:4, 2:4] = 0.9  # a 2 x 2 square: its band is the 4 x 4 square around it, whole
+    band = torch.zeros(6, 6)
+    band[1:5, 1:5] = 1.0
+    assert torch.equal(boundary_band(m)[0, 0], band)
+    m[0, 0, 2:4, 2:4] = 0.4  # below 0.5: no mask, no band
+    assert not boundary_band(m).any()
+    big = torch.zeros(1, 1, 7, 7)
+    big[0, 0, 1:6, 1:6] = 1.0  # a 5 x 5 square: its 3 x 3 core is off the band
+    out = boundary_band(big)[0, 0]
+    assert out[3, 3] == 0 and out[2, 2] == 0 and out[0, 0] == 1 and out[1, 1] == 1
+    assert out.sum() == 49 - 9  # all but the 3 x 3 erosion
+
+
+def test_the_boundary_band_channel_is_the_pooled_band_after_the_other_inputs():
+    torch.manual_seed(0)
+    head = MaskIoUHead(2, 3, roi_size=4, boundary_band=True, conv_channels=4, fc_dim=8)
+    roi, m = torch.rand(1, 2, 4, 4), torch.zeros(1, 8, 8)
+    m[0, 2:4, 2:4] = 1.0  # band rows/cols 1..4 of 8 -> pooled 2 x 2 cells 0..2
+    x = head.fuse(roi, m)
+    assert x.shape == (1, 2 + 1 + 1, 4, 4)
+    band = torch.zeros(4, 4)
+    band[:3, :3] = 1.0
+    assert torch.equal(x[0, 3], band)
+    assert head.convs[0].in_channels == 4
+    assert head(roi, m).shape == (1, 3)
+
+
+def test_mask_logits_enter_as_the_clamped_logit_of_the_pooled_probability():
+    from maskiou.head import MASK_LOGIT_CLAMP
+
+    head = MaskIoUHead(2, 3, roi_size=2, mask_input="logits", conv_channels=4, fc_dim=8)
+    m = torch.tensor([[[0.5, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0],
+                       [0.0, 0.0, 0.0, 0.0], [0.0, 0.25, 0.0, 0.0]]])
+    pooled = head.fuse(torch.zeros(1, 2, 2, 2), m)[0, 2]
+    # max of logits = logit of the max: 0.5 -> 0, 1 -> +8 (clamped), 0 -> -8, 0.25 -> -ln 3
+    assert MASK_LOGIT_CLAMP == 8.0
+    assert pooled[0, 0] == 0.0 and pooled[0, 1] == 8.0 and pooled[1, 1] == -8.0
+    assert pooled[1, 0].item() == pytest.approx(-math.log(3.0))
+    probs = MaskIoUHead(2, 3, roi_size=2, conv_channels=4, fc_dim=8)
+    assert probs.fuse(torch.zeros(1, 2, 2, 2), m)[0, 2, 0, 1] == 1.0  # the default: probs
+
+
+def test_heads_with_the_new_inputs_script_and_export_to_the_same_output():
+    import io
+
+    torch.manual_seed(0)
+    head = MaskIoUHead(4, 3, roi_size=4, conv_channels=4, fc_dim=8, boundary_band=True,
+                       mask_input="logits").eval()
+    roi, m = torch.randn(2, 4, 4, 4), torch.rand(2, 8, 8)
+    m[0] = 1.0  # logits clamped
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(head)
+    assert torch.equal(scripted(roi, m), head(roi, m))
+    ort = pytest.importorskip("onnxruntime")
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(head, (roi, m), buf, dynamo=False, input_names=["f", "m"],
+                          dynamic_axes={"f": {0: "n"}, "m": {0: "n"}})
+    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"f": roi[:1].numpy(), "m": m[:1].numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), head(roi[:1], m[:1]).detach())
 
 
 def test_initialization_is_he_fan_out_for_convs_bounded_uniform_for_fcs_and_small_predictor():
