@@ -37,6 +37,7 @@ def boundary_band(mask_probs: Tensor) -> Tensor:
     eroded = -F.max_pool2d(-binary, 3, 1, 1)
     return dilated - eroded
 
+
 class MaskIoUHead(nn.Module):
     """Predicts the mask IoU of each RoI for each class.
 
