@@ -28,3 +28,11 @@ def flat(name: str) -> str:
     """The text of page ``name`` with every run of whitespace made one space (a figure may
     wrap to the next line)."""
     return " ".join(page(name).split())
+
+
+def marked(name: str, marker: str) -> str:
+    """The text of page ``name`` between its ``<!-- marker -->`` and ``<!-- /marker -->``
+    lines, stripped: a table that a test compares with what a script prints."""
+    text = page(name)
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    return text[text.index(start) + len(start):text.index(end)].strip()

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from pages import flat
+from pages import flat, marked
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "docs" / "measurements"
@@ -199,15 +199,11 @@ def test_the_recalibration_levers_table_is_the_measured_runs():
     """docs/benchmarks/levers.md's table is side_by_side() of the three levers runs, and what the
     add-on kept (the AP search with the uncontested signal) gains over the logistic fit it
     replaced on every column, as the page says."""
-    from pages import page
-
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import recalibration_levers as levers
 
     runs = {name: load(file) for name, file in LEVER_COLUMNS.items()}
-    text = page("benchmarks/levers")
-    table = text[text.index("<!-- levers -->") + len("<!-- levers -->"):
-                 text.index("<!-- /levers -->")].strip()
+    table = marked("benchmarks/levers", "levers")
     assert table == levers.side_by_side(runs).strip()
     kept = "AP search, + contested (1 - overlap same class)"
     for run in runs.values():
@@ -235,11 +231,7 @@ def test_the_scenes_table_is_the_measured_runs():
     """docs/generators.md's table of the add-on on the second generator is the two runs'
     metrics, and the page says which of them meets the bar (a third of the way to the
     oracle)."""
-    from pages import page
-
-    text = page("generators")
-    table = text[text.index("<!-- scenes -->") + len("<!-- scenes -->"):
-                 text.index("<!-- /scenes -->")].strip()
+    table = marked("generators", "scenes")
     assert table == "\n".join(scenes_rows())
     met = {}
     for n in (2000, 400):
@@ -247,7 +239,7 @@ def test_the_scenes_table_is_the_measured_runs():
         met[n] = s["recalibrated"]["AP"] - s["maskness"]["AP"] >= (
             s["oracle"]["AP"] - s["maskness"]["AP"]) / 3
     assert met == {2000: True, 400: False}
-    assert "**Met with 2,000 (35%), not with 400 (19%).**" in " ".join(text.split())
+    assert "**Met with 2,000 (35%), not with 400 (19%).**" in flat("generators")
 
 
 def test_the_readme_quotes_the_scenes_runs():
@@ -270,17 +262,13 @@ def test_the_head_inputs_table_is_the_measured_runs_and_none_is_kept():
     """docs/benchmarks/levers.md's head-inputs table is columns_table() of the two ablation
     runs; no lever clears the seeds' spread on both generators (the shipped and seed-1 rows),
     and the add-on's head keeps its inputs as they were."""
-    from pages import page
-
     from maskiou.addon.config import AddonConfig
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import ablation
 
     runs = {name: load(file) for name, file in HEAD_INPUT_COLUMNS.items()}
-    text = page("benchmarks/levers")
-    table = text[text.index("<!-- head-inputs -->") + len("<!-- head-inputs -->"):
-                 text.index("<!-- /head-inputs -->")].strip()
+    table = marked("benchmarks/levers", "head-inputs")
     assert table == ablation.columns_table(runs)
     for lever in HEAD_INPUT_LEVERS:
         clears = []

@@ -12,7 +12,7 @@ import re
 
 import pytest
 import torch
-from pages import page
+from pages import marked
 
 from maskiou.addon.fit import AddonConfig
 from maskiou.data.coco import CocoInstanceDataset
@@ -107,10 +107,10 @@ RESULTS_PAGE = "benchmarks/main-job"  # docs/benchmarks/main-job.md: the two hea
 ROW = re.compile(r"^\| `(\w+)`[^|]*((?:\| [*\d.]+ )+)\|$", re.M)
 
 
-def marked_rows(text: str, marker: str) -> dict[str, list[float]]:
+def marked_rows(name: str, marker: str) -> dict[str, list[float]]:
     """``{scoring: [the row's numbers]}`` from the table between the ``<!-- marker -->`` markers
-    of ``text``: the rows that start with a scoring name in backquotes (bold figures too)."""
-    table = text.split(f"<!-- {marker} -->")[1].split(f"<!-- /{marker} -->")[0]
+    of page ``name``: the rows that start with a scoring name in backquotes (bold figures too)."""
+    table = marked(name, marker)
     return {m.group(1): [float(x.strip(" *")) for x in m.group(2).split("|")[1:]]
             for m in ROW.finditer(table)}
 
@@ -119,7 +119,7 @@ def headline_table(marker: str = "headline") -> dict[str, tuple[float, float, fl
     """``{scoring: (mask AP, AP75, box AP)}`` from a headline table of the main job's page
     (columns mask AP, AP50, AP75, box AP)."""
     return {name: (ap, ap75, box) for name, (ap, _, ap75, box) in
-            marked_rows(page(RESULTS_PAGE), marker).items()}
+            marked_rows(RESULTS_PAGE, marker).items()}
 
 
 @pytest.mark.parametrize("addon, marker", [
@@ -144,7 +144,7 @@ def test_shipped_addon_reproduces_the_headline_table(addon, marker, tmp_path):
 def test_readme_table_is_the_two_headline_tables():
     """The README's side-by-side table shows, figure for figure, the two headline tables the
     test above checks against the shipped add-ons."""
-    both = marked_rows(page("README"), "headline-both")
+    both = marked_rows("README", "headline-both")
     torchvision, detectron2 = headline_table("headline"), headline_table("headline-detectron2")
     assert set(both) == set(torchvision) == set(detectron2)
     for name, row in both.items():

@@ -182,12 +182,12 @@ def measured() -> dict:
 def test_the_yolo_page_shows_the_measured_run():
     """The page's table and paragraph are ``coco_eval.py --detector-framework ultralytics``'s
     metrics.json, formatted the page's way; the cls row is the shipped detector's recorded AP."""
-    from pages import flat, page
+    from pages import flat
     from test_shipped import marked_rows
 
     m = measured()
     assert m["framework"] == "ultralytics" and m["model_scoring"] == "recalibrated"
-    rows = marked_rows(page(PAGE), "headline-ultralytics")
+    rows = marked_rows(PAGE, "headline-ultralytics")
     assert set(rows) == {"cls", "maskness", "rescored", "recalibrated", "oracle"}
     for name, (ap, ap50, ap75, box) in rows.items():
         s = m["segm"][name]
@@ -229,7 +229,6 @@ def test_the_yolo_page_shows_the_measured_run():
 def test_the_shipped_yolo_addon_reproduces_the_page_table(tmp_path):
     """The shipped add-on (its head alone, joined to the shipped detector by sha1) gives the
     page's rows on the embedded validation split (about a minute on 2 cores)."""
-    from pages import page
     from test_shipped import marked_rows
 
     from maskiou.data.coco import CocoInstanceDataset
@@ -241,6 +240,6 @@ def test_the_shipped_yolo_addon_reproduces_the_page_table(tmp_path):
     save_atomic(ckpt, tmp_path / "addon.pt")
     m = evaluate_checkpoint(tmp_path / "addon.pt", CocoInstanceDataset(*embedded_val(
         progress=False)), "cpu", progress=False)
-    for name, (ap, _, ap75, box) in marked_rows(page(PAGE), "headline-ultralytics").items():
+    for name, (ap, _, ap75, box) in marked_rows(PAGE, "headline-ultralytics").items():
         got = (m["segm"][name]["AP"], m["segm"][name]["AP75"], m["bbox"][name]["AP"])
         assert got == pytest.approx((ap, ap75, box), abs=0.1), name
