@@ -5,7 +5,7 @@
     python benchmarks/ablation.py --detector plain.pt --train-json a.json --train-images a/ \\
         --val-json v.json --val-images v/                  # any COCO-format dataset
     python benchmarks/ablation.py --curve --curve-sizes 250 500 \
-        --curve-set crossfit_folds=5 zoom=both [--curve-pretrain]   # the few-labels levers
+        --curve-set crossfit_folds=5 zoom=both [--pretrain]   # the few-labels levers
     python benchmarks/ablation.py --columns embedded=a/ablation.json scenes=b/ablation.json
 
 Each row trains a head alone on the cached detections of the add-on images (the same cache the
@@ -195,17 +195,19 @@ def plot_curve(path: Path, summary: list[dict[str, Any]], reference: dict[str, A
     plt.close(fig)
 
 
-def pretrained_head(detector: str, device: str, progress: bool) -> dict[str, Any]:
+def pretrained_head(detector: str, device: str, progress: bool,
+                    split: tuple[str, str] | None = None) -> dict[str, Any]:
     """The head's weights after training (AddonConfig's defaults) on the detections of the
-    embedded detector's own training images and their mirror images: labels every user already
-    has, but on images the detector is over-confident on. The start of each fit with
-    ``--curve-pretrain`` (a lever measured here, not built into maskiou-addon)."""
+    detector's own training images ``split`` (json, images; default: the embedded detector's)
+    and their mirror images: labels every user already has, but on images the detector is
+    over-confident on. The start of each fit with ``--pretrain`` (a lever measured here, not
+    built into maskiou-addon)."""
     from maskiou.addon.cache import HeadSamples
     from maskiou.addon.fit import train_head
     from maskiou.evaluation.benchmark import embedded_config
     from maskiou.models.paths import resolve_split
 
-    train_json, images = resolve_split(embedded_config(), "train", progress=progress)
+    train_json, images = split or resolve_split(embedded_config(), "train", progress=progress)
     train = CocoInstanceDataset(train_json, images)
     cfg = AddonConfig()
     model, _ = attach_to_detector(detector, cfg, device)
@@ -215,6 +217,16 @@ def pretrained_head(detector: str, device: str, progress: bool) -> dict[str, Any
     head = find_maskiou_head(model)
     train_head(head, samples, cfg, progress=progress)
     return head.state_dict()
+
+
+def head_start(args: argparse.Namespace, detector: str, progress: bool
+               ) -> dict[str, Any] | None:
+    """The head's starting weights for every fit of this run: ``pretrained_head`` with
+    ``--pretrain`` (on ``--pretrain-json``/``--pretrain-images`` when given), else None."""
+    if not args.pretrain:
+        return None
+    split = (args.pretrain_json, args.pretrain_images) if args.pretrain_json else None
+    return pretrained_head(detector, args.device, progress, split)
 
 
 def evaluate_row(name: str, cfg: AddonConfig, detector: str, train_set: Any, cache: Path,
@@ -340,9 +352,12 @@ def main(argv: list[str] | None = None) -> int:
                    "writes curve.json, curve.md and curve.png (--curve-set: other names)")
     p.add_argument("--curve-sizes", nargs="+", type=int, default=list(CURVE_SIZES),
                    help="the curve's sizes (default: all)")
-    p.add_argument("--curve-pretrain", action="store_true",
-                   help="start each curve fit from a head trained on the detector's own "
-                   "training images (files curve-...-pretrain.*)")
+    p.add_argument("--pretrain", "--curve-pretrain", action="store_true",
+                   help="start each fit from a head trained on the detector's own training "
+                   "images (rows NAME-pretrain; files curve-...-pretrain.*)")
+    p.add_argument("--pretrain-json", help="the detector's own training images with --pretrain "
+                   "(default: the embedded detector's)")
+    p.add_argument("--pretrain-images")
     p.add_argument("--curve-set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="AddonConfig changes for the curve's rows (e.g. crossfit_folds=5); "
                    "its files are then curve-FIELD-VALUE.json, .md, .png")
@@ -364,8 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.curve:
         return run_curve(args, detector, val, val_dets, val_set, out, progress)
     saved = out / "ablation.json"  # rows measured before stay, rerun ones are replaced
+    suffix = "-pretrain" if args.pretrain else ""
     results = [r for r in (json.loads(saved.read_text()) if saved.is_file() else [])
-               if r["row"] not in args.rows]
+               if r["row"] not in {name + suffix for name in args.rows}]
+    start = head_start(args, detector, progress)
     for name in args.rows:
         what, overrides, images = ROWS[name]
         cfg = AddonConfig().replace(**overrides)
@@ -382,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
                                                      progress=progress, return_detections=True)
             row_val = feature_vals[name]
         r = evaluate_row(name, cfg, detector, train_set, cache, *row_val, val_set.coco,
-                         args.device, progress, patch=patch)
+                         args.device, progress, head_start=start, patch=patch)
+        if start is not None:
+            r["row"], what = f"{name}-pretrain", f"{what}; the head pretrained on the " \
+                "detector's own training images"
         r["what"], r["config"], r["images"] = what, dataclasses.asdict(cfg), len(train_set)
         results.append(r)
         print(table([r]).splitlines()[2], flush=True)
@@ -407,13 +427,12 @@ def run_curve(args: argparse.Namespace, detector: str, val: Any, val_dets: Any, 
     changes = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v
                for k, v in (item.split("=", 1) for item in args.curve_set)}
     name = "curve" + "".join(f"-{k}-{v}" for k, v in changes.items()).replace("_", "-") \
-        + ("-pretrain" if args.curve_pretrain else "")
+        + ("-pretrain" if args.pretrain else "")
     saved = out / f"{name}.json"
     results = json.loads(saved.read_text()) if saved.is_file() else []
     done = {r["row"] for r in results}
     todo = [row for row in curve_rows(tuple(args.curve_sizes)) if row[0] not in done]
-    start = pretrained_head(detector, args.device, progress) if args.curve_pretrain and todo \
-        else None
+    start = head_start(args, detector, progress) if todo else None
     t0 = time.perf_counter()
     for k, (row, images, seed) in enumerate(todo):
         cfg = AddonConfig().replace(seed=seed, **changes)

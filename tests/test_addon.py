@@ -380,6 +380,30 @@ def test_ablation_scores_a_cross_fitted_add_on_and_the_ensemble_of_its_fold_head
     assert seen.keys() == start.keys() and all(torch.equal(seen[k], start[k]) for k in start)
 
 
+def test_the_ablations_pretrain_start_comes_from_the_named_training_images(monkeypatch):
+    """``--pretrain`` starts every fit from a head pretrained on the split that
+    ``--pretrain-json``/``--pretrain-images`` name (the embedded one when not named); without
+    it the fits start fresh."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ablation
+
+    calls = []
+    monkeypatch.setattr(ablation, "pretrained_head",
+                        lambda detector, device, progress, split=None: calls.append(split) or {})
+    parse = ablation.argparse.ArgumentParser()
+    for flag in ("--pretrain-json", "--pretrain-images", "--device"):
+        parse.add_argument(flag)
+    parse.add_argument("--pretrain", action="store_true")
+    assert ablation.head_start(parse.parse_args([]), "d.pt", False) is None and calls == []
+    assert ablation.head_start(parse.parse_args(["--pretrain"]), "d.pt", False) == {}
+    ablation.head_start(parse.parse_args(["--pretrain", "--pretrain-json", "t.json",
+                                          "--pretrain-images", "t/"]), "d.pt", False)
+    assert calls == [None, ("t.json", "t/")]
+
+
 @pytest.mark.parametrize("row", ["mask-head-features", "context-features"])
 def test_the_ablations_feature_rows_rewire_what_the_head_sees_and_keep_the_masks(data, tmp_path,
                                                                                   row):
