@@ -71,6 +71,9 @@ ROWS: dict[str, tuple[str, dict[str, Any], int]] = {
     "context-features": ("beside the RoI features, those of the box enlarged twice around its "
                          "centre (what surrounds the detection: the object's parts outside the "
                          "box, its occluders; see context_features)", {}, ADDON_IMAGES),
+    "image-pixels": ("beside the RoI features, the box's image pixels at the same 14 x 14 "
+                     "(the object's edges at the image's resolution; see image_pixels)", {},
+                     ADDON_IMAGES),
     "light": ("light head: 1x1 conv to 32, two 3x3 convs of 32, FC 256",
               {"reduce_channels": 32, "conv_channels": 32}, ADDON_IMAGES),
     "epochs-8": ("8 epochs instead of 12", {"epochs": 8}, ADDON_IMAGES),

@@ -1,5 +1,6 @@
 """What the MaskIoU head sees, rewired for the head-input rows of ``ablation.py``: the mask
-head's last-layer features, or the RoI features with those of an enlarged box beside them.
+head's last-layer features, or the RoI features with those of an enlarged box, or the box's
+image pixels, beside them.
 
 Each function changes an attached torchvision Mask R-CNN in place so that the head's recorded
 ``roi_features`` are the other features while the detector's boxes, scores and masks stay as
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.ops import roi_align
 
 from maskiou.head import MaskIoUHead
 
@@ -91,6 +93,57 @@ def context_features(model: nn.Module, scale: float = CONTEXT_SCALE) -> nn.Modul
     return model
 
 
+class _ImageTap(nn.Module):
+    """The detector's backbone, keeping the batch of (transformed) images it was last given,
+    Tensor[B, 3, H, W], for :class:`_PoolWithPixels`."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.out_channels = backbone, backbone.out_channels
+        self.images: torch.Tensor | None = None
+
+    def forward(self, images: torch.Tensor) -> Any:
+        self.images = images
+        return self.backbone(images)
+
+
+class _PoolWithPixels(nn.Module):
+    """The mask branch's RoI pooling of each box followed by the box's image pixels at the same
+    size (RoIAlign of the normalized image the backbone saw): Tensor[N, C + 3, S, S]."""
+
+    def __init__(self, pool: nn.Module, tap: _ImageTap) -> None:
+        super().__init__()
+        self.pool, self.tap = pool, tap
+
+    def forward(self, features: Any, proposals: Any, image_shapes: Any) -> Any:
+        roi = self.pool(features, proposals, image_shapes)
+        pixels = roi_align(self.tap.images, list(proposals), output_size=roi.shape[-2:],
+                           spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        return torch.cat([roi, pixels.to(roi.dtype)], 1)
+
+
+def image_pixels(model: nn.Module) -> nn.Module:
+    """``model`` (a torchvision Mask R-CNN with the head attached) changed so that the MaskIoU
+    head's feature input is Tensor[N, C + 3, S, S]: the pooled RoI features of each box followed
+    by its image pixels at S x S (the detector's normalized input, RoIAligned): the object's
+    edges at the image's own resolution, which the RoI features see only through the backbone's
+    strides. The mask head still sees the C feature channels, so the masks are unchanged; the
+    MaskIoU head is rebuilt with C + 3 input channels. A measurement lever of this script, not
+    a maskiou option."""
+    rh = model.roi_heads
+    if isinstance(rh.mask_roi_pool, _PoolWithPixels):
+        return model
+    head = rh.maskiou_head
+    model.backbone = _ImageTap(model.backbone)
+    rh.mask_roi_pool = _PoolWithPixels(rh.mask_roi_pool, model.backbone)
+    rh.mask_head = _FirstChannels(rh.mask_head, head.in_channels)
+    rh.maskiou_head = MaskIoUHead(head.in_channels + 3, head.num_classes,
+                                  roi_size=head.roi_size, mask_size=head.mask_size,
+                                  config=head.config).to(next(head.parameters()).device)
+    return model
+
+
 # rows whose head sees other features than the mask branch's RoI features: their detector
 # change (collected into their own cache, the validation split collected again)
-FEATURE_ROWS = {"mask-head-features": mask_head_features, "context-features": context_features}
+FEATURE_ROWS = {"mask-head-features": mask_head_features, "context-features": context_features,
+                "image-pixels": image_pixels}

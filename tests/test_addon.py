@@ -404,12 +404,13 @@ def test_the_ablations_pretrain_start_comes_from_the_named_training_images(monke
     assert calls == [None, ("t.json", "t/")]
 
 
-@pytest.mark.parametrize("row", ["mask-head-features", "context-features"])
+@pytest.mark.parametrize("row", ["mask-head-features", "context-features", "image-pixels"])
 def test_the_ablations_feature_rows_rewire_what_the_head_sees_and_keep_the_masks(data, tmp_path,
                                                                                   row):
     """The head-input rows of benchmarks/ablation.py change only what the MaskIoU head is
     given: the same boxes, scores and masks, and as features the mask head's output (the same
-    shape) or the box's own RoI features followed by those of the box enlarged twice."""
+    shape), or the box's own RoI features followed by those of the box enlarged twice or by
+    the box's pixels."""
     import sys
     from pathlib import Path
 
@@ -438,6 +439,21 @@ def test_the_ablations_feature_rows_rewire_what_the_head_sees_and_keep_the_masks
         assert np.array_equal(after["roi_features"][:, :channels], before["roi_features"])
         assert after["roi_features"].shape[1] == 2 * channels
         assert not np.array_equal(after["roi_features"][:, channels:], before["roi_features"])
+    elif row == "image-pixels":
+        assert find_maskiou_head(wired).in_channels == channels + 3
+        assert np.array_equal(after["roi_features"][:, :channels], before["roi_features"])
+        # the last three channels: the box's pixels of the normalized image the detector saw
+        (_, one, _), = detection_rows(wired, train, [0], batch_size=1)
+        from torchvision.ops import roi_align
+
+        image = train[0][0]
+        batch, _ = wired.transform([image])
+        (h, w), (h0, w0) = batch.image_sizes[0], image.shape[1:]
+        boxes = torch.from_numpy(one["boxes"]).float() * torch.tensor([w / w0, h / h0] * 2)
+        expected = roi_align(batch.tensors, [boxes], find_maskiou_head(wired).roi_size,
+                             spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        np.testing.assert_allclose(one["roi_features"][:, channels:].astype(np.float32),
+                                   expected.numpy(), atol=2e-2)
     else:
         feats = torch.from_numpy(before["roi_features"]).float()
         with torch.no_grad():

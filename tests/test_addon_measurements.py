@@ -274,7 +274,8 @@ def test_the_readme_quotes_the_scenes_runs():
 # the columns of the head-inputs table: its name of each run -> docs/measurements/head_inputs_*
 HEAD_INPUT_COLUMNS = {"embedded, torchvision": "head_inputs_shapes.json",
                       "scenes, torchvision": "head_inputs_scenes.json"}
-HEAD_INPUT_LEVERS = ("mask-logits", "boundary-band", "mask-head-features", "context-features")
+HEAD_INPUT_LEVERS = ("mask-logits", "boundary-band", "mask-head-features", "context-features",
+                     "image-pixels")
 
 
 def test_the_head_inputs_table_is_the_measured_runs_and_none_is_kept():
@@ -297,6 +298,11 @@ def test_the_head_inputs_table_is_the_measured_runs_and_none_is_kept():
         assert not all(clears), lever
     head = AddonConfig().head
     assert head.mask_input == "probs" and not head.boundary_band
+    pearson = [{r["row"]: r["correlation"]["head_pearson"] for r in runs["embedded, torchvision"]}
+               [row] for row in ("image-pixels", "shipped")]
+    assert ("The image's pixels raise the head's Pearson a little on the embedded set "
+            f"({pearson[0]:.3f} against {pearson[1]:.3f})") in flat("benchmarks/levers")
+    assert "**none of the five is kept**" in flat("benchmarks/levers")
 
 
 def test_the_paired_main_job_timing_is_the_two_runs():
