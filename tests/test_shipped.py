@@ -77,11 +77,10 @@ def test_shipped_detectron2_addon_is_what_its_main_job_trains_on_the_frozen_dete
     assert alone and all(".maskiou_head." in k for k in alone)
     assert ckpt["framework"] == plain["framework"] == "detectron2"
     assert plain["detector"]["config"] == ckpt["detector"]["config"]
-    # trained before the recalibration's weights were searched for AP: its logistic fit (the
-    # main job's page says so); the rest is today's default
+    # what the main job trains today, the searched recalibration included
     cfg = AddonConfig.from_dict(ckpt["addon"]["config"])
-    assert cfg.recalibration == "logistic"
-    assert_default_at_addon_images(dataclasses.replace(cfg, recalibration="search"))
+    assert cfg.recalibration == "search" and ckpt["addon"]["recalibration"]["kind"] == "search"
+    assert_default_at_addon_images(cfg)
     assert ckpt["addon"]["detector_sha1"] == file_sha1(shipped_model_path("detectron2_plain"))
     assert len(ckpt["addon"]["fitted_on"]) == ADDON_IMAGES
     assert all(torch.equal(ckpt["model"][k], v) for k, v in plain["model"].items())  # frozen
