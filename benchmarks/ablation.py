@@ -333,16 +333,8 @@ def columns_table(columns: dict[str, list[dict[str, Any]]], base: str = "shipped
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from maskiou.evaluation.benchmark import addon_split, default_detector, embedded_val
-
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv and argv[0] == "--columns":  # the docs' table of earlier runs: NAME=ablation.json
-        runs = dict(a.split("=", 1) for a in argv[1:])
-        print(columns_table({k: json.loads(Path(v).read_text()) for k, v in runs.items()}))
-        return 0
-
+def parser() -> argparse.ArgumentParser:
+    """The command line of the rows and the curve (``--columns`` is read before it)."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
@@ -367,7 +359,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", default="results/ablation")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from maskiou.evaluation.benchmark import addon_split, default_detector, embedded_val
+
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--columns":  # the docs' table of earlier runs: NAME=ablation.json
+        runs = dict(a.split("=", 1) for a in argv[1:])
+        print(columns_table({k: json.loads(Path(v).read_text()) for k, v in runs.items()}))
+        return 0
+
+    args = parser().parse_args(argv)
     progress = not args.no_progress
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,17 @@ class _FirstChannels(nn.Module):
         return self.module(x[:, :self.channels])
 
 
+def _widen_head(roi_heads: nn.Module, extra: int) -> None:
+    """After the mask branch's pooling gained ``extra`` channels behind its C own: the mask
+    head keeps seeing the C channels, and the MaskIoU head is rebuilt (fresh) with C + extra
+    input channels."""
+    head = roi_heads.maskiou_head
+    roi_heads.mask_head = _FirstChannels(roi_heads.mask_head, head.in_channels)
+    roi_heads.maskiou_head = MaskIoUHead(
+        head.in_channels + extra, head.num_classes, roi_size=head.roi_size,
+        mask_size=head.mask_size, config=head.config).to(next(head.parameters()).device)
+
+
 def context_features(model: nn.Module, scale: float = CONTEXT_SCALE) -> nn.Module:
     """``model`` (a torchvision Mask R-CNN with the head attached) changed so that the MaskIoU
     head's feature input is Tensor[N, 2C, S, S]: the pooled RoI features of each box and of the
@@ -84,12 +95,8 @@ def context_features(model: nn.Module, scale: float = CONTEXT_SCALE) -> nn.Modul
     rh = model.roi_heads
     if isinstance(rh.mask_roi_pool, _PoolWithContext):
         return model
-    head = rh.maskiou_head
     rh.mask_roi_pool = _PoolWithContext(rh.mask_roi_pool, scale)
-    rh.mask_head = _FirstChannels(rh.mask_head, head.in_channels)
-    rh.maskiou_head = MaskIoUHead(2 * head.in_channels, head.num_classes,
-                                  roi_size=head.roi_size, mask_size=head.mask_size,
-                                  config=head.config).to(next(head.parameters()).device)
+    _widen_head(rh, rh.maskiou_head.in_channels)
     return model
 
 
@@ -133,13 +140,9 @@ def image_pixels(model: nn.Module) -> nn.Module:
     rh = model.roi_heads
     if isinstance(rh.mask_roi_pool, _PoolWithPixels):
         return model
-    head = rh.maskiou_head
     model.backbone = _ImageTap(model.backbone)
     rh.mask_roi_pool = _PoolWithPixels(rh.mask_roi_pool, model.backbone)
-    rh.mask_head = _FirstChannels(rh.mask_head, head.in_channels)
-    rh.maskiou_head = MaskIoUHead(head.in_channels + 3, head.num_classes,
-                                  roi_size=head.roi_size, mask_size=head.mask_size,
-                                  config=head.config).to(next(head.parameters()).device)
+    _widen_head(rh, 3)
     return model
 
 

@@ -393,14 +393,11 @@ def test_the_ablations_pretrain_start_comes_from_the_named_training_images(monke
     calls = []
     monkeypatch.setattr(ablation, "pretrained_head",
                         lambda detector, device, progress, split=None: calls.append(split) or {})
-    parse = ablation.argparse.ArgumentParser()
-    for flag in ("--pretrain-json", "--pretrain-images", "--device"):
-        parse.add_argument(flag)
-    parse.add_argument("--pretrain", action="store_true")
-    assert ablation.head_start(parse.parse_args([]), "d.pt", False) is None and calls == []
-    assert ablation.head_start(parse.parse_args(["--pretrain"]), "d.pt", False) == {}
-    ablation.head_start(parse.parse_args(["--pretrain", "--pretrain-json", "t.json",
-                                          "--pretrain-images", "t/"]), "d.pt", False)
+    parse = ablation.parser().parse_args
+    assert ablation.head_start(parse([]), "d.pt", False) is None and calls == []
+    assert ablation.head_start(parse(["--curve-pretrain"]), "d.pt", False) == {}
+    ablation.head_start(parse(["--pretrain", "--pretrain-json", "t.json", "--pretrain-images",
+                               "t/"]), "d.pt", False)
     assert calls == [None, ("t.json", "t/")]
 
 
