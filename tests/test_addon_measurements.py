@@ -229,6 +229,13 @@ def test_the_recalibration_levers_table_is_the_measured_runs():
     for run in runs.values():
         assert run["rows"][kept]["all"] > run["rows"][levers.BASE_ROW]["all"]
         assert run["rows"][kept]["all"] >= run["rows"]["AP search, base"]["all"]
+    # the search per class: not kept, it does not gain over the kept search on every column
+    per_class = [run["rows"]["AP search per class, + contested"]["all"] - run["rows"][kept]["all"]
+                 for run in runs.values()]
+    assert min(per_class) < 0
+    assert ("The search per class ties the one search for all classes: "
+            f"{per_class[0]:+.2f} and {per_class[2]:+.2f} over it on the torchvision columns, "
+            f"{per_class[1]:+.2f} on YOLO-seg") in flat("benchmarks/levers")
 
 
 def scenes_rows() -> list[str]:
@@ -346,3 +353,35 @@ def test_the_paired_main_job_timing_is_the_two_runs():
     assert (f"recalibrated {new['segm']['recalibrated']['AP']:.2f} against "
             f"{old['segm']['recalibrated']['AP']:.2f} with the same head (rescored "
             f"{new['segm']['rescored']['AP']:.2f} in") in doc
+
+
+def test_the_levers_search_per_class_scores_each_class_with_its_own_weights(monkeypatch):
+    """The per-class search row: each validation detection is scored with the weights searched
+    on its own class's calibration detections, and a class the calibration lacks with the
+    weights searched on all of them (the search itself is apsearch's, tested there)."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import recalibration_levers as levers
+
+    def table(cats: list[int]) -> dict:
+        n = len(cats)
+        return {**{b: np.ones(n) for b in levers.BASE}, "contested": np.ones(n),
+                "category_ids": np.array(cats)}
+
+    ct, vt = table([1, 1, 2, 2]), table([1, 2, 3])
+
+    def search_fit(ct, rows, rles, coco, names, y):  # the weights tell which rows they saw
+        classes = set(ct["category_ids"][rows].tolist())
+        return np.full(5, 10.0 * next(iter(classes)) if len(classes) == 1 else 1.0), None
+
+    scored = []
+    monkeypatch.setattr(levers, "search_fit", search_fit)
+    monkeypatch.setattr(levers, "ap", lambda coco, dets, scores: scored.append(scores) or 0.0)
+    res = levers.measure_search(ct, vt, {"rles": None}, None, ["contested"], [], None, None,
+                                np.zeros(4), per_class=True)
+    assert res["all"] == 0.0 and res["weights"] == [[1.0] * 5]
+    np.testing.assert_array_equal(scored[0], [50.0, 100.0, 5.0])  # 5 signals of 1 x weight
+    levers.measure_search(ct, vt, {"rles": None}, None, ["contested"], [], None, None,
+                          np.zeros(4))
+    np.testing.assert_array_equal(scored[1], [5.0, 5.0, 5.0])  # one search for all
