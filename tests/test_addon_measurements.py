@@ -170,9 +170,11 @@ def test_detectron2_main_job_paragraph_is_the_measured_run():
         parts.append((metrics["seconds"]["total"], int(head.group(1)), head.group(2), rest))
     (t0, n0, h0, r0), (_, n1, h1, r1) = parts
     assert n0 == n1
-    assert (f"({t0:.0f} s; the head's 12 epochs on the same {n0:,} detections took {h0} s there "
-            f"and {h1} s here, `..._logistic.log`); the rest of the add-on's time, the "
-            f"recalibration's fit and its held-out check, is {r1:.0f} s against {r0:.0f} s") in doc
+    assert (f"with the logistic fit on an earlier day ({t0:.0f} s), and not because of the "
+            f"search: the head's 12 epochs on the same {n0:,} detections took {h0} s there and "
+            f"{h1} s here (`main_job_detectron2_cpu_logistic.log` beside it), and the rest of "
+            "the add-on's time, the recalibration's fit and its held-out check, is "
+            f"{r1:.0f} s against {r0:.0f} s") in doc
 
 
 def test_the_default_below_a_thousand_images_meets_the_few_labels_bar():
