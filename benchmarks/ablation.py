@@ -383,9 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = attach_to_detector(detector, AddonConfig(), args.device)
     val, val_dets = collect_samples(model, val_set, device=args.device, progress=progress,
                                     return_detections=True)
-    feature_vals: dict[str, Any] = {}
     if args.curve:
         return run_curve(args, detector, val, val_dets, val_set, out, progress)
+    feature_vals: dict[str, Any] = {}
     saved = out / "ablation.json"  # rows measured before stay, rerun ones are replaced
     suffix = "-pretrain" if args.pretrain else ""
     results = [r for r in (json.loads(saved.read_text()) if saved.is_file() else [])
@@ -406,11 +406,10 @@ def main(argv: list[str] | None = None) -> int:
                 feature_vals[name] = collect_samples(patch(fresh), val_set, device=args.device,
                                                      progress=progress, return_detections=True)
             row_val = feature_vals[name]
-        r = evaluate_row(name, cfg, detector, train_set, cache, *row_val, val_set.coco,
-                         args.device, progress, head_start=start, patch=patch)
-        if start is not None:
-            r["row"], what = f"{name}-pretrain", f"{what}; the head pretrained on the " \
-                "detector's own training images"
+        r = evaluate_row(name + suffix, cfg, detector, train_set, cache, *row_val,
+                         val_set.coco, args.device, progress, head_start=start, patch=patch)
+        if suffix:
+            what += "; the head pretrained on the detector's own training images"
         r["what"], r["config"], r["images"] = what, dataclasses.asdict(cfg), len(train_set)
         results.append(r)
         print(table([r]).splitlines()[2], flush=True)
