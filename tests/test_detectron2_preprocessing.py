@@ -133,3 +133,19 @@ def test_collect_on_images_of_several_sizes_keeps_each_detections_head_inputs(sh
                         torch.stack([c["scores"], c["maskness"]], 1))
         quality = pred[torch.arange(len(pred)), c["labels"]].clamp(0, 1)
         assert torch.allclose(quality, p["mask_quality"], atol=1e-5)
+
+
+def test_at_the_test_size_the_model_sees_what_it_saw_before(shipped_plain):
+    """The embedded images are 128 px, the shipped detector's test size: nothing is resized,
+    and the uint8 round trip gives the model the very tensor the adapter gave it before
+    (bytes / 255 * 255, BGR), so the main job's detectron2 figures do not move."""
+    from maskiou_integrations.detectron2_rcnn import _model_inputs
+
+    model = shipped_plain[0]
+    val_json, val_images = embedded_val(progress=False)
+    data = CocoInstanceDataset(val_json, val_images)
+    images = [data[i][0] for i in range(16)]
+    for image, x in zip(images, _model_inputs(model, images)):
+        assert image.shape[-2:] == (128, 128)
+        assert torch.equal(x["image"], (image * 255.0).flip(0))
+        assert (x["height"], x["width"]) == (128, 128)
