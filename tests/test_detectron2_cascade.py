@@ -154,3 +154,36 @@ def test_a_cascade_that_overrides_forward_mask_is_refused_in_one_line():
     with pytest.raises(TypeError, match="OwnMaskCascade overrides _forward_mask") as e:
         attach_maskiou_head(model)
     assert "\n" not in str(e.value)
+
+
+def test_a_subclass_with_its_own_forward_with_given_boxes_keeps_it_and_trains_the_same():
+    """The other way in (``_forward_mask`` replaced, ``_forward_box`` watched) on a standard
+    model whose class only adds its own ``forward_with_given_boxes``: in training it computes
+    what the standard way computes (the same losses, ``loss_maskiou`` with the same score
+    inputs included); at inference the subclass's method runs."""
+    from detectron2.modeling.roi_heads import StandardROIHeads
+    from test_detectron2 import losses, tiny_detectron2
+
+    class Marked(StandardROIHeads):
+        def forward_with_given_boxes(self, features, instances):
+            out = super().forward_with_given_boxes(features, instances)
+            for inst in out:
+                inst.marked = torch.ones(len(inst))
+            return out
+
+    standard, own = tiny_detectron2(), tiny_detectron2()
+    own.roi_heads.__class__ = Marked
+    for model in (standard, own):
+        torch.manual_seed(1)  # the same head weights
+        attach_maskiou_head(model, score_inputs=2)
+    assert type(own.roi_heads).forward is StandardROIHeads.forward
+    assert type(own.roi_heads).forward_with_given_boxes is Marked.forward_with_given_boxes
+    targets = [gt_instances(), gt_instances(polygons=True)]
+    want, got = losses(standard, targets), losses(own, targets)
+    assert set(got) == set(want) and "loss_maskiou" in got
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    own.eval()
+    with torch.no_grad():
+        (inst,) = own.inference([{"image": images(1)[0] * 255}], do_postprocess=False)
+    assert len(inst) > 0 and inst.has("marked") and inst.has("mask_quality")
