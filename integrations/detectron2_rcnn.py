@@ -1,11 +1,13 @@
-"""Adapter for detectron2's ``GeneralizedRCNN`` with ``StandardROIHeads`` (or a subclass) and
-any ``BaseMaskRCNNHead``, installed as ``maskiou_integrations.detectron2_rcnn`` and found through
-the ``maskiou.adapters`` entry point.
+"""Adapter for detectron2's ``GeneralizedRCNN`` with ``StandardROIHeads`` or a subclass that
+keeps its ``_forward_mask`` (``CascadeROIHeads`` among them) and any ``BaseMaskRCNNHead``,
+installed as ``maskiou_integrations.detectron2_rcnn`` and found through the ``maskiou.adapters``
+entry point.
 
 The adapter gives ``model.roi_heads`` a class whose ``_forward_mask`` is detectron2's with the
 MaskIoU branch added (made on top of the model's own ROI-heads class, so a subclass keeps every
-other override). No detectron2 parameter moves: a detectron2 checkpoint loads into the attached
-model with only ``roi_heads.maskiou_head.*`` new.
+other override; one with its own ``forward``, as a cascade, keeps that too: the branch runs where
+it calls ``_forward_mask``). No detectron2 parameter moves: a detectron2 checkpoint loads into
+the attached model with only ``roi_heads.maskiou_head.*`` new.
 
 - Training: ``loss_maskiou`` joins the loss dict, on the mask branch's positive proposals, with
   full-instance targets from each proposal's matched GT mask (``PolygonMasks`` are rasterized
@@ -14,6 +16,10 @@ model with only ``roi_heads.maskiou_head.*`` new.
   ``maskness`` (dtype of ``scores``), and with ``rescore_outputs`` its ``scores`` become the
   final score (the head's calibration of these signals), re-sorted.
 
+``predict`` and ``collect`` take maskiou's images through ``DefaultPredictor``'s test-time path
+(the uint8 image in ``INPUT.FORMAT``, ``ResizeShortestEdge`` to the test size), so that a plain
+model's detections are ``DefaultPredictor``'s.
+
 Labels: detectron2 numbers classes 0..K-1; maskiou's records and its head count background as
 0 (as torchvision does), so the head has K + 1 outputs and a detectron2 class c is maskiou's
 label c + 1. ``predict`` and ``collect`` return maskiou's labels.
@@ -21,6 +27,7 @@ label c + 1. ``predict`` and ``collect`` return maskiou's labels.
 
 from typing import Any, Dict, List, Mapping, Tuple
 
+import numpy as np
 import torch
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.postprocessing import detector_postprocess
@@ -40,6 +47,7 @@ from maskiou.branch import (
     maskiou_outputs,
     maskiou_training_inputs,
     predicted_mask_probs,
+    scoring_subclass,
 )
 from maskiou.loss import mask_iou_loss
 from maskiou.roi_heads import RoIHeadsAdapter, roi_size_of, split_head_inputs
@@ -88,16 +96,111 @@ def full_image_masks(instances: Instances) -> Tuple[Tensor, Tensor]:
     return bits.to(torch.uint8), inverse
 
 
-class MaskScoringStandardROIHeads(StandardROIHeads):
-    """detectron2's StandardROIHeads plus a MaskIoU head.
+class MaskIoUMaskBranch(StandardROIHeads):
+    """detectron2's mask branch (``_forward_mask``) with the MaskIoU branch: what every scoring
+    class of the adapter shares (:class:`MaskScoringStandardROIHeads` for the ROI heads that
+    keep ``StandardROIHeads.forward``, :class:`MaskScoringOwnForwardROIHeads` for those with
+    their own, such as ``CascadeROIHeads``).
 
     Attributes set by the adapter: ``maskiou_head`` and the :class:`maskiou.MaskIoUConfig`
-    values ``maskiou_rescore``, ``maskiou_loss_weight``, ``maskiou_detach_inputs``.
+    values ``maskiou_rescore``, ``maskiou_loss_weight``, ``maskiou_detach_inputs``. In training
+    each proposal given to ``_forward_mask`` carries ``maskiou_cls_score`` (the box classifier's
+    probability of its GT class), put there by the subclass's box pass.
     """
 
     # its own annotations: detectron2's TorchScript export marks ``training`` constant in each
     # model class's own ``__annotations__`` (``freeze_training_mode``), and a class without one
     # would write into its base's
+    maskiou_rescore: bool
+    maskiou_loss_weight: float
+    maskiou_detach_inputs: bool
+
+    def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances]):
+        """detectron2's mask branch with the MaskIoU branch: in training a loss dict with
+        ``loss_mask`` and ``loss_maskiou``; at inference ``instances`` with ``pred_masks``,
+        ``cls_scores``, ``mask_quality`` and ``maskness`` (and the final ``scores``)."""
+        if not self.mask_on:
+            return {} if self.training else instances
+        if self.training:
+            return self._maskiou_losses(features, instances)
+        return self._maskiou_inference(features, instances)
+
+    @torch.jit.unused
+    def _maskiou_losses(self, features: Dict[str, Tensor], instances: List[Instances]
+                        ) -> Dict[str, Tensor]:
+        """``loss_mask`` as detectron2 computes it, and ``loss_maskiou`` on the same RoIs."""
+        fg, _ = select_foreground_proposals(instances, self.num_classes)
+        boxes = [x.proposal_boxes for x in fg]
+        roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        mask_logits = self.mask_head.layers(roi_features)
+        mask_head = self.mask_head
+        losses = {"loss_mask": mask_rcnn_loss(mask_logits, fg, mask_head.vis_period)
+                  * mask_head.loss_weight}
+        labels = [x.gt_classes for x in fg]
+        gt = [full_image_masks(x) for x in fg]
+        probs, targets, all_labels = maskiou_training_inputs(
+            mask_logits, labels, [b.tensor for b in boxes], [g[0] for g in gt],
+            [g[1] for g in gt])
+        if self.maskiou_detach_inputs:
+            roi_features, probs = roi_features.detach(), probs.detach()
+        cls_scores: List[Tensor] = []
+        if self.maskiou_head.score_inputs:
+            if not all(x.has("maskiou_cls_score") for x in fg):
+                raise RuntimeError(f"{type(self).__name__}: the mask branch's proposals carry "
+                                   "no box-classifier score (its forward did not run "
+                                   "_forward_box on them), which the head's score inputs need")
+            cls_scores = [x.maskiou_cls_score for x in fg]
+        score_inputs = head_score_inputs(self.maskiou_head.score_inputs, cls_scores, probs)
+        pred = self.maskiou_head(roi_features, probs, score_inputs)
+        losses["loss_maskiou"] = mask_iou_loss(pred, all_labels + 1, targets,
+                                               self.maskiou_loss_weight)
+        return losses
+
+    def _maskiou_inference(self, features: Dict[str, Tensor], instances: List[Instances]
+                           ) -> List[Instances]:
+        if self.mask_pooler is None:  # TorchScript refines the Optional; install checks it
+            raise ValueError("the MaskIoU head needs the ROI heads' mask pooler")
+        boxes = [x.pred_boxes for x in instances]
+        roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        mask_logits = self.mask_head.layers(roi_features)
+        mask_rcnn_inference(mask_logits, instances)
+        classes = [x.pred_classes for x in instances]
+        probs, all_labels = predicted_mask_probs(mask_logits, classes)
+        score_inputs = head_score_inputs(self.maskiou_head.score_inputs,
+                                         [x.scores for x in instances], probs)
+        pred = self.maskiou_head(roi_features, probs, score_inputs)
+        quality, mask_maskness = maskiou_outputs(pred, probs, all_labels + 1,
+                                                 [len(c) for c in classes])
+        results: List[Instances] = []
+        for i, inst in enumerate(instances):
+            results.append(self._with_maskiou(inst, quality[i], mask_maskness[i]))
+        return results
+
+    def _with_maskiou(self, inst: Instances, quality: Tensor, mask_maskness: Tensor
+                      ) -> Instances:
+        """``inst`` with ``cls_scores``, ``mask_quality``, ``maskness``; with rescoring,
+        ``scores`` = the final score (the head's calibration of these signals and the box's
+        share of the image) and every field re-sorted by it (ties keep detectron2's order)."""
+        scores = inst.scores
+        inst.cls_scores = scores
+        inst.mask_quality = quality.to(scores.dtype)
+        inst.maskness = mask_maskness.to(scores.dtype)
+        if not self.maskiou_rescore:
+            return inst
+        final = self.maskiou_head.calibration(
+            scores, inst.mask_quality, inst.maskness, inst.pred_boxes.tensor, inst.pred_classes,
+            inst.image_size).to(scores.dtype)
+        order = score_order(final)
+        out = inst[order]
+        out.scores = final[order]
+        return out
+
+
+class MaskScoringStandardROIHeads(MaskIoUMaskBranch):
+    """detectron2's StandardROIHeads plus a MaskIoU head, for the ROI heads that keep
+    ``StandardROIHeads.forward`` and ``forward_with_given_boxes`` (scriptable with detectron2's
+    export; the box head's one run in training gives the head's score inputs)."""
+
     maskiou_rescore: bool
     maskiou_loss_weight: float
     maskiou_detach_inputs: bool
@@ -145,100 +248,105 @@ class MaskScoringStandardROIHeads(StandardROIHeads):
         assert not self.training
         return self._maskiou_inference(features, instances)
 
-    def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances]):
-        """detectron2's mask branch with the MaskIoU branch: in training a loss dict with
-        ``loss_mask`` and ``loss_maskiou``; at inference ``instances`` with ``pred_masks``,
-        ``cls_scores``, ``mask_quality`` and ``maskness`` (and the final ``scores``)."""
-        if not self.mask_on:
-            return {} if self.training else instances
-        if self.training:
-            return self._maskiou_losses(features, instances)
-        return self._maskiou_inference(features, instances)
 
-    @torch.jit.unused
-    def _maskiou_losses(self, features: Dict[str, Tensor], instances: List[Instances]
-                        ) -> Dict[str, Tensor]:
-        """``loss_mask`` as detectron2 computes it, and ``loss_maskiou`` on the same RoIs."""
-        fg, _ = select_foreground_proposals(instances, self.num_classes)
-        boxes = [x.proposal_boxes for x in fg]
-        roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
-        mask_logits = self.mask_head.layers(roi_features)
-        mask_head = self.mask_head
-        losses = {"loss_mask": mask_rcnn_loss(mask_logits, fg, mask_head.vis_period)
-                  * mask_head.loss_weight}
-        labels = [x.gt_classes for x in fg]
-        gt = [full_image_masks(x) for x in fg]
-        probs, targets, all_labels = maskiou_training_inputs(
-            mask_logits, labels, [b.tensor for b in boxes], [g[0] for g in gt],
-            [g[1] for g in gt])
-        if self.maskiou_detach_inputs:
-            roi_features, probs = roi_features.detach(), probs.detach()
-        score_inputs = head_score_inputs(self.maskiou_head.score_inputs,
-                                         [x.maskiou_cls_score for x in fg], probs)
-        pred = self.maskiou_head(roi_features, probs, score_inputs)
-        losses["loss_maskiou"] = mask_iou_loss(pred, all_labels + 1, targets,
-                                               self.maskiou_loss_weight)
-        return losses
+class MaskScoringOwnForwardROIHeads(MaskIoUMaskBranch):
+    """The MaskIoU head in a ``StandardROIHeads`` subclass with its own ``forward`` or
+    ``forward_with_given_boxes`` (``CascadeROIHeads``): its own methods run as they are; the
+    MaskIoU branch runs where they call ``_forward_mask`` (at inference on the final boxes, in
+    training on the sampled proposals), and in training ``_forward_box`` is watched for the box
+    classifier's probabilities of the proposals it is given (the head's score inputs: for a
+    cascade, its first stage's, the stage that runs on the proposals the mask branch trains
+    on)."""
 
-    def _maskiou_inference(self, features: Dict[str, Tensor], instances: List[Instances]
-                           ) -> List[Instances]:
-        if self.mask_pooler is None:  # TorchScript refines the Optional; install checks it
-            raise ValueError("the MaskIoU head needs the ROI heads' mask pooler")
-        boxes = [x.pred_boxes for x in instances]
-        roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
-        mask_logits = self.mask_head.layers(roi_features)
-        mask_rcnn_inference(mask_logits, instances)
-        classes = [x.pred_classes for x in instances]
-        probs, all_labels = predicted_mask_probs(mask_logits, classes)
-        score_inputs = head_score_inputs(self.maskiou_head.score_inputs,
-                                         [x.scores for x in instances], probs)
-        pred = self.maskiou_head(roi_features, probs, score_inputs)
-        quality, mask_maskness = maskiou_outputs(pred, probs, all_labels + 1,
-                                                 [len(c) for c in classes])
-        results: List[Instances] = []
-        for i, inst in enumerate(instances):
-            results.append(self._with_maskiou(inst, quality[i], mask_maskness[i]))
-        return results
+    maskiou_rescore: bool
+    maskiou_loss_weight: float
+    maskiou_detach_inputs: bool
 
-    def _with_maskiou(self, inst: Instances, quality: Tensor, mask_maskness: Tensor
-                      ) -> Instances:
-        """``inst`` with ``cls_scores``, ``mask_quality``, ``maskness``; with rescoring,
-        ``scores`` = the final score (the head's calibration of these signals and the box's
-        share of the image) and every field re-sorted by it (ties keep detectron2's order)."""
-        scores = inst.scores
-        inst.cls_scores = scores
-        inst.mask_quality = quality.to(scores.dtype)
-        inst.maskness = mask_maskness.to(scores.dtype)
-        if not self.maskiou_rescore:
-            return inst
-        final = self.maskiou_head.calibration(
-            scores, inst.mask_quality, inst.maskness, inst.pred_boxes.tensor, inst.pred_classes,
-            inst.image_size).to(scores.dtype)
-        order = score_order(final)
-        out = inst[order]
-        out.scores = final[order]
+    def _forward_box(self, features: Dict[str, Tensor], proposals: List[Instances],
+                     *args: Any, **kwargs: Any) -> Any:
+        """The subclass's ``_forward_box``; in training, each proposal also gets
+        ``maskiou_cls_score``, the probability of its GT class (detached) from the first run of
+        a box predictor (``box_predictor``, or each of a cascade's) on all of ``proposals``."""
+        if not self.training:
+            return super()._forward_box(features, proposals, *args, **kwargs)
+        box_predictor: Any = self.box_predictor
+        predictors = list(box_predictor) if isinstance(box_predictor, nn.ModuleList) \
+            else [box_predictor]
+        seen: List[Tuple[nn.Module, Any]] = []
+        handles = [p.register_forward_hook(lambda m, i, out: seen.append((m, out)))
+                   for p in predictors]
+        try:
+            out = super()._forward_box(features, proposals, *args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        n = sum(len(p) for p in proposals)
+        runs = [(m, o) for m, o in seen if o[0].shape[0] == n]
+        if runs:
+            predictor, predictions = runs[0]
+            with torch.no_grad():
+                probs = predictor.predict_probs(predictions, proposals)
+            for p, inst in zip(probs, proposals):
+                inst.maskiou_cls_score = p[torch.arange(len(inst), device=p.device),
+                                           inst.gt_classes]
         return out
 
 
-def _model_inputs(model: nn.Module, images: List[Tensor]) -> List[Dict[str, Any]]:
-    """maskiou's images (Tensor[3, H, W] RGB in [0, 1]) as detectron2 inputs: 0-255 in the
-    model's ``input_format``, resized as the model's test config says
-    (``maskiou_test_size`` = (min, max) shortest/longest edge, set by the loader) and
-    ``height``/``width`` so that detectron2 returns detections in the image's own pixels."""
-    from detectron2.data.transforms import ResizeShortestEdge
+def _keeps_standard_forward(cls: type) -> bool:
+    """Whether a ``StandardROIHeads`` subclass runs detectron2's own ``forward`` and
+    ``forward_with_given_boxes`` (then :class:`MaskScoringStandardROIHeads` can replace them)."""
+    return all(getattr(cls, m) is getattr(StandardROIHeads, m)
+               for m in ("forward", "forward_with_given_boxes"))
 
+
+# each ROI-heads class -> its scoring class (StandardROIHeads' is the standard mixin itself)
+_SCORING_CLASSES: Dict[type, type] = {StandardROIHeads: MaskScoringStandardROIHeads}
+
+
+def uint8_image(image: Tensor) -> np.ndarray:
+    """maskiou's image (Tensor[3, H, W] RGB in [0, 1], as its COCO reader gives an image file's
+    bytes / 255) back as the file's bytes: uint8 HWC RGB, rounded to the nearest byte (so that
+    ``bytes / 255`` comes back exactly as the bytes it came from)."""
+    x = (image.detach() * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 0).cpu().numpy()
+
+
+def _test_transform(height: int, width: int, test_size: Tuple[int, int] | None) -> Any:
+    """detectron2's test-time resize of a ``height`` x ``width`` image, as ``DefaultPredictor``
+    makes it: ``ResizeShortestEdge([min, min], max)`` (PIL bilinear on the uint8 image,
+    antialiased when shrinking), ``test_size`` = ``(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``;
+    none when the model's test size is not known or ``MIN_SIZE_TEST`` is 0. The transform is
+    built from ``ResizeShortestEdge``'s own output shape and interpolation, not through its
+    ``get_transform``, which draws the (fixed) size from numpy's global random state."""
+    from detectron2.data.transforms import NoOpTransform, ResizeShortestEdge, ResizeTransform
+
+    if test_size is None or int(test_size[0]) == 0:
+        return NoOpTransform()
+    aug = ResizeShortestEdge([int(test_size[0])] * 2, int(test_size[1]))
+    new_h, new_w = ResizeShortestEdge.get_output_shape(height, width, int(test_size[0]),
+                                                       int(test_size[1]))
+    return ResizeTransform(height, width, new_h, new_w, aug.interp)
+
+
+def _model_inputs(model: nn.Module, images: List[Tensor]) -> List[Dict[str, Any]]:
+    """maskiou's images (Tensor[3, H, W] RGB in [0, 1]) as ``DefaultPredictor`` gives them to
+    detectron2: the uint8 image (:func:`uint8_image`) in the model's ``input_format``
+    (``INPUT.FORMAT``), resized by :func:`_test_transform` (``maskiou_test_size``, set by the
+    loader), as a float CHW tensor on the image's device, with the image's ``height`` and
+    ``width`` so that detectron2 returns detections in the image's own pixels."""
     size = getattr(model, "maskiou_test_size", None)
+    fmt = getattr(model, "input_format", "BGR")
+    if fmt not in ("RGB", "BGR"):
+        raise ValueError(f"the detectron2 model's INPUT.FORMAT is {fmt!r}; maskiou's images go "
+                         "in as RGB or BGR (as DefaultPredictor's)")
     inputs = []
     for img in images:
         h, w = int(img.shape[-2]), int(img.shape[-1])
-        x = img * 255.0
-        if getattr(model, "input_format", "BGR") == "BGR":
-            x = x.flip(0)
-        if size is not None:
-            nh, nw = ResizeShortestEdge.get_output_shape(h, w, size[0], size[1])
-            if (nh, nw) != (h, w):
-                x = nn.functional.interpolate(x[None], size=(nh, nw), mode="bilinear",
-                                              align_corners=False)[0]
+        arr = uint8_image(img)
+        if fmt == "BGR":
+            arr = np.ascontiguousarray(arr[:, :, ::-1])
+        arr = _test_transform(h, w, size).apply_image(arr)
+        x = torch.as_tensor(arr.astype("float32").transpose(2, 0, 1)).to(img.device)
         inputs.append({"image": x, "height": h, "width": w})
     return inputs
 
@@ -268,15 +376,24 @@ class Detectron2RCNNAdapter(RoIHeadsAdapter):
     def matches(self, model: nn.Module) -> bool:
         return isinstance(model, GeneralizedRCNN)
 
+    def scoring_class(self, cls: type) -> type:
+        """The class an attached ``cls`` (``StandardROIHeads`` or a subclass) becomes:
+        :class:`MaskScoringStandardROIHeads` in front of it where it keeps detectron2's
+        ``forward`` and ``forward_with_given_boxes``, else :class:`MaskScoringOwnForwardROIHeads`
+        (which only replaces ``_forward_mask`` and watches ``_forward_box`` in training), so
+        that its own ``forward`` runs. Made once per class, named in this module."""
+        mixin = MaskScoringStandardROIHeads if _keeps_standard_forward(cls) \
+            else MaskScoringOwnForwardROIHeads
+        return scoring_subclass(cls, mixin, _SCORING_CLASSES, globals())
+
     def head_defaults(self, model: nn.Module) -> Dict[str, Any]:
         rh = model.roi_heads
         if not isinstance(rh, StandardROIHeads):
             raise TypeError(f"attach_maskiou_head: model.roi_heads is a {type(rh).__name__}, "
                             "not detectron2's StandardROIHeads; write an adapter for it")
-        for method in ("forward", "_forward_mask", "forward_with_given_boxes"):
-            if getattr(type(rh), method) is not getattr(StandardROIHeads, method):
-                raise TypeError(f"attach_maskiou_head: {type(rh).__name__} overrides {method}, "
-                                "which the MaskIoU branch replaces; write an adapter for it")
+        if type(rh)._forward_mask is not StandardROIHeads._forward_mask:
+            raise TypeError(f"attach_maskiou_head: {type(rh).__name__} overrides _forward_mask, "
+                            "where the MaskIoU branch runs; write an adapter for it")
         if rh.keypoint_on:
             raise TypeError("attach_maskiou_head: keypoint branches are not supported")
         if not rh.mask_on:
@@ -330,11 +447,33 @@ class Detectron2RCNNAdapter(RoIHeadsAdapter):
         return model.roi_heads.mask_head.layers
 
     @staticmethod
-    def _run(model: nn.Module, images: List[Tensor]) -> Tuple[List[Instances], List[Dict]]:
+    def _run(model: nn.Module, images: List[Tensor], head_inputs: bool = False
+             ) -> Tuple[List[Instances], List[Dict[str, Any]], List[Tuple[Tensor, Tensor]]]:
+        """detectron2's inference (no postprocessing) on maskiou's images, one batch per size
+        the model sees them at: detectron2 pads a batch to its largest image, and the padding
+        changes a normalized network's features (GroupNorm's statistics, the bias the padding
+        takes on after a layer), so each image gets what ``DefaultPredictor`` would give it
+        alone. Returns each image's ``Instances``, its model input and, with ``head_inputs``,
+        its head's inputs (``split_head_inputs``; empty otherwise)."""
         inputs = _model_inputs(model, images)
-        with torch.no_grad():
-            raw = model.inference(inputs, do_postprocess=False)
-        return raw, inputs
+        groups: Dict[Tuple[int, ...], List[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(tuple(x["image"].shape), []).append(i)
+        raw: List[Any] = [None] * len(inputs)
+        recorded: List[Any] = [None] * len(inputs)
+        for rows in groups.values():
+            batch = [inputs[i] for i in rows]
+            if head_inputs:
+                with head_inputs_recorded(model.roi_heads) as seen:
+                    out = model.inference(batch, do_postprocess=False)
+                for i, pair in zip(rows, split_head_inputs(seen, [len(o) for o in out])):
+                    recorded[i] = pair
+            else:
+                with torch.no_grad():
+                    out = model.inference(batch, do_postprocess=False)
+            for i, inst in zip(rows, out):
+                raw[i] = inst
+        return raw, inputs, recorded if head_inputs else []
 
     def losses(self, model: nn.Module, images: List[Tensor],
                targets: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:
@@ -368,7 +507,7 @@ class Detectron2RCNNAdapter(RoIHeadsAdapter):
         ``masks`` Tensor[n, 1, H, W] (detectron2's pasted, binarized masks), and with a head
         ``cls_scores``, ``mask_quality``, ``maskness``; a plain model gets ``maskness`` from its
         mask probabilities."""
-        raw, inputs = self._run(model, images)
+        raw, inputs, _ = self._run(model, images)
         out = []
         for inst, x in zip(raw, inputs):
             if not inst.has("maskness"):
@@ -380,9 +519,7 @@ class Detectron2RCNNAdapter(RoIHeadsAdapter):
         """:meth:`predict` in the detector's order (``scores`` = class confidence) with the
         head's inputs beside each detection: ``roi_features`` Tensor[n, C, S, S] and
         ``mask_probs`` Tensor[n, M, M]. The add-on's collection pass calls this."""
-        with head_inputs_recorded(model.roi_heads) as seen:
-            raw, inputs = self._run(model, images)
-        head_inputs = split_head_inputs(seen, [len(inst) for inst in raw])
+        raw, inputs, head_inputs = self._run(model, images, head_inputs=True)
         out = []
         for inst, x, (f, p) in zip(raw, inputs, head_inputs):
             inst.maskiou_row = torch.arange(len(inst), device=f.device)

@@ -239,9 +239,15 @@ def test_predict_and_collect_give_maskiou_records_in_image_pixels():
     adapter = find_adapter(model)
     imgs = images(2)
     (rec, _) = adapter.predict(model, imgs)
-    bgr = imgs[0].flip(0)  # detectron2's default INPUT.FORMAT
-    raw = inference(model, [torch.nn.functional.interpolate(
-        bgr[None], size=(2 * SIZE, 2 * SIZE), mode="bilinear", align_corners=False)[0]])[0]
+    # what DefaultPredictor gives the model: the uint8 image in detectron2's default
+    # INPUT.FORMAT (BGR), resized by ResizeShortestEdge (PIL) to the test size
+    from detectron2.data.transforms import ResizeShortestEdge
+
+    bgr = (imgs[0] * 255).round().to(torch.uint8).flip(0).permute(1, 2, 0).numpy()
+    resized = ResizeShortestEdge([2 * SIZE] * 2, 2 * SIZE).get_transform(bgr).apply_image(bgr)
+    with torch.no_grad():
+        (raw,) = model.inference([{"image": torch.as_tensor(
+            resized.transpose(2, 0, 1).astype("float32"))}], do_postprocess=False)
     assert rec["labels"].tolist() == (raw.pred_classes + 1).tolist()  # background is 0
     assert rec["masks"].shape == (len(raw), 1, SIZE, SIZE)
     assert torch.allclose(rec["boxes"], raw.pred_boxes.tensor / 2, atol=1e-4)
