@@ -187,15 +187,14 @@ def test_require_names_the_capability_its_members_and_who_needs_it():
     assert require(TorchvisionMaskRCNNAdapter(), "collect").framework == "torchvision"
 
 
-def test_register_adapter_and_entry_points_refuse_what_lacks_members(monkeypatch):
+def test_register_adapter_and_entry_points_refuse_what_lacks_members(fake_entry_points):
     with pytest.raises(AdapterContractError, match="lacks framework"):
         register_adapter(NoFramework())
     from importlib.metadata import EntryPoint
 
     import maskiou.attach as attach
 
-    ep = EntryPoint("nf", "test_contract:NoFramework", attach.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(attach, "entry_points", lambda group: [ep])
+    fake_entry_points(EntryPoint("nf", "test_contract:NoFramework", attach.ENTRY_POINT_GROUP))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert entry_point_adapters() == []
