@@ -83,7 +83,7 @@ def _group_entry_points() -> tuple[EntryPoint, ...]:
 
 def framework_package(name: str) -> str:
     """The package an entry-point or framework name refers to: its part before the first
-    ``-`` (``"ultralytics-yolo"`` -> ``"ultralytics"``)."""
+    ``-`` (``ultralytics-yolo`` -> ``ultralytics``)."""
     return name.split("-", 1)[0]
 
 
@@ -96,8 +96,8 @@ def _is_installed_package(name: str) -> bool:
 
 
 def model_packages(model: Any) -> frozenset[str]:
-    """The top-level packages of the class of ``model`` and of its bases, e.g. ``{"torchvision",
-    "torch", "builtins"}`` for a torchvision ``MaskRCNN``."""
+    """The top-level packages of the class of ``model`` and of its bases, e.g. torchvision,
+    torch and builtins for a torchvision ``MaskRCNN``."""
     return frozenset(c.__module__.split(".")[0] for c in type(model).__mro__)
 
 
