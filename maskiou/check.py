@@ -286,9 +286,9 @@ def check_adapter(adapter: Any, model: nn.Module, images: list[Tensor] | None = 
     ``head_defaults`` hold; that ``install`` puts a head of those sizes in the model; with
     ``predict``, that the records are maskiou's (fields, shapes, labels, sorted scores, and
     ``scores`` = the final score: the head is given a fitted recalibration,
-    :data:`CHECK_CALIBRATION`, far from cls x the head's output, so an adapter that skips it
-    fails) and that the detector's own outputs are bit-identical to the plain model's when the
-    head's score is not used; with ``collect``, that each detection's head inputs have the
+    ``maskiou.check.CHECK_CALIBRATION``, far from cls x the head's output, so an adapter that
+    skips it fails) and that the detector's own outputs are bit-identical to the plain model's
+    when the head's score is not used; with ``collect``, that each detection's head inputs have the
     head's shapes and give the head output ``predict`` returns; with ``losses`` (given
     ``targets``), that ``loss_maskiou`` joins the loss dict, finite and with a gradient, and
     that a step with a frozen detector moves the head and no detector weight; with ``cost``,
