@@ -96,3 +96,31 @@ def test_attach_and_predict_leave_the_process_and_the_disk_as_they_were(framewor
     assert {"scores", "cls_scores", "mask_quality", "maskness"} <= set(out["fields"])
     assert files_under(home) == []
     assert files_under(cwd) == []
+
+
+PLOTS = """
+import sys
+import matplotlib
+import numpy as np
+matplotlib.use("svg")  # the user's backend (a notebook's, say)
+from pathlib import Path
+from maskiou.evaluation.report import write_plots
+rng = np.random.default_rng(0)
+true, pred = rng.random(50), rng.random(50)
+metrics = {"correlation": {"head_pearson": 0.5}, "model_scoring": "recalibrated",
+           "calibration": {"target": "iou", "ece": 0.1, "bins": [{"score": 0.2, "truth": 0.3}]}}
+write_plots(Path(sys.argv[1]), metrics, pred, true, {"cls": pred, "rescored": true})
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_writing_the_plots_leaves_the_matplotlib_backend_alone(tmp_path):
+    """The report's figures are drawn without pyplot: the caller's backend is not switched."""
+    pytest.importorskip("matplotlib")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    done = subprocess.run([sys.executable, "-c", PLOTS, str(tmp_path)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["svg", "False"]
+    for name in ("maskiou_correlation.png", "reliability.png", "score_vs_maskiou.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
