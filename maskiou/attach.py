@@ -22,6 +22,7 @@ model never imports ultralytics or detectron2, nor runs what their import does.
 from __future__ import annotations
 
 import importlib.util
+import sys
 import warnings
 from dataclasses import dataclass
 from functools import cache
@@ -92,6 +93,8 @@ def _is_installed_package(name: str) -> bool:
     """Whether ``name`` is an importable top-level package or module (found, not imported)."""
     if not name.isidentifier():
         return False
+    if name in sys.modules:  # (find_spec raises for a module made without a spec)
+        return True
     return importlib.util.find_spec(name) is not None
 
 
