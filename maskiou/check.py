@@ -24,10 +24,15 @@ from .attach import attach_maskiou_head, find_maskiou_head
 from .branch import score_features
 from .contract import AdapterContractError, capabilities_of, missing_members
 from .loss import select_class
-from .scoring import rescore
+from .scoring import maskness
 
 CHECK_HEAD = {"conv_channels": 8, "num_convs": 2, "fc_dim": 16, "score_inputs": 2}
 """The head the checks attach: the add-on's kind (score inputs on), small."""
+
+CHECK_CALIBRATION = ([0.5, 2.0, 1.0, 0.25, 1.0], -0.5)
+"""The recalibration fitted in the head the checks attach (weights in the order of
+:data:`maskiou.calibration.SIGNALS`, bias): far from ``cls x quality`` (the score of a head
+whose recalibration is not fitted), so that an adapter that skips the final score fails."""
 
 RECORD_FIELDS = ("boxes", "labels", "scores", "masks")
 HEAD_FIELDS = ("cls_scores", "mask_quality", "maskness")
@@ -73,11 +78,14 @@ class _Checker:
         return out
 
 
-def _check_records(records: Any, images: list[Tensor], num_classes: int, with_head: bool,
+def _check_records(records: Any, images: list[Tensor], num_classes: int, head: nn.Module | None,
                    member: str) -> None:
+    """``records`` are maskiou's detection records of ``images``; with the ``head`` attached,
+    with its fields and ``scores`` = the head's final score (its calibration)."""
     assert isinstance(records, list), f"returned a {type(records).__name__}, not a list"
     assert len(records) == len(images), \
         f"returned {len(records)} records for {len(images)} images (one record per image)"
+    with_head = head is not None
     for i, (rec, img) in enumerate(zip(records, images)):
         where = f"record {i}"
         assert isinstance(rec, Mapping), f"{where} is a {type(rec).__name__}, not a dict"
@@ -101,11 +109,23 @@ def _check_records(records: Any, images: list[Tensor], num_classes: int, with_he
             assert tuple(v.shape) == (n,), f"{where}: {k} has shape {tuple(v.shape)}"
             if k != "cls_scores":
                 assert bool(((v >= 0) & (v <= 1)).all()), f"{where}: {k} outside [0, 1]"
-        if with_head and n:
-            want = rescore(rec["cls_scores"], rec["mask_quality"])
-            assert torch.allclose(s, want, rtol=1e-5, atol=1e-6), \
-                f"{where}: scores are not cls_scores x mask_quality (the final score of a head " \
-                "whose recalibration is not fitted yet)"
+        if head is not None and n:
+            _check_final_score(rec, head, (int(h), int(w)), where)
+
+
+def _check_final_score(rec: Mapping[str, Tensor], head: nn.Module, image_size: tuple[int, int],
+                       where: str) -> None:
+    """``scores`` of one record = the head's calibration (:data:`CHECK_CALIBRATION`, fitted) of
+    its ``cls_scores``, ``mask_quality``, ``maskness``, boxes and labels in an image of
+    ``image_size`` (height, width)."""
+    with torch.no_grad():
+        want = head.calibration(rec["cls_scores"], rec["mask_quality"], rec["maskness"],
+                                rec["boxes"], rec["labels"], image_size)
+    s = rec["scores"]
+    assert torch.allclose(s.float(), want.float(), rtol=1e-4, atol=1e-5), \
+        f"{where}: scores are not the final score (the head's calibration of cls_scores, " \
+        "mask_quality, maskness, the boxes and labels: head.calibration(...); a head with a " \
+        f"fitted recalibration gave {want[:3].tolist()}, the adapter {s[:3].tolist()})"
 
 
 def _same_detections(a: list[dict[str, Tensor]], b: list[dict[str, Tensor]]) -> None:
@@ -117,6 +137,145 @@ def _same_detections(a: list[dict[str, Tensor]], b: list[dict[str, Tensor]]) -> 
                 "the detector's outputs when the head's score is not used)"
 
 
+@dataclass
+class _Subject:
+    """What the checks run on: the adapter, the plain model (never changed) and the images."""
+
+    adapter: Any
+    model: nn.Module
+    images: list[Tensor]
+    device: torch.device
+
+    def attached(self, rescore_outputs: bool = True) -> nn.Module:
+        """A copy of the model with the check's head (seeded, :data:`CHECK_HEAD`) and its
+        recalibration (:data:`CHECK_CALIBRATION`) attached through the adapter, eval mode.
+        The process's random state is left as it was."""
+        m = copy.deepcopy(self.model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            m = attach_maskiou_head(m, adapter=self.adapter, freeze_detector=True,
+                                    rescore_outputs=rescore_outputs, **CHECK_HEAD)
+        head = find_maskiou_head(m)
+        if head is not None:  # (an install that puts none is the install check's finding)
+            head.calibration.set(*CHECK_CALIBRATION)
+        return m.eval()
+
+
+def _check_matches(sub: _Subject) -> None:
+    assert sub.adapter.matches(sub.model) is True, f"returned False for {type(sub.model).__name__}"
+
+
+def _check_head_defaults(sub: _Subject) -> dict[str, Any]:
+    d = sub.adapter.head_defaults(sub.model)
+    assert isinstance(d, dict), f"returned a {type(d).__name__}, not a dict"
+    for k in ("in_channels", "num_classes", "roi_size"):
+        assert isinstance(d.get(k), int) and d[k] > 0, f"{k} is {d.get(k)!r}, not an int > 0"
+    return d
+
+
+def _check_install(sub: _Subject, sizes: dict[str, Any]) -> nn.Module:
+    m = sub.attached()
+    head = find_maskiou_head(m)
+    assert head is not None, "no MaskIoUHead is in the model after install"
+    for k in ("in_channels", "num_classes", "roi_size"):
+        assert getattr(head, k) == sizes[k], f"the head's {k} is {getattr(head, k)}, " \
+            f"head_defaults said {sizes[k]}"
+    return m
+
+
+def _check_predict(sub: _Subject, model: nn.Module, num_classes: int,
+                   head: nn.Module | None) -> list[dict[str, Tensor]]:
+    """``predict`` of ``model`` (plain: ``head`` None; else the head in it) gives maskiou's
+    records (:func:`_check_records`)."""
+    out = sub.adapter.predict(model, sub.images)
+    _check_records(out, sub.images, num_classes, head, "predict")
+    return out
+
+
+def _check_unchanged(sub: _Subject, plain_out: list[dict[str, Tensor]] | None
+                     ) -> list[dict[str, Tensor]]:
+    """The detector's own outputs with the head attached (its score unused) are the plain
+    model's; returns those records (the detector's order)."""
+    assert plain_out is not None, "the plain model's predict failed"
+    out = sub.adapter.predict(sub.attached(rescore_outputs=False), sub.images)
+    _same_detections(plain_out, out)
+    return out
+
+
+def _check_collect(sub: _Subject, model: nn.Module, head: nn.Module,
+                   unsorted: list[dict[str, Tensor]] | None) -> None:
+    """``collect`` returns each detection's head inputs in the head's shapes, and the head on
+    them gives the ``mask_quality`` that ``predict`` returned (``unsorted``: its records in the
+    detector's order, when that check ran)."""
+    out = sub.adapter.collect(model, sub.images)
+    assert isinstance(out, list) and len(out) == len(sub.images), \
+        "one record per image expected"
+    for i, rec in enumerate(out):
+        for k in ("boxes", "labels", "scores", "roi_features", "mask_probs"):
+            assert k in rec, f"record {i} has no {k}"
+        n = len(rec["scores"])
+        f, p = rec["roi_features"], rec["mask_probs"]
+        want_f = (n, head.in_channels, head.roi_size, head.roi_size)
+        assert tuple(f.shape) == want_f, f"record {i}: roi_features " \
+            f"{tuple(f.shape)}, the head takes {want_f}"
+        want_p = (n, head.mask_size, head.mask_size)
+        assert tuple(p.shape) == want_p, f"record {i}: mask_probs {tuple(p.shape)}, " \
+            f"the head takes {want_p}"
+        assert bool(((p >= 0) & (p <= 1)).all()), f"record {i}: mask_probs outside [0, 1]"
+        if unsorted is None or not n:
+            continue
+        ref = unsorted[i]
+        assert torch.equal(rec["scores"], ref["cls_scores"]), \
+            f"record {i}: scores are not the detector's class confidences in its order"
+        with torch.no_grad():
+            extra = score_features(rec["scores"].to(p.dtype), maskness(p))
+            pred = select_class(head(f, p, extra), rec["labels"]).float().clamp(0, 1)
+        assert torch.allclose(pred, ref["mask_quality"].float(), atol=1e-5), \
+            f"record {i}: the head on the collected inputs does not give predict's " \
+            "mask_quality (collect must return exactly what the head sees)"
+
+
+def _check_losses(sub: _Subject, targets: list[dict[str, Tensor]]) -> None:
+    """``loss_maskiou`` joins the loss dict, finite, with a gradient; one step with a frozen
+    detector moves the head and no detector weight."""
+    m = sub.attached()
+    before = {k: v.detach().clone() for k, v in m.state_dict().items()
+              if ".maskiou_head." not in k and "maskiou_head." not in k}
+    head_w = [p.detach().clone() for p in find_maskiou_head(m).parameters()]
+    out = sub.adapter.losses(m, sub.images, targets)
+    assert isinstance(out, dict) and "loss_maskiou" in out, \
+        f"no loss_maskiou among {sorted(out) if isinstance(out, dict) else out}"
+    loss = out["loss_maskiou"]
+    assert loss.dim() == 0 and bool(torch.isfinite(loss)), f"loss_maskiou is {loss}"
+    assert loss.requires_grad, "loss_maskiou has no gradient"
+    trainable = [p for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=0.1)
+    sum(v for v in out.values() if v.requires_grad).backward()
+    opt.step()
+    after = m.state_dict()
+    moved = [k for k, v in before.items() if not torch.equal(v, after[k])]
+    assert not moved, f"a frozen detector moved in one step: {moved[:3]}"
+    assert any(not torch.equal(a, b.detach()) for a, b in
+               zip(head_w, find_maskiou_head(m).parameters())) or float(loss) == 0.0, \
+        "the head did not move in one step"
+
+
+def _check_mask_branch(sub: _Subject, model: nn.Module, head: nn.Module) -> None:
+    fn = sub.adapter.mask_branch(model)
+    x = torch.zeros(1, head.in_channels, head.roi_size, head.roi_size, device=sub.device)
+    with torch.no_grad():
+        out = fn(x)
+    assert isinstance(out, Tensor) and out.shape[0] == 1, \
+        "the mask branch did not map one RoI to one output"
+
+
+def _check_load(sub: _Subject, detector: Mapping[str, Any]) -> None:
+    m = sub.adapter.load_detector(detector)
+    assert isinstance(m, nn.Module), f"returned a {type(m).__name__}"
+    assert sub.adapter.matches(m), "the adapter does not match the model it rebuilt"
+    assert find_maskiou_head(m) is None, "the rebuilt detector already has a head"
+
+
 def check_adapter(adapter: Any, model: nn.Module, images: list[Tensor] | None = None,
                   targets: list[dict[str, Tensor]] | None = None, *,
                   detector: Mapping[str, Any] | None = None,
@@ -125,13 +284,15 @@ def check_adapter(adapter: Any, model: nn.Module, images: list[Tensor] | None = 
 
     Checks the required members and those of every declared capability; that ``matches`` and
     ``head_defaults`` hold; that ``install`` puts a head of those sizes in the model; with
-    ``predict``, that the records are maskiou's (fields, shapes, labels, sorted scores, scores
-    = cls x the head's output) and that the detector's own outputs are bit-identical to the
-    plain model's when the head's score is not used; with ``collect``, that each detection's
-    head inputs have the head's shapes and give the head output ``predict`` returns; with
-    ``losses`` (given ``targets``), that ``loss_maskiou`` joins the loss dict, finite and with a
-    gradient, and that a step with a frozen detector moves the head and no detector weight;
-    with ``cost``, that the mask branch runs on RoI features; with ``load`` (given a checkpoint's
+    ``predict``, that the records are maskiou's (fields, shapes, labels, sorted scores, and
+    ``scores`` = the final score: the head is given a fitted recalibration,
+    ``maskiou.check.CHECK_CALIBRATION``, far from cls x the head's output, so an adapter that
+    skips it fails) and that the detector's own outputs are bit-identical to the plain model's
+    when the head's score is not used; with ``collect``, that each detection's head inputs have the
+    head's shapes and give the head output ``predict`` returns; with ``losses`` (given
+    ``targets``), that ``loss_maskiou`` joins the loss dict, finite and with a gradient, and
+    that a step with a frozen detector moves the head and no detector weight; with ``cost``,
+    that the mask branch runs on RoI features; with ``load`` (given a checkpoint's
     ``detector`` entry), that the rebuilt model is one the adapter matches.
 
     Args:
@@ -160,142 +321,46 @@ def check_adapter(adapter: Any, model: nn.Module, images: list[Tensor] | None = 
     if images is None:
         g = torch.Generator().manual_seed(0)
         images = [torch.rand(3, 64, 64, generator=g).to(device) for _ in range(2)]
+    sub = _Subject(adapter, model, images, device)
 
-    def matches() -> None:
-        assert adapter.matches(model) is True, f"returned False for {type(model).__name__}"
-    check.run("matches", matches)
-
-    def defaults() -> dict[str, Any]:
-        d = adapter.head_defaults(model)
-        assert isinstance(d, dict), f"returned a {type(d).__name__}, not a dict"
-        for k in ("in_channels", "num_classes", "roi_size"):
-            assert isinstance(d.get(k), int) and d[k] > 0, f"{k} is {d.get(k)!r}, not an int > 0"
-        return d
-    sizes = check.run("head_defaults", defaults)
+    check.run("matches", lambda: _check_matches(sub))
+    sizes = check.run("head_defaults", lambda: _check_head_defaults(sub))
     if sizes is None:
         return _finish(report, raise_errors)
-
-    def attached(rescore_outputs: bool = True) -> nn.Module:
-        m = copy.deepcopy(model)
-        torch.manual_seed(0)
-        return attach_maskiou_head(m, adapter=adapter, freeze_detector=True,
-                                   rescore_outputs=rescore_outputs, **CHECK_HEAD).eval()
-
-    def install() -> nn.Module:
-        m = attached()
-        head = find_maskiou_head(m)
-        assert head is not None, "no MaskIoUHead is in the model after install"
-        for k in ("in_channels", "num_classes", "roi_size"):
-            assert getattr(head, k) == sizes[k], f"the head's {k} is {getattr(head, k)}, " \
-                f"head_defaults said {sizes[k]}"
-        return m
-    model_with_head = check.run("install", install)
+    model_with_head = check.run("install", lambda: _check_install(sub, sizes))
     if model_with_head is None:
         return _finish(report, raise_errors)
     head = find_maskiou_head(model_with_head)
     plain = copy.deepcopy(model).eval()
+    k = sizes["num_classes"]
 
-    outputs: dict[str, Any] = {}
+    unsorted = None
     if "predict" in caps:
-        def predict_plain() -> None:
-            out = adapter.predict(plain, images)
-            _check_records(out, images, sizes["num_classes"], False, "predict")
-            outputs["plain"] = out
-        check.run("predict (plain model)", predict_plain)
-
-        def predict_head() -> None:
-            out = adapter.predict(model_with_head, images)
-            _check_records(out, images, sizes["num_classes"], True, "predict")
-            outputs["head"] = out
-        check.run("predict (head attached)", predict_head)
-
-        def unchanged() -> None:
-            assert "plain" in outputs, "the plain model's predict failed"
-            out = adapter.predict(attached(rescore_outputs=False), images)
-            _same_detections(outputs["plain"], out)
-            outputs["unsorted"] = out
-        check.run("predict: detector outputs unchanged by attaching", unchanged)
+        plain_out = check.run("predict (plain model)",
+                              lambda: _check_predict(sub, plain, k, None))
+        check.run("predict (head attached)", lambda: _check_predict(sub, model_with_head, k, head))
+        unsorted = check.run("predict: detector outputs unchanged by attaching",
+                             lambda: _check_unchanged(sub, plain_out))
     else:
         report.skipped.append("predict (not declared)")
 
     if "collect" in caps:
-        def collect() -> None:
-            out = adapter.collect(model_with_head, images)
-            assert isinstance(out, list) and len(out) == len(images), \
-                "one record per image expected"
-            for i, rec in enumerate(out):
-                for k in ("boxes", "labels", "scores", "roi_features", "mask_probs"):
-                    assert k in rec, f"record {i} has no {k}"
-                n = len(rec["scores"])
-                f, p = rec["roi_features"], rec["mask_probs"]
-                want_f = (n, head.in_channels, head.roi_size, head.roi_size)
-                assert tuple(f.shape) == want_f, f"record {i}: roi_features " \
-                    f"{tuple(f.shape)}, the head takes {want_f}"
-                want_p = (n, head.mask_size, head.mask_size)
-                assert tuple(p.shape) == want_p, f"record {i}: mask_probs {tuple(p.shape)}, " \
-                    f"the head takes {want_p}"
-                assert bool(((p >= 0) & (p <= 1)).all()), f"record {i}: mask_probs outside [0, 1]"
-                ref = outputs.get("unsorted")
-                if ref is None or not n:
-                    continue
-                assert torch.equal(rec["scores"], ref[i]["cls_scores"]), \
-                    f"record {i}: scores are not the detector's class confidences in its order"
-                from .scoring import maskness
-                with torch.no_grad():
-                    extra = score_features(rec["scores"].to(p.dtype), maskness(p))
-                    pred = select_class(head(f, p, extra), rec["labels"]).float().clamp(0, 1)
-                assert torch.allclose(pred, ref[i]["mask_quality"].float(), atol=1e-5), \
-                    f"record {i}: the head on the collected inputs does not give predict's " \
-                    "mask_quality (collect must return exactly what the head sees)"
-        check.run("collect", collect)
+        check.run("collect", lambda: _check_collect(sub, model_with_head, head, unsorted))
     else:
         report.skipped.append("collect (not declared)")
 
     if "losses" in caps and targets is not None:
-        def losses() -> None:
-            m = attached()
-            before = {k: v.detach().clone() for k, v in m.state_dict().items()
-                      if ".maskiou_head." not in k and "maskiou_head." not in k}
-            head_w = [p.detach().clone() for p in find_maskiou_head(m).parameters()]
-            out = adapter.losses(m, images, targets)
-            assert isinstance(out, dict) and "loss_maskiou" in out, \
-                f"no loss_maskiou among {sorted(out) if isinstance(out, dict) else out}"
-            loss = out["loss_maskiou"]
-            assert loss.dim() == 0 and bool(torch.isfinite(loss)), f"loss_maskiou is {loss}"
-            assert loss.requires_grad, "loss_maskiou has no gradient"
-            trainable = [p for p in m.parameters() if p.requires_grad]
-            opt = torch.optim.SGD(trainable, lr=0.1)
-            sum(v for v in out.values() if v.requires_grad).backward()
-            opt.step()
-            after = m.state_dict()
-            moved = [k for k, v in before.items() if not torch.equal(v, after[k])]
-            assert not moved, f"a frozen detector moved in one step: {moved[:3]}"
-            assert any(not torch.equal(a, b.detach()) for a, b in
-                       zip(head_w, find_maskiou_head(m).parameters())) or float(loss) == 0.0, \
-                "the head did not move in one step"
-        check.run("losses", losses)
+        check.run("losses", lambda: _check_losses(sub, targets))
     elif "losses" in caps:
         report.skipped.append("losses (give targets=)")
     else:
         report.skipped.append("losses (not declared)")
 
     if "cost" in caps:
-        def cost() -> None:
-            fn = adapter.mask_branch(model_with_head)
-            x = torch.zeros(1, head.in_channels, head.roi_size, head.roi_size, device=device)
-            with torch.no_grad():
-                out = fn(x)
-            assert isinstance(out, Tensor) and out.shape[0] == 1, \
-                "the mask branch did not map one RoI to one output"
-        check.run("mask_branch", cost)
+        check.run("mask_branch", lambda: _check_mask_branch(sub, model_with_head, head))
 
     if "load" in caps and detector is not None:
-        def load() -> None:
-            m = adapter.load_detector(detector)
-            assert isinstance(m, nn.Module), f"returned a {type(m).__name__}"
-            assert adapter.matches(m), "the adapter does not match the model it rebuilt"
-            assert find_maskiou_head(m) is None, "the rebuilt detector already has a head"
-        check.run("load_detector", load)
+        check.run("load_detector", lambda: _check_load(sub, detector))
     elif "load" in caps:
         report.skipped.append("load_detector (give detector=, a checkpoint's detector entry)")
     for cap in sorted(caps & {"convert", "train"}):

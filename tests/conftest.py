@@ -56,3 +56,25 @@ def empty_target(size: int = 64) -> dict:
 @pytest.fixture
 def model():
     return tiny_maskrcnn()
+
+
+@pytest.fixture
+def fake_entry_points(monkeypatch):
+    """``use(*entry_points)``: for one test, the adapter entry-point group lists exactly these
+    (``importlib.metadata.EntryPoint``), and nothing discovery kept before is reused; returns
+    the list of the groups asked for, one item per listing of the group."""
+    import maskiou.attach as attach
+
+    def use(*eps):
+        listings: list[str] = []
+
+        def listed(group):
+            listings.append(group)
+            return list(eps)
+
+        monkeypatch.setattr(attach, "entry_points", listed)
+        monkeypatch.setattr(attach, "_listed", None)
+        monkeypatch.setattr(attach, "_loaded", {})
+        return listings
+
+    return use

@@ -12,7 +12,7 @@ import torch
 from conftest import square_target, tiny_maskrcnn
 from custom_adapter import TinySegmenter, TinySegmenterAdapter
 
-from maskiou import attach_maskiou_head, check_adapter, register_adapter
+from maskiou import add_maskiou_outputs, attach_maskiou_head, check_adapter, register_adapter
 from maskiou.attach import _registered, entry_point_adapters, framework_adapter
 from maskiou.contract import (
     CAPABILITIES,
@@ -146,6 +146,23 @@ class ChangesTheDetector(TorchvisionMaskRCNNAdapter):
         return out
 
 
+class SkipsTheFinalScore(TorchvisionMaskRCNNAdapter):
+    """Puts cls x the head's output in ``scores``, re-sorted: what an adapter that never calls
+    the head's calibration returns (``add_maskiou_outputs`` without ``final_scores``)."""
+
+    def predict(self, model, images):
+        out = super().predict(model, images)
+        for r in out:
+            if "cls_scores" in r and not torch.equal(r["scores"], r["cls_scores"]):  # rescored
+                rescored = {k: v for k, v in r.items()
+                            if k not in ("cls_scores", "mask_quality", "maskness")}
+                rescored["scores"] = r["cls_scores"]
+                add_maskiou_outputs(rescored, r["mask_quality"], r["maskness"], True)
+                r.clear()
+                r.update(rescored)
+        return out
+
+
 class UnknownCapability(TorchvisionMaskRCNNAdapter):
     capabilities = frozenset({"predict", "telepathy"})
 
@@ -153,6 +170,9 @@ class UnknownCapability(TorchvisionMaskRCNNAdapter):
 @pytest.mark.parametrize("adapter,message", [
     (NoFramework(), "missing framework (required of every adapter)"),
     (DeclaresCollectWithoutIt(), "missing collect (declared capability 'collect'"),
+    (SkipsTheFinalScore(), "problem: predict (head attached): record 0: scores are not the "
+                           "final score (the head's calibration of cls_scores, mask_quality, "
+                           "maskness, the boxes and labels"),
     (UnknownCapability(), "missing capability 'telepathy' (unknown; known: predict, collect"),
     (UnsortedPredict(), "problem: predict (plain model): record 0: scores are not sorted, "
                         "highest first"),
@@ -174,6 +194,28 @@ def test_a_broken_adapter_fails_naming_what_breaks_the_contract(adapter, message
     assert message in text, text
 
 
+def test_skipping_the_final_score_is_the_one_problem_found():
+    """The check fits a recalibration in the head before it reads ``scores``: cls x quality
+    (right for an unfitted head) is then wrong, and nothing else is."""
+    report = check_adapter(SkipsTheFinalScore(), tiny_maskrcnn(), images(), targets(),
+                           raise_errors=False)
+    assert [p.split(":")[0] for p in report.problems] == ["predict (head attached)"]
+    assert "predict (plain model)" in report.passed and "collect" in report.passed
+    from maskiou.check import CHECK_CALIBRATION
+
+    weights, bias = CHECK_CALIBRATION
+    assert bias != 0 and weights[0] != weights[1]  # not cls x quality in disguise
+
+
+def test_check_adapter_leaves_the_global_random_state_alone():
+    model, imgs = TinySegmenter(), images()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    check_adapter(TinySegmenterAdapter(), model, imgs)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_require_names_the_capability_its_members_and_who_needs_it():
     class AttachOnly(NoFramework):
         framework = "attach-only"
@@ -187,15 +229,14 @@ def test_require_names_the_capability_its_members_and_who_needs_it():
     assert require(TorchvisionMaskRCNNAdapter(), "collect").framework == "torchvision"
 
 
-def test_register_adapter_and_entry_points_refuse_what_lacks_members(monkeypatch):
+def test_register_adapter_and_entry_points_refuse_what_lacks_members(fake_entry_points):
     with pytest.raises(AdapterContractError, match="lacks framework"):
         register_adapter(NoFramework())
     from importlib.metadata import EntryPoint
 
     import maskiou.attach as attach
 
-    ep = EntryPoint("nf", "test_contract:NoFramework", attach.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(attach, "entry_points", lambda group: [ep])
+    fake_entry_points(EntryPoint("nf", "test_contract:NoFramework", attach.ENTRY_POINT_GROUP))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert entry_point_adapters() == []

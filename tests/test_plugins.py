@@ -137,16 +137,20 @@ def test_non_editable_install_finds_the_torchvision_adapter(wheel, tmp_path):
     assert not (site / "integrations").exists()
 
 
-def test_an_entry_point_that_fails_to_import_is_named_in_the_error(monkeypatch):
+def test_an_entry_point_that_fails_to_import_is_named_in_the_error(fake_entry_points):
     """A broken install (an editable one whose folder moved) must not read as "no adapters"."""
     from importlib.metadata import EntryPoint
 
     import maskiou.attach as attach
 
-    broken = EntryPoint("gone", "no_such_module_xyz.adapter:Adapter", attach.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(attach, "entry_points", lambda group: [broken])
+    fake_entry_points(EntryPoint("gone", "no_such_module_xyz.adapter:Adapter",
+                                 attach.ENTRY_POINT_GROUP))
     failed: list[str] = []
-    assert attach.entry_point_adapters(failed) == []
+    with pytest.warns(RuntimeWarning) as caught:  # the plugin's own module is missing
+        assert attach.entry_point_adapters(failed) == []
+    assert len(caught) == 1
+    assert "entry point gone = no_such_module_xyz.adapter:Adapter (ModuleNotFoundError" \
+        in str(caught[0].message)
     assert failed == ["gone = no_such_module_xyz.adapter:Adapter (ModuleNotFoundError: "
                       "No module named 'no_such_module_xyz')"]
     with pytest.raises(TypeError) as e:

@@ -150,14 +150,19 @@ def write_plots(out: Path, metrics: dict[str, Any], pred: np.ndarray | None, tru
                       {k: v for k, v in scores.items() if k != "oracle"})
 
 
+def _figure(size: tuple[float, float]) -> tuple[Any, Any]:
+    """A matplotlib figure of ``size`` inches at 120 dpi and its axes, made without pyplot: no
+    backend is chosen or changed (the caller's, a notebook's included, stays as it was) and
+    nothing is left open; ``savefig`` renders by the file's extension."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=120)
+    return fig, fig.subplots()
+
+
 def plot_correlation(path: Path, pred: np.ndarray, true: np.ndarray, pearson: float) -> None:
     """Paper figure 5: predicted vs true MaskIoU, as a density (hexbin) with the diagonal."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    fig, ax = _figure((5, 5))
     if len(pred):
         hb = ax.hexbin(true, np.clip(pred, 0, 1), gridsize=30, extent=(0, 1, 0, 1), bins="log",
                        cmap="viridis", mincnt=1)
@@ -167,19 +172,13 @@ def plot_correlation(path: Path, pred: np.ndarray, true: np.ndarray, pearson: fl
            xlim=(0, 1), ylim=(0, 1), title=f"Predicted vs true MaskIoU (Pearson {pearson:.2f})")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_reliability(path: Path, calibration: dict[str, Any], scoring: str) -> None:
     """The reliability diagram of the score the model returns: mean of what it estimates (its
     head's target) per score bin, against the diagonal, with its ECE."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     what = TARGET_NAMES_TRUE[calibration["target"]]
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    fig, ax = _figure((5, 5))
     ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1, label="perfectly calibrated")
     rows = calibration["bins"]
     ax.plot([r["score"] for r in rows], [r["truth"] for r in rows], "o-",
@@ -189,7 +188,6 @@ def plot_reliability(path: Path, calibration: dict[str, Any], scoring: str) -> N
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 TARGET_NAMES_TRUE = {"iou": "true MaskIoU", "coco": "true COCO-threshold share"}
@@ -197,12 +195,7 @@ TARGET_NAMES_TRUE = {"iou": "true MaskIoU", "coco": "true COCO-threshold share"}
 
 def plot_score_vs_iou(path: Path, true: np.ndarray, scores: dict[str, np.ndarray]) -> None:
     """Paper figure 2c: mean score per true-MaskIoU bin, one line per scoring."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    fig, ax = _figure((6, 4.5))
     ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1, label="ideal (score = MaskIoU)")
     centres, counts = None, None
     for name, score in scores.items():
@@ -217,4 +210,3 @@ def plot_score_vs_iou(path: Path, true: np.ndarray, scores: dict[str, np.ndarray
     ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
