@@ -287,10 +287,15 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header(data, detector
 
 
 def test_the_pixel_limit_is_set_by_flag_or_environment(data, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv(MAX_PIXELS_ENV, "")  # the default; restored after the flag sets it
+    import maskiou.data.coco as coco
+
+    monkeypatch.setenv(MAX_PIXELS_ENV, "")  # the default
+    monkeypatch.setattr(coco, "_max_pixels", None)  # the flag's limit, undone after the test
     code, _, err = addon(capsys, tmp_path / "no-detector.pt", data.train_json,
                          data.train_images, tmp_path / "out", "--max-pixels", "4095")
     assert code == 2 and "64x64 px (0.0 Mpx), over the limit of 4,095 px" in error_line(err)
+    assert os.environ[MAX_PIXELS_ENV] == ""  # the flag sets this process's limit, not the env
+    coco._max_pixels = None
     monkeypatch.setenv(MAX_PIXELS_ENV, "4095")
     code = coco_eval.main(["--checkpoint", str(tmp_path / "plain.pt"), "--train-json",
                            str(data.train_json), "--train-images", str(data.train_images),

@@ -91,9 +91,15 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).splitlines()) or type(error).__name__
 
 
+_max_pixels: int | None = None  # set_max_pixels (a CLI's --max-pixels): ahead of the variable
+
+
 def max_pixels() -> int:
-    """The largest image, in pixels (width x height), that is read: ``MASKIOU_MAX_PIXELS`` or
-    :data:`DEFAULT_MAX_PIXELS`. The CLIs' ``--max-pixels`` sets the variable."""
+    """The largest image, in pixels (width x height), that is read: what :func:`set_max_pixels`
+    set in this process (the CLIs' ``--max-pixels``), else ``MASKIOU_MAX_PIXELS``, else
+    :data:`DEFAULT_MAX_PIXELS`."""
+    if _max_pixels is not None:
+        return _max_pixels
     raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
     if not raw:
         return DEFAULT_MAX_PIXELS
@@ -107,12 +113,14 @@ def max_pixels() -> int:
 
 
 def set_max_pixels(value: int | None) -> None:
-    """Set the pixel limit of this process and its children (None: leave it as it is)."""
+    """Set the pixel limit of this process (None: leave it as it is); DataLoader workers, forked
+    from it, keep it. The environment is left as it is (``MASKIOU_MAX_PIXELS`` is the user's)."""
+    global _max_pixels
     if value is None:
         return
     if value <= 0:
         raise ValueError(f"--max-pixels {value}: must be a positive whole number of pixels")
-    os.environ[MAX_PIXELS_ENV] = str(int(value))
+    _max_pixels = int(value)
 
 
 def pixel_limit_problem(width: int, height: int) -> str | None:
