@@ -33,8 +33,6 @@ from torch import nn
 
 from maskiou.models.checkpoint import SCHEMA, load_allowing, named_object, save_atomic
 
-from .ultralytics_offline import offline_environment
-
 ARCHITECTURE = "yolo11n-seg.yaml"
 EMBEDDED_EPOCHS = 150
 # ultralytics' trainer settings of the embedded recipe (everything else: its defaults)
@@ -63,7 +61,6 @@ def train_embedded(output_dir: str | Path, *, device: str = "cpu",
     (``weights/last.pt``, ``best.pt``, ``results.csv``, ``args.yaml``). An interrupted run
     resumes from its ``last.pt`` (``resume``). ``threads``: torch's CPU threads (ultralytics
     otherwise sets its own count). Returns ultralytics' run folder."""
-    offline_environment()
     from ultralytics import YOLO
     from ultralytics.utils import torch_utils
 
@@ -131,7 +128,6 @@ def checkpoint_from_ultralytics(weights: str | Path, class_names: list[str],
     ``last.pt`` as its trainer writes them: the EMA model, float16). ``class_names``
     (background first) and ``label_to_cat_id`` are the dataset's; the model's classes must be
     ``class_names[1:]`` in that order."""
-    offline_environment()
     ckpt = read_ultralytics_weights(weights)
     model = ckpt.get("ema") or ckpt["model"]
     names = [model.names[k] for k in sorted(model.names)]
@@ -152,7 +148,6 @@ def load_detector(detector: dict[str, Any]) -> nn.Module:
     its architecture dict (random weights: load the checkpoint's ``"model"`` into it), float32,
     on the CPU, in eval mode, not fused; nothing is downloaded. ``model.maskiou_predict`` keeps
     ``imgsz``, ``conf``, ``iou`` and ``max_det`` for prediction."""
-    offline_environment()
     from ultralytics.nn.tasks import SegmentationModel
 
     cfg = copy.deepcopy(detector["yaml"])  # parse_model edits it

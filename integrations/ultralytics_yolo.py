@@ -24,11 +24,17 @@ turns the raw output into detections (:func:`detect`, the one place both paths b
 
 Nothing of the detector changes: the head is a submodule ``model.maskiou_head`` of the
 ``SegmentationModel`` that the model's own forward never calls, so ``model(x)``, ultralytics'
-predictor, validator and exports are what they were, and the detections' boxes, labels, class
-scores and masks are bit for bit those of the plain model when the head's score is ignored.
-Two paths reach :func:`detect`: :meth:`UltralyticsYOLOAdapter.predict` (maskiou's records, for
-the benchmarks and the add-on) and :class:`maskiou_integrations.ultralytics_results.
-MaskIoUSegmentationPredictor` (ultralytics' own ``Results``, for ``YOLO.predict``).
+validator and exports are what they were, and the detections' boxes, labels, class scores and
+masks are bit for bit those of the plain model when the head's score is ignored.
+
+:func:`detect` is the one prediction function of maskiou's records (the adapter's ``predict``
+and ``collect``, the benchmarks, the add-on, ``benchmarks/yolo_plain_eval.py``). ultralytics'
+own ``YOLO.predict`` on a ``YOLO`` the head was attached to runs ultralytics' predictor, whose
+``Results`` rows get the same head code (:func:`mask_probs_in_boxes`, :func:`roi_features`,
+:func:`score_records`) in :mod:`maskiou_integrations.ultralytics_results`.
+
+A ``YOLO`` object is accepted wherever its ``SegmentationModel`` is (:func:`segmentation_model`):
+``attach_maskiou_head(YOLO("yolo11n-seg.yaml"))`` attaches the head to ``yolo.model``.
 
 Labels: YOLO class ``k`` is maskiou label ``k + 1`` (0 is the background), so the head has
 ``nc + 1`` outputs.
@@ -45,19 +51,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
+from ultralytics.engine.model import Model as UltralyticsModel
+from ultralytics.nn.modules.head import Segment
+from ultralytics.nn.tasks import SegmentationModel
 
 from maskiou.branch import head_score_inputs, install_head, maskiou_outputs
 from maskiou.scoring import add_maskiou_outputs, maskness
 
 from .ultralytics_models import FRAMEWORK
-from .ultralytics_offline import offline_environment
-
-offline_environment()  # before ultralytics is imported: no network attempt, ever
-
-from ultralytics.nn.modules.head import Segment  # noqa: E402
-from ultralytics.nn.tasks import SegmentationModel  # noqa: E402
-
-from .ultralytics_predict import preprocess, soft_masks, split_output  # noqa: E402
+from .ultralytics_predict import preprocess, soft_masks, split_output
 
 ROI_SIZE = 14  # the RoI-aligned P3 features: [64, 14, 14] per detection
 MASK_SIZE = 28  # the soft mask resampled into the box
@@ -67,8 +69,15 @@ FEATURE_LEVEL = 0  # P3, the Segment head's first input (what its Proto reads)
 PREDICT_DEFAULTS: dict[str, Any] = {"imgsz": 640, "conf": 0.001, "iou": 0.7, "max_det": 100}
 
 
+def segmentation_model(model: nn.Module) -> nn.Module:
+    """The ``SegmentationModel`` a user holds: ``model`` itself, or the ``.model`` of
+    ultralytics' ``YOLO`` (any ultralytics ``Model``) around it."""
+    return model.model if isinstance(model, UltralyticsModel) else model
+
+
 def segment_head(model: nn.Module) -> Segment:
     """The model's ``Segment`` head (its last layer), or a TypeError of one line."""
+    model = segmentation_model(model)
     layers = getattr(model, "model", None)
     head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
     if not isinstance(head, Segment):
@@ -157,6 +166,7 @@ def detect(model: nn.Module, images: list[np.ndarray], head_inputs: bool = False
     """
     from ultralytics.utils import nms, ops
 
+    model = segmentation_model(model)
     args = predict_args(model)
     head = segment_head(model)
     device = next(model.parameters()).device
@@ -225,7 +235,8 @@ class UltralyticsYOLOAdapter:
     capabilities = frozenset({"predict", "collect", "load", "convert", "train"})
 
     def matches(self, model: nn.Module) -> bool:
-        return isinstance(model, SegmentationModel)
+        """A ``SegmentationModel``, or ultralytics' ``YOLO`` holding one."""
+        return isinstance(segmentation_model(model), SegmentationModel)
 
     def head_defaults(self, model: nn.Module) -> dict[str, Any]:
         head = segment_head(model)
@@ -238,19 +249,25 @@ class UltralyticsYOLOAdapter:
 
     def install(self, model: nn.Module, head: nn.Module, config: Any) -> None:
         """``model.maskiou_head`` and the config's values (``maskiou_rescore``, ...): read by
-        :func:`detect`; the model's forward does not change."""
-        install_head(model, head, config)
+        :func:`detect`; the model's forward does not change. On ultralytics' ``YOLO`` they go
+        into its ``SegmentationModel`` (``yolo.model``), and ``yolo.predict`` then returns the
+        final score (:func:`~maskiou_integrations.ultralytics_results.use_final_score`)."""
+        install_head(segmentation_model(model), head, config)
+        if isinstance(model, UltralyticsModel):
+            from .ultralytics_results import use_final_score
+
+            use_final_score(model)
 
     def predict(self, model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """:func:`detect` on maskiou's images (eval mode, no grad)."""
-        model.eval()
+        model = segmentation_model(model).eval()
         return detect(model, [to_uint8(img) for img in images])
 
     def collect(self, model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """:meth:`predict` in the detector's order (``scores`` = class confidence) with the
         head's inputs of each detection: ``roi_features`` Tensor[n, 64, 14, 14] (P3) and
         ``mask_probs`` Tensor[n, 28, 28]."""
-        model.eval()
+        model = segmentation_model(model).eval()
         return detect(model, [to_uint8(img) for img in images], head_inputs=True)
 
     def load_detector(self, detector: Mapping[str, Any]) -> nn.Module:
