@@ -130,13 +130,20 @@ def checkpoint_from_ultralytics(weights: str | Path, class_names: list[str],
     ``class_names[1:]`` in that order."""
     ckpt = read_ultralytics_weights(weights)
     model = ckpt.get("ema") or ckpt["model"]
+    train_args = ckpt.get("train_args") or {}
+    if train_args.get("task", "segment") != "segment" or not hasattr(model, "yaml"):
+        raise ValueError(f"{weights}: not the weights of an ultralytics segmentation model "
+                         f"(task: {train_args.get('task')})")
     names = [model.names[k] for k in sorted(model.names)]
     if names != list(class_names[1:]):
         raise ValueError(f"{weights}: the model's classes {names} are not the dataset's "
                          f"{list(class_names[1:])}")
     state = {k: (v.half() if v.is_floating_point() else v).contiguous()
              for k, v in model.state_dict().items()}
-    detector = {"yaml": _plain(model.yaml), "imgsz": int(ckpt["train_args"]["imgsz"]),
+    model_args = getattr(model, "args", None)  # a file of YOLO.save: no train_args
+    imgsz = train_args.get("imgsz", (model_args if isinstance(model_args, dict) else {})
+                           .get("imgsz", 640))
+    detector = {"yaml": _plain(model.yaml), "imgsz": int(imgsz),
                 **PREDICT, "source": _plain(source or {})}
     return {"schema": SCHEMA, "framework": FRAMEWORK, "detector": detector,
             "maskiou_head": None, "model": state, "class_names": list(class_names),

@@ -131,11 +131,12 @@ def mask_probs_in_boxes(protos: Tensor, coefficients: Tensor, boxes: Tensor,
         input_shape: (h, w) of the network input (the prototype grid covers it).
     """
     nm, mh, mw = protos.shape
-    n = len(boxes)
-    if n == 0:
+    if boxes.shape[0] == 0:
         return protos.new_zeros((0, size, size))
-    logits = (coefficients.to(protos.dtype) @ protos.reshape(nm, -1)).reshape(n, 1, mh, mw)
-    rois = torch.cat([torch.arange(n, dtype=boxes.dtype, device=boxes.device)[:, None], boxes], 1)
+    # sizes from shapes, not len(): an ONNX trace keeps the number of detections dynamic
+    logits = (coefficients.to(protos.dtype) @ protos.reshape(nm, -1)).reshape(-1, 1, mh, mw)
+    index = torch.ones_like(boxes[:, :1]).cumsum(0) - 1  # RoI k reads map k: 0, 1, ..., n - 1
+    rois = torch.cat([index, boxes], 1)
     # one map per detection: RoI k reads map k; the grid is at 1/4 of the input, pixel centres
     # as ultralytics' bilinear upsampling (align_corners=False) places them
     aligned = roi_align(logits.float(), rois.float(), size, spatial_scale=mh / input_shape[0],
@@ -146,7 +147,7 @@ def mask_probs_in_boxes(protos: Tensor, coefficients: Tensor, boxes: Tensor,
 def roi_features(features: Tensor, boxes: Tensor, stride: float, size: int = ROI_SIZE) -> Tensor:
     """One level's features RoI-aligned at ``boxes`` ([n, 4] in input pixels):
     ``features`` [C, h/s, w/s] -> Tensor[n, C, size, size]."""
-    rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], 1)
+    rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], 1)
     return roi_align(features[None].float(), rois.float(), size, spatial_scale=1.0 / stride,
                      sampling_ratio=2, aligned=True)
 
@@ -277,22 +278,29 @@ class UltralyticsYOLOAdapter:
 
         return load_detector(dict(detector))
 
-    def checkpoint_from_files(self, config_file: str, weights: str, class_names: list[str],
+    def checkpoint_from_files(self, config_file: str | None, weights: str,
+                              class_names: list[str],
                               label_to_cat_id: dict[int, int]) -> dict[str, Any]:
         """A maskiou checkpoint of an ultralytics training run's files: ``args.yaml`` (its
         trainer's arguments: a segmentation run, and the image size it predicts at) and a
         weights file (``weights/best.pt``, read with only module classes allowed, see
-        :func:`~maskiou_integrations.ultralytics_models.read_ultralytics_weights`)."""
+        :func:`~maskiou_integrations.ultralytics_models.read_ultralytics_weights`).
+        ``config_file`` None (``maskiou-addon --detector best.pt``): the ``args.yaml`` its
+        trainer leaves in the run folder (``RUN/weights/best.pt`` -> ``RUN/args.yaml``) where
+        there is one, else the trainer's arguments the weights file itself carries."""
         import yaml
 
         from .ultralytics_models import checkpoint_from_ultralytics
 
-        args = yaml.safe_load(Path(config_file).read_text()) or {}
+        if config_file is None:
+            beside = Path(weights).resolve().parent.parent / "args.yaml"
+            config_file = str(beside) if beside.is_file() else None
+        args = yaml.safe_load(Path(config_file).read_text()) or {} if config_file else {}
         if not isinstance(args, dict) or args.get("task", "segment") != "segment":
             raise ValueError(f"{config_file}: not the args.yaml of an ultralytics segmentation "
                              "run (task: segment)")
-        ckpt = checkpoint_from_ultralytics(weights, class_names, label_to_cat_id,
-                                           {"args": str(config_file), "weights": str(weights)})
+        source = {"weights": str(weights), **({"args": str(config_file)} if config_file else {})}
+        ckpt = checkpoint_from_ultralytics(weights, class_names, label_to_cat_id, source)
         if "imgsz" in args:
             ckpt["detector"]["imgsz"] = int(args["imgsz"])
         return ckpt
