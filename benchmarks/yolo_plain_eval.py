@@ -4,9 +4,11 @@ class score, class score x maskness and the oracle (class score x true MaskIoU).
     python benchmarks/yolo_plain_eval.py                      # the shipped detector
     python benchmarks/yolo_plain_eval.py --checkpoint ckpt.pt --no-validator
 
-Detections as ultralytics' predictor makes them (``maskiou_integrations.ultralytics_predict``:
-its letterbox, its NMS with the checkpoint's conf 0.001, IoU 0.7 and 100 detections per image,
-its masks at full resolution, kept soft for the maskness), scored by pycocotools against the
+Detections as the main job makes them: ``maskiou.evaluation.predict`` through the adapter's
+one prediction function (``maskiou_integrations.ultralytics_yolo.detect``: ultralytics'
+letterbox, its NMS with the checkpoint's conf 0.001, IoU 0.7 and 100 detections per image, its
+masks at full resolution; maskness of the 28 x 28 mask probabilities in each box, as the head
+sees them and as every adapter computes it), scored by pycocotools against the
 COCO JSON (``maskiou.evaluation.cocoeval``). Beside them, ultralytics' own validator's mask and
 box mAP50-95 on the same images (its defaults: conf 0.001, IoU 0.7, 300 detections, masks
 against the polygon labels of the YOLO-seg copy of the split). Prints a table; writes JSON
@@ -23,43 +25,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maskiou.data.coco import CocoFormatError, CocoInstanceDataset  # noqa: E402
 from maskiou.evaluation.cocoeval import evaluate_scorings  # noqa: E402
 from maskiou.evaluation.metrics import scorings  # noqa: E402
+from maskiou.evaluation.predict import predict  # noqa: E402
 from maskiou.models.paths import shipped_model_path  # noqa: E402
-from maskiou.records import Detections, output_to_detections, true_mask_ious  # noqa: E402
-
-
-def collect(model: torch.nn.Module, dataset: CocoInstanceDataset, detector: dict[str, Any]
-            ) -> Detections:
-    """The detections of every image of ``dataset`` (see the module docstring)."""
-    from maskiou_integrations.ultralytics_predict import predict
-
-    args = {k: detector[k] for k in ("imgsz", "conf", "iou", "max_det")}
-    parts = []
-    for i in range(len(dataset)):
-        with Image.open(dataset.image_path(i)) as im:
-            image = np.asarray(im.convert("RGB"))
-        out = predict(model, image, **args)
-        parts.append(output_to_detections(out, int(dataset.image_ids[i]),
-                                          dataset.label_to_cat_id))
-    return Detections.concat(parts)
+from maskiou.records import true_mask_ious  # noqa: E402
 
 
 def validator_metrics(checkpoint: dict[str, Any], data_yaml: Path) -> dict[str, float]:
     """ultralytics' validator on the ``val`` split of a YOLO-seg ``data.yaml`` (its defaults,
     no plots), in percent."""
-    from maskiou_integrations.ultralytics_models import to_ultralytics_weights
-    from maskiou_integrations.ultralytics_offline import offline_environment
-
-    offline_environment()
     from ultralytics import YOLO
+
+    from maskiou_integrations.ultralytics_models import to_ultralytics_weights
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = to_ultralytics_weights(checkpoint, Path(tmp) / "model.pt")
@@ -112,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.time()
     model = load_model(ckpt)
-    dets = collect(model, dataset, ckpt["detector"])
+    dets = predict(model, dataset, progress=False)
     seconds = time.time() - started
     true_ious = true_mask_ious(dets, dataset.coco)
     scores = scorings(dets.cls_scores, None, dets.maskness, true_ious)

@@ -108,9 +108,6 @@ def mask_to_polygon(mask: np.ndarray) -> np.ndarray:
     if len(parts) == 1:
         return parts[0]
     parts = _chain(parts)
-    from .ultralytics_offline import offline_environment
-
-    offline_environment()
     from ultralytics.data.converter import merge_multi_segment
 
     return np.concatenate(merge_multi_segment([p.reshape(-1) for p in parts]), axis=0)
@@ -125,9 +122,6 @@ def polygon_line(label: int, polygon: np.ndarray, height: int, width: int) -> st
 def rasterize_line(line: str, height: int, width: int) -> tuple[int, np.ndarray]:
     """(class, UInt8 [H, W] mask) of one label line, rasterized as ultralytics' training data
     loader does (float32 coordinates, ``resample_segments``, ``polygon2mask`` at full size)."""
-    from .ultralytics_offline import offline_environment
-
-    offline_environment()
     from ultralytics.data.utils import polygon2mask
     from ultralytics.utils.ops import resample_segments
 

@@ -33,8 +33,6 @@ from torch import nn
 
 from maskiou.models.checkpoint import SCHEMA, load_allowing, named_object, save_atomic
 
-from .ultralytics_offline import offline_environment
-
 ARCHITECTURE = "yolo11n-seg.yaml"
 EMBEDDED_EPOCHS = 150
 # ultralytics' trainer settings of the embedded recipe (everything else: its defaults)
@@ -63,7 +61,6 @@ def train_embedded(output_dir: str | Path, *, device: str = "cpu",
     (``weights/last.pt``, ``best.pt``, ``results.csv``, ``args.yaml``). An interrupted run
     resumes from its ``last.pt`` (``resume``). ``threads``: torch's CPU threads (ultralytics
     otherwise sets its own count). Returns ultralytics' run folder."""
-    offline_environment()
     from ultralytics import YOLO
     from ultralytics.utils import torch_utils
 
@@ -131,16 +128,22 @@ def checkpoint_from_ultralytics(weights: str | Path, class_names: list[str],
     ``last.pt`` as its trainer writes them: the EMA model, float16). ``class_names``
     (background first) and ``label_to_cat_id`` are the dataset's; the model's classes must be
     ``class_names[1:]`` in that order."""
-    offline_environment()
     ckpt = read_ultralytics_weights(weights)
     model = ckpt.get("ema") or ckpt["model"]
+    train_args = ckpt.get("train_args") or {}
+    if train_args.get("task", "segment") != "segment" or not hasattr(model, "yaml"):
+        raise ValueError(f"{weights}: not the weights of an ultralytics segmentation model "
+                         f"(task: {train_args.get('task')})")
     names = [model.names[k] for k in sorted(model.names)]
     if names != list(class_names[1:]):
         raise ValueError(f"{weights}: the model's classes {names} are not the dataset's "
                          f"{list(class_names[1:])}")
     state = {k: (v.half() if v.is_floating_point() else v).contiguous()
              for k, v in model.state_dict().items()}
-    detector = {"yaml": _plain(model.yaml), "imgsz": int(ckpt["train_args"]["imgsz"]),
+    model_args = getattr(model, "args", None)  # a file of YOLO.save: no train_args
+    imgsz = train_args.get("imgsz", (model_args if isinstance(model_args, dict) else {})
+                           .get("imgsz", 640))
+    detector = {"yaml": _plain(model.yaml), "imgsz": int(imgsz),
                 **PREDICT, "source": _plain(source or {})}
     return {"schema": SCHEMA, "framework": FRAMEWORK, "detector": detector,
             "maskiou_head": None, "model": state, "class_names": list(class_names),
@@ -152,7 +155,6 @@ def load_detector(detector: dict[str, Any]) -> nn.Module:
     its architecture dict (random weights: load the checkpoint's ``"model"`` into it), float32,
     on the CPU, in eval mode, not fused; nothing is downloaded. ``model.maskiou_predict`` keeps
     ``imgsz``, ``conf``, ``iou`` and ``max_det`` for prediction."""
-    offline_environment()
     from ultralytics.nn.tasks import SegmentationModel
 
     cfg = copy.deepcopy(detector["yaml"])  # parse_model edits it

@@ -1,19 +1,22 @@
-"""YOLO-seg prediction as ultralytics' predictor does it, keeping what a mask-quality score needs.
+"""The steps of ultralytics' YOLO-seg predictor that the adapter's one prediction function,
+:func:`maskiou_integrations.ultralytics_yolo.detect`, reproduces, kept soft where a mask-quality
+score needs it:
 
-For one image: ultralytics' ``LetterBox`` (as its predictor pads one image: to a multiple of
-the stride), the model's forward, its ``non_max_suppression`` (class-aware, one label per box,
-``return_idxs=True``: the anchor index of every kept detection), then the masks of its
-``process_mask(..., upsample=True)`` (the predictor's default) kept soft:
+- :func:`preprocess`: its ``LetterBox`` (as its predictor pads one image: to a multiple of the
+  stride), uint8 RGB to float in [0, 1];
+- :func:`split_output`: the predictions and prototypes of the model's eval-mode output, in the
+  formats of ultralytics 8.0 to 8.4;
+- :func:`soft_masks`: the masks of its ``process_mask(..., upsample=True)`` (the predictor's
+  default) kept soft::
 
     logits = coefficients @ protos          # [n, 32] @ [32, h/4 * w/4]
     logits = bilinear upsampling to the network input, then ``scale_masks`` to the image
     mask = logits > 0 inside the box        # ultralytics' binary mask, exactly
     probs = sigmoid(logits) inside the box  # the soft mask (0 outside the box), > 0.5 on mask
 
-and, as its predictor does, detections whose mask is empty are dropped. On an image that needs
-no letterbox padding (the embedded data: 128 x 128 at ``imgsz`` 128) the masks are bit for bit
-those of ``process_mask``; with padding they are upsampled to the input and then mapped to the
-image, as ``Results`` masks are, rather than by ``process_mask_native``.
+On an image that needs no letterbox padding (the embedded data: 128 x 128 at ``imgsz`` 128) the
+masks are bit for bit those of ``process_mask``; with padding they are upsampled to the input
+and then mapped to the image, as ``Results`` masks are, rather than by ``process_mask_native``.
 """
 
 from __future__ import annotations
@@ -23,15 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from .ultralytics_offline import offline_environment
+from torch import Tensor
 
 
 def preprocess(image: np.ndarray, imgsz: int, stride: int) -> Tensor:
     """UInt8 [H, W, 3] RGB -> float32 [1, 3, h, w] in [0, 1], letterboxed as ultralytics'
     predictor does one image (scaled to fit ``imgsz``, padded with 114 to a stride multiple)."""
-    offline_environment()
     from ultralytics.data.augment import LetterBox
 
     boxed = LetterBox(new_shape=(imgsz, imgsz), auto=True, stride=stride)(image=image)
@@ -80,40 +80,3 @@ def soft_masks(protos: Tensor, coefficients: Tensor, boxes: Tensor, input_shape:
     half = torch.tensor(0.5, device=probs.device)
     above = torch.nextafter(half, torch.ones_like(half))
     return binary, torch.where(binary, probs.clamp(min=above), probs)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, image: np.ndarray, *, imgsz: int, conf: float, iou: float,
-            max_det: int) -> dict[str, Tensor]:
-    """One image's detections the way ultralytics' predictor makes them (see the module).
-
-    Args:
-        model: an ultralytics ``SegmentationModel`` in eval mode (``model.names``: its classes).
-        image: UInt8 [H, W, 3] RGB.
-
-    Returns:
-        ``boxes`` [n, 4] xyxy in the image's pixels, ``scores`` [n] (the class confidence),
-        ``labels`` [n] int64 (maskiou's: YOLO class + 1), ``masks`` [n, 1, H, W] soft masks,
-        ``maskness`` [n] (mean soft-mask probability over the binary mask's pixels),
-        ``anchor_indices`` [n] (position in the head's A predictions), ``coefficients`` [n, nm];
-        sorted by score, highest first.
-    """
-    offline_environment()
-    from ultralytics.utils import nms, ops
-
-    stride = int(max(model.stride.max().item(), 32))
-    x = preprocess(image, imgsz, stride)
-    predictions, protos = split_output(model(x))
-    (det,), (idx,) = nms.non_max_suppression(predictions, conf, iou, nc=len(model.names),
-                                             max_det=max_det, return_idxs=True)
-    shape = image.shape[:2]
-    boxes = ops.scale_boxes(x.shape[2:], det[:, :4].clone(), shape)
-    coefficients = det[:, 6:]
-    binary, probs = soft_masks(protos[0], coefficients, boxes, tuple(x.shape[2:]), shape)
-    keep = binary.flatten(1).any(1)  # as the predictor: no detection without a mask
-    binary, probs = binary[keep], probs[keep]
-    area = binary.flatten(1).sum(1)
-    maskness = (probs * binary).flatten(1).sum(1) / area.clamp(min=1)
-    return {"boxes": boxes[keep], "scores": det[keep, 4], "labels": det[keep, 5].long() + 1,
-            "masks": probs[:, None], "maskness": maskness,
-            "anchor_indices": idx[keep].long(), "coefficients": coefficients[keep]}

@@ -1,8 +1,18 @@
-"""maskiou's scores on ultralytics' own ``Results``: a ``SegmentationPredictor`` for
-``YOLO.predict(..., predictor=MaskIoUSegmentationPredictor)``.
+"""maskiou's scores on ultralytics' own ``Results``: ``YOLO.predict`` on a ``YOLO`` the head was
+attached to returns the final score.
 
-ultralytics lets a caller give ``Model.predict`` its own predictor class; this one is its
-``SegmentationPredictor`` with two steps extended, and nothing of its own code replaced:
+    from ultralytics import YOLO
+    from maskiou import attach_maskiou_head
+
+    yolo = attach_maskiou_head(YOLO("yolo11n-seg.yaml"))   # or YOLO("best.pt")
+    r = yolo.predict("image.png", conf=0.001)[0]
+    r.boxes.conf, r.cls_scores, r.mask_quality, r.maskness   # final, class, head, maskness
+
+How: attaching to a ``YOLO`` calls :func:`use_final_score`, which adds one callback to that
+``YOLO`` (``on_predict_start``, ultralytics' own extension point; nothing of ultralytics'
+modules changes). When a predict starts with ultralytics' plain ``SegmentationPredictor`` on a
+model with a head, the callback makes that predictor a :class:`MaskIoUSegmentationPredictor`:
+its ``SegmentationPredictor`` with two steps extended, nothing of its own code replaced:
 
 - ``inference``: the model's forward as ultralytics runs it, with a forward pre-hook on the
   ``Segment`` head for the duration of the call (the neck features P3/P4/P5 it reads);
@@ -13,16 +23,14 @@ ultralytics lets a caller give ``Model.predict`` its own predictor class; this o
   (the head's calibration) and its rows are re-sorted by it, as the head's ``rescore_outputs``
   says (as ultralytics itself adds ``feats`` to ``Results`` for its trackers).
 
-    from ultralytics import YOLO
-    from maskiou_integrations.ultralytics_results import MaskIoUSegmentationPredictor, yolo_of
-
-    yolo = yolo_of("model_final.pt")             # a maskiou add-on checkpoint, as a YOLO
-    r = yolo.predict("image.png", predictor=MaskIoUSegmentationPredictor, conf=0.001)[0]
-    r.boxes.conf, r.cls_scores, r.mask_quality   # final score, class score, the head's output
+A ``YOLO`` loaded from a file (``YOLO("saved.pt")`` after ``yolo.save``: the head is pickled
+inside ``yolo.model``) has ultralytics' default callbacks: call :func:`use_final_score` on it
+again. ultralytics' predictor predicts with a copy of ``yolo.model`` made when it is set up:
+after changing the head's weights in place, set ``yolo.predictor = None`` (as for any weight).
 
 Its predictor fuses Conv + BatchNorm before predicting (``AutoBackend(fuse=True)``), so its
 features, and the head's output, differ from :meth:`UltralyticsYOLOAdapter.predict`'s (unfused)
-in the last digits (about 1e-5; the test bounds them).
+in the last digits (about 1e-6; the test bounds them).
 """
 
 from __future__ import annotations
@@ -32,15 +40,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from ultralytics.models.yolo.segment import SegmentationPredictor
+from ultralytics.nn.tasks import SegmentationModel
 
-from .ultralytics_offline import offline_environment
-
-offline_environment()
-
-from ultralytics.models.yolo.segment import SegmentationPredictor  # noqa: E402
-from ultralytics.nn.tasks import SegmentationModel  # noqa: E402
-
-from .ultralytics_yolo import (  # noqa: E402
+from .ultralytics_yolo import (
     FEATURE_LEVEL,
     mask_probs_in_boxes,
     roi_features,
@@ -50,19 +53,52 @@ from .ultralytics_yolo import (  # noqa: E402
 )
 
 
-def underlying_model(backend: nn.Module) -> nn.Module:
-    """The ``SegmentationModel`` inside ultralytics' ``AutoBackend`` (or the model itself)."""
+def _segmentation_model_in(backend: Any) -> SegmentationModel | None:
+    """The ``SegmentationModel`` inside ultralytics' ``AutoBackend`` (or the model itself), or
+    None (an exported model)."""
     for m in (backend, getattr(backend, "model", None),
               getattr(getattr(backend, "backend", None), "model", None)):
         if isinstance(m, SegmentationModel):
             return m
-    raise TypeError(f"{type(backend).__name__} holds no ultralytics SegmentationModel: the "
-                    "MaskIoU predictor needs the PyTorch model (not an exported one)")
+    return None
+
+
+def underlying_model(backend: nn.Module) -> nn.Module:
+    """The ``SegmentationModel`` inside ultralytics' ``AutoBackend`` (or the model itself)."""
+    model = _segmentation_model_in(backend)
+    if model is None:
+        raise TypeError(f"{type(backend).__name__} holds no ultralytics SegmentationModel: the "
+                        "MaskIoU predictor needs the PyTorch model (not an exported one)")
+    return model
+
+
+def final_score_predictor(predictor: Any) -> None:
+    """The ``on_predict_start`` callback of :func:`use_final_score`: ultralytics' plain
+    ``SegmentationPredictor`` on a PyTorch model with a head becomes a
+    :class:`MaskIoUSegmentationPredictor` (the same object, its class extended); any other
+    predictor (a caller's own class, an exported model, no head) is left as it is."""
+    model = _segmentation_model_in(getattr(predictor, "model", None))
+    if type(predictor) is SegmentationPredictor and hasattr(model, "maskiou_head"):
+        predictor.__class__ = MaskIoUSegmentationPredictor
+
+
+def use_final_score(yolo: Any) -> Any:
+    """Make ``yolo.predict`` (ultralytics' ``YOLO``) return maskiou's final score in
+    ``boxes.conf``, with ``cls_scores``, ``mask_quality`` and ``maskness`` on each ``Results``,
+    whenever ``yolo.model`` has a MaskIoU head: adds :func:`final_score_predictor` to its
+    ``on_predict_start`` callbacks (once) and drops its current predictor (which holds a copy of
+    the model made before). ``attach_maskiou_head(yolo)`` calls it; call it on a ``YOLO``
+    loaded from a file that ``yolo.save`` wrote. Returns ``yolo``."""
+    if final_score_predictor not in yolo.callbacks.get("on_predict_start", []):
+        yolo.add_callback("on_predict_start", final_score_predictor)
+    yolo.predictor = None
+    return yolo
 
 
 class MaskIoUSegmentationPredictor(SegmentationPredictor):
     """ultralytics' ``SegmentationPredictor`` whose ``Results`` carry maskiou's scores (see the
-    module docstring). A model without a head gets its ``Results`` unchanged."""
+    module docstring). A model without a head gets its ``Results`` unchanged. Also usable
+    directly: ``yolo.predict(source, predictor=MaskIoUSegmentationPredictor)``."""
 
     _maskiou_feats: list[Tensor] | None = None
 
@@ -116,8 +152,9 @@ def _kept_rows(pred: Tensor, proto: Tensor, input_shape: Any) -> Tensor:
 
 def as_yolo(model: nn.Module, class_names: list[str] | None = None) -> Any:
     """``model`` (a ``SegmentationModel``, with or without its head) as ultralytics' ``YOLO``,
-    predicting as ``model.maskiou_predict`` says (image size, conf, IoU, ``max_det``);
-    ``class_names`` (background first) become its ``names``."""
+    predicting as ``model.maskiou_predict`` says (image size, conf, IoU, ``max_det``), with the
+    final score (:func:`use_final_score`); ``class_names`` (background first) become its
+    ``names``."""
     from ultralytics import YOLO
 
     from .ultralytics_yolo import predict_args
@@ -132,15 +169,15 @@ def as_yolo(model: nn.Module, class_names: list[str] | None = None) -> Any:
                 verbose=False)
     yolo.model = model
     yolo.overrides.update(task="segment", **args)
-    return yolo
+    return use_final_score(yolo)
 
 
 def yolo_of(checkpoint: str | Path, device: str = "cpu") -> Any:
     """A maskiou checkpoint of an ultralytics model (plain, or with its add-on head) as
-    ultralytics' ``YOLO`` (:func:`as_yolo`), for its ``predict`` (with
-    :class:`MaskIoUSegmentationPredictor`), ``val`` and ``export``. (The add-on shipped in the
-    package holds the head alone: ``maskiou.evaluation.benchmark.shipped_checkpoint`` joins it
-    to the shipped detector's weights.)"""
+    ultralytics' ``YOLO`` (:func:`as_yolo`), for its ``predict`` (with the final score), ``val``
+    and ``export``. (The add-on shipped in the package holds the head alone:
+    ``maskiou.evaluation.benchmark.shipped_checkpoint`` joins it to the shipped detector's
+    weights.)"""
     from maskiou.models.load import load_trained_model
 
     model, meta = load_trained_model(checkpoint, device)

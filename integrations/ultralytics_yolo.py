@@ -24,11 +24,17 @@ turns the raw output into detections (:func:`detect`, the one place both paths b
 
 Nothing of the detector changes: the head is a submodule ``model.maskiou_head`` of the
 ``SegmentationModel`` that the model's own forward never calls, so ``model(x)``, ultralytics'
-predictor, validator and exports are what they were, and the detections' boxes, labels, class
-scores and masks are bit for bit those of the plain model when the head's score is ignored.
-Two paths reach :func:`detect`: :meth:`UltralyticsYOLOAdapter.predict` (maskiou's records, for
-the benchmarks and the add-on) and :class:`maskiou_integrations.ultralytics_results.
-MaskIoUSegmentationPredictor` (ultralytics' own ``Results``, for ``YOLO.predict``).
+validator and exports are what they were, and the detections' boxes, labels, class scores and
+masks are bit for bit those of the plain model when the head's score is ignored.
+
+:func:`detect` is the one prediction function of maskiou's records (the adapter's ``predict``
+and ``collect``, the benchmarks, the add-on, ``benchmarks/yolo_plain_eval.py``). ultralytics'
+own ``YOLO.predict`` on a ``YOLO`` the head was attached to runs ultralytics' predictor, whose
+``Results`` rows get the same head code (:func:`mask_probs_in_boxes`, :func:`roi_features`,
+:func:`score_records`) in :mod:`maskiou_integrations.ultralytics_results`.
+
+A ``YOLO`` object is accepted wherever its ``SegmentationModel`` is (:func:`segmentation_model`):
+``attach_maskiou_head(YOLO("yolo11n-seg.yaml"))`` attaches the head to ``yolo.model``.
 
 Labels: YOLO class ``k`` is maskiou label ``k + 1`` (0 is the background), so the head has
 ``nc + 1`` outputs.
@@ -45,19 +51,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
+from ultralytics.engine.model import Model as UltralyticsModel
+from ultralytics.nn.modules.head import Segment
+from ultralytics.nn.tasks import SegmentationModel
 
 from maskiou.branch import head_score_inputs, install_head, maskiou_outputs
 from maskiou.scoring import add_maskiou_outputs, maskness
 
 from .ultralytics_models import FRAMEWORK
-from .ultralytics_offline import offline_environment
-
-offline_environment()  # before ultralytics is imported: no network attempt, ever
-
-from ultralytics.nn.modules.head import Segment  # noqa: E402
-from ultralytics.nn.tasks import SegmentationModel  # noqa: E402
-
-from .ultralytics_predict import preprocess, soft_masks, split_output  # noqa: E402
+from .ultralytics_predict import preprocess, soft_masks, split_output
 
 ROI_SIZE = 14  # the RoI-aligned P3 features: [64, 14, 14] per detection
 MASK_SIZE = 28  # the soft mask resampled into the box
@@ -67,8 +69,15 @@ FEATURE_LEVEL = 0  # P3, the Segment head's first input (what its Proto reads)
 PREDICT_DEFAULTS: dict[str, Any] = {"imgsz": 640, "conf": 0.001, "iou": 0.7, "max_det": 100}
 
 
+def segmentation_model(model: nn.Module) -> nn.Module:
+    """The ``SegmentationModel`` a user holds: ``model`` itself, or the ``.model`` of
+    ultralytics' ``YOLO`` (any ultralytics ``Model``) around it."""
+    return model.model if isinstance(model, UltralyticsModel) else model
+
+
 def segment_head(model: nn.Module) -> Segment:
     """The model's ``Segment`` head (its last layer), or a TypeError of one line."""
+    model = segmentation_model(model)
     layers = getattr(model, "model", None)
     head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
     if not isinstance(head, Segment):
@@ -122,11 +131,12 @@ def mask_probs_in_boxes(protos: Tensor, coefficients: Tensor, boxes: Tensor,
         input_shape: (h, w) of the network input (the prototype grid covers it).
     """
     nm, mh, mw = protos.shape
-    n = len(boxes)
-    if n == 0:
+    if boxes.shape[0] == 0:
         return protos.new_zeros((0, size, size))
-    logits = (coefficients.to(protos.dtype) @ protos.reshape(nm, -1)).reshape(n, 1, mh, mw)
-    rois = torch.cat([torch.arange(n, dtype=boxes.dtype, device=boxes.device)[:, None], boxes], 1)
+    # sizes from shapes, not len(): an ONNX trace keeps the number of detections dynamic
+    logits = (coefficients.to(protos.dtype) @ protos.reshape(nm, -1)).reshape(-1, 1, mh, mw)
+    index = torch.ones_like(boxes[:, :1]).cumsum(0) - 1  # RoI k reads map k: 0, 1, ..., n - 1
+    rois = torch.cat([index, boxes], 1)
     # one map per detection: RoI k reads map k; the grid is at 1/4 of the input, pixel centres
     # as ultralytics' bilinear upsampling (align_corners=False) places them
     aligned = roi_align(logits.float(), rois.float(), size, spatial_scale=mh / input_shape[0],
@@ -137,7 +147,7 @@ def mask_probs_in_boxes(protos: Tensor, coefficients: Tensor, boxes: Tensor,
 def roi_features(features: Tensor, boxes: Tensor, stride: float, size: int = ROI_SIZE) -> Tensor:
     """One level's features RoI-aligned at ``boxes`` ([n, 4] in input pixels):
     ``features`` [C, h/s, w/s] -> Tensor[n, C, size, size]."""
-    rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], 1)
+    rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], 1)
     return roi_align(features[None].float(), rois.float(), size, spatial_scale=1.0 / stride,
                      sampling_ratio=2, aligned=True)
 
@@ -157,6 +167,7 @@ def detect(model: nn.Module, images: list[np.ndarray], head_inputs: bool = False
     """
     from ultralytics.utils import nms, ops
 
+    model = segmentation_model(model)
     args = predict_args(model)
     head = segment_head(model)
     device = next(model.parameters()).device
@@ -225,7 +236,8 @@ class UltralyticsYOLOAdapter:
     capabilities = frozenset({"predict", "collect", "load", "convert", "train"})
 
     def matches(self, model: nn.Module) -> bool:
-        return isinstance(model, SegmentationModel)
+        """A ``SegmentationModel``, or ultralytics' ``YOLO`` holding one."""
+        return isinstance(segmentation_model(model), SegmentationModel)
 
     def head_defaults(self, model: nn.Module) -> dict[str, Any]:
         head = segment_head(model)
@@ -238,19 +250,25 @@ class UltralyticsYOLOAdapter:
 
     def install(self, model: nn.Module, head: nn.Module, config: Any) -> None:
         """``model.maskiou_head`` and the config's values (``maskiou_rescore``, ...): read by
-        :func:`detect`; the model's forward does not change."""
-        install_head(model, head, config)
+        :func:`detect`; the model's forward does not change. On ultralytics' ``YOLO`` they go
+        into its ``SegmentationModel`` (``yolo.model``), and ``yolo.predict`` then returns the
+        final score (:func:`~maskiou_integrations.ultralytics_results.use_final_score`)."""
+        install_head(segmentation_model(model), head, config)
+        if isinstance(model, UltralyticsModel):
+            from .ultralytics_results import use_final_score
+
+            use_final_score(model)
 
     def predict(self, model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """:func:`detect` on maskiou's images (eval mode, no grad)."""
-        model.eval()
+        model = segmentation_model(model).eval()
         return detect(model, [to_uint8(img) for img in images])
 
     def collect(self, model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """:meth:`predict` in the detector's order (``scores`` = class confidence) with the
         head's inputs of each detection: ``roi_features`` Tensor[n, 64, 14, 14] (P3) and
         ``mask_probs`` Tensor[n, 28, 28]."""
-        model.eval()
+        model = segmentation_model(model).eval()
         return detect(model, [to_uint8(img) for img in images], head_inputs=True)
 
     def load_detector(self, detector: Mapping[str, Any]) -> nn.Module:
@@ -260,22 +278,29 @@ class UltralyticsYOLOAdapter:
 
         return load_detector(dict(detector))
 
-    def checkpoint_from_files(self, config_file: str, weights: str, class_names: list[str],
+    def checkpoint_from_files(self, config_file: str | None, weights: str,
+                              class_names: list[str],
                               label_to_cat_id: dict[int, int]) -> dict[str, Any]:
         """A maskiou checkpoint of an ultralytics training run's files: ``args.yaml`` (its
         trainer's arguments: a segmentation run, and the image size it predicts at) and a
         weights file (``weights/best.pt``, read with only module classes allowed, see
-        :func:`~maskiou_integrations.ultralytics_models.read_ultralytics_weights`)."""
+        :func:`~maskiou_integrations.ultralytics_models.read_ultralytics_weights`).
+        ``config_file`` None (``maskiou-addon --detector best.pt``): the ``args.yaml`` its
+        trainer leaves in the run folder (``RUN/weights/best.pt`` -> ``RUN/args.yaml``) where
+        there is one, else the trainer's arguments the weights file itself carries."""
         import yaml
 
         from .ultralytics_models import checkpoint_from_ultralytics
 
-        args = yaml.safe_load(Path(config_file).read_text()) or {}
+        if config_file is None:
+            beside = Path(weights).resolve().parent.parent / "args.yaml"
+            config_file = str(beside) if beside.is_file() else None
+        args = yaml.safe_load(Path(config_file).read_text()) or {} if config_file else {}
         if not isinstance(args, dict) or args.get("task", "segment") != "segment":
             raise ValueError(f"{config_file}: not the args.yaml of an ultralytics segmentation "
                              "run (task: segment)")
-        ckpt = checkpoint_from_ultralytics(weights, class_names, label_to_cat_id,
-                                           {"args": str(config_file), "weights": str(weights)})
+        source = {"weights": str(weights), **({"args": str(config_file)} if config_file else {})}
+        ckpt = checkpoint_from_ultralytics(weights, class_names, label_to_cat_id, source)
         if "imgsz" in args:
             ckpt["detector"]["imgsz"] = int(args["imgsz"])
         return ckpt

@@ -120,10 +120,14 @@ class Loads(Protocol):
 class Converts(Protocol):
     """Capability ``convert``: a maskiou checkpoint from the framework's own files."""
 
-    def checkpoint_from_files(self, config_file: str, weights: str, class_names: list[str],
+    def checkpoint_from_files(self, config_file: str | None, weights: str,
+                              class_names: list[str],
                               label_to_cat_id: dict[int, int]) -> dict[str, Any]:
         """A maskiou checkpoint (see ``maskiou.models.checkpoint``) of the detector that a
-        config file and a weights file name, for these classes."""
+        config file and a weights file name, for these classes. ``config_file`` None: the
+        framework's weights file alone (``maskiou-addon --detector WEIGHTS`` on a file that
+        pickles the framework's classes); the adapter reads what it needs from it, or from
+        where its trainer leaves it, or raises ValueError naming what is missing."""
         ...
 
 

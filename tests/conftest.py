@@ -14,6 +14,12 @@ for p in (ROOT, ROOT / "examples"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+# The tests' opt-in to ultralytics with no network attempt (the library never does this):
+# YOLO_OFFLINE, YOLO_AUTOINSTALL and a temporary YOLO_CONFIG_DIR for the session; see the module.
+from offline_ultralytics import offline_env, ultralytics_patches_undone  # noqa: E402,F401
+
+offline_env()
+
 if "MUTANT_UNDER_TEST" in os.environ:
     # Under mutmut the mutated copy of integrations/ (in mutants/) must be the adapter that the
     # entry point loads, not the installed maskiou_integrations that points at the original.

@@ -5,6 +5,8 @@ the cached detections of labeled images the detector did not train on.
         --train-images imgs/ --output-dir runs/addon
     maskiou-addon --detector-config d2/config.yaml --detector d2/model_final.pth \\
         --train-json ann.json --train-images imgs/ --output-dir runs/addon   # detectron2
+    maskiou-addon --detector runs/segment/train/weights/best.pt \\
+        --train-json ann.json --train-images imgs/ --output-dir runs/addon   # ultralytics
     torchrun --nproc_per_node=8 -m maskiou.addon --detector ... --device cuda   # the collection
                                                  # pass on 8 processes; rank 0 trains the head
 
@@ -63,6 +65,40 @@ def converted_detector(args: argparse.Namespace) -> str:
     return path or convert()
 
 
+# packages whose pickled names say nothing about a file's framework
+_NOT_FRAMEWORKS = frozenset({"torch", "numpy", "builtins", "__builtin__", "collections",
+                             "_codecs", "copyreg"})
+
+
+def own_weights_framework(path: str) -> str | None:
+    """The framework whose own weights file ``path`` is: a file that is not a maskiou
+    checkpoint but pickles classes of a package whose adapter converts its files (capability
+    ``convert``, its ``framework`` the package's name; a trainer's ``best.pt`` that pickles its
+    model object). None for anything else, a maskiou checkpoint among them."""
+    from pathlib import Path
+
+    import torch
+
+    from maskiou.attach import UnknownFrameworkError, framework_adapter
+    from maskiou.contract import AdapterContractError
+
+    if not Path(path).is_file():
+        return None
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - not a torch file: reading it as a checkpoint says so
+        return None
+    packages = sorted({n.split(".")[0] for n in names} - _NOT_FRAMEWORKS
+                      - set(sys.stdlib_module_names))
+    for package in packages:
+        try:
+            framework_adapter(package, "convert")
+        except (UnknownFrameworkError, AdapterContractError):
+            continue
+        return package
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="maskiou-addon", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                    "--no-maskiou, or the shipped "
                    "maskiou/pretrained/synthetic_cpu_torchvision_plain.pt), or "
                    "with --detector-config the framework's own weights file (detectron2: "
-                   "model_final.pth)")
+                   "model_final.pth), or a framework's own weights file that pickles its "
+                   "model (ultralytics: runs/segment/train/weights/best.pt, args.yaml read "
+                   "from its run folder)")
     p.add_argument("--detector-config", help="the detector's config file in its framework's "
                    "format (detectron2: the YAML its trainer wrote, cfg.dump())")
     p.add_argument("--detector-framework", default="detectron2", help="with --detector-config: "
@@ -110,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         set_max_pixels(args.max_pixels)
         _, _, device = D.init_distributed(args.device)
         detector = args.detector
-        if args.detector_config:
+        own = None if args.detector_config else own_weights_framework(args.detector)
+        if own is not None:  # the framework's own weights alone: its adapter converts them
+            args.detector_framework = own
+        if args.detector_config or own is not None:
             detector = converted_detector(args)
         path = train_addon(detector, args.train_json, args.train_images, args.output_dir,
                            cfg, device=device, progress=not args.no_progress,

@@ -130,25 +130,29 @@ def model_kind(meta: dict[str, Any]) -> str:
     return "add-on" if meta.get("addon") else "end to end"
 
 
-def convert_detector(framework: str, config_file: str | Path, weights: str | Path, dataset: Any,
-                     out_dir: str | Path) -> Path:
+def convert_detector(framework: str, config_file: str | Path | None, weights: str | Path,
+                     dataset: Any, out_dir: str | Path) -> Path:
     """A maskiou checkpoint of a detector named its framework's way (a config file and a
-    weights file), for the classes of ``dataset`` (a ``CocoInstanceDataset``): written once to
-    ``out_dir/detector-<hash>.pt`` by the framework's adapter (``checkpoint_from_files``), and
-    reused while the two files are the same."""
+    weights file, or the weights file alone: ``config_file`` None, see
+    :class:`maskiou.contract.Converts`), for the classes of ``dataset`` (a
+    ``CocoInstanceDataset``): written once to ``out_dir/detector-<hash>.pt`` by the framework's
+    adapter (``checkpoint_from_files``), and reused while the files are the same."""
     import hashlib
 
     from maskiou.attach import framework_adapter
 
-    for what, f in (("config", config_file), ("weights", weights)):
+    files = [("weights", weights)] if config_file is None else [("config", config_file),
+                                                                 ("weights", weights)]
+    for what, f in files:
         if not Path(f).is_file():
             raise FileNotFoundError(f"{framework} {what} file {f} not found")
-    digest = hashlib.sha1(Path(config_file).read_bytes() + Path(weights).read_bytes())
+    digest = hashlib.sha1(b"".join(Path(f).read_bytes() for _, f in files))
     path = Path(out_dir) / f"detector-{framework}-{digest.hexdigest()[:12]}.pt"
     if path.is_file():
         return path
     adapter = framework_adapter(framework, "convert", "reading a config and a weights file")
-    ckpt = adapter.checkpoint_from_files(str(config_file), str(weights), dataset.class_names,
+    ckpt = adapter.checkpoint_from_files(None if config_file is None else str(config_file),
+                                         str(weights), dataset.class_names,
                                          dataset.label_to_cat_id)
     save_atomic(ckpt, path)
     return path
