@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -104,10 +105,19 @@ def test_torchvision_export_example_is_the_test_size_or_the_one_asked():
     assert image.shape == (3, 40, 72)
 
 
+def quietly_found(framework: str) -> None:
+    """Import the adapters first, outside what a test reads: detectron2's import warns that
+    ``torch.jit.script`` is deprecated (its FutureWarning, not maskiou's line)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        framework_adapter(framework)
+
+
 def refused(capsys, src: Path, tmp_path: Path, framework: str) -> None:
     """``maskiou-export SRC DST --torchscript --onnx`` exits 2 with one line naming the
     framework and why, and writes none of the three files."""
     outs = [tmp_path / "slim.pt", tmp_path / "m.ts", tmp_path / "m.onnx"]
+    quietly_found(framework)
     capsys.readouterr()
     code = export([str(src), str(outs[0]), "--torchscript", str(outs[1]), "--onnx",
                    str(outs[2])])
@@ -165,3 +175,24 @@ def test_export_refusal_as_a_program_is_one_line_and_exit_2(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "a detectron2 model is not written" in lines[0], done.stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_coco_eval_without_a_checkpoint_refuses_a_framework_maskiou_train_does_not_build(
+        tmp_path, capsys):
+    """Without --checkpoint on the user's data, ``coco_eval.py`` trains with maskiou-train: the
+    framework it builds comes from the adapter of a model it builds, not from a name."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import coco_eval
+
+    quietly_found("torchvision")
+    trainer_framework()  # (cached) the adapters imported first, their import warnings apart
+
+    files = ["--train-json", str(tmp_path / "t.json"), "--train-images", str(tmp_path / "t"),
+             "--val-json", str(tmp_path / "v.json"), "--val-images", str(tmp_path / "v"),
+             "--output-dir", str(tmp_path / "out")]
+    assert coco_eval.main(["--detector-framework", "detectron2", *files]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["coco_eval: error: maskiou's own trainer does not build detectron2 models "
+                   "(it builds torchvision models): train it with detectron2 itself and pass "
+                   "--checkpoint WEIGHTS --detector-config CONFIG"]
+    assert not (tmp_path / "out").exists()
