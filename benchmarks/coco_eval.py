@@ -121,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"coco_eval: error: {e}", file=sys.stderr)
         return 2
-    from maskiou.models.load import trainer_frameworks
+    from maskiou.models.load import trainer_framework
 
-    if (args.detector_framework not in trainer_frameworks() and args.checkpoint is None
-            and custom_data):
+    if (args.checkpoint is None and custom_data
+            and args.detector_framework != trainer_framework()):
         print(f"coco_eval: error: maskiou's own trainer does not build {args.detector_framework} "
-              f"models (it builds {', '.join(trainer_frameworks())}): train it with "
+              f"models (it builds {trainer_framework()} models): train it with "
               f"{args.detector_framework} itself and pass --checkpoint WEIGHTS --detector-config "
               "CONFIG", file=sys.stderr)
         return 2

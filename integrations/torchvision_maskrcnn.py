@@ -9,8 +9,16 @@ the model's own ``RoIHeads`` class: a subclass that overrides anything but ``for
 ``postprocess_detections``) keeps its override. No parameter moves: a checkpoint of the plain
 detector loads into the attached model with ``strict=False`` (only ``roi_heads.maskiou_head.*``
 is new), and the attached model still scripts with TorchScript.
+
+Its detectors are maskiou's own recipe (``maskiou.models``: a ``TrainConfig``, built by
+``build_model``, trained by ``maskiou-train``); the adapter is the door to them, as detectron2's
+and ultralytics' adapters are to theirs: ``load`` rebuilds one, ``train`` trains the embedded
+one with ``maskiou-train``, ``export`` gives what TorchScript and ONNX need.
 """
 
+import os
+import subprocess
+import sys
 from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
@@ -140,13 +148,25 @@ class MaskScoringRoIHeads(RoIHeads):
         return result, losses
 
 
+#: torchrun's variables: a child trainer that saw them would wait for the other ranks.
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                      "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def embedded_training_args(output_dir: str, device: str = "cpu") -> List[str]:
+    """``maskiou-train``'s arguments that train the shipped plain detector's recipe again."""
+    return ["--config", "synthetic-cpu", "--no-maskiou", "--output-dir", str(output_dir),
+            "--device", str(device)]
+
+
 class TorchvisionMaskRCNNAdapter(RoIHeadsAdapter):
     """Attaches the head to ``model.roi_heads`` of a torchvision ``MaskRCNN``: the whole
     adapter contract (:mod:`maskiou.contract`)."""
 
     name = "torchvision MaskRCNN (maskiou_integrations.torchvision_maskrcnn)"
     framework = "torchvision"
-    capabilities = frozenset({"predict", "collect", "load", "losses", "cost"})
+    capabilities = frozenset({"predict", "collect", "load", "train", "losses", "cost",
+                              "export"})
     mixin = MaskScoringRoIHeads
     base = RoIHeads
 
@@ -181,6 +201,33 @@ class TorchvisionMaskRCNNAdapter(RoIHeadsAdapter):
         from maskiou.models.load import build_detector
 
         return build_detector(detector["config"], int(detector["num_classes"])).eval()
+
+    def train_embedded(self, output_dir: str, device: str = "cpu") -> str:
+        """Train the plain Mask R-CNN of the embedded recipe (``synthetic-cpu``, no head: the
+        shipped ``torchvision_plain``'s) with ``maskiou-train``, torchvision's trainer here,
+        into ``output_dir``; returns ``output_dir/model_final.pt``. The trainer runs as its
+        own process (the adapters sit below maskiou's trainer, ``docs/development.md``), one
+        process even under torchrun (its variables are left out of the child's environment)."""
+        command = [sys.executable, "-m", "maskiou.training", *embedded_training_args(
+            output_dir, device)]
+        env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
+        done = subprocess.run(command, env=env, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"maskiou-train exited with {done.returncode} training the "
+                               f"embedded torchvision detector into {output_dir} (its output "
+                               "is above)")
+        return os.path.join(output_dir, "model_final.pt")
+
+    def export_example(self, model: nn.Module,
+                       size: Tuple[int, int] | None = None) -> List[Tensor]:
+        """One example image for tracing the ONNX graph: ``[Tensor[3, H, W]]`` uniform in
+        [0, 1], ``size`` (H, W) or square at the model's test size (``transform.min_size``).
+        The model (head attached or not) scripts with ``torch.jit.script`` and traces with the
+        TorchScript-based ONNX exporter (``maskiou.training.deploy``)."""
+        if size is None:
+            side = int(model.transform.min_size[0])
+            size = (side, side)
+        return [torch.rand(3, int(size[0]), int(size[1]))]
 
     def losses(self, model: nn.Module, images: List[Tensor],
                targets: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:

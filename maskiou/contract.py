@@ -19,6 +19,8 @@ capability      members                                      used by
 ``train``       ``train_embedded(output_dir, device)``       ``coco_eval.py --retrain``
 ``losses``      ``losses(model, images, targets)``           ``check_adapter`` (training)
 ``cost``        ``mask_branch(model)``                       the cost table
+``export``      ``export_example(model, size)``              ``maskiou-export --torchscript``,
+                                                             ``--onnx``
 =============== ============================================ ===================================
 
 Images and detections cross the contract in maskiou's own format, whatever the framework's:
@@ -135,7 +137,25 @@ class TrainsEmbedded(Protocol):
     """Capability ``train``: train the framework's plain detector on the embedded data."""
 
     def train_embedded(self, output_dir: str, device: str = "cpu") -> str:
-        """Train with the framework's own trainer; returns the maskiou checkpoint's path."""
+        """Train the recipe of the framework's shipped plain detector again, with the
+        framework's own trainer (torchvision's: ``maskiou-train``), into ``output_dir``;
+        returns the maskiou checkpoint's path."""
+        ...
+
+
+class Exports(Protocol):
+    """Capability ``export``: the model scripts with ``torch.jit.script`` and exports with the
+    TorchScript-based ONNX exporter as it is (``maskiou.training.deploy``): its eval-mode
+    ``forward`` takes ``list[Tensor[3, H, W]]`` (maskiou's images) and returns one detection
+    record per image, fields in the order ``boxes``, ``labels``, ``scores``, ``masks`` (then
+    ``cls_scores``, ``mask_quality``, ``maskness`` with a head). An adapter whose models do not
+    (their forward takes another input, or the final score is computed outside the module)
+    leaves it undeclared, and ``maskiou-export`` refuses their checkpoints in one line."""
+
+    def export_example(self, model: nn.Module,
+                       size: tuple[int, int] | None = None) -> list[Tensor]:
+        """``[Tensor[3, H, W]]``, one example image to trace the ONNX graph with, of ``size``
+        (H, W) or, by default, the size the model's test-time preprocessing works at."""
         ...
 
 
@@ -171,6 +191,8 @@ CAPABILITIES: dict[str, tuple[type, tuple[str, ...], str]] = {
               "embedded data"),
     "losses": (HasLosses, ("losses",), "to run a training step on maskiou's targets"),
     "cost": (MeasuresCost, ("mask_branch",), "to measure the mask branch's cost"),
+    "export": (Exports, ("export_example",), "to write the model as TorchScript and ONNX "
+               "(its forward scripts and traces as it is)"),
 }
 """Capability name -> (its Protocol, its members, what maskiou needs it for)."""
 

@@ -43,7 +43,8 @@ def tv_detector_entry() -> dict:
 def test_the_torchvision_adapter_passes_the_whole_contract():
     report = check_adapter(TorchvisionMaskRCNNAdapter(), tiny_maskrcnn(), images(), targets(),
                            detector=tv_detector_entry())
-    assert report.ok and report.skipped == []
+    assert report.ok and report.skipped == ["train (declared; needs the framework's files or "
+                                            "a training run)"]
     assert {"matches", "head_defaults", "install", "predict (plain model)",
             "predict (head attached)", "predict: detector outputs unchanged by attaching",
             "collect", "losses", "mask_branch", "load_detector"} <= set(report.passed)

@@ -24,7 +24,7 @@ from maskiou.addon.run import ADDON_VERSION, load_recalibration, train_addon
 from maskiou.attach import find_maskiou_head
 from maskiou.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from maskiou.models.config import TrainConfig
-from maskiou.models.load import load_trained_model, trained_by_maskiou
+from maskiou.models.load import load_trained_model
 from maskiou.models.paths import (
     DEFAULT_FRAMEWORK,
     addon_dir,
@@ -145,22 +145,17 @@ def embedded_config(**overrides: Any) -> TrainConfig:
 
 
 def embedded_detector(framework: str = DEFAULT_FRAMEWORK, progress: bool = True,
-                      retrain: bool = False, device: str | torch.device = "cpu",
-                      cfg: TrainConfig | None = None) -> Path:
+                      retrain: bool = False, device: str | torch.device = "cpu") -> Path:
     """The plain detector of ``framework`` for the embedded data, in its run folder: the
     shipped one (``maskiou/pretrained/index.json``), or with ``retrain`` one trained again the
-    way the shipped one was: by maskiou's own trainer and the ``synthetic-cpu`` recipe
-    (``trained_by: maskiou-train``), or by the framework's own trainer (its adapter's
-    capability ``train``)."""
+    way the shipped one was, by the framework's trainer through its adapter (capability
+    ``train``: torchvision's runs ``maskiou-train`` with the ``synthetic-cpu`` recipe)."""
     from maskiou.attach import framework_adapter
 
     name = shipped_name(framework, "plain")
     if name is None:
         raise ValueError(f"no embedded {framework} detector is shipped (frameworks with one: "
                          f"{', '.join(shipped_frameworks())}); give --checkpoint")
-    if trained_by_maskiou(name):
-        cfg = dataclasses.replace(cfg or embedded_config(), maskiou=False)
-        return train_or_reuse(cfg, model_dir(name), progress, retrain, shipped=name)
     final = model_dir(name) / "model_final.pt"
     if retrain and D.is_main():
         final.unlink(missing_ok=True)
@@ -180,10 +175,9 @@ def embedded_detector(framework: str = DEFAULT_FRAMEWORK, progress: bool = True,
     return final
 
 
-def default_detector(progress: bool = True, retrain: bool = False,
-                     cfg: TrainConfig | None = None) -> Path:
+def default_detector(progress: bool = True, retrain: bool = False) -> Path:
     """The main job's plain detector (:func:`embedded_detector` of the default framework)."""
-    return embedded_detector(DEFAULT_FRAMEWORK, progress, retrain, cfg=cfg)
+    return embedded_detector(DEFAULT_FRAMEWORK, progress, retrain)
 
 
 def default_end_to_end(progress: bool = True, retrain: bool = False,
@@ -360,7 +354,7 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
 
     models: dict[str, str] = {}
     if checkpoint is None and embedded:
-        checkpoint = str(embedded_detector(framework, progress, retrain, dev, cfg))
+        checkpoint = str(embedded_detector(framework, progress, retrain, dev))
         if end_to_end_checkpoint is None:
             e2e = default_end_to_end(progress, retrain, cfg, framework)
             end_to_end_checkpoint = str(e2e) if e2e else None

@@ -23,7 +23,6 @@ from .checkpoint import (
     save_atomic,
 )
 from .config import TrainConfig
-from .paths import shipped_frameworks, shipped_model_path
 
 
 def build_model(cfg: TrainConfig, num_classes: int,
@@ -159,14 +158,10 @@ def convert_detector(framework: str, config_file: str | Path | None, weights: st
 
 
 @functools.cache
-def trained_by_maskiou(name: str) -> bool:
-    """Whether the shipped model ``name`` was trained by maskiou's own trainer and recipe (its
-    checkpoint records a ``TrainConfig``: ``--retrain`` runs that recipe again), rather than by
-    its framework's own trainer (through its adapter's ``train_embedded``)."""
-    return "config" in load_checkpoint(shipped_model_path(name))
+def trainer_framework() -> str:
+    """The framework of the models maskiou's own trainer (``maskiou-train``, ``build_model``)
+    builds, as its adapter names it (the checkpoints it writes record the same)."""
+    from maskiou.attach import find_adapter
 
-
-def trainer_frameworks() -> list[str]:
-    """The frameworks whose detectors maskiou's own trainer (``maskiou-train``) builds: those
-    of the shipped plain detectors it trained."""
-    return [f for f in shipped_frameworks() if trained_by_maskiou(f"{f}_plain")]
+    return find_adapter(build_maskrcnn("maskrcnn_resnet18_fpn", 2, returned_layers=[1])
+                        ).framework

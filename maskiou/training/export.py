@@ -6,7 +6,10 @@ metadata), and write its TorchScript or ONNX form.
     maskiou-export runs/x/model_final.pt --torchscript model.ts --onnx model.onnx
 
 This is how the shipped models in ``maskiou/pretrained/`` were made. Loading
-casts the weights back to the model's dtype.
+casts the weights back to the model's dtype. The slim copy works for a checkpoint of any
+framework; TorchScript and ONNX for those whose adapter declares the capability ``export``
+(torchvision's); another framework's checkpoint is refused in one line that says why, before
+anything is written.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.dst or args.torchscript or args.onnx):
         p.error("give DST, --torchscript PATH or --onnx PATH")
     try:
+        adapter = _exporter(args.src) if (args.torchscript or args.onnx) else None
         if args.dst:
             size = export_checkpoint(args.src, args.dst, half=not args.float32)
             print(f"wrote {args.dst} ({size / 2**20:.1f} MiB)")
-        if args.torchscript or args.onnx:
+        if adapter is not None:
             from maskiou.models.load import load_trained_model
 
             from .deploy import export_onnx, script_model
@@ -62,14 +67,29 @@ def main(argv: list[str] | None = None) -> int:
                 script_model(model, args.torchscript)
                 print(f"wrote {args.torchscript} (TorchScript)")
             if args.onnx:
-                side = int(model.transform.min_size[0])
-                h, w = args.onnx_size or (side, side)
-                export_onnx(model, [torch.rand(3, h, w)], args.onnx)
+                example = adapter.export_example(model, tuple(args.onnx_size)
+                                                 if args.onnx_size else None)
+                export_onnx(model, example, args.onnx)
                 print(f"wrote {args.onnx} (ONNX, opset 17)")
     except (CheckpointError, ImportError) as e:
         print(f"maskiou-export: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _exporter(src: str | Path) -> Any:
+    """The adapter that exports the models of ``src``'s framework (capability ``export``), or
+    a :class:`CheckpointError` naming the framework and why it cannot."""
+    from maskiou.attach import UnknownFrameworkError, framework_adapter
+    from maskiou.contract import AdapterContractError
+
+    framework = read_checkpoint(src)["framework"]
+    try:
+        return framework_adapter(framework, "export", "maskiou-export --torchscript/--onnx")
+    except (UnknownFrameworkError, AdapterContractError) as e:
+        raise CheckpointError(f"{src}: a {framework} model is not written as TorchScript or "
+                              f"ONNX here (docs/deployment.md says what each framework "
+                              f"exports): {e}") from e
 
 
 if __name__ == "__main__":
