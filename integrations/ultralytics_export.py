@@ -30,8 +30,7 @@ from maskiou.branch import head_score_inputs
 from maskiou.loss import select_class
 from maskiou.scoring import maskness
 
-from .ultralytics_predict import split_output
-from .ultralytics_yolo import (
+from .ultralytics_detect import (
     FEATURE_LEVEL,
     mask_probs_in_boxes,
     roi_features,
@@ -39,6 +38,7 @@ from .ultralytics_yolo import (
     segment_inputs,
     segmentation_model,
 )
+from .ultralytics_predict import split_output
 
 ONNX_OPSET = 17
 

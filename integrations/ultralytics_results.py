@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ultralytics.models.yolo.segment import SegmentationPredictor
 from ultralytics.nn.tasks import SegmentationModel
 
-from .ultralytics_yolo import (
+from .ultralytics_detect import (
     FEATURE_LEVEL,
     mask_probs_in_boxes,
     roi_features,
@@ -157,7 +157,7 @@ def as_yolo(model: nn.Module, class_names: list[str] | None = None) -> Any:
     ``names``."""
     from ultralytics import YOLO
 
-    from .ultralytics_yolo import predict_args
+    from .ultralytics_detect import predict_args
 
     args = predict_args(model)
     if class_names is not None:
