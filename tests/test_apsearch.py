@@ -319,3 +319,42 @@ def test_the_recalibration_fits_the_weights_the_loops_fitted(monkeypatch):
     assert fit.weights == pytest.approx(before.weights, abs=1e-9) and fit.bias == before.bias
     assert fit.weights != pytest.approx([1.0, 1.0, 0.0, 0.0, 0.0], abs=0.01)  # it moved
     np.testing.assert_allclose(fit.check_scores, before.check_scores, rtol=0, atol=1e-12)
+
+
+def test_the_addons_heldout_check_is_pycocotools_ap_rounded_as_coco_ap_rounds():
+    """maskiou.addon.run.heldout_gain measures its three scorings with the table (the IoUs of
+    the recalibration's fit lent to it, or its own) and reports what coco_ap reported."""
+    import types
+
+    import torch
+
+    from maskiou.addon.recalibration import MatchInputs
+    from maskiou.addon.run import heldout_gain
+    from maskiou.records import Detections, coco_results
+
+    coco, image_ids, cats, rles = random_case(4)
+    n = len(rles)
+    rng = np.random.default_rng(2)
+    samples = types.SimpleNamespace(
+        cls_scores=torch.rand(n, dtype=torch.float64), maskness=torch.rand(n),
+        labels=torch.as_tensor(cats), image_ids=torch.as_tensor(image_ids),
+        rles=lambda rows: [rles[i] for i in rows.tolist()])
+    dataset = types.SimpleNamespace(coco=coco, label_to_cat_id={c: c for c in (1, 2, 3, 9)})
+    recal = types.SimpleNamespace(check_scores=np.round(rng.random(n), 1))
+    pred = torch.rand(n, dtype=torch.float64)
+    rows = torch.arange(n)
+    lent = MatchInputs(coco, image_ids, cats, rles)
+    for match in (None, lent):
+        gain = heldout_gain(samples, rows, pred, recal, dataset, None, match)
+        dets = Detections(image_ids=image_ids, category_ids=cats, boxes_xywh=np.zeros((n, 4)),
+                          rles=rles, cls_scores=samples.cls_scores.numpy(),
+                          pred_ious=pred.numpy(), maskness=samples.maskness.numpy(),
+                          labels=cats, rel_areas=np.ones(n), scores=np.ones(n))
+        cls, mk = samples.cls_scores.numpy(), samples.maskness.numpy()
+        for name, s in (("maskness", cls * mk), ("rescored", cls * pred.numpy()),
+                        ("recalibrated", recal.check_scores)):
+            expected = coco_ap(coco, coco_results(dets, s, "segm"), "segm",
+                               image_ids=sorted(set(image_ids.tolist())))["AP"]
+            assert gain["mask_ap"][name] == expected, name
+        assert gain["images"] == len(set(image_ids.tolist())) and gain["detections"] == n
+    assert lent._every is not None  # the lent table was the one used

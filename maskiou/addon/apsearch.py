@@ -142,6 +142,13 @@ class MatchTable:
         counts = np.bincount(gt_cat[~gt_crowd], minlength=len(cats))
         self.gt_counts = {int(c): int(k) for c, k in zip(cats, counts)}
         self._gt_img = gt_img
+        # per category: its columns in the [T, objects] precision table of _mean_ap, and the
+        # index of each recall point there: COCOeval's searchsorted(tp / npig, RECALLS) lands
+        # on the first detection where tp reaches the least count k with k / npig >= the
+        # point, i.e. on the k-th true positive (the first detection for k = 0)
+        self._columns = np.r_[0, np.cumsum(counts)]
+        self._recall_at = [np.maximum(np.searchsorted(np.arange(k + 1) / k, RECALLS), 1) - 1
+                           if k else None for k in counts.tolist()]
         # each detection's pairs in COCOeval's preference, the preferred last
         order = np.lexsort((pair_gt, pair_iou, ~gt_crowd[pair_gt], pair_det))
         self._pair_det, self._pair_gt = pair_det[order], pair_gt[order]
@@ -154,10 +161,13 @@ class MatchTable:
         score vector) on the images they are in: what ``MatchTable`` of those detections and
         images would build, without computing an IoU again. Its score vector has R entries."""
         rows = np.asarray(rows, np.int64).reshape(-1)
-        if len(np.unique(rows)) != len(rows) or (len(rows) and
-                                                 (rows.min() < 0 or rows.max() >= self.n)):
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n
+                          or np.bincount(rows, minlength=self.n).max() > 1):
             raise ValueError(f"MatchTable.subset: rows must be distinct indices below {self.n}")
-        imgs = np.intersect1d(self._image_ids[rows], self.images)
+        at = _positions(self.images, self._image_ids[rows])
+        present = np.zeros(len(self.images), bool)
+        present[at[at >= 0]] = True
+        imgs = self.images[present]
         new_img = np.full(len(self.images), -1)
         new_img[np.searchsorted(self.images, imgs)] = np.arange(len(imgs))
         new_row = np.full(self.n, -1)
@@ -194,23 +204,25 @@ class MatchTable:
         by_group = by_class[_stable(self._img[by_class])]  # (image, class), score, row
         rank = np.empty(len(s), np.int64)
         rank[by_group] = np.arange(len(s)) - self._group_start[by_group]
-        kept = rank < self.max_detections
-        tp, fp = self._match(rank)
-        seq = by_class[kept[by_class]]
-        return self._mean_ap(self._cat[seq].astype(np.int64), tp[:, seq], fp[:, seq])
+        seq = by_class[rank[by_class] < self.max_detections]  # COCOeval's order of a class
+        position = np.empty(len(s), np.int64)
+        position[seq] = np.arange(len(seq))
+        (tp_t, tp_det), (ig_t, ig_det) = self._match(rank)
+        return self._mean_ap(self._cat[seq], tp_t, position[tp_det], ig_t, position[ig_det])
 
-    def _match(self, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _match(self, rank: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                tuple[np.ndarray, np.ndarray]]:
         """COCOeval's greedy matching, every (image, class) and threshold at once, given each
-        detection's rank within its image and class (Int[M]): Bool[T, M] true positives and
-        false positives (a detection matched to a crowd region is neither)."""
+        detection's rank within its image and class (Int[M]): the true positives as
+        (threshold index, detection) Int[P] each, and the same of the detections matched to a
+        crowd region (ignored); every other detection kept is a false positive."""
         t_count = len(THRESHOLDS)
-        tp = np.zeros((t_count, len(rank)), bool)
-        fp = np.ones((t_count, len(rank)), bool)
         pair_rank = rank[self._pair_det]
         live = np.flatnonzero(pair_rank < self.max_detections)
         live = live[_stable(_small_int(pair_rank[live]))]  # by rank, then det and preference
         cuts = np.searchsorted(pair_rank[live], np.arange(self.max_detections + 1))
         taken = np.zeros((len(self._gt_cat), t_count), bool)
+        hits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for r in np.flatnonzero(np.diff(cuts)):
             ps = live[cuts[r]:cuts[r + 1]]  # the pairs of the detections of rank r
             det, gt, crowd = self._pair_det[ps], self._pair_gt[ps], self._pair_crowd[ps]
@@ -220,44 +232,50 @@ class MatchTable:
                                        starts, axis=0)  # [detections, T]: its chosen pair
             i, t = np.nonzero(last >= 0)
             chosen = last[i, t]
-            d = det[starts][i]
-            fp[t, d] = False
             solid = ~crowd[chosen]
-            tp[t[solid], d[solid]] = True
             taken[gt[chosen[solid]], t[solid]] = True
-        return tp, fp
+            hits.append((t, det[starts][i], solid))
+        t = _join([h[0] for h in hits], np.int64)
+        det = _join([h[1] for h in hits], np.int64)
+        solid = _join([h[2] for h in hits], bool)
+        return (t[solid], det[solid]), (t[~solid], det[~solid])
 
-    def _mean_ap(self, cat: np.ndarray, tp: np.ndarray, fp: np.ndarray) -> float:
+    def _mean_ap(self, cat: np.ndarray, tp_t: np.ndarray, tp_at: np.ndarray,
+                 ig_t: np.ndarray, ig_at: np.ndarray) -> float:
         """Mean over the categories with ground truth of COCOeval's interpolated precision at
-        the 101 recall points and every threshold, in percent; ``cat`` Int[K] the kept
-        detections' class positions (sorted), ``tp``/``fp`` Bool[T, K] in the same order (by
-        class, then score)."""
-        t_count = len(THRESHOLDS)
+        the 101 recall points and every threshold, in percent. ``cat`` Int[K]: the class
+        position of each kept detection in COCOeval's order (by class, then score); the true
+        positives and the ignored detections as (threshold index, place in that order).
+
+        The precision envelope at a recall point is the best precision at or after the
+        detection where recall reaches it, and precision only rises at a true positive: so
+        only the true positives' precisions are computed, k / (k + false positives before),
+        in a [T, objects] table (the k-th true positive of class c at column c's first + k-1,
+        0 where there is none), each class's envelope a reversed running maximum."""
+        t_count, k = len(THRESHOLDS), len(cat)
         cuts = np.searchsorted(cat, np.arange(len(self._cats) + 1))
+        mark = np.zeros((t_count, k), bool)
+        mark[tp_t, tp_at] = True
+        t, at = np.nonzero(mark)  # by threshold, then place
+        c = cat[at].astype(np.int64)
+        segment = t * len(self._cats) + c
+        nth = np.arange(len(t)) - np.searchsorted(segment, segment) + 1  # k-th of its class
+        ignored = 0
+        if len(ig_t):
+            keys = np.sort(ig_t * k + ig_at)
+            ignored = (np.searchsorted(keys, t * k + at)
+                       - np.searchsorted(keys, t * k + cuts[c]))
+        false = (at - cuts[c] + 1 - nth - ignored).astype(np.float64)
+        tps = nth.astype(np.float64)
+        table = np.zeros((t_count, int(self._columns[-1])))
+        table[t, self._columns[c] + nth - 1] = tps / (false + tps + np.spacing(1))
         per_category = []
-        for c, npig in enumerate(self.gt_counts.values()):
-            if npig == 0:
+        for ci, recall_at in enumerate(self._recall_at):
+            if recall_at is None:
                 continue
-            lo, hi = int(cuts[c]), int(cuts[c + 1])
-            if hi == lo:
-                per_category.append(0.0)
-                continue
-            tps = np.cumsum(tp[:, lo:hi], axis=1)
-            tp_sum = tps.astype(np.float64)
-            fp_sum = np.cumsum(fp[:, lo:hi], axis=1).astype(np.float64)
-            pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-            envelope = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-            # searchsorted(tp / npig, RECALLS) per threshold, in integers: the first tp >= k
-            # where k is the least count with k / npig >= the recall point
-            need = np.searchsorted(np.arange(npig + 1) / npig, RECALLS, side="left")
-            width = npig + 2
-            offset = np.arange(t_count)[:, None] * width
-            at = np.searchsorted((tps + offset).ravel(), (need[None, :] + offset).ravel(),
-                                 side="left").reshape(t_count, -1)
-            at -= np.arange(t_count)[:, None] * (hi - lo)
-            ok = at < hi - lo
-            rows = np.broadcast_to(np.arange(t_count)[:, None], at.shape)
-            per_category.append(float(envelope[rows[ok], at[ok]].sum())
+            block = table[:, self._columns[ci]:self._columns[ci + 1]]
+            envelope = np.maximum.accumulate(block[:, ::-1], axis=1)[:, ::-1]
+            per_category.append(float(envelope[:, recall_at].sum())
                                 / (t_count * len(RECALLS)))
         return float(np.mean(per_category) * 100) if per_category else 0.0
 
