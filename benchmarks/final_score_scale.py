@@ -4,6 +4,8 @@ images.
 
     python benchmarks/addon_scale.py --final-score        # the figures of docs/addon.md
     python benchmarks/final_score_scale.py --images 50 --out /tmp/fs.json   # a quick look
+    python benchmarks/final_score_scale.py --against-loops 500 \
+        --out docs/measurements/final_score_loops.json   # against the loops it replaced
 
 The held-out set (:func:`generate`): 640 x 480 images, 80 categories of long-tailed frequency,
 about 7.3 objects an image (COCO val2017: 36,781 instances on 5,000 images) of sizes from
@@ -29,6 +31,8 @@ Each size runs in its own process (``--in-process``: in this one), which times:
   (:func:`maskiou.addon.run.heldout_gain`), with how many AP evaluations it made;
 - ``ap``: the AP of the rescoring (cls x head), the one timed; ``heldout_check``: the three
   APs of the held-out check;
+- ``load_average``: the machine's 1-minute load average before and after (other processes
+  sharing the cores slow every timing);
 - ``peak_rss_gb``: the process's peak resident memory (``resource.getrusage`` ``ru_maxrss``;
   the process imported torch, numpy and pycocotools and generated the set too, so it bounds
   the fit's memory from above).
@@ -211,8 +215,9 @@ def signals(rng: np.random.Generator, image_ids: np.ndarray, category_ids: np.nd
     detector's are (see the module docstring)."""
     n = len(true)
     cls = 1 / (1 + np.exp(-(-2.5 + 2.0 * true + 1.5 * quality + 1.5 * rng.standard_normal(n))))
-    head = np.clip(true + 0.25 * rng.standard_normal(n), 0.01, 1.0)
-    maskness = np.clip(0.55 + 0.35 * true + 0.08 * rng.standard_normal(n), 0.05, 1.0)
+    shared = 0.2 * rng.standard_normal(n)  # what both the head and the maskness misjudge
+    head = np.clip(true + shared + 0.15 * rng.standard_normal(n), 0.01, 1.0)
+    maskness = np.clip(0.6 + 0.25 * (true + shared) + 0.08 * rng.standard_normal(n), 0.05, 1.0)
     xs, ys = polys[:, 0::2], polys[:, 1::2]
     boxes = np.c_[xs.min(1), ys.min(1), xs.max(1), ys.max(1)]
     rel_area = np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -229,6 +234,7 @@ def measure(images: int, seed: int = 0, repeats: int = 5) -> dict[str, Any]:
     from maskiou.addon import apsearch
     from maskiou.addon.recalibration import SCALE_SIGNAL, MatchInputs, Recalibration
 
+    load = [os.getloadavg()[0]]
     t0 = time.perf_counter()
     held = generate(images, seed)
     generate_s = time.perf_counter() - t0
@@ -276,7 +282,64 @@ def measure(images: int, seed: int = 0, repeats: int = 5) -> dict[str, Any]:
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "ap": ap, "heldout_check": check, "ap_searched_in_sample": every.ap(recal.predict(held.x)),
         "weights": [round(w, 4) for w in recal.weights],
+        "load_average": [round(v, 2) for v in (*load, os.getloadavg()[0])],
     }
+
+
+def against_loops(images: int, seed: int = 0) -> dict[str, Any]:
+    """The table and search against the Python loops they replaced (``tests/reference.py``),
+    one after the other in this process on the same set of ``images`` images: the table's
+    construction, one AP evaluation and the whole fit (:meth:`Recalibration.fit` and the
+    held-out check's three APs), and whether both fits gave the same weights."""
+    import sklearn.linear_model  # noqa: F401
+
+    import maskiou.addon.fit  # noqa: F401
+    from maskiou.addon import apsearch
+    from maskiou.addon.recalibration import MatchInputs, Recalibration
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from reference import LoopMatchTable, loop_search_weights
+
+    held = generate(images, seed)
+    rescored = held.x[:, 0] + held.x[:, 1]
+    ids = list(range(1, images + 1))
+    out: dict[str, Any] = {"images": images, "detections": int(len(held.rles))}
+    plain_table, plain_search = MatchInputs.table, apsearch.search_weights
+
+    def loop_table(self: Any, rows: np.ndarray) -> Any:
+        rows = np.asarray(rows)
+        sub = self.image_ids[rows]
+        return LoopMatchTable(self.coco, sorted({int(i) for i in sub}), sub,
+                              self.category_ids[rows], [self.rles[i] for i in rows])
+
+    for name, kind in (("loops", LoopMatchTable), ("table", apsearch.MatchTable)):
+        t0 = time.perf_counter()
+        table = kind(held.coco, ids, held.image_ids, held.category_ids, held.rles)
+        build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ap = table.ap(rescored)
+        one = time.perf_counter() - t0
+        if name == "loops":
+            MatchInputs.table = loop_table  # type: ignore[method-assign]
+            apsearch.search_weights = loop_search_weights
+        try:
+            t0 = time.perf_counter()
+            match = MatchInputs(held.coco, held.image_ids, held.category_ids, held.rles)
+            recal = Recalibration.fit("search", held.x, held.true_ious, {}, match, seed=seed,
+                                      target="coco")
+            every = match.table(np.arange(len(held.rles)))
+            for s in (held.x[:, 0] + held.x[:, 2], rescored, recal.check_scores):
+                every.ap(s)
+            fit = time.perf_counter() - t0
+        finally:
+            MatchInputs.table, apsearch.search_weights = plain_table, plain_search
+        out[name] = {"table_s": round(build, 2), "ap_s": round(one, 4), "fit_s": round(fit, 2),
+                     "ap": ap, "weights": recal.weights}
+    out["same_weights"] = bool(np.allclose(out["loops"]["weights"], out["table"]["weights"],
+                                           rtol=0, atol=1e-9))
+    out["ap_difference"] = abs(out["loops"]["ap"] - out["table"]["ap"])
+    out["load_average"] = round(os.getloadavg()[0], 2)
+    return out
 
 
 def run_size(images: int, seed: int, in_process: bool) -> dict[str, Any]:
@@ -306,6 +369,17 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def loops_line(pair: dict[str, Any]) -> str:
+    """The sentence of docs/addon.md that reports :func:`against_loops`."""
+    a, b = pair["loops"], pair["table"]
+    return (f"on {pair['images']:,} images ({pair['detections']:,} detections) the loops took "
+            f"{a['table_s']:.1f} s to build, {a['ap_s']:.3f} s an AP and {a['fit_s']:.1f} s "
+            f"for the whole fit; the table {b['table_s']:.1f} s, {b['ap_s']:.4f} s and "
+            f"{b['fit_s']:.1f} s ({a['fit_s'] / b['fit_s']:.0f}x), the same weights "
+            f"({'to 1e-9' if pair['same_weights'] else 'NOT the same'}) and the same AP "
+            f"(difference {pair['ap_difference']:.0e})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -316,10 +390,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in-process", action="store_true",
                    help="every size in this process (peak memory then covers them all)")
     p.add_argument("--note", default="", help="recorded with the figures (e.g. the load)")
+    p.add_argument("--against-loops", type=int, metavar="IMAGES",
+                   help="instead: the table and search against the loops they replaced, on "
+                        "this many images, one after the other (writes --out)")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: one size, JSON out
     args = p.parse_args(argv)
     if args.one is not None:
         print(json.dumps(measure(args.one, args.seed)))
+        return 0
+    if args.against_loops is not None:
+        pair = against_loops(args.against_loops, args.seed)
+        pair["note"] = args.note
+        Path(args.out).write_text(json.dumps(pair, indent=2) + "\n")
+        print(json.dumps(pair))
         return 0
     sizes = [run_size(n, args.seed, args.in_process) for n in sorted(args.images)]
     for s in sizes:

@@ -20,10 +20,10 @@ pycocotools and against the loops it replaced (``tests/reference.py``).
 How it stays fast at COCO size (500,000 detections, 80 classes, 5,000 images: one AP in a
 fraction of a second, pure numpy):
 
-- IoUs: one pycocotools call per image (every detection against every ground-truth mask of
-  the image, the crowd rule included), of which only the pairs of the same class with IoU >= 0.5
-  are kept. A detection without such a pair matches nothing at any threshold: a false positive
-  whatever its score.
+- IoUs: one pycocotools call per image (every detection of a class the image has objects of
+  against every ground-truth mask of the image, the crowd rule included), of which only the
+  pairs of the same class with IoU >= 0.5 are kept. A detection without such a pair matches
+  nothing at any threshold: a false positive whatever its score.
 - Sorting: three stable sorts of the whole score vector per call (the scores, then by class,
   then by image; the last two are radix sorts of small integers) give both orders COCOeval
   uses: by score within each (image, class), and by score within each class with ties in
@@ -108,13 +108,17 @@ class MatchTable:
             lo, hi = int(cut[p]), int(cut[p + 1])
             if hi == lo or not anns:
                 continue
-            ious = np.asarray(mask_utils.iou([rles[k] for k in rows[lo:hi]],
+            classes = np.asarray(gt_cat[first:], np.int64)
+            dets = lo + np.flatnonzero(np.isin(det_cat[lo:hi], classes))  # a class it has
+            if len(dets) == 0:
+                continue
+            ious = np.asarray(mask_utils.iou([rles[k] for k in rows[dets]],
                                              [coco.annToRLE(a) for a in anns],
                                              [int(c) for c in crowd]), np.float64)
-            ious = ious.reshape(hi - lo, len(anns))
-            same = det_cat[lo:hi, None] == np.asarray(gt_cat[first:], np.int64)[None, :]
+            ious = ious.reshape(len(dets), len(anns))
+            same = det_cat[dets, None] == classes[None, :]
             d, g = np.nonzero(same & (ious >= THRESHOLDS[0]))
-            pair_det.append(d + lo)
+            pair_det.append(dets[d])
             pair_gt.append(g + first)
             pair_iou.append(ious[d, g])
         self._setup(len(image_ids), image_ids, imgs, cats, rows, det_img, det_cat,
@@ -136,7 +140,7 @@ class MatchTable:
         self.images, self._cats = imgs, cats
         self.categories = [int(c) for c in cats]
         self._rows, self._img, self._cat = rows, _small_int(det_img), _small_int(det_cat)
-        group = det_img * len(cats) + det_cat  # (image, class): sorted by _rank's last sort
+        group = det_img * len(cats) + det_cat  # (image, class): the order of ap()'s last sort
         self._group_start = np.searchsorted(np.sort(group), group)
         self._gt_cat, self._gt_crowd = gt_cat, gt_crowd
         counts = np.bincount(gt_cat[~gt_crowd], minlength=len(cats))
