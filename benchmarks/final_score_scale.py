@@ -23,12 +23,13 @@ Each size runs in its own process (``--in-process``: in this one), which times:
 
 - ``table_s``: :class:`~maskiou.addon.apsearch.MatchTable` built (every IoU, one pycocotools
   call an image);
-- ``ap_s``: one AP evaluation of a score vector (the median of 5);
+- ``ap_s``: one AP evaluation of a score vector (the median of 5; ``ap_cpu_s`` its CPU time);
 - ``fit_s``: the whole fit as the add-on runs it:
   :meth:`~maskiou.addon.recalibration.Recalibration.fit` (the table, the weight search on every
   image, the held-out check's searches on each half, the logistic scale; ``fit_search_s``) and
   the held-out check's AP of maskness, the rescoring and the out-of-sample recalibrated scores
-  (:func:`maskiou.addon.run.heldout_gain`), with how many AP evaluations it made;
+  (:func:`maskiou.addon.run.heldout_gain`), with how many AP evaluations it made
+  (``fit_cpu_s`` its CPU time);
 - ``ap``: the AP of the rescoring (cls x head), the one timed; ``heldout_check``: the three
   APs of the held-out check;
 - ``load_average``: the machine's 1-minute load average before and after (other processes
@@ -38,8 +39,9 @@ Each size runs in its own process (``--in-process``: in this one), which times:
   the fit's memory from above).
 
 It writes the JSON (``--out``, default ``docs/measurements/final_score_scale.json``) and prints
-the table; the growth from the smallest to the largest size is the ratio of times over the
-ratio of images (1.0: linear).
+the table; the growth from the smallest to the largest size is the ratio of CPU times (the
+process's, ``time.process_time``: on cores other jobs share, wall time also counts the waits)
+over the ratio of images (1.0: linear).
 """
 
 from __future__ import annotations
@@ -243,11 +245,12 @@ def measure(images: int, seed: int = 0, repeats: int = 5) -> dict[str, Any]:
                                 held.category_ids, held.rles)
     table_s = time.perf_counter() - t0
     rescored = held.x[:, 0] + held.x[:, SCALE_SIGNAL]  # cls x head, the search's start
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ap = table.ap(rescored)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     del table
     calls = [0]
     plain_ap = apsearch.MatchTable.ap
@@ -258,7 +261,7 @@ def measure(images: int, seed: int = 0, repeats: int = 5) -> dict[str, Any]:
 
     apsearch.MatchTable.ap = counted  # type: ignore[method-assign]
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         match = MatchInputs(held.coco, held.image_ids, held.category_ids, held.rles)
         recal = Recalibration.fit("search", held.x, held.true_ious, {}, match, seed=seed,
                                   target="coco")
@@ -268,7 +271,7 @@ def measure(images: int, seed: int = 0, repeats: int = 5) -> dict[str, Any]:
         every = match.table(np.arange(len(held.rles)))
         check = {"maskness": every.ap(held.x[:, 0] + held.x[:, 2]), "rescored": every.ap(rescored),
                  "recalibrated": every.ap(recal.check_scores)}
-        fit_s = time.perf_counter() - t0
+        fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     finally:
         apsearch.MatchTable.ap = plain_ap  # type: ignore[method-assign]
     return {
@@ -277,7 +280,9 @@ def measure(images: int, seed: int = 0, repeats: int = 5) -> dict[str, Any]:
         "crowd_regions": int(sum(a["iscrowd"] for a in held.coco.dataset["annotations"])),
         "categories": CATEGORIES, "generate_s": round(generate_s, 2),
         "table_s": round(table_s, 2), "ap_s": round(float(np.median(times)), 4),
-        "fit_s": round(fit_s, 2), "fit_search_s": round(search_s, 2),
+        "ap_cpu_s": round(float(np.median(cpu)), 4),
+        "fit_s": round(fit_s, 2), "fit_cpu_s": round(fit_cpu_s, 2),
+        "fit_search_s": round(search_s, 2),
         "fit_ap_evaluations": calls[0],
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "ap": ap, "heldout_check": check, "ap_searched_in_sample": every.ap(recal.predict(held.x)),
@@ -342,6 +347,24 @@ def against_loops(images: int, seed: int = 0) -> dict[str, Any]:
     return out
 
 
+def growth_of(sizes: list[dict[str, Any]]) -> dict[str, Any]:
+    """From the smallest size to the largest: the ratio of images, and of CPU times (whole fit,
+    one AP, the fit per AP evaluation: the search may take more steps on more data) and of
+    wall times; ``*_per_image``: a ratio over the ratio of images (1.0: linear)."""
+    first, last = sizes[0], sizes[-1]
+    ratio = last["images"] / first["images"]
+    per_eval = [s["fit_cpu_s"] / s["fit_ap_evaluations"] for s in (first, last)]
+    growth = {"from": first["images"], "to": last["images"], "images": ratio,
+              "fit": round(last["fit_cpu_s"] / first["fit_cpu_s"], 3),
+              "ap": round(last["ap_cpu_s"] / first["ap_cpu_s"], 3),
+              "fit_per_evaluation": round(per_eval[1] / per_eval[0], 3),
+              "fit_wall": round(last["fit_s"] / first["fit_s"], 3),
+              "ap_wall": round(last["ap_s"] / first["ap_s"], 3)}
+    for k in ("fit", "ap", "fit_per_evaluation"):
+        growth[f"{k}_per_image"] = round(growth[k] / ratio, 3)
+    return growth
+
+
 def run_size(images: int, seed: int, in_process: bool) -> dict[str, Any]:
     """:func:`measure` in a child process (its own peak memory), or in this one."""
     if in_process:
@@ -354,18 +377,22 @@ def run_size(images: int, seed: int, in_process: bool) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     """The Markdown table of a result (what docs/addon.md shows)."""
-    rows = ["| images | detections | objects (crowd regions) | one AP | the table's IoUs | "
-            "whole fit (AP evaluations) | peak RSS |", "|---|---|---|---|---|---|---|"]
+    rows = ["| images | detections | objects (crowd regions) | one AP: wall (CPU) | the table's "
+            "IoUs | whole fit: wall (CPU) | AP evaluations | peak RSS |",
+            "|---|---|---|---|---|---|---|---|"]
     for s in result["sizes"]:
         rows.append(f"| {s['images']:,} | {s['detections']:,} | {s['objects']:,} "
-                    f"({s['crowd_regions']}) | {s['ap_s']:.3f} s | {s['table_s']:.1f} s | "
-                    f"{s['fit_s']:.1f} s ({s['fit_ap_evaluations']}) | "
-                    f"{s['peak_rss_gb']:.2f} GB |")
+                    f"({s['crowd_regions']}) | {s['ap_s']:.3f} s ({s['ap_cpu_s']:.3f} s) | "
+                    f"{s['table_s']:.1f} s | {s['fit_s']:.1f} s ({s['fit_cpu_s']:.1f} s) | "
+                    f"{s['fit_ap_evaluations']} | {s['peak_rss_gb']:.2f} GB |")
     g = result["growth"]
     rows.append("")
-    rows.append(f"growth from {g['from']:,} to {g['to']:,} images ({g['images']:.0f}x): whole fit "
-                f"{g['fit']:.2f}x, one AP {g['ap']:.2f}x, per image (1.0: linear) "
-                f"{g['fit_per_image']:.2f} and {g['ap_per_image']:.2f}")
+    rows.append(f"growth from {g['from']:,} to {g['to']:,} images ({g['images']:.0f}x), in CPU "
+                f"time: whole fit {g['fit']:.2f}x, the fit per AP evaluation "
+                f"{g['fit_per_evaluation']:.2f}x, one AP {g['ap']:.2f}x; per image (1.0: linear) "
+                f"{g['fit_per_image']:.2f}, {g['fit_per_evaluation_per_image']:.2f} and "
+                f"{g['ap_per_image']:.2f}; in wall time {g['fit_wall']:.2f}x and "
+                f"{g['ap_wall']:.2f}x")
     return "\n".join(rows)
 
 
@@ -407,13 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [run_size(n, args.seed, args.in_process) for n in sorted(args.images)]
     for s in sizes:
         print(json.dumps(s))
-    first, last = sizes[0], sizes[-1]
-    ratio = last["images"] / first["images"]
-    growth = {"from": first["images"], "to": last["images"], "images": ratio,
-              "fit": round(last["fit_s"] / first["fit_s"], 3),
-              "ap": round(last["ap_s"] / first["ap_s"], 3)}
-    growth["fit_per_image"] = round(growth["fit"] / ratio, 3)
-    growth["ap_per_image"] = round(growth["ap"] / ratio, 3)
+    growth = growth_of(sizes)
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
               "memory": "ru_maxrss of the process that measured the size (generation and "

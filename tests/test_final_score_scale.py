@@ -44,11 +44,14 @@ def test_the_benchmark_writes_each_size_and_its_ap_is_pycocotools(tmp_path):
     for s in r["sizes"]:
         assert s["detections"] == s["images"] * fs.DETECTIONS and s["categories"] == 80
         assert s["fit_s"] >= s["fit_search_s"] > 0 and s["ap_s"] > 0 and s["peak_rss_gb"] > 0
+        assert s["fit_cpu_s"] > 0 and s["ap_cpu_s"] > 0 and len(s["load_average"]) == 2
         assert s["fit_ap_evaluations"] > 3 and len(s["weights"]) == 5
         assert set(s["heldout_check"]) == {"maskness", "rescored", "recalibrated"}
     g = r["growth"]
     assert (g["from"], g["to"], g["images"]) == (6, 12, 2.0)
     assert g["fit_per_image"] == pytest.approx(g["fit"] / 2, abs=1e-3)
+    assert g["fit"] == pytest.approx(r["sizes"][1]["fit_cpu_s"] / r["sizes"][0]["fit_cpu_s"],
+                                     abs=1e-3)  # CPU time: the wait for shared cores left out
     assert "ru_maxrss" in r["memory"] and "CPU" in r["device"]
     held = fs.generate(12, seed=0)  # the set the second size measured
     rescored = held.x[:, 0] + held.x[:, 1]
