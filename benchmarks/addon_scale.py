@@ -3,6 +3,11 @@ trained on it by ``maskiou-addon``, its peak memory, disk size and speeds.
 
     python benchmarks/addon_scale.py                      # 20 GB cache (and a tenth of it)
     python benchmarks/addon_scale.py --gb 2 --tenth-gb 0.2 --out /tmp/scale   # a quick look
+    python benchmarks/addon_scale.py --final-score        # the final score's fit at COCO size
+
+``--final-score`` runs ``benchmarks/final_score_scale.py`` instead (the recalibration's weight
+search and held-out check on 500, 1,000 and 5,000 generated COCO-shaped images; its other
+options, ``--images`` among them, pass through).
 
 Steps, each timed:
 
@@ -230,8 +235,16 @@ def flop_bound(in_channels: int, num_classes: int = 8) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--final-score" in argv:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import final_score_scale
+
+        return final_score_scale.main([a for a in argv if a != "--final-score"])
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--final-score", action="store_true",
+                   help="the final score's fit at COCO size instead (final_score_scale.py)")
     p.add_argument("--gb", type=float, default=20.0, help="size of the big cache")
     p.add_argument("--tenth-gb", type=float, default=2.0, help="size of the comparison cache")
     p.add_argument("--collect-images", type=int, default=8)

@@ -92,13 +92,19 @@ class MatchInputs:
     image_ids: np.ndarray
     category_ids: np.ndarray
     rles: list[dict[str, Any]]
+    _every: Any = field(default=None, init=False, repr=False, compare=False)
 
     def table(self, rows: np.ndarray) -> Any:
+        """The :class:`~maskiou.addon.apsearch.MatchTable` of the detections ``rows`` (Int[R],
+        distinct) on their images; the IoUs are computed once, for every detection, on the
+        first call (the fit's three searches share them)."""
         from .apsearch import MatchTable
 
-        ids = self.image_ids[rows]
-        return MatchTable(self.coco, sorted({int(i) for i in ids}), ids, self.category_ids[rows],
-                          [self.rles[i] for i in rows])
+        if self._every is None:
+            ids = np.asarray(self.image_ids)
+            self._every = MatchTable(self.coco, sorted({int(i) for i in ids}), ids,
+                                     np.asarray(self.category_ids), self.rles)
+        return self._every.subset(np.asarray(rows))
 
 
 def searched(x: np.ndarray, y: np.ndarray, match: MatchInputs, rows: np.ndarray

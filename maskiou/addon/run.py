@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from maskiou import distributed as D
 from maskiou.attach import attach_maskiou_head, find_maskiou_head
 from maskiou.models.checkpoint import CheckpointError, save_atomic
-from maskiou.records import Detections, file_sha1, image_fingerprints
+from maskiou.records import file_sha1, image_fingerprints
 
 from .cache import CACHE_FORMAT, key_hash
 from .collect import collect_samples, collect_to_cache
@@ -211,36 +211,28 @@ def match_inputs(samples: Samples, rows: Tensor, dataset: Any) -> Any:
 
 
 def heldout_gain(samples: Samples, rows: Tensor, pred: Tensor, recal: Any, dataset: Any,
-                 x: Any = None) -> dict[str, Any] | None:
+                 x: Any = None, match: Any = None) -> dict[str, Any] | None:
     """Mask AP on the add-on images of ``rows`` (detections their head did not train on) under
     maskness, the head's rescoring (``pred``) and the recalibration (its out-of-sample scores
     where its fit made them, else its scores of the signals ``x``): what the add-on gains on
     the user's own data. None for samples without their masks (in memory, or a cache written
-    without them)."""
-    from maskiou.records import coco_ap, coco_results
-
-    if not hasattr(samples, "rles") or len(rows) == 0:
-        return None
-    rles = samples.rles(rows)
-    if any(r is None for r in rles):  # a cache written without its masks
+    without them). The APs are pycocotools' (to 1e-9, rounded as :func:`maskiou.records.coco_ap`
+    rounds) from :class:`~maskiou.addon.apsearch.MatchTable`; ``match`` (the
+    :func:`match_inputs` of the same ``rows``, as the recalibration's fit used them) lends its
+    IoUs, computed once."""
+    if match is None:
+        match = match_inputs(samples, rows, dataset)
+    if match is None:
         return None
     cls, mk = samples.cls_scores[rows].numpy(), samples.maskness[rows].numpy()
-    labels = samples.labels[rows].numpy()
-    dets = Detections(
-        image_ids=samples.image_ids[rows].numpy(),
-        category_ids=np.array([dataset.label_to_cat_id[int(x)] for x in labels], np.int64),
-        boxes_xywh=np.zeros((len(rows), 4)), rles=rles, cls_scores=cls,
-        pred_ious=pred.numpy(), maskness=mk, labels=labels,
-        rel_areas=samples.rel_areas[rows].numpy(), scores=cls)
     scores = {"maskness": cls * mk, "rescored": cls * np.clip(pred.numpy(), 0, 1)}
     if recal is not None:
         scores["recalibrated"] = (recal.check_scores if recal.check_scores is not None
                                   else recal.predict(x))
-    images = sorted({int(i) for i in dets.image_ids})
-    ap = {name: coco_ap(dataset.coco, coco_results(dets, s, "segm"), "segm",
-                        image_ids=images)["AP"] for name, s in scores.items()}
+    table = match.table(np.arange(len(rows)))
+    ap = {name: round(table.ap(s), 3) for name, s in scores.items()}
     best = max((k for k in ap if k != "maskness"), key=lambda k: ap[k])
-    return {"images": len(images), "detections": int(len(rows)), "mask_ap": ap,
+    return {"images": len(table.images), "detections": int(len(rows)), "mask_ap": ap,
             "best": best, "gain": round(ap[best] - ap["maskness"], 3)}
 
 
@@ -316,7 +308,7 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
     rate = sum(e["samples_per_s"] for e in head_log) / len(head_log)
     log(f"trained the MaskIoU head alone: {len(head_log)} epochs, {trained[0]} detections of "
         f"{trained[1]} images ({time.perf_counter() - t0:.0f} s, {rate:.0f} samples/s)")
-    recal, x = None, None
+    recal, x, match = None, None, None
     if cfg.recalibration != "none":
         r = recal_rows
         fitted = set(ids) if crossfit else held  # the images whose detections it sees
@@ -331,7 +323,7 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
             f"{len(fitted)} images ({how})" + ("" if match is not None or recal.kind ==
                                                 cfg.recalibration else
                                                 ": no masks cached to search the weights by AP"))
-    gain = heldout_gain(samples, recal_rows, pred, recal, dataset, x)
+    gain = heldout_gain(samples, recal_rows, pred, recal, dataset, x, match)
     if gain is not None:
         ap = gain["mask_ap"]
         log(f"held-out check on {gain['images']} add-on images ({gain['detections']} detections "
