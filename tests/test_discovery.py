@@ -46,15 +46,15 @@ class Adapter:
 '''
 
 PLUGINS = {  # module -> its source; each logs its import first
-    "fake_ul": ADAPTER.format(name="fake ultralytics", framework="ultralytics",
-                              package="ultralytics"),
+    "fake_sp": ADAPTER.format(name="fake scipy", framework="scipy",
+                              package="scipy"),
     "fake_broken": "raise OSError('read-only config folder')\n",
     "fake_missing": "import nopkgqq  # the framework this plugin is for is not installed\n",
     "fake_any": ADAPTER.format(name="fake any", framework="nopkgzz", package="nopkgzz"),
     "fake_tv": ADAPTER.format(name="fake torchvision", framework="torchvision",
                               package="torchvision"),
 }
-NAMES = {"fake_ul": "ultralytics-fake", "fake_broken": "broken-plugin",
+NAMES = {"fake_sp": "scipy-fake", "fake_broken": "broken-plugin",
          "fake_missing": "nopkgqq-seg", "fake_any": "nopkgzz-any", "fake_tv": "torchvision-fake"}
 
 
@@ -76,11 +76,11 @@ def plugins(tmp_path, monkeypatch, fake_entry_points):
         sys.modules.pop(name, None)
 
 
-class UltralyticsLike(torch.nn.Module):
-    """A model whose class says it comes from the package ``ultralytics`` (nothing imported)."""
+class ScipyLike(torch.nn.Module):
+    """A model whose class says it comes from the package ``scipy`` (nothing imported)."""
 
 
-UltralyticsLike.__module__ = "ultralytics.nn.fake"
+ScipyLike.__module__ = "scipy.nn.fake"
 
 
 def test_the_rule_reads_the_package_before_the_first_dash():
@@ -92,7 +92,7 @@ def test_the_rule_reads_the_package_before_the_first_dash():
     assert not entry_point_may_handle("scipy-rcnn", tv)
     assert entry_point_may_handle("mydetector", tv)  # no installed package of that name
     assert entry_point_may_handle("nopkgzz-seg", tv)
-    assert entry_point_may_handle("ultralytics-yolo", model_packages(UltralyticsLike()))
+    assert entry_point_may_handle("scipy-yolo", model_packages(ScipyLike()))
 
 
 def test_a_plugin_is_imported_only_for_its_frameworks_models_and_once(plugins):
@@ -101,9 +101,9 @@ def test_a_plugin_is_imported_only_for_its_frameworks_models_and_once(plugins):
         warnings.simplefilter("always")
         adapter = find_adapter(FrozenBatchNorm2d(4))
     assert adapter.name == "fake torchvision"
-    # not the ultralytics plugin, listed first; those whose name is no package, in order
+    # not the scipy plugin, listed first; those whose name is no package, in order
     assert imports == ["fake_broken", "fake_missing", "fake_any", "fake_tv"]
-    assert "fake_ul" not in sys.modules
+    assert "fake_sp" not in sys.modules
     # one warning, for the plugin that raised; none for the one whose framework is missing
     assert [str(w.message) for w in caught] == [
         "maskiou: the adapter entry point broken-plugin = fake_broken:Adapter (OSError: "
@@ -113,9 +113,9 @@ def test_a_plugin_is_imported_only_for_its_frameworks_models_and_once(plugins):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert find_adapter(FrozenBatchNorm2d(2)) is adapter  # the same object, kept
-        assert find_adapter(UltralyticsLike()).name == "fake ultralytics"
+        assert find_adapter(ScipyLike()).name == "fake scipy"
     assert caught == []  # nothing warns twice
-    assert imports == ["fake_broken", "fake_missing", "fake_any", "fake_tv", "fake_ul"]
+    assert imports == ["fake_broken", "fake_missing", "fake_any", "fake_tv", "fake_sp"]
     assert listings == [attach.ENTRY_POINT_GROUP]  # the group listed once
 
 
@@ -126,7 +126,7 @@ def test_no_adapter_names_what_was_not_imported_and_what_failed(plugins):
         find_adapter(torch.nn.Linear(1, 1))
     msg = str(e.value)
     assert "no adapter for torch.nn.modules.linear.Linear. Adapters available: fake any. " \
-        "Not imported (for models of other packages): ultralytics-fake, torchvision-fake. " \
+        "Not imported (for models of other packages): scipy-fake, torchvision-fake. " \
         "Entry points that failed to import: broken-plugin = fake_broken:Adapter (OSError: " \
         "read-only config folder); nopkgqq-seg = fake_missing:Adapter (ModuleNotFoundError: " \
         "No module named 'nopkgqq')." in msg
@@ -135,12 +135,12 @@ def test_no_adapter_names_what_was_not_imported_and_what_failed(plugins):
 
 def test_framework_adapter_imports_the_plugin_named_after_the_framework(plugins):
     imports, _ = plugins
-    assert framework_adapter("ultralytics").name == "fake ultralytics"
-    assert imports == ["fake_ul"]
+    assert framework_adapter("scipy").name == "fake scipy"
+    assert imports == ["fake_sp"]
     assert framework_adapter("torchvision", "load").name == "fake torchvision"
-    assert imports == ["fake_ul", "fake_tv"]
+    assert imports == ["fake_sp", "fake_tv"]
     assert framework_adapter("nopkgzz").name == "fake any"
-    assert imports == ["fake_ul", "fake_tv", "fake_any"]
+    assert imports == ["fake_sp", "fake_tv", "fake_any"]
 
 
 def test_framework_adapter_of_an_unknown_framework_lists_every_plugin(plugins):
@@ -150,7 +150,7 @@ def test_framework_adapter_of_an_unknown_framework_lists_every_plugin(plugins):
         framework_adapter("mmdet")
     assert str(e.value).startswith(
         "no adapter loads mmdet models (frameworks available: nopkgzz, torchvision, "
-        "ultralytics). Entry points that failed to import: broken-plugin = fake_broken:Adapter "
+        "scipy). Entry points that failed to import: broken-plugin = fake_broken:Adapter "
         "(OSError: read-only config folder); nopkgqq-seg")
     assert sorted(imports) == sorted(PLUGINS)
 
@@ -159,6 +159,6 @@ def test_a_plugin_that_raises_at_import_leaves_the_others_working(plugins):
     imports, _ = plugins
     with pytest.warns(RuntimeWarning, match="OSError: read-only config folder"):
         adapters = attach.available_adapters()
-    assert [a.name for a in adapters] == ["fake ultralytics", "fake any", "fake torchvision"]
-    model = attach.attach_maskiou_head(UltralyticsLike())
+    assert [a.name for a in adapters] == ["fake scipy", "fake any", "fake torchvision"]
+    model = attach.attach_maskiou_head(ScipyLike())
     assert model.maskiou_head.convs[0].in_channels == 5  # 4 RoI-feature channels + the mask
