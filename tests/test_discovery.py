@@ -149,8 +149,8 @@ def test_framework_adapter_of_an_unknown_framework_lists_every_plugin(plugins):
             pytest.raises(UnknownFrameworkError) as e:
         framework_adapter("mmdet")
     assert str(e.value).startswith(
-        "no adapter loads mmdet models (frameworks available: nopkgzz, torchvision, "
-        "scipy). Entry points that failed to import: broken-plugin = fake_broken:Adapter "
+        "no adapter loads mmdet models (frameworks available: nopkgzz, scipy, "
+        "torchvision). Entry points that failed to import: broken-plugin = fake_broken:Adapter "
         "(OSError: read-only config folder); nopkgqq-seg")
     assert sorted(imports) == sorted(PLUGINS)
 
