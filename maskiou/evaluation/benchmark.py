@@ -35,7 +35,13 @@ from maskiou.models.paths import (
     shipped_model_path,
     shipped_name,
 )
-from maskiou.records import Detections, file_sha1, image_fingerprints, true_mask_ious
+from maskiou.records import (
+    Detections,
+    file_sha1,
+    image_fingerprints,
+    mask_iou_groups,
+    true_mask_ious,
+)
 
 from .cocoeval import evaluate_detections
 from .cost import head_cost
@@ -291,7 +297,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Any, device: torch.devi
     seconds = time.perf_counter() - t0
     if not D.is_main():
         return None
-    true = true_mask_ious(dets, dataset.coco)
+    groups = mask_iou_groups(dets, dataset.coco)  # once: the true MaskIoU, LaECE and LRP
+    true = true_mask_ious(dets, dataset.coco, groups=groups)
     head = find_maskiou_head(model)
     has_head = head is not None
     # the final row is what the model returned: its own scores, when its head carries a fitted
@@ -299,7 +306,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Any, device: torch.devi
     fitted = has_head and bool(head.calibration.fitted)
     final = dets.scores if fitted else None
     metrics, results = evaluate_detections(dets, dataset.coco, true, has_head=has_head,
-                                           recalibrated=final, backend=backend)
+                                           recalibrated=final, backend=backend,
+                                           groups=groups)
     scores = scorings(dets.cls_scores, dets.pred_ious if has_head else None, dets.maskness,
                       true, final)
     model_scoring = "recalibrated" if fitted else ("rescored" if has_head else "cls")
