@@ -209,6 +209,12 @@ def test_report_files_and_models_side_by_side(run):
     assert metrics["bbox"]["cls"] == metrics["models"]["addon"]["bbox"]["cls"]
     gallery = json.loads((out / "gallery.json").read_text())
     assert gallery["images"] and Path(gallery["images"][0]["file"]).is_file()
+    # the final score gets its map per class exactly when the model returns the recalibration;
+    # its reliability against LaECE's target is in the metrics and the report
+    cal = metrics["calibration"]
+    assert cal["class_map"] == (metrics["model_scoring"] == "recalibrated")
+    assert sum(r["count"] for r in cal["laece_bins"]) == metrics["num_detections"]
+    assert "| score bin mean | precision x IoU | detections |" in printed
 
 
 def test_second_run_reuses_the_add_on_and_retrain_trains_it_again(data, run, tmp_path, capsys):

@@ -33,8 +33,8 @@ from .cache import CACHE_FORMAT, key_hash
 from .collect import collect_samples, collect_to_cache
 from .fit import AddonConfig, Samples, predict_ious, train_head
 
-ADDON_VERSION = 4  # bumped when head-only training changes what it produces for a config
-# (4: the recalibration weighs the uncontested signal too)
+ADDON_VERSION = 5  # bumped when head-only training changes what it produces for a config
+# (4: the recalibration weighs the uncontested signal too; 5: its map per class)
 
 
 def attach_to_detector(detector: str | Path, cfg: AddonConfig,
@@ -244,6 +244,38 @@ def heldout_gain(samples: Samples, rows: Tensor, pred: Tensor, recal: Any, datas
             "best": best, "gain": round(ap[best] - ap["maskness"], 3)}
 
 
+def fit_score_map(head: nn.Module, recal: Any, samples: Samples, rows: Tensor, x: Any,
+                  dataset: Any, log: Any = print) -> None:
+    """Fit and install the final score's map per class (:func:`maskiou.addon.recalibration.
+    fit_class_curves`) on the held-out detections ``rows`` (signals ``x``): each one's target is
+    the IoU COCO's greedy matching by the final score gives it at a mask IoU of at least 0.1
+    (LaECE's, :mod:`maskiou.evaluation.laece`), 0 for a false positive. Skipped (the identity
+    map) for samples without their masks."""
+    from maskiou.evaluation.laece import laece
+    from maskiou.evaluation.matching import match_all
+    from maskiou.records import mask_iou_groups
+
+    from .recalibration import apply_class_curves, fit_class_curves
+
+    match = match_inputs(samples, rows, dataset)
+    if match is None:
+        log("no masks cached: the final score gets no map per class")
+        return
+    labels = samples.labels[rows].numpy()
+    n = len(labels)
+    dets = Detections(match.image_ids, match.category_ids, np.zeros((n, 4)), match.rles,
+                      np.zeros(n), np.zeros(n), np.zeros(n), labels, np.zeros(n), np.zeros(n))
+    score = recal.predict(x)
+    target = match_all(score, mask_iou_groups(dets, dataset.coco), 0.1)
+    recal.class_curves = fit_class_curves(score, labels, target,
+                                          len(head.calibration.class_curves))
+    head.calibration.set_class_curves(recal.class_curves)
+    after = apply_class_curves(score, labels, recal.class_curves)
+    log(f"fitted the final score's map per class on {n} held-out detections: their mask LaECE "
+        f"{laece(score, labels, target)[0]:.3f} -> {laece(after, labels, target)[0]:.3f} "
+        "(in sample)")
+
+
 def recalibration_kept(gain: dict[str, Any] | None) -> bool:
     """Whether the model's final score becomes the recalibration: unless the held-out check
     (:func:`heldout_gain`, where it could run) measured it below the head's own rescoring, so
@@ -346,6 +378,7 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
     if recal is not None:
         if recalibration_kept(gain):
             recal.install(head)  # the model's own final score from now on
+            fit_score_map(head, recal, samples, recal_rows, x, dataset, log)
         else:
             log(f"the model returns the head's rescoring: the recalibration scored "
                 f"{gain['mask_ap']['recalibrated']:.2f} against its "

@@ -46,6 +46,8 @@ from maskiou.records import (
 from .cocoeval import evaluate_detections
 from .cost import head_cost
 from .gallery import rank_change_gallery
+from .laece import reliability_bins
+from .matching import match_all
 from .metrics import final_score_calibration, scorings
 from .predict import predict
 from .report import best_learned, markdown_report, write_metrics, write_plots
@@ -318,6 +320,10 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Any, device: torch.devi
         metrics["head_target"] = head.target
         metrics["calibration"] = final_score_calibration(scores[model_scoring], true,
                                                          head.target)
+        # against what LaECE reads: precision x mean IoU of the matched, TP at mask IoU 0.1
+        metrics["calibration"]["class_map"] = bool(head.calibration.class_fitted)
+        metrics["calibration"]["laece_bins"] = reliability_bins(
+            scores[model_scoring], match_all(scores[model_scoring], groups, 0.1))
     if recal is not None:
         metrics["recalibration"] = recal.kind
     return {**metrics, "results": results, "detections": dets, "true_ious": true,

@@ -70,3 +70,15 @@ def laece(scores: np.ndarray, labels: np.ndarray, matched_iou: np.ndarray,
                  for c in np.unique(labels)}
     mean = float(np.mean(list(per_class.values()))) if per_class else float("nan")
     return mean, per_class
+
+
+def reliability_bins(scores: np.ndarray, matched_iou: np.ndarray, num_bins: int = NUM_BINS
+                     ) -> list[dict[str, float]]:
+    """The reliability diagram LaECE reads, all classes pooled: per equal-width score bin with
+    detections, the mean score (``score``), the target precision x mean TP IoU (``truth``: the
+    sum of matched IoUs over the detections in the bin) and ``count``."""
+    s = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    q = np.asarray(matched_iou, dtype=np.float64)
+    idx = score_bins(s, num_bins)
+    return [{"score": float(s[idx == b].mean()), "truth": float(q[idx == b].mean()),
+             "count": int((idx == b).sum())} for b in range(num_bins) if (idx == b).any()]

@@ -147,12 +147,21 @@ def markdown_report(metrics: dict[str, Any]) -> str:
              correlation_table(metrics["correlation"])]
     if metrics.get("calibration"):
         cal = metrics["calibration"]
+        final = ("; the final score, mapped per class, estimates precision x mean mask IoU "
+                 "among the detections it scores alike (see below); its expected calibration "
+                 "error against the head's is" if cal.get("class_map") else
+                 ", and so does the final score: its expected calibration error against it is")
         parts += ["", "## The score the model returns", "",
                   f"`model(images)` returns `{metrics.get('model_scoring')}` in `scores`; the "
                   f"head's output (`mask_quality`) estimates the "
-                  f"{TARGET_NAMES_TRUE[cal['target']]}, and so does the final score: its "
-                  f"expected calibration error against it is {cal['ece']:.3f} "
+                  f"{TARGET_NAMES_TRUE[cal['target']]}{final} {cal['ece']:.3f} "
                   "(reliability.png)."]
+        if cal.get("laece_bins"):
+            parts += ["", "Its reliability against precision x mean mask IoU (LaECE's target, "
+                      "all classes pooled, TP at mask IoU 0.1; reliability.png):", "",
+                      "| score bin mean | precision x IoU | detections |", "|---|---|---|",
+                      *(f"| {r['score']:.3f} | {r['truth']:.3f} | {r['count']} |"
+                        for r in cal["laece_bins"])]
     if "cost" in main:
         parts += ["", "## Cost", "", cost_table(main["cost"])]
     if "seconds" in metrics:
@@ -212,8 +221,9 @@ def plot_correlation(path: Path, pred: np.ndarray, true: np.ndarray, pearson: fl
 
 
 def plot_reliability(path: Path, calibration: dict[str, Any], scoring: str) -> None:
-    """The reliability diagram of the score the model returns: mean of what it estimates (its
-    head's target) per score bin, against the diagonal, with its ECE."""
+    """The reliability diagram of the score the model returns: per score bin, the mean of its
+    head's target (with its ECE) and, where measured, precision x mean mask IoU (LaECE's
+    target), against the diagonal."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,8 +234,12 @@ def plot_reliability(path: Path, calibration: dict[str, Any], scoring: str) -> N
     ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1, label="perfectly calibrated")
     rows = calibration["bins"]
     ax.plot([r["score"] for r in rows], [r["truth"] for r in rows], "o-",
-            label=f"{scoring} (ECE {calibration['ece']:.3f})")
-    ax.set(xlabel=f"final score ({scoring}: what the model returns)", ylabel=f"mean {what}",
+            label=f"{what} (ECE {calibration['ece']:.3f})")
+    if calibration.get("laece_bins"):  # what the final score estimates once mapped per class
+        rows = calibration["laece_bins"]
+        ax.plot([r["score"] for r in rows], [r["truth"] for r in rows], "s-", ms=3,
+                label="precision x mean mask IoU (LaECE's, TP at IoU 0.1)")
+    ax.set(xlabel=f"final score ({scoring}: what the model returns)", ylabel="mean per bin",
            xlim=(0, 1), ylim=(0, 1), title="Reliability of the final score")
     ax.legend(loc="upper left")
     fig.tight_layout()
