@@ -187,3 +187,51 @@ def test_the_docs_table_is_the_measurement_the_command_wrote():
     for name, (la, lrp) in quoted.items():
         assert round(m["segm"][name]["LaECE"], 3) == la and round(m["segm"][name]["moLRP"],
                                                                     3) == lrp, name
+
+
+def test_lrp_at_a_given_threshold_by_hand():
+    from maskiou.evaluation.lrp import lrp_at, mlrp_at
+
+    scores = np.array([0.9, 0.8, 0.6, 0.4])
+    q = np.array([0.75, 0.0, 0.9, 0.0])
+    # the cuts of test_optimal_lrp_one_class_by_hand: >= 0.85 keeps one (0.75), >= 0.5 three
+    assert lrp_at(scores, q, 2, 0.85) == pytest.approx(0.75)
+    assert lrp_at(scores, q, 2, 0.5) == pytest.approx(1.7 / 3)
+    assert lrp_at(scores, q, 2, math.inf) == 1.0  # nothing kept
+    # class 1 at 0.5, class 2 (one GT, no detection) 1, class 3 (no GT) left out
+    labels = np.array([1, 1, 1, 1])
+    assert mlrp_at(scores, labels, q, {1: 2, 2: 1, 3: 0}, {1: 0.5}) == pytest.approx(
+        (1.7 / 3 + 1) / 2)
+    # no threshold for class 1: everything kept, (0.7 + 2 + 0) / 4
+    assert mlrp_at(scores, labels, q, {1: 2}, {}) == pytest.approx(0.675)
+
+
+def test_the_docs_class_map_table_is_the_main_job_measurement():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    after = json.loads((root / "docs/measurements/laece_main_job_class_map_metrics.json")
+                       .read_text())
+    doc = (root / "docs/outputs.md").read_text()
+    s = after["segm"]
+    for name, title in (("rescored", "cls × head (rescored)"),
+                        ("recalibrated", "final, with the map"), ("oracle", "oracle")):
+        r = s[name]
+        assert (f"| {title} | {r['AP']:.2f} | {r['AP75']:.2f} | {r['LaECE']:.3f} | "
+                f"{r['LaECE50']:.3f} | {r['moLRP']:.3f} |") in doc, name
+    assert after["calibration"]["class_map"] and s["recalibrated"]["LaECE"] <= 0.045
+    # the lowest LaECE of every scoring but the oracle
+    assert s["recalibrated"]["LaECE"] == min(v["LaECE"] for k, v in s.items() if k != "oracle")
+    bins = {round(b["score"], 3): round(b["truth"], 3) for b in after["calibration"]["laece_bins"]}
+    for score, truth in ((0.784, 0.791), (0.861, 0.865), (0.897, 0.896), (0.141, 0.266)):
+        assert f"{score:.3f} → {truth:.3f}" in doc and bins[score] == truth
+    high = [b for b in after["calibration"]["laece_bins"] if b["score"] >= 0.49]
+    assert len(high) >= 10 and max(abs(b["truth"] - b["score"]) for b in high) <= 0.03
+    assert "within 0.03 of the bin's mean score from 0.5 up" in doc
+    before = json.loads((root / "docs/measurements/laece_main_job_before_map.json").read_text())
+    r = before["segm"]["recalibrated"]
+    assert (f"| final, without the map (same run, before) | {r['AP']:.2f} | {r['AP75']:.2f} | "
+            f"{r['LaECE']:.3f} | {r['LaECE50']:.3f} | {r['moLRP']:.3f} |") in doc
+    # the map keeps AP (a strictly increasing map per class)
+    assert (r["AP"], r["AP75"]) == (s["recalibrated"]["AP"], s["recalibrated"]["AP75"])

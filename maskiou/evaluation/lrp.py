@@ -104,3 +104,34 @@ def molrp(scores: np.ndarray, labels: np.ndarray, matched_iou: np.ndarray,
                  for c, g in sorted(num_gt.items()) if g > 0}
     mean = float(np.mean([r.lrp for r in per_class.values()])) if per_class else float("nan")
     return mean, per_class
+
+
+def lrp_at(scores: np.ndarray, matched_iou: np.ndarray, num_gt: int, threshold: float,
+           tau: float = TAU) -> float:
+    """LRP of one class keeping the detections scored at least ``threshold`` (``inf``: none):
+    1 with nothing kept.
+
+    Args:
+        scores, matched_iou: Float[n] each, as :func:`optimal_lrp`.
+        num_gt: the class's GT instances (> 0).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    q = np.asarray(matched_iou, dtype=np.float64)
+    if num_gt <= 0:
+        raise ValueError(f"lrp_at: LRP needs at least one GT instance, got num_gt={num_gt}")
+    keep = s >= threshold
+    tp = int((q[keep] > 0).sum())
+    fp = int(keep.sum()) - tp
+    loc = float(np.sum(1.0 - q[keep & (q > 0)])) / (1.0 - tau)
+    return (loc + fp + (num_gt - tp)) / (fp + num_gt)
+
+
+def mlrp_at(scores: np.ndarray, labels: np.ndarray, matched_iou: np.ndarray,
+            num_gt: dict[int, int], thresholds: dict[int, float], tau: float = TAU) -> float:
+    """Mean over the classes with GT of :func:`lrp_at` at each class's threshold (a class
+    missing from ``thresholds`` keeps every detection)."""
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    matched_iou = np.asarray(matched_iou)
+    vals = [lrp_at(scores[labels == c], matched_iou[labels == c], g,
+                   thresholds.get(c, -np.inf), tau) for c, g in sorted(num_gt.items()) if g > 0]
+    return float(np.mean(vals)) if vals else float("nan")
