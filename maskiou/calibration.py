@@ -104,14 +104,16 @@ class ScoreCalibration(nn.Module):
         self.register_buffer("class_curves", torch.linspace(0, 1, CURVE_KNOTS).repeat(
             num_classes, 1))
         self.register_buffer("class_fitted", torch.zeros((), dtype=torch.bool))
+        # per label, the LRP-optimal threshold of the final score (0: keep every mask)
+        self.register_buffer("class_thresholds", torch.zeros(num_classes))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
         if prefix + "weights" in state_dict:  # written before the map: none fitted
-            for name in ("class_curves", "class_fitted"):
+            for name in ("class_curves", "class_fitted", "class_thresholds"):
                 if prefix + name not in state_dict:
                     state_dict[prefix + name] = getattr(self, name).clone()
-                    if name == "class_fitted":
-                        state_dict[prefix + name].fill_(False)
+                    if name != "class_curves":
+                        state_dict[prefix + name].zero_()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
@@ -126,6 +128,15 @@ class ScoreCalibration(nn.Module):
             raise ValueError("the class map's curves must be nondecreasing, in [0, 1]")
         self.class_curves.copy_(c)
         self.class_fitted.fill_(True)
+
+    @torch.no_grad()
+    def set_class_thresholds(self, thresholds: List[float]) -> None:
+        """Install the masks worth keeping: per label index, keep a detection whose final
+        score is at least this (0: every one; above 1: none)."""
+        if len(thresholds) != len(self.class_thresholds):
+            raise ValueError(f"{len(thresholds)} thresholds for {len(self.class_thresholds)} "
+                             "labels")
+        self.class_thresholds.copy_(torch.tensor(thresholds, dtype=self.class_thresholds.dtype))
 
     @torch.no_grad()
     def set(self, weights: List[float], bias: float) -> None:
@@ -144,6 +155,7 @@ class ScoreCalibration(nn.Module):
         self.fitted.fill_(False)
         self.class_curves.copy_(torch.linspace(0, 1, CURVE_KNOTS).expand_as(self.class_curves))
         self.class_fitted.fill_(False)
+        self.class_thresholds.zero_()
 
     def forward(self, cls_scores: Tensor, quality: Tensor, mask_maskness: Tensor,
                 boxes: Tensor, labels: Tensor, image_size: Tuple[int, int]) -> Tensor:

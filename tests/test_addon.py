@@ -341,6 +341,9 @@ def test_crossfit_addon_reports_its_held_out_gain_and_warns_when_it_is_not_posit
     if kept:
         curves = next(v for k, v in ckpt["model"].items() if k.endswith("class_curves"))
         assert torch.allclose(curves, torch.tensor(load_recalibration(ckpt).class_curves))
+        thresholds = next(v for k, v in ckpt["model"].items() if k.endswith("class_thresholds"))
+        assert thresholds.tolist() == pytest.approx(load_recalibration(ckpt).class_thresholds)
+        assert any(m.startswith("the masks worth keeping") for m in logs)
 
 
 def test_ablation_scores_a_cross_fitted_add_on_and_the_ensemble_of_its_fold_heads(data,

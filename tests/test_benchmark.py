@@ -215,6 +215,15 @@ def test_report_files_and_models_side_by_side(run):
     assert cal["class_map"] == (metrics["model_scoring"] == "recalibrated")
     assert sum(r["count"] for r in cal["laece_bins"]) == metrics["num_detections"]
     assert "| score bin mean | precision x IoU | detections |" in printed
+    # with the map, the thresholds of the masks worth keeping, measured against the best ones
+    # on these images (a lower bound: the moLRP of the final score) and the habits
+    assert ("keep" in metrics) == cal["class_map"]
+    if cal["class_map"]:
+        keep = metrics["keep"]
+        assert keep["optimal"] == pytest.approx(
+            metrics["segm"][metrics["model_scoring"]]["moLRP"])
+        assert all(keep["optimal"] <= keep[k] + 1e-12 for k in ("stored", "final_0.5"))
+        assert "## The masks worth keeping" in printed
 
 
 def test_second_run_reuses_the_add_on_and_retrain_trains_it_again(data, run, tmp_path, capsys):

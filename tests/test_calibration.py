@@ -177,3 +177,26 @@ def test_the_class_curves_fit_hand_solvable_cases():
     # what the model computes: 0.99 x curve + 0.01 x score
     assert apply_class_curves(np.array([0.5, 0.5]), np.array([1, 2]), curves) == \
         pytest.approx([0.99 * 0.75 + 0.005, 0.99 * 0.25 + 0.005])
+
+
+def test_keep_worth_keeps_each_detection_at_or_above_its_class_threshold():
+    from maskiou.keep import keep_worth
+
+    result = {"scores": torch.tensor([0.9, 0.3, 0.6, 0.2]), "labels": torch.tensor([1, 2, 1, 2]),
+              "boxes": torch.arange(16.0).reshape(4, 4), "masks": torch.zeros(4, 1, 2, 2)}
+    thresholds = torch.tensor([0.0, 0.7, 0.3])
+    # label 1 needs 0.7: 0.9 kept, 0.6 not; label 2 needs 0.3: 0.3 kept (at it), 0.2 not
+    out = keep_worth(result, thresholds)
+    assert out["scores"].tolist() == pytest.approx([0.9, 0.3])
+    assert out["boxes"].tolist() == result["boxes"][[0, 1]].tolist()
+    assert out["masks"].shape == (2, 1, 2, 2) and out["labels"].tolist() == [1, 2]
+    scripted = torch.jit.script(keep_worth)
+    assert all(torch.equal(scripted(result, thresholds)[k], v) for k, v in out.items())
+    cal = ScoreCalibration(3)
+    assert cal.class_thresholds.tolist() == [0.0] * 3  # unfitted: every mask kept
+    cal.set_class_thresholds([0.1, 0.2, 0.3])
+    assert cal.class_thresholds.tolist() == pytest.approx([0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="2 thresholds for 3 labels"):
+        cal.set_class_thresholds([0.1, 0.2])
+    cal.clear()
+    assert cal.class_thresholds.tolist() == [0.0] * 3

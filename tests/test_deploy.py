@@ -100,6 +100,28 @@ def test_scripted_equals_eager_on_two_images_and_survives_save_load(r50, tmp_pat
     assert not torch.allclose(r["scores"], r["cls_scores"] * r["mask_quality"])
 
 
+def test_the_masks_worth_keeping_are_the_same_from_the_scripted_model(r50, tmp_path):
+    """Thresholds stored in the head: ``maskiou.kept`` keeps the same masks of the eager and
+    the scripted model's outputs (a scripted model's head carries them too)."""
+    from maskiou import kept
+
+    model = copy.deepcopy(r50)
+    with torch.no_grad():
+        eager = model(two_images())
+    scores = torch.cat([r["scores"] for r in eager])
+    middle = float(scores.median())  # every class keeps about half
+    cal = model.roi_heads.maskiou_head.calibration
+    cal.set_class_thresholds([middle] * len(cal.class_thresholds))
+    scripted = script_model(model, tmp_path / "model.ts")
+    with torch.no_grad():
+        _, out = scripted(two_images())
+    a, b = kept(eager, model), kept(out, scripted)
+    assert_same_detections(a, b)
+    total = sum(len(r["scores"]) for r in a)
+    assert 0 < total < len(scores) and all(bool((r["scores"] >= middle).all()) for r in a)
+    assert total == int((scores >= middle).sum())
+
+
 class KeepThree(RoIHeads):
     """A user's RoIHeads that overrides something unrelated to masks: its own post-processing,
     the best class of each proposal and the three highest scores per image, no NMS."""

@@ -187,6 +187,7 @@ class Recalibration:
     fitted_on: dict[str, int] = field(default_factory=dict)  # image SHA-1 -> image id
     check_scores: np.ndarray | None = field(default=None, repr=False, compare=False)
     class_curves: list[list[float]] | None = None  # the map per class (None: no map)
+    class_thresholds: list[float] | None = None  # per label: keep scores >= it
 
     @staticmethod
     def fit(kind: str, x: np.ndarray, true_ious: np.ndarray, fitted_on: dict[str, int],
@@ -238,6 +239,8 @@ class Recalibration:
         head.calibration.set(self.weights, self.bias)
         if self.class_curves is not None:
             head.calibration.set_class_curves(self.class_curves)
+        if self.class_thresholds is not None:
+            head.calibration.set_class_thresholds(self.class_thresholds)
 
     def check_not_fitted_on(self, fingerprints: dict[str, int], where: str) -> None:
         """Raise :class:`RecalibrationError` if any image of ``fingerprints`` (SHA-1 -> id, see
@@ -256,6 +259,8 @@ class Recalibration:
                  "bias": self.bias, "fitted_on": self.fitted_on}
         if self.class_curves is not None:
             state["class_curves"] = [list(c) for c in self.class_curves]
+        if self.class_thresholds is not None:
+            state["class_thresholds"] = list(self.class_thresholds)
         return state
 
     @staticmethod
@@ -267,4 +272,5 @@ class Recalibration:
         # a recalibration of fewer signals (maskiou before "uncontested"): the others weigh 0
         weights += [0.0] * (len(SIGNALS) - len(weights))
         return Recalibration(state["kind"], weights, float(state["bias"]),
-                             dict(state["fitted_on"]), class_curves=state.get("class_curves"))
+                             dict(state["fitted_on"]), class_curves=state.get("class_curves"),
+                             class_thresholds=state.get("class_thresholds"))

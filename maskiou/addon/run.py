@@ -33,8 +33,9 @@ from .cache import CACHE_FORMAT, key_hash
 from .collect import collect_samples, collect_to_cache
 from .fit import AddonConfig, Samples, predict_ious, train_head
 
-ADDON_VERSION = 5  # bumped when head-only training changes what it produces for a config
-# (4: the recalibration weighs the uncontested signal too; 5: its map per class)
+ADDON_VERSION = 6  # bumped when head-only training changes what it produces for a config
+# (4: the recalibration weighs the uncontested signal too; 5: its map per class; 6: the
+# thresholds of the masks worth keeping)
 
 
 def attach_to_detector(detector: str | Path, cfg: AddonConfig,
@@ -252,6 +253,7 @@ def fit_score_map(head: nn.Module, recal: Any, samples: Samples, rows: Tensor, x
     (LaECE's, :mod:`maskiou.evaluation.laece`), 0 for a false positive. Skipped (the identity
     map) for samples without their masks."""
     from maskiou.evaluation.laece import laece
+    from maskiou.evaluation.lrp import molrp
     from maskiou.evaluation.matching import match_all
     from maskiou.records import mask_iou_groups
 
@@ -266,7 +268,8 @@ def fit_score_map(head: nn.Module, recal: Any, samples: Samples, rows: Tensor, x
     dets = Detections(match.image_ids, match.category_ids, np.zeros((n, 4)), match.rles,
                       np.zeros(n), np.zeros(n), np.zeros(n), labels, np.zeros(n), np.zeros(n))
     score = recal.predict(x)
-    target = match_all(score, mask_iou_groups(dets, dataset.coco), 0.1)
+    groups = mask_iou_groups(dets, dataset.coco)
+    target = match_all(score, groups, 0.1)
     recal.class_curves = fit_class_curves(score, labels, target,
                                           len(head.calibration.class_curves))
     head.calibration.set_class_curves(recal.class_curves)
@@ -274,6 +277,21 @@ def fit_score_map(head: nn.Module, recal: Any, samples: Samples, rows: Tensor, x
     log(f"fitted the final score's map per class on {n} held-out detections: their mask LaECE "
         f"{laece(score, labels, target)[0]:.3f} -> {laece(after, labels, target)[0]:.3f} "
         "(in sample)")
+    # the masks worth keeping: each class's LRP-optimal threshold of the mapped score there
+    images = {int(i) for i in match.image_ids}
+    cat_to_label = {c: lab for lab, c in dataset.label_to_cat_id.items()}
+    num_gt: dict[int, int] = {}
+    for ann in dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=sorted(images),
+                                                            iscrowd=False)):
+        lab = cat_to_label[int(ann["category_id"])]
+        num_gt[lab] = num_gt.get(lab, 0) + 1
+    mean, per_class = molrp(after, labels, match_all(after, groups, 0.5), num_gt)
+    recal.class_thresholds = [0.0] * len(head.calibration.class_thresholds)
+    for lab, r in per_class.items():
+        recal.class_thresholds[lab] = min(float(r.threshold), 2.0)  # inf: keep none
+    head.calibration.set_class_thresholds(recal.class_thresholds)
+    log(f"the masks worth keeping: LRP-optimal thresholds per class on those detections "
+        f"(moLRP {mean:.3f} there)")
 
 
 def recalibration_kept(gain: dict[str, Any] | None) -> bool:

@@ -47,6 +47,7 @@ from .cocoeval import evaluate_detections
 from .cost import head_cost
 from .gallery import rank_change_gallery
 from .laece import reliability_bins
+from .lrp import molrp
 from .matching import match_all
 from .metrics import final_score_calibration, scorings
 from .predict import predict
@@ -324,10 +325,37 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Any, device: torch.devi
         metrics["calibration"]["class_map"] = bool(head.calibration.class_fitted)
         metrics["calibration"]["laece_bins"] = reliability_bins(
             scores[model_scoring], match_all(scores[model_scoring], groups, 0.1))
+    if has_head and bool((head.calibration.class_thresholds != 0).any()):
+        metrics["keep"] = keep_measures(dets, scores, model_scoring, groups, dataset,
+                                        head.calibration.class_thresholds.tolist())
     if recal is not None:
         metrics["recalibration"] = recal.kind
     return {**metrics, "results": results, "detections": dets, "true_ious": true,
             "scores": scores}
+
+
+def keep_measures(dets: Detections, scores: dict[str, np.ndarray], model_scoring: str,
+                  groups: list, dataset: Any, thresholds: list[float]) -> dict[str, float]:
+    """mLRP (TP at mask IoU 0.5, mean over the classes with GT) of the masks a user keeps:
+    by the model's stored thresholds (``stored``, fitted on held-out images), by the
+    thresholds best on these very detections (``optimal``: the moLRP), and by one threshold
+    of 0.5 on the final score and on the class score."""
+    from .cocoeval import gt_counts
+    from .lrp import mlrp_at
+
+    cats = dets.category_ids
+    num_gt = gt_counts(dataset.coco)
+    final = scores[model_scoring]
+    matched = match_all(final, groups, 0.5)
+    stored = {int(c): thresholds[lab] for lab, c in dataset.label_to_cat_id.items()
+              if lab < len(thresholds)}
+    half = dict.fromkeys(num_gt, 0.5)
+    return {"stored": mlrp_at(final, cats, matched, num_gt, stored),
+            "optimal": molrp(final, cats, matched, num_gt)[0],
+            "final_0.5": mlrp_at(final, cats, matched, num_gt, half),
+            "cls_0.5": mlrp_at(scores["cls"], cats, match_all(scores["cls"], groups, 0.5),
+                               num_gt, half),
+            "thresholds": {str(c): t for c, t in stored.items()}}
 
 
 def is_plain(checkpoint: str | Path) -> bool:
@@ -434,7 +462,8 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
         "num_images": len(dataset), "num_detections": main["num_detections"],
         "main_model": main_model, "checkpoint": models[main_model],
         "framework": main["framework"],
-        **{k: main[k] for k in ("model_scoring", "head_target", "calibration") if k in main},
+        **{k: main[k] for k in ("model_scoring", "head_target", "calibration", "keep")
+           if k in main},
         "val_json": str(val_json),
         "models": {name: {k: v for k, v in m.items()
                           if k not in ("results", "detections", "true_ious", "scores")}

@@ -162,6 +162,14 @@ def markdown_report(metrics: dict[str, Any]) -> str:
                       "| score bin mean | precision x IoU | detections |", "|---|---|---|",
                       *(f"| {r['score']:.3f} | {r['truth']:.3f} | {r['count']} |"
                         for r in cal["laece_bins"])]
+    if metrics.get("keep"):
+        k = metrics["keep"]
+        parts += ["", "## The masks worth keeping", "",
+                  "mLRP (lower is better; TP at mask IoU 0.5, mean over classes) of the masks "
+                  "kept by: the thresholds stored in the model (LRP-optimal on the add-on's "
+                  f"held-out images) {k['stored']:.3f}; the thresholds best on these images "
+                  f"{k['optimal']:.3f}; final score > 0.5 {k['final_0.5']:.3f}; class score "
+                  f"> 0.5 {k['cls_0.5']:.3f}. `maskiou.kept(model(images), model)` keeps them."]
     if "cost" in main:
         parts += ["", "## Cost", "", cost_table(main["cost"])]
     if "seconds" in metrics:

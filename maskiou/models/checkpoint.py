@@ -219,7 +219,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-OPTIONAL_KEYS = ("calibration.class_curves", "calibration.class_fitted")
+OPTIONAL_KEYS = ("calibration.class_curves", "calibration.class_fitted",
+                 "calibration.class_thresholds")
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path,
