@@ -235,3 +235,26 @@ def test_the_docs_class_map_table_is_the_main_job_measurement():
             f"{r['LaECE']:.3f} | {r['LaECE50']:.3f} | {r['moLRP']:.3f} |") in doc
     # the map keeps AP (a strictly increasing map per class)
     assert (r["AP"], r["AP75"]) == (s["recalibrated"]["AP"], s["recalibrated"]["AP75"])
+
+
+def test_the_docs_keep_table_is_the_main_job_measurement():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    m = json.loads((root / "docs/measurements/keep_main_job_metrics.json").read_text())
+    keep, doc = m["keep"], (root / "docs/outputs.md").read_text()
+    for key, title in (("stored", "the thresholds stored in the model (fitted on the 400 "
+                                  "held-out add-on images)"),
+                       ("optimal", "the thresholds best on the validation images themselves "
+                                   "(moLRP, a lower bound)"),
+                       ("final_0.5", "final score ≥ 0.5"),
+                       ("cls_0.5", "class score ≥ 0.5 (the habit)")):
+        assert f"| {title} | {keep[key]:.3f} |" in doc, key
+    assert keep["stored"] - keep["optimal"] <= 0.02 and keep["stored"] < keep["cls_0.5"]
+    assert f"within {keep['stored'] - keep['optimal']:.3f} of the best" in doc
+    assert f"habit by\n{keep['cls_0.5'] - keep['stored']:.3f}" in doc
+    # the same add-on's final score still has the map: the same LaECE and AP as with it alone
+    assert m["segm"]["recalibrated"]["AP"] == 50.456
+    assert round(m["segm"]["recalibrated"]["LaECE"], 3) == 0.030
+    assert f"({keep['stored'] - keep['final_0.5']:.3f} better)" in doc

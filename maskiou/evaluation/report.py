@@ -168,8 +168,8 @@ def markdown_report(metrics: dict[str, Any]) -> str:
                   "mLRP (lower is better; TP at mask IoU 0.5, mean over classes) of the masks "
                   "kept by: the thresholds stored in the model (LRP-optimal on the add-on's "
                   f"held-out images) {k['stored']:.3f}; the thresholds best on these images "
-                  f"{k['optimal']:.3f}; final score > 0.5 {k['final_0.5']:.3f}; class score "
-                  f"> 0.5 {k['cls_0.5']:.3f}. `maskiou.kept(model(images), model)` keeps them."]
+                  f"{k['optimal']:.3f}; final score >= 0.5 {k['final_0.5']:.3f}; class score "
+                  f">= 0.5 {k['cls_0.5']:.3f}. `maskiou.kept(model(images), model)` keeps them."]
     if "cost" in main:
         parts += ["", "## Cost", "", cost_table(main["cost"])]
     if "seconds" in metrics:
