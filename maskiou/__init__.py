@@ -39,6 +39,8 @@ _EXPORTS = {
     "AdapterContractError": "contract",
     "CAPABILITIES": "contract",
     "MaskIoUHead": "head",
+    "keep_worth": "keep",
+    "kept": "keep",
     "mask_iou_loss": "loss",
     "ConfigError": "options",
     "RoIHeadsAdapter": "roi_heads",

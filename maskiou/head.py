@@ -91,7 +91,7 @@ class MaskIoUHead(nn.Module):
         self.target = cfg.target
         # the final score of a detection from its signals (fitted by the add-on; until then
         # cls x the head's output): tensors, so checkpoints, TorchScript and ONNX carry it
-        self.calibration = ScoreCalibration()
+        self.calibration = ScoreCalibration(num_classes)
         self.mask_logits = cfg.mask_input == "logits"
         self.logit_clamp = MASK_LOGIT_CLAMP
         self.boundary_band = cfg.boundary_band

@@ -117,18 +117,21 @@ def output_to_detections(output: dict[str, torch.Tensor], image_id: int,
     )
 
 
-def true_mask_ious(dets: Detections, coco_gt: Any,
-                   windows: dict[int, tuple[int, int, int, int]] | None = None) -> np.ndarray:
-    """For each detection, the best mask IoU with a non-crowd GT instance of its category in its
-    image (0 when there is none). One pycocotools call per (image, category).
+def mask_iou_groups(dets: Detections, coco_gt: Any,
+                    windows: dict[int, tuple[int, int, int, int]] | None = None
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The mask IoU of each detection with each non-crowd GT instance of its category in its
+    image, one group per (image, category) that has both: ``(indices of the group's detections
+    Int[n] into dets, IoU Float[n, g])``. One pycocotools call per group. The true MaskIoU
+    (:func:`true_mask_ious`) and the COCO-style matching of LaECE and LRP both read these.
 
     ``windows``: ``{image id: (x0, y0, x1, y1)}``, the part of an image a detector saw (a crop):
     that image's GT masks are cut to it first, so a detection is judged against what was
     visible."""
-    out = np.zeros(len(dets))
+    groups = []
     windows = windows or {}
     keys = np.stack([dets.image_ids, dets.category_ids], 1) if len(dets) else np.zeros((0, 2))
-    for image_id, cat_id in {tuple(k) for k in keys.tolist()}:
+    for image_id, cat_id in sorted({tuple(k) for k in keys.tolist()}):
         sel = np.where((dets.image_ids == image_id) & (dets.category_ids == cat_id))[0]
         ann_ids = coco_gt.getAnnIds(imgIds=[int(image_id)], catIds=[int(cat_id)], iscrowd=False)
         anns = coco_gt.loadAnns(ann_ids)
@@ -138,7 +141,19 @@ def true_mask_ious(dets: Detections, coco_gt: Any,
         if int(image_id) in windows:
             gts = [_cut(g, windows[int(image_id)]) for g in gts]
         ious = mask_utils.iou([dets.rles[i] for i in sel], gts, [0] * len(gts))
-        out[sel] = np.asarray(ious).reshape(len(sel), len(gts)).max(axis=1)
+        groups.append((sel, np.asarray(ious, dtype=np.float64).reshape(len(sel), len(gts))))
+    return groups
+
+
+def true_mask_ious(dets: Detections, coco_gt: Any,
+                   windows: dict[int, tuple[int, int, int, int]] | None = None,
+                   groups: list[tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
+    """For each detection, the best mask IoU with a non-crowd GT instance of its category in its
+    image (0 when there is none): the row maxima of :func:`mask_iou_groups` (``groups``, when
+    they are already computed; ``windows`` as there)."""
+    out = np.zeros(len(dets))
+    for sel, ious in groups if groups is not None else mask_iou_groups(dets, coco_gt, windows):
+        out[sel] = ious.max(axis=1)
     return out
 
 

@@ -308,6 +308,9 @@ def test_a_recalibration_that_could_not_be_checked_is_kept(data):
     assert bool(find_maskiou_head(model).calibration.fitted)
     assert find_maskiou_head(model).calibration.weights.tolist() == pytest.approx(
         fit.recalibration.weights)
+    # no masks, no matching: no map per class
+    assert not bool(find_maskiou_head(model).calibration.class_fitted)
+    assert fit.recalibration.class_curves is None
 
 
 def test_crossfit_addon_reports_its_held_out_gain_and_warns_when_it_is_not_positive(
@@ -329,6 +332,18 @@ def test_crossfit_addon_reports_its_held_out_gain_and_warns_when_it_is_not_posit
     assert len(load_recalibration(ckpt).fitted_on) == 10  # the recalibration saw every image
     assert any(m.startswith("held-out check on 10 add-on images") for m in logs)
     assert sum("cross-fitting: fold" in m for m in logs) == 2
+    # the map per class is fitted where the recalibration is kept, and the checkpoint's model
+    # carries the curves its recalibration records
+    kept = held["mask_ap"]["recalibrated"] >= held["mask_ap"]["rescored"]
+    fitted = [v for k, v in ckpt["model"].items() if k.endswith("calibration.class_fitted")]
+    assert [bool(v) for v in fitted] == [kept]
+    assert any(m.startswith("fitted the final score's map per class") for m in logs) == kept
+    if kept:
+        curves = next(v for k, v in ckpt["model"].items() if k.endswith("class_curves"))
+        assert torch.allclose(curves, torch.tensor(load_recalibration(ckpt).class_curves))
+        thresholds = next(v for k, v in ckpt["model"].items() if k.endswith("class_thresholds"))
+        assert thresholds.tolist() == pytest.approx(load_recalibration(ckpt).class_thresholds)
+        assert any(m.startswith("the masks worth keeping") for m in logs)
 
 
 def test_ablation_scores_a_cross_fitted_add_on_and_the_ensemble_of_its_fold_heads(data,

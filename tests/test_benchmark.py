@@ -34,6 +34,7 @@ from maskiou.models.checkpoint import load_checkpoint, save_atomic  # noqa: E402
 from maskiou.models.paths import shipped_model_path  # noqa: E402
 
 SCORES = {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+CALIBRATION = {"LaECE", "LaECE50", "moLRP", "LRP_thresholds", "oLRP"}  # segm only
 PLAIN = shipped_model_path("torchvision_plain")
 END_TO_END = shipped_model_path("torchvision_end_to_end")
 
@@ -85,7 +86,7 @@ def test_every_reported_ap_equals_pycocotools_on_the_written_results(data, run):
     assert set(metrics["segm"]) == {"cls", "maskness", "rescored", "oracle"} | final
     for iou_type in ("segm", "bbox"):
         for name, aps in metrics[iou_type].items():
-            assert set(aps) == SCORES
+            assert set(aps) == SCORES | (CALIBRATION if iou_type == "segm" else set())
             expected = pycocotools_ap(data["val_json"], out / f"results_{iou_type}_{name}.json",
                                       iou_type)
             # the written results are the ones the benchmark scored (JSON keeps each float):
@@ -139,6 +140,54 @@ def test_true_iou_is_pycocotools_mask_iou_with_the_best_gt(data, run):
         assert t == pytest.approx(best, abs=1e-9)
 
 
+def pycocotools_matches(val_json: Path, results_file: Path, tau: float
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, int]]:
+    """Scores, category ids and matched mask IoU (0: unmatched) of every detection of a results
+    file by pycocotools' own matching at IoU ``tau``, and the GT count per category."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(val_json))
+        ev = COCOeval(gt, gt.loadRes(str(results_file)), "segm")
+        ev.params.iouThrs = np.array([tau])
+        ev.params.areaRng, ev.params.areaRngLbl = [[0, 1e10]], ["all"]
+        ev.evaluate()
+    scores, cats, matched = [], [], []
+    for e in ev.evalImgs:
+        if e is None:
+            continue
+        ious = ev.ious[(e["image_id"], e["category_id"])]
+        for d, m in enumerate(e["dtMatches"][0]):
+            scores.append(e["dtScores"][d])
+            cats.append(e["category_id"])
+            matched.append(float(ious[d, e["gtIds"].index(int(m))]) if m else 0.0)
+    counts = {c: len(gt.getAnnIds(catIds=[c], iscrowd=False)) for c in gt.getCatIds()}
+    return np.array(scores), np.array(cats), np.array(matched), counts
+
+
+def test_laece_and_molrp_equal_them_on_pycocotools_matching_of_the_written_results(data, run):
+    """Each scoring's LaECE (TP IoU 0.1 and 0.5) and moLRP, recomputed from its results file
+    with pycocotools' own matching (not maskiou's) and the definitions of maskiou.evaluation:
+    LaECE per class over 25 bins, LRP at each distinct score."""
+    from maskiou.evaluation.laece import laece
+    from maskiou.evaluation.lrp import molrp
+
+    out, metrics, printed = run
+    for name, row in metrics["segm"].items():
+        results = out / f"results_segm_{name}.json"
+        for key, tau in (("LaECE", 0.1), ("LaECE50", 0.5)):
+            scores, cats, matched, _ = pycocotools_matches(data["val_json"], results, tau)
+            assert row[key] == pytest.approx(laece(scores, cats, matched)[0], abs=1e-12), \
+                (name, key)
+        scores, cats, matched, counts = pycocotools_matches(data["val_json"], results, 0.5)
+        mean, per_class = molrp(scores, cats, matched, counts)
+        assert row["moLRP"] == pytest.approx(mean, abs=1e-12), name
+        assert row["LRP_thresholds"] == {  # None: keeping nothing is best
+            str(c): None if r.threshold == np.inf else pytest.approx(r.threshold)
+            for c, r in per_class.items()}
+        assert 0 < row["LaECE"] < 0.5 and 0 < row["moLRP"] < 1
+    assert metrics["segm"]["oracle"]["LaECE"] < metrics["segm"]["cls"]["LaECE"]
+    assert "| LaECE (TP IoU 0.1) | LaECE (TP IoU 0.5) | moLRP |" in printed
+
+
 def _quiet_coco(path: Path) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(str(path))
@@ -160,6 +209,21 @@ def test_report_files_and_models_side_by_side(run):
     assert metrics["bbox"]["cls"] == metrics["models"]["addon"]["bbox"]["cls"]
     gallery = json.loads((out / "gallery.json").read_text())
     assert gallery["images"] and Path(gallery["images"][0]["file"]).is_file()
+    # the final score gets its map per class exactly when the model returns the recalibration;
+    # its reliability against LaECE's target is in the metrics and the report
+    cal = metrics["calibration"]
+    assert cal["class_map"] == (metrics["model_scoring"] == "recalibrated")
+    assert sum(r["count"] for r in cal["laece_bins"]) == metrics["num_detections"]
+    assert "| score bin mean | precision x IoU | detections |" in printed
+    # with the map, the thresholds of the masks worth keeping, measured against the best ones
+    # on these images (a lower bound: the moLRP of the final score) and the habits
+    assert ("keep" in metrics) == cal["class_map"]
+    if cal["class_map"]:
+        keep = metrics["keep"]
+        assert keep["optimal"] == pytest.approx(
+            metrics["segm"][metrics["model_scoring"]]["moLRP"])
+        assert all(keep["optimal"] <= keep[k] + 1e-12 for k in ("stored", "final_0.5"))
+        assert "## The masks worth keeping" in printed
 
 
 def test_second_run_reuses_the_add_on_and_retrain_trains_it_again(data, run, tmp_path, capsys):
@@ -175,8 +239,12 @@ def test_faster_coco_eval_backend_gives_the_same_numbers(data, run, tmp_path):
     assert coco_eval.main(addon_args(data, tmp_path, "--eval-backend", "faster-coco-eval")) == 0
     fast = json.loads((tmp_path / "metrics.json").read_text())
     for iou_type in ("segm", "bbox"):
-        for name in metrics[iou_type]:
-            assert fast[iou_type][name] == pytest.approx(metrics[iou_type][name], abs=1e-3)
+        for name, row in metrics[iou_type].items():
+            aps = {k: row[k] for k in SCORES}
+            assert {k: fast[iou_type][name][k] for k in SCORES} == pytest.approx(aps, abs=1e-3)
+            # LaECE and LRP are maskiou's own, whatever computes AP: the same
+            assert {k: v for k, v in fast[iou_type][name].items() if k not in SCORES} == \
+                {k: v for k, v in row.items() if k not in SCORES}
 
 
 def test_checkpoint_with_a_head_on_a_coco_root_and_a_baseline(data, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from maskiou import MaskIoUHead
@@ -36,7 +37,7 @@ FREE = [1.0, 0.5, 1.0]  # 1 - IoU with a higher-scored box of the class: 1,024 /
 
 
 def test_unfitted_it_is_the_papers_rescoring_exactly():
-    cal = ScoreCalibration()
+    cal = ScoreCalibration(3)
     cls, quality, *_ = signals()
     assert not bool(cal.fitted)
     assert torch.equal(cal(*signals()), cls * quality)
@@ -51,7 +52,7 @@ def test_the_signals_of_one_image_are_computed_from_its_boxes():
 
 
 def test_fitted_it_is_the_logistic_function_of_the_signals_logs():
-    cal = ScoreCalibration()
+    cal = ScoreCalibration(3)
     cal.set([1.0, 2.0, 0.5, -0.25, 3.0], 0.75)
     cls, quality, mk, *_ = signals()
     out = cal(*signals())
@@ -64,18 +65,66 @@ def test_fitted_it_is_the_logistic_function_of_the_signals_logs():
 
 
 def test_float64_stays_float64_and_the_script_equals_eager():
-    cal = ScoreCalibration().double()
+    cal = ScoreCalibration(3).double()
     cal.set([0.3, 1.0, 2.0, 0.1, 1.5], -0.5)
     cls, quality, mk, boxes, labels, size = signals()
     assert cal(cls.double(), quality.double(), mk.double(), boxes.double(), labels,
                size).dtype == torch.float64
-    eager = ScoreCalibration()
+    eager = ScoreCalibration(3)
     eager.set([0.3, 1.0, 2.0, 0.1, 1.5], -0.5)
     scripted = torch.jit.script(eager)
     assert torch.equal(scripted(*signals()), eager(*signals()))
     empty = torch.zeros(0)
     assert scripted(empty, empty, empty, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
                     SIZE).shape == (0,)
+
+
+def test_the_class_map_runs_each_score_through_its_class_curve_and_scripts():
+    from maskiou.calibration import CURVE_KNOTS
+
+    cal = ScoreCalibration(3)
+    cal.set([1.0, 2.0, 0.5, -0.25, 3.0], 0.75)
+    before = cal(*signals())
+    knots = torch.linspace(0, 1, CURVE_KNOTS)
+    # label 1: half of the score (a straight line through the knots); label 2: constant 0.3
+    curves = torch.stack([knots, knots / 2, torch.full((CURVE_KNOTS,), 0.3)])
+    cal.set_class_curves(curves.tolist())
+    out = cal(*signals())  # labels 1, 1, 2
+    expected = 0.99 * torch.stack([before[0] / 2, before[1] / 2, torch.tensor(0.3)]) \
+        + 0.01 * before
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.equal(torch.jit.script(cal)(*signals()), out)
+    # between two knots, linear: a score of 0.1 lies 1/2 + 0.5 of the way 0.08 -> 0.12
+    from maskiou.calibration import class_curve
+
+    step = torch.zeros(3, CURVE_KNOTS)
+    step[1, 3:] = 1.0  # 0 up to the knot at 0.08, 1 from the knot at 0.12
+    got = class_curve(torch.tensor([0.1, 0.0, 1.0, 0.12]), torch.tensor([1, 1, 1, 1]), step)
+    assert got.tolist() == pytest.approx([0.5, 0.0, 1.0, 1.0])
+    # a flat curve still keeps the class's order: the score's own 1%
+    assert (out[0] > out[1]) == (before[0] > before[1])
+    with pytest.raises(ValueError, match="nondecreasing"):
+        cal.set_class_curves(torch.flip(curves, [1]).tolist())
+    with pytest.raises(ValueError, match="one curve of 26 per label"):
+        cal.set_class_curves([[0.0] * CURVE_KNOTS])
+    cal.clear()  # back to cls x quality, no map
+    assert not bool(cal.class_fitted)
+
+
+def test_a_state_dict_without_the_class_map_loads_without_one(tmp_path):
+    head = MaskIoUHead(8, 3, conv_channels=4, fc_dim=8)
+    head.calibration.set([1.0] * len(SIGNALS), 0.5)
+    old = {k: v for k, v in head.state_dict().items() if "class_" not in k}
+    again = MaskIoUHead(8, 3, conv_channels=4, fc_dim=8)
+    again.calibration.set_class_curves([[0.5] * 26] * 3)
+    again.load_state_dict(old)  # strict: the missing map is no map, not an error
+    assert not bool(again.calibration.class_fitted)
+    assert again.calibration.bias.item() == 0.5
+    from maskiou.models.checkpoint import load_model_state
+
+    fresh = MaskIoUHead(8, 3, conv_channels=4, fc_dim=8)
+    load_model_state(fresh, old, tmp_path / "old.pt")  # maskiou's own strict loader too
+    assert not bool(fresh.calibration.class_fitted) and bool(fresh.calibration.fitted)
 
 
 def test_box_area_share_and_the_heads_state_dict_carry_it():
@@ -102,3 +151,52 @@ def test_the_recalibration_is_kept_unless_the_held_out_check_measured_it_below_r
     assert recalibration_kept(gain(rescored=41.0, recalibrated=41.0))
     assert recalibration_kept(gain(rescored=41.0, recalibrated=41.5))
     assert not recalibration_kept(gain(rescored=41.8, recalibrated=39.6))  # YOLO-seg's case
+
+
+def test_the_class_curves_fit_hand_solvable_cases():
+    import numpy as np
+
+    from maskiou.addon.recalibration import apply_class_curves, fit_class_curves, isotonic_curve
+
+    # isotonic: the scores 0.2, 0.4 have targets 0.6, 0.2 (against the order: pooled to 0.4),
+    # 0.8 has 0.9; read at the knots, clipped outside [0.2, 0.8] and linear between points
+    curve = isotonic_curve(np.array([0.2, 0.4, 0.8]), np.array([0.6, 0.2, 0.9]))
+    at = np.linspace(0, 1, 26)
+    assert curve[at <= 0.4 + 1e-9] == pytest.approx(0.4)
+    assert curve[at >= 0.8 - 1e-9] == pytest.approx(0.9)
+    assert curve[15] == pytest.approx(0.4 + (0.6 - 0.4) / 0.4 * 0.5)  # at 0.6: halfway
+    assert isotonic_curve(np.zeros(0), np.zeros(0)) == pytest.approx(at)  # none: identity
+    # per class, blended with the curve of all as ``prior`` more detections: class 1's two
+    # detections both have target 1 (its curve 1 everywhere), class 2's two target 0; all
+    # four pooled: scores 0.5 (targets 1 and 0) -> 0.5. With prior 2: class 1 (2 x 1 + 2 x 0.5)
+    # / 4 = 0.75, class 2 0.25; class 0 has no detection: the common 0.5
+    scores, labels = np.full(4, 0.5), np.array([1, 1, 2, 2])
+    curves = fit_class_curves(scores, labels, np.array([1.0, 1.0, 0.0, 0.0]), 3, prior=2.0)
+    assert np.array(curves[1]) == pytest.approx(0.75) and np.array(curves[2]) == pytest.approx(
+        0.25) and np.array(curves[0]) == pytest.approx(0.5)
+    # what the model computes: 0.99 x curve + 0.01 x score
+    assert apply_class_curves(np.array([0.5, 0.5]), np.array([1, 2]), curves) == \
+        pytest.approx([0.99 * 0.75 + 0.005, 0.99 * 0.25 + 0.005])
+
+
+def test_keep_worth_keeps_each_detection_at_or_above_its_class_threshold():
+    from maskiou.keep import keep_worth
+
+    result = {"scores": torch.tensor([0.9, 0.3, 0.6, 0.2]), "labels": torch.tensor([1, 2, 1, 2]),
+              "boxes": torch.arange(16.0).reshape(4, 4), "masks": torch.zeros(4, 1, 2, 2)}
+    thresholds = torch.tensor([0.0, 0.7, 0.3])
+    # label 1 needs 0.7: 0.9 kept, 0.6 not; label 2 needs 0.3: 0.3 kept (at it), 0.2 not
+    out = keep_worth(result, thresholds)
+    assert out["scores"].tolist() == pytest.approx([0.9, 0.3])
+    assert out["boxes"].tolist() == result["boxes"][[0, 1]].tolist()
+    assert out["masks"].shape == (2, 1, 2, 2) and out["labels"].tolist() == [1, 2]
+    scripted = torch.jit.script(keep_worth)
+    assert all(torch.equal(scripted(result, thresholds)[k], v) for k, v in out.items())
+    cal = ScoreCalibration(3)
+    assert cal.class_thresholds.tolist() == [0.0] * 3  # unfitted: every mask kept
+    cal.set_class_thresholds([0.1, 0.2, 0.3])
+    assert cal.class_thresholds.tolist() == pytest.approx([0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="2 thresholds for 3 labels"):
+        cal.set_class_thresholds([0.1, 0.2])
+    cal.clear()
+    assert cal.class_thresholds.tolist() == [0.0] * 3

@@ -64,7 +64,15 @@ def r50() -> torch.nn.Module:
                                   box_detections_per_img=30)
     attach_maskiou_head(model).eval()
     model.roi_heads.maskiou_head.calibration.set([0.3, 1.0, 2.0, 0.1, 1.5], 0.5)
+    class_map(model.roi_heads.maskiou_head.calibration)
     return model
+
+
+def class_map(calibration: torch.nn.Module) -> None:
+    """A map per class that bends each class's score its own way: knots ** (1 + label / 4)."""
+    knots = torch.linspace(0, 1, calibration.class_curves.shape[1])
+    calibration.set_class_curves([(knots ** (1 + c / 4)).tolist()
+                                  for c in range(len(calibration.class_curves))])
 
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -90,6 +98,28 @@ def test_scripted_equals_eager_on_two_images_and_survives_save_load(r50, tmp_pat
     assert set(eager[0]) == set(FIELDS)
     r = eager[0]  # the final scores are the recalibration's, not cls x the head's output
     assert not torch.allclose(r["scores"], r["cls_scores"] * r["mask_quality"])
+
+
+def test_the_masks_worth_keeping_are_the_same_from_the_scripted_model(r50, tmp_path):
+    """Thresholds stored in the head: ``maskiou.kept`` keeps the same masks of the eager and
+    the scripted model's outputs (a scripted model's head carries them too)."""
+    from maskiou import kept
+
+    model = copy.deepcopy(r50)
+    with torch.no_grad():
+        eager = model(two_images())
+    scores = torch.cat([r["scores"] for r in eager])
+    middle = float(scores.median())  # every class keeps about half
+    cal = model.roi_heads.maskiou_head.calibration
+    cal.set_class_thresholds([middle] * len(cal.class_thresholds))
+    scripted = script_model(model, tmp_path / "model.ts")
+    with torch.no_grad():
+        _, out = scripted(two_images())
+    a, b = kept(eager, model), kept(out, scripted)
+    assert_same_detections(a, b)
+    total = sum(len(r["scores"]) for r in a)
+    assert 0 < total < len(scores) and all(bool((r["scores"] >= middle).all()) for r in a)
+    assert total == int((scores >= middle).sum())
 
 
 class KeepThree(RoIHeads):
@@ -158,6 +188,8 @@ def test_onnx_export_of_the_attached_model_matches_eager(name):
         path = shipped_model_path(name)
     model, _ = load_trained_model(path)
     assert bool(model.roi_heads.maskiou_head.calibration.fitted) == (name == "torchvision_addon")
+    if name == "torchvision_addon":  # and a map per class in the graph
+        class_map(model.roi_heads.maskiou_head.calibration)
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 128, 128, generator=g), torch.rand(3, 96, 128, generator=g)]
     data = export_onnx(model, images[:1])

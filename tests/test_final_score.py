@@ -61,7 +61,7 @@ def test_the_models_final_score_is_the_fitted_recalibration(addon):
     boxes = np.c_[dets.boxes_xywh[:, :2], dets.boxes_xywh[:, :2] + dets.boxes_xywh[:, 2:]]
     x = detection_signals(dets.cls_scores, dets.pred_ious, dets.maskness, dets.rel_areas, boxes,
                           dets.labels, dets.image_ids)
-    again = recal.predict(x)
+    again = recal.predict(x, dets.labels)  # with its map per class, when it has one
     np.testing.assert_allclose(dets.scores, again, rtol=1e-5, atol=1e-7)  # float32 vs float64
     rescored = dets.cls_scores * dets.pred_ious
     assert np.abs(dets.scores - rescored).max() > 0.05  # ... and not the rescored score

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskiou.calibration import SIGNALS, signal_logs
+from maskiou.calibration import CURVE_KNOTS, CURVE_MIX, SIGNALS, signal_logs
 from maskiou.signals import uncontested
 
 KINDS = ("search", "logistic")
@@ -122,6 +122,65 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+CLASS_PRIOR = 10.0
+"""How many detections' worth of the curve of all classes a class's curve is blended with."""
+
+
+def isotonic_curve(scores: np.ndarray, target: np.ndarray, knots: int = CURVE_KNOTS
+                   ) -> np.ndarray:
+    """The isotonic (nondecreasing) regression of ``target`` on ``scores`` (Float[n] each),
+    read at ``knots`` equal steps of [0, 1]: Float[knots] in [0, 1]; the identity for n = 0."""
+    from sklearn.isotonic import IsotonicRegression
+
+    at = np.linspace(0.0, 1.0, knots)
+    if len(scores) == 0:
+        return at
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+    return iso.fit(np.asarray(scores, np.float64), np.asarray(target, np.float64)).predict(at)
+
+
+def fit_class_curves(scores: np.ndarray, labels: np.ndarray, target: np.ndarray,
+                     num_classes: int, prior: float = CLASS_PRIOR) -> list[list[float]]:
+    """The map per class of the final score (see :class:`maskiou.calibration.
+    ScoreCalibration`): per class, :func:`isotonic_curve` of its detections blended with the
+    curve of all detections as if that were ``prior`` more detections of the class
+    (``(n_c curve_c + prior curve_all) / (n_c + prior)``, nondecreasing as both are); a class
+    without detections gets the curve of all.
+
+    Args:
+        scores: Float[n] in [0, 1], each detection's score before the map.
+        labels: Int[n] in [0, num_classes), each detection's label.
+        target: Float[n], what the score should estimate: the IoU of the GT that COCO's greedy
+            matching gives the detection (0 for a false positive), whose mean in a bin of the
+            score is precision x mean IoU.
+        num_classes: the head's label count.
+
+    Returns:
+        ``num_classes`` curves of ``CURVE_KNOTS`` values.
+    """
+    labels = np.asarray(labels)
+    scores, target = np.asarray(scores, np.float64), np.asarray(target, np.float64)
+    common = isotonic_curve(scores, target)
+    curves = [common.copy() for _ in range(num_classes)]
+    for c in np.unique(labels):
+        sel = labels == c
+        n = int(sel.sum())
+        curves[int(c)] = (n * isotonic_curve(scores[sel], target[sel]) + prior * common) \
+            / (n + prior)
+    return [np.clip(np.maximum.accumulate(c), 0.0, 1.0).tolist() for c in curves]
+
+
+def apply_class_curves(scores: np.ndarray, labels: np.ndarray, curves: list[list[float]]
+                       ) -> np.ndarray:
+    """What the model's map per class makes of ``scores`` (Float[n]) of ``labels`` (Int[n]),
+    in float64: :func:`maskiou.calibration.class_curve` mixed with the score itself."""
+    c = np.asarray(curves, np.float64)
+    at = np.linspace(0.0, 1.0, c.shape[1])
+    s = np.clip(np.asarray(scores, np.float64), 0.0, 1.0)
+    out = np.array([np.interp(v, at, c[int(k)]) for v, k in zip(s, np.asarray(labels))])
+    return (1.0 - CURVE_MIX) * out.reshape(len(s)) + CURVE_MIX * s
+
+
 @dataclass
 class Recalibration:
     """A fitted recalibration: the weights of :data:`maskiou.calibration.SIGNALS`, the bias, and
@@ -133,6 +192,8 @@ class Recalibration:
     bias: float
     fitted_on: dict[str, int] = field(default_factory=dict)  # image SHA-1 -> image id
     check_scores: np.ndarray | None = field(default=None, repr=False, compare=False)
+    class_curves: list[list[float]] | None = None  # the map per class (None: no map)
+    class_thresholds: list[float] | None = None  # per label: keep scores >= it
 
     @staticmethod
     def fit(kind: str, x: np.ndarray, true_ious: np.ndarray, fitted_on: dict[str, int],
@@ -166,18 +227,26 @@ class Recalibration:
             check = None
         return Recalibration(kind, weights, bias, dict(fitted_on), check)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """The final score of N detections from their signals ``x`` (Float[N, 5],
         :func:`detection_signals`), Float[N] in [0, 1]: what the model's
-        :class:`~maskiou.calibration.ScoreCalibration` computes, in float64."""
+        :class:`~maskiou.calibration.ScoreCalibration` computes, in float64; with their
+        ``labels`` (Int[N]) and a fitted map per class, after that map."""
         if len(x) == 0:
             return np.zeros(0)
-        return sigmoid(np.asarray(x, np.float64) @ np.array(self.weights) + self.bias)
+        s = sigmoid(np.asarray(x, np.float64) @ np.array(self.weights) + self.bias)
+        if labels is not None and self.class_curves is not None:
+            s = apply_class_curves(s, labels, self.class_curves)
+        return s
 
     def install(self, head: nn.Module) -> None:
-        """Put the weights into the head's calibration: the model's final score becomes this
-        recalibration's."""
+        """Put the weights (and the map per class, when fitted) into the head's calibration:
+        the model's final score becomes this recalibration's."""
         head.calibration.set(self.weights, self.bias)
+        if self.class_curves is not None:
+            head.calibration.set_class_curves(self.class_curves)
+        if self.class_thresholds is not None:
+            head.calibration.set_class_thresholds(self.class_thresholds)
 
     def check_not_fitted_on(self, fingerprints: dict[str, int], where: str) -> None:
         """Raise :class:`RecalibrationError` if any image of ``fingerprints`` (SHA-1 -> id, see
@@ -192,8 +261,13 @@ class Recalibration:
     def state(self) -> dict[str, Any]:
         """What the add-on checkpoint records (plain values; the weights are also in the
         model's state dict, where the model reads them)."""
-        return {"kind": self.kind, "signals": list(SIGNALS), "weights": list(self.weights),
-                "bias": self.bias, "fitted_on": self.fitted_on}
+        state = {"kind": self.kind, "signals": list(SIGNALS), "weights": list(self.weights),
+                 "bias": self.bias, "fitted_on": self.fitted_on}
+        if self.class_curves is not None:
+            state["class_curves"] = [list(c) for c in self.class_curves]
+        if self.class_thresholds is not None:
+            state["class_thresholds"] = list(self.class_thresholds)
+        return state
 
     @staticmethod
     def from_state(state: dict[str, Any]) -> Recalibration:
@@ -204,4 +278,5 @@ class Recalibration:
         # a recalibration of fewer signals (maskiou before "uncontested"): the others weigh 0
         weights += [0.0] * (len(SIGNALS) - len(weights))
         return Recalibration(state["kind"], weights, float(state["bias"]),
-                             dict(state["fitted_on"]))
+                             dict(state["fitted_on"]), class_curves=state.get("class_curves"),
+                             class_thresholds=state.get("class_thresholds"))

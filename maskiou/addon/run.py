@@ -33,8 +33,9 @@ from .cache import CACHE_FORMAT, key_hash
 from .collect import collect_samples, collect_to_cache
 from .fit import AddonConfig, Samples, predict_ious, train_head
 
-ADDON_VERSION = 4  # bumped when head-only training changes what it produces for a config
-# (4: the recalibration weighs the uncontested signal too)
+ADDON_VERSION = 6  # bumped when head-only training changes what it produces for a config
+# (4: the recalibration weighs the uncontested signal too; 5: its map per class; 6: the
+# thresholds of the masks worth keeping)
 
 
 def attach_to_detector(detector: str | Path, cfg: AddonConfig,
@@ -236,6 +237,55 @@ def heldout_gain(samples: Samples, rows: Tensor, pred: Tensor, recal: Any, datas
             "best": best, "gain": round(ap[best] - ap["maskness"], 3)}
 
 
+def fit_score_map(head: nn.Module, recal: Any, samples: Samples, rows: Tensor, x: Any,
+                  dataset: Any, log: Any = print) -> None:
+    """Fit and install the final score's map per class (:func:`maskiou.addon.recalibration.
+    fit_class_curves`) on the held-out detections ``rows`` (signals ``x``): each one's target is
+    the IoU COCO's greedy matching by the final score gives it at a mask IoU of at least 0.1
+    (LaECE's, :mod:`maskiou.evaluation.laece`), 0 for a false positive. Skipped (the identity
+    map) for samples without their masks."""
+    from maskiou.evaluation.laece import laece
+    from maskiou.evaluation.lrp import molrp
+    from maskiou.evaluation.matching import match_all
+    from maskiou.records import mask_iou_groups
+
+    from .recalibration import apply_class_curves, fit_class_curves
+
+    match = match_inputs(samples, rows, dataset)
+    if match is None:
+        log("no masks cached: the final score gets no map per class")
+        return
+    labels = samples.labels[rows].numpy()
+    n = len(labels)
+    dets = Detections(match.image_ids, match.category_ids, np.zeros((n, 4)), match.rles,
+                      np.zeros(n), np.zeros(n), np.zeros(n), labels, np.zeros(n), np.zeros(n))
+    score = recal.predict(x)
+    groups = mask_iou_groups(dets, dataset.coco)
+    target = match_all(score, groups, 0.1)
+    recal.class_curves = fit_class_curves(score, labels, target,
+                                          len(head.calibration.class_curves))
+    head.calibration.set_class_curves(recal.class_curves)
+    after = apply_class_curves(score, labels, recal.class_curves)
+    log(f"fitted the final score's map per class on {n} held-out detections: their mask LaECE "
+        f"{laece(score, labels, target)[0]:.3f} -> {laece(after, labels, target)[0]:.3f} "
+        "(in sample)")
+    # the masks worth keeping: each class's LRP-optimal threshold of the mapped score there
+    images = {int(i) for i in match.image_ids}
+    cat_to_label = {c: lab for lab, c in dataset.label_to_cat_id.items()}
+    num_gt: dict[int, int] = {}
+    for ann in dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=sorted(images),
+                                                            iscrowd=False)):
+        lab = cat_to_label[int(ann["category_id"])]
+        num_gt[lab] = num_gt.get(lab, 0) + 1
+    mean, per_class = molrp(after, labels, match_all(after, groups, 0.5), num_gt)
+    recal.class_thresholds = [0.0] * len(head.calibration.class_thresholds)
+    for lab, r in per_class.items():
+        recal.class_thresholds[lab] = min(float(r.threshold), 2.0)  # inf: keep none
+    head.calibration.set_class_thresholds(recal.class_thresholds)
+    log(f"the masks worth keeping: LRP-optimal thresholds per class on those detections "
+        f"(moLRP {mean:.3f} there)")
+
+
 def recalibration_kept(gain: dict[str, Any] | None) -> bool:
     """Whether the model's final score becomes the recalibration: unless the held-out check
     (:func:`heldout_gain`, where it could run) measured it below the head's own rescoring, so
@@ -338,6 +388,7 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
     if recal is not None:
         if recalibration_kept(gain):
             recal.install(head)  # the model's own final score from now on
+            fit_score_map(head, recal, samples, recal_rows, x, dataset, log)
         else:
             log(f"the model returns the head's rescoring: the recalibration scored "
                 f"{gain['mask_ap']['recalibrated']:.2f} against its "

@@ -35,11 +35,20 @@ from maskiou.models.paths import (
     shipped_model_path,
     shipped_name,
 )
-from maskiou.records import Detections, file_sha1, image_fingerprints, true_mask_ious
+from maskiou.records import (
+    Detections,
+    file_sha1,
+    image_fingerprints,
+    mask_iou_groups,
+    true_mask_ious,
+)
 
 from .cocoeval import evaluate_detections
 from .cost import head_cost
 from .gallery import rank_change_gallery
+from .laece import reliability_bins
+from .lrp import molrp
+from .matching import match_all
 from .metrics import final_score_calibration, scorings
 from .predict import predict
 from .report import best_learned, markdown_report, write_metrics, write_plots
@@ -285,7 +294,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Any, device: torch.devi
     seconds = time.perf_counter() - t0
     if not D.is_main():
         return None
-    true = true_mask_ious(dets, dataset.coco)
+    groups = mask_iou_groups(dets, dataset.coco)  # once: the true MaskIoU, LaECE and LRP
+    true = true_mask_ious(dets, dataset.coco, groups=groups)
     head = find_maskiou_head(model)
     has_head = head is not None
     # the final row is what the model returned: its own scores, when its head carries a fitted
@@ -293,7 +303,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Any, device: torch.devi
     fitted = has_head and bool(head.calibration.fitted)
     final = dets.scores if fitted else None
     metrics, results = evaluate_detections(dets, dataset.coco, true, has_head=has_head,
-                                           recalibrated=final, backend=backend)
+                                           recalibrated=final, backend=backend,
+                                           groups=groups)
     scores = scorings(dets.cls_scores, dets.pred_ious if has_head else None, dets.maskness,
                       true, final)
     model_scoring = "recalibrated" if fitted else ("rescored" if has_head else "cls")
@@ -304,10 +315,41 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Any, device: torch.devi
         metrics["head_target"] = head.target
         metrics["calibration"] = final_score_calibration(scores[model_scoring], true,
                                                          head.target)
+        # against what LaECE reads: precision x mean IoU of the matched, TP at mask IoU 0.1
+        metrics["calibration"]["class_map"] = bool(head.calibration.class_fitted)
+        metrics["calibration"]["laece_bins"] = reliability_bins(
+            scores[model_scoring], match_all(scores[model_scoring], groups, 0.1))
+    if has_head and bool((head.calibration.class_thresholds != 0).any()):
+        metrics["keep"] = keep_measures(dets, scores, model_scoring, groups, dataset,
+                                        head.calibration.class_thresholds.tolist())
     if recal is not None:
         metrics["recalibration"] = recal.kind
     return {**metrics, "results": results, "detections": dets, "true_ious": true,
             "scores": scores}
+
+
+def keep_measures(dets: Detections, scores: dict[str, np.ndarray], model_scoring: str,
+                  groups: list, dataset: Any, thresholds: list[float]) -> dict[str, float]:
+    """mLRP (TP at mask IoU 0.5, mean over the classes with GT) of the masks a user keeps:
+    by the model's stored thresholds (``stored``, fitted on held-out images), by the
+    thresholds best on these very detections (``optimal``: the moLRP), and by one threshold
+    of 0.5 on the final score and on the class score."""
+    from .cocoeval import gt_counts
+    from .lrp import mlrp_at
+
+    cats = dets.category_ids
+    num_gt = gt_counts(dataset.coco)
+    final = scores[model_scoring]
+    matched = match_all(final, groups, 0.5)
+    stored = {int(c): thresholds[lab] for lab, c in dataset.label_to_cat_id.items()
+              if lab < len(thresholds)}
+    half = dict.fromkeys(num_gt, 0.5)
+    return {"stored": mlrp_at(final, cats, matched, num_gt, stored),
+            "optimal": molrp(final, cats, matched, num_gt)[0],
+            "final_0.5": mlrp_at(final, cats, matched, num_gt, half),
+            "cls_0.5": mlrp_at(scores["cls"], cats, match_all(scores["cls"], groups, 0.5),
+                               num_gt, half),
+            "thresholds": {str(c): t for c, t in stored.items()}}
 
 
 def is_plain(checkpoint: str | Path) -> bool:
@@ -414,7 +456,8 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
         "num_images": len(dataset), "num_detections": main["num_detections"],
         "main_model": main_model, "checkpoint": models[main_model],
         "framework": main["framework"],
-        **{k: main[k] for k in ("model_scoring", "head_target", "calibration") if k in main},
+        **{k: main[k] for k in ("model_scoring", "head_target", "calibration", "keep")
+           if k in main},
         "val_json": str(val_json),
         "models": {name: {k: v for k, v in m.items()
                           if k not in ("results", "detections", "true_ious", "scores")}

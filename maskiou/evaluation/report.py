@@ -57,6 +57,33 @@ def ap_table(metrics: dict[str, Any], iou_type: str) -> str:
     return "\n".join(lines)
 
 
+def calibration_table(metrics: dict[str, Any]) -> str:
+    """Mask LaECE (TP threshold 0.1, and 0.5) and moLRP (0.5) of every scoring that has them
+    (lower is better for all three), then the LRP-optimal threshold per class of the score the
+    model returns."""
+    rows = metrics["segm"]
+    names = [n for n in SCORINGS if n in rows and "LaECE" in rows[n]]
+    if not names:
+        return ""
+    lines = ["| scoring | LaECE (TP IoU 0.1) | LaECE (TP IoU 0.5) | moLRP |", "|---|---|---|---|"]
+    for name in names:
+        r = rows[name]
+        lines.append(f"| {SCORING_TITLES[name]} | {_fmt3(r['LaECE'])} | {_fmt3(r['LaECE50'])} "
+                     f"| {_fmt3(r['moLRP'])} |")
+    scoring = metrics.get("model_scoring", "cls")
+    thresholds = rows.get(scoring, {}).get("LRP_thresholds")
+    if thresholds:
+        shown = ", ".join(f"{c}: {'none kept' if t is None else f'{t:.3f}'}"
+                          for c, t in thresholds.items())
+        lines.append(f"\nLRP-optimal thresholds of `{scoring}` (keep a mask whose score is at "
+                     f"least this), per category id: {shown}.")
+    return "\n".join(lines)
+
+
+def _fmt3(v: float) -> str:
+    return "nan" if v is None or np.isnan(v) else f"{v:.3f}"
+
+
 def comparison_table(metrics: dict[str, Any]) -> str:
     """Plain detector, add-on and end-to-end (and a plain baseline) side by side: mask AP and
     AP75 under each of the model's scorings, box AP with the classification score."""
@@ -112,24 +139,55 @@ def markdown_report(metrics: dict[str, Any]) -> str:
              f"{metrics['num_detections']} detections", "",
              f"Model: `{metrics['checkpoint']}`", "",
              "## Mask AP (segm) under each scoring", "", ap_table(metrics, "segm"), "",
+             *_section("## Calibration and operating point of each score (masks)",
+                       CALIBRATION_NOTE, calibration_table(metrics)),
              "## Box AP (bbox)", "", ap_table(metrics, "bbox"), "",
              "## Models side by side", "", comparison_table(metrics), "",
              "## Predicted vs true MaskIoU (top-100 detections per image)", "",
              correlation_table(metrics["correlation"])]
     if metrics.get("calibration"):
         cal = metrics["calibration"]
+        final = ("; the final score, mapped per class, estimates precision x mean mask IoU "
+                 "among the detections it scores alike (see below); its expected calibration "
+                 "error against the head's is" if cal.get("class_map") else
+                 ", and so does the final score: its expected calibration error against it is")
         parts += ["", "## The score the model returns", "",
                   f"`model(images)` returns `{metrics.get('model_scoring')}` in `scores`; the "
                   f"head's output (`mask_quality`) estimates the "
-                  f"{TARGET_NAMES_TRUE[cal['target']]}, and so does the final score: its "
-                  f"expected calibration error against it is {cal['ece']:.3f} "
+                  f"{TARGET_NAMES_TRUE[cal['target']]}{final} {cal['ece']:.3f} "
                   "(reliability.png)."]
+        if cal.get("laece_bins"):
+            parts += ["", "Its reliability against precision x mean mask IoU (LaECE's target, "
+                      "all classes pooled, TP at mask IoU 0.1; reliability.png):", "",
+                      "| score bin mean | precision x IoU | detections |", "|---|---|---|",
+                      *(f"| {r['score']:.3f} | {r['truth']:.3f} | {r['count']} |"
+                        for r in cal["laece_bins"])]
+    if metrics.get("keep"):
+        k = metrics["keep"]
+        parts += ["", "## The masks worth keeping", "",
+                  "mLRP (lower is better; TP at mask IoU 0.5, mean over classes) of the masks "
+                  "kept by: the thresholds stored in the model (LRP-optimal on the add-on's "
+                  f"held-out images) {k['stored']:.3f}; the thresholds best on these images "
+                  f"{k['optimal']:.3f}; final score >= 0.5 {k['final_0.5']:.3f}; class score "
+                  f">= 0.5 {k['cls_0.5']:.3f}. `maskiou.kept(model(images), model)` keeps them."]
     if "cost" in main:
         parts += ["", "## Cost", "", cost_table(main["cost"])]
     if "seconds" in metrics:
         parts += ["", "Seconds: " + ", ".join(f"{k} {v:.0f}"
                                               for k, v in metrics["seconds"].items())]
     return "\n".join(parts) + "\n"
+
+
+CALIBRATION_NOTE = (
+    "LaECE: the localisation-aware calibration error (Oksuz et al. 2023) of the score against "
+    "precision x mean mask IoU, per class over 25 score bins, a detection a true positive when "
+    "COCO's greedy matching gives it a GT at mask IoU >= 0.1 (the paper's) or 0.5; moLRP: the "
+    "LRP error (Oksuz et al. 2021, TP at IoU 0.5) of each class at its best threshold, mean over "
+    "classes. Lower is better; AP cannot see either.")
+
+
+def _section(title: str, note: str, table: str) -> list[str]:
+    return [title, "", note, "", table, ""] if table else []
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
@@ -175,15 +233,20 @@ def plot_correlation(path: Path, pred: np.ndarray, true: np.ndarray, pearson: fl
 
 
 def plot_reliability(path: Path, calibration: dict[str, Any], scoring: str) -> None:
-    """The reliability diagram of the score the model returns: mean of what it estimates (its
-    head's target) per score bin, against the diagonal, with its ECE."""
+    """The reliability diagram of the score the model returns: per score bin, the mean of its
+    head's target (with its ECE) and, where measured, precision x mean mask IoU (LaECE's
+    target), against the diagonal."""
     what = TARGET_NAMES_TRUE[calibration["target"]]
     fig, ax = _figure((5, 5))
     ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1, label="perfectly calibrated")
     rows = calibration["bins"]
     ax.plot([r["score"] for r in rows], [r["truth"] for r in rows], "o-",
-            label=f"{scoring} (ECE {calibration['ece']:.3f})")
-    ax.set(xlabel=f"final score ({scoring}: what the model returns)", ylabel=f"mean {what}",
+            label=f"{what} (ECE {calibration['ece']:.3f})")
+    if calibration.get("laece_bins"):  # what the final score estimates once mapped per class
+        rows = calibration["laece_bins"]
+        ax.plot([r["score"] for r in rows], [r["truth"] for r in rows], "s-", ms=3,
+                label="precision x mean mask IoU (LaECE's, TP at IoU 0.1)")
+    ax.set(xlabel=f"final score ({scoring}: what the model returns)", ylabel="mean per bin",
            xlim=(0, 1), ylim=(0, 1), title="Reliability of the final score")
     ax.legend(loc="upper left")
     fig.tight_layout()
