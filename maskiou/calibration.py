@@ -21,7 +21,7 @@ Last, a map per class: ``final = (1 - CURVE_MIX) x curve_label(score) + CURVE_MI
 where ``curve_c`` interpolates linearly between its values at ``CURVE_KNOTS`` equal steps of
 [0, 1], a nondecreasing curve fitted so that the score estimates precision x mask IoU among the
 detections of the class it scores alike (what mask LaECE measures,
-:mod:`maskiou.evaluation.laece`); the small share of the score itself makes the map strictly
+:mod:`maskiou.quality.laece`); the small share of the score itself makes the map strictly
 increasing, so that no class's order, and so no AP, changes. Until it is fitted
 (``class_fitted`` False) the score stays as it is.
 """

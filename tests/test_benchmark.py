@@ -167,8 +167,8 @@ def test_laece_and_molrp_equal_them_on_pycocotools_matching_of_the_written_resul
     """Each scoring's LaECE (TP IoU 0.1 and 0.5) and moLRP, recomputed from its results file
     with pycocotools' own matching (not maskiou's) and the definitions of maskiou.evaluation:
     LaECE per class over 25 bins, LRP at each distinct score."""
-    from maskiou.evaluation.laece import laece
-    from maskiou.evaluation.lrp import molrp
+    from maskiou.quality.laece import laece
+    from maskiou.quality.lrp import molrp
 
     out, metrics, printed = run
     for name, row in metrics["segm"].items():

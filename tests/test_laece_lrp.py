@@ -1,4 +1,4 @@
-"""Mask LaECE and LRP (maskiou.evaluation.matching, .laece, .lrp) on hand-built cases whose
+"""Mask LaECE and LRP (maskiou.quality.matching, .laece, .lrp) on hand-built cases whose
 values are worked out in the comments, and their place in coco_eval's metrics."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from maskiou.evaluation.laece import class_laece, laece, score_bins
-from maskiou.evaluation.lrp import molrp, optimal_lrp
-from maskiou.evaluation.matching import greedy_match, match_all
+from maskiou.quality.laece import class_laece, laece, score_bins
+from maskiou.quality.lrp import molrp, optimal_lrp
+from maskiou.quality.matching import greedy_match, match_all
 
 
 def test_greedy_match_takes_detections_by_score_and_each_gt_once():
@@ -190,7 +190,7 @@ def test_the_docs_table_is_the_measurement_the_command_wrote():
 
 
 def test_lrp_at_a_given_threshold_by_hand():
-    from maskiou.evaluation.lrp import lrp_at, mlrp_at
+    from maskiou.quality.lrp import lrp_at, mlrp_at
 
     scores = np.array([0.9, 0.8, 0.6, 0.4])
     q = np.array([0.75, 0.0, 0.9, 0.0])

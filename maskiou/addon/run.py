@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from maskiou import distributed as D
 from maskiou.attach import attach_maskiou_head, find_maskiou_head
 from maskiou.models.checkpoint import CheckpointError, save_atomic
-from maskiou.records import file_sha1, image_fingerprints
+from maskiou.records import Detections, file_sha1, image_fingerprints
 
 from .cache import CACHE_FORMAT, key_hash
 from .collect import collect_samples, collect_to_cache
@@ -242,11 +242,11 @@ def fit_score_map(head: nn.Module, recal: Any, samples: Samples, rows: Tensor, x
     """Fit and install the final score's map per class (:func:`maskiou.addon.recalibration.
     fit_class_curves`) on the held-out detections ``rows`` (signals ``x``): each one's target is
     the IoU COCO's greedy matching by the final score gives it at a mask IoU of at least 0.1
-    (LaECE's, :mod:`maskiou.evaluation.laece`), 0 for a false positive. Skipped (the identity
+    (LaECE's, :mod:`maskiou.quality.laece`), 0 for a false positive. Skipped (the identity
     map) for samples without their masks."""
-    from maskiou.evaluation.laece import laece
-    from maskiou.evaluation.lrp import molrp
-    from maskiou.evaluation.matching import match_all
+    from maskiou.quality.laece import laece
+    from maskiou.quality.lrp import molrp
+    from maskiou.quality.matching import match_all
     from maskiou.records import mask_iou_groups
 
     from .recalibration import apply_class_curves, fit_class_curves

@@ -35,6 +35,9 @@ from maskiou.models.paths import (
     shipped_model_path,
     shipped_name,
 )
+from maskiou.quality.laece import reliability_bins
+from maskiou.quality.lrp import molrp
+from maskiou.quality.matching import match_all
 from maskiou.records import (
     Detections,
     file_sha1,
@@ -46,9 +49,6 @@ from maskiou.records import (
 from .cocoeval import evaluate_detections
 from .cost import head_cost
 from .gallery import rank_change_gallery
-from .laece import reliability_bins
-from .lrp import molrp
-from .matching import match_all
 from .metrics import final_score_calibration, scorings
 from .predict import predict
 from .report import best_learned, markdown_report, write_metrics, write_plots
@@ -334,8 +334,9 @@ def keep_measures(dets: Detections, scores: dict[str, np.ndarray], model_scoring
     by the model's stored thresholds (``stored``, fitted on held-out images), by the
     thresholds best on these very detections (``optimal``: the moLRP), and by one threshold
     of 0.5 on the final score and on the class score."""
+    from maskiou.quality.lrp import mlrp_at
+
     from .cocoeval import gt_counts
-    from .lrp import mlrp_at
 
     cats = dets.category_ids
     num_gt = gt_counts(dataset.coco)

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from maskiou.quality.laece import laece
+from maskiou.quality.lrp import molrp
+from maskiou.quality.matching import IoUGroup, match_all
 from maskiou.records import Detections, coco_ap, coco_results, mask_iou_groups
 
-from .laece import laece
-from .lrp import molrp
-from .matching import IoUGroup, match_all
 from .metrics import correlation_summary, scorings
 
 LAECE_TAUS = {"LaECE": 0.1, "LaECE50": 0.5}

@@ -10,7 +10,7 @@ where ``N_TP + N_FN`` is the number of GT instances ``G``, so the denominator is
 positive, 1 with nothing kept. ``oLRP`` is the minimum over the thresholds, reached at the
 LRP-optimal threshold ``s*`` (keep a detection when its score >= ``s*``); moLRP is the mean of
 oLRP over the classes with at least one GT. TPs and their IoUs come from
-:func:`maskiou.evaluation.matching.match_all` at ``tau`` (0.5, the paper's): COCO's greedy
+:func:`maskiou.quality.matching.match_all` at ``tau`` (0.5, the paper's): COCO's greedy
 matching by score, so the matching of the detections above any threshold is the top of the
 matching of all of them, and one matching serves every threshold.
 

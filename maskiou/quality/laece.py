@@ -11,7 +11,7 @@ precision x mean IoU of the true positives is ``p``. Per class ``c`` the detecti
     LaECE_c = sum_j (|bin_j| / N_c) x |mean score in bin_j - target_j|.
 
 LaECE is the mean of LaECE_c over the classes with at least one detection. Pure numpy; the TPs
-and their IoUs come from :func:`maskiou.evaluation.matching.match_all`.
+and their IoUs come from :func:`maskiou.quality.matching.match_all`.
 """
 
 from __future__ import annotations
