@@ -103,3 +103,24 @@ def test_a_third_party_file_reaches_detectron2_at_the_recipes_size_with_maskious
                                * scale, atol=1e-4)
     areas = inst.gt_masks.tensor.sum(dim=(1, 2)).numpy()
     np.testing.assert_allclose(areas, [45000 * scale ** 2, 22500 * scale ** 2], rtol=0.06)
+
+
+def test_whole_pixel_coordinates_are_registered_as_floats_and_survive_the_resize():
+    """detectron2's ResizeTransform scales coordinates in place in an array of the input's
+    dtype: whole-pixel boxes and polygons came out truncated (12.8 -> 12)."""
+    from detectron2.data import transforms as T
+
+    from maskiou_integrations.detectron2_models import float_coordinates
+
+    ann = {"bbox": [60, 90, 300, 150], "segmentation": [[60, 90, 360, 90, 360, 240]],
+           "category_id": 1}
+    out = float_coordinates(ann)
+    assert out["bbox"] == [60.0, 90.0, 300.0, 150.0] and ann["bbox"] == [60, 90, 300, 150]
+    assert all(isinstance(v, float) for v in out["bbox"] + out["segmentation"][0])
+    resize = T.ResizeTransform(600, 600, 128, 128)
+    xy = np.array([[60, 90], [360, 240]])
+    assert resize.apply_coords(xy.copy()).tolist() == [[12, 19], [76, 51]]  # the truncation
+    np.testing.assert_allclose(resize.apply_coords(xy.astype(float)),
+                               [[12.8, 19.2], [76.8, 51.2]])
+    rle = {"size": [4, 4], "counts": "abc"}
+    assert float_coordinates({"segmentation": rle})["segmentation"] is rle  # RLE as it is
