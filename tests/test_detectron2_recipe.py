@@ -124,3 +124,24 @@ def test_whole_pixel_coordinates_are_registered_as_floats_and_survive_the_resize
                                [[12.8, 19.2], [76.8, 51.2]])
     rle = {"size": [4, 4], "counts": "abc"}
     assert float_coordinates({"segmentation": rle})["segmentation"] is rle  # RLE as it is
+
+
+def test_the_adamw_trainer_builds_adamw_with_the_torchvision_recipes_values():
+    import torch
+
+    from maskiou_integrations.detectron2_models import (
+        ADAMW_VALUES,
+        _adamw_trainer,
+        build_detector,
+        train_embedded,
+    )
+
+    cfg = embedded_config(2, **ADAMW_VALUES)
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR) == (
+        0.003, 50, 0.01)
+    opt = _adamw_trainer().build_optimizer(cfg, build_detector(cfg))
+    assert isinstance(opt, torch.optim.AdamW)
+    assert {g["lr"] for g in opt.param_groups} == {0.003}
+    assert {g["weight_decay"] for g in opt.param_groups} == {1e-4, 0.0}  # none on norms
+    with pytest.raises(ValueError, match="optimizer must be sgd or adamw"):
+        train_embedded("unused", optimizer="adam")
