@@ -465,7 +465,8 @@ def test_detectron2s_own_trainer_writes_a_maskiou_checkpoint_of_its_model(tmp_pa
     assert all(v.dtype == torch.float16 for v in ckpt["model"].values() if v.is_floating_point())
     assert "IMS_PER_BATCH: 2" in ckpt["detector"]["config"]
     model, meta = load_trained_model(path)
-    assert model.maskiou_test_size == (SIZE, 128)
+    assert model.maskiou_test_size == (SIZE, SIZE)  # the images' size, in training too
+    assert ckpt["detector"]["source"]["input_size"] == SIZE
     train = CocoInstanceDataset(data.train_json, data.train_images)
     assert meta["class_names"] == train.class_names
     assert detector_training_images(meta) == image_fingerprints(train)  # the add-on warns
