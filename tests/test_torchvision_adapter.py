@@ -160,7 +160,8 @@ def test_state_dict_round_trip(model, tmp_path):
 
 
 def test_unknown_model_and_double_attach(model):
-    with pytest.raises(TypeError, match="(?s)for models of other packages.*torchvision-maskrcnn.*adapter="):
+    with pytest.raises(TypeError, match="(?s)for models of other packages.*"
+                                        "torchvision-maskrcnn.*adapter="):
         attach_maskiou_head(nn.Linear(2, 2))
     attach_maskiou_head(model)
     with pytest.raises(ValueError, match="already"):
