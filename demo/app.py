@@ -29,7 +29,14 @@ if str(ROOT) not in sys.path:  # `python demo/app.py` from a checkout
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
 
-import gradio as gr  # noqa: E402
+try:
+    import gradio as gr
+except ImportError as missing:  # run as a program without the extra: one line, exit 2
+    if __name__ != "__main__":
+        raise
+    print(f"demo/app.py: error: the demo needs the demo extra: pip install -e '.[demo]' "
+          f"({missing})", file=sys.stderr)
+    sys.exit(2)
 
 from demo.handlers import (  # noqa: E402
     IN_MEMORY,
