@@ -238,12 +238,13 @@ def heldout_gain(samples: Samples, rows: Tensor, pred: Tensor, recal: Any, datas
 
 
 def fit_score_map(head: nn.Module, recal: Any, samples: Samples, rows: Tensor, x: Any,
-                  dataset: Any, log: Any = print) -> None:
+                  dataset: Any, log: Any = print, match: Any = None) -> None:
     """Fit and install the final score's map per class (:func:`maskiou.addon.recalibration.
     fit_class_curves`) on the held-out detections ``rows`` (signals ``x``): each one's target is
     the IoU COCO's greedy matching by the final score gives it at a mask IoU of at least 0.1
     (LaECE's, :mod:`maskiou.quality.laece`), 0 for a false positive. Skipped (the identity
-    map) for samples without their masks."""
+    map) for samples without their masks. ``match``: the :func:`match_inputs` of the same
+    ``rows`` where the caller has them (their masks are then not read again)."""
     from maskiou.quality.laece import laece
     from maskiou.quality.lrp import molrp
     from maskiou.quality.matching import match_all
@@ -251,7 +252,8 @@ def fit_score_map(head: nn.Module, recal: Any, samples: Samples, rows: Tensor, x
 
     from .recalibration import apply_class_curves, fit_class_curves
 
-    match = match_inputs(samples, rows, dataset)
+    if match is None:
+        match = match_inputs(samples, rows, dataset)
     if match is None:
         log("no masks cached: the final score gets no map per class")
         return
@@ -307,6 +309,23 @@ class AddonFit:
     fitted_on: dict[str, int]
     heldout: dict[str, Any] | None = None
     fold_heads: list[dict[str, Tensor]] = dataclasses.field(default_factory=list)  # cross-fit
+
+
+def report_gain(gain: dict[str, Any] | None, log: Any = print) -> None:
+    """Log the held-out check (:func:`heldout_gain`, None: nothing to say), and warn where the
+    add-on did not beat maskness there."""
+    if gain is None:
+        return
+    ap = gain["mask_ap"]
+    log(f"held-out check on {gain['images']} add-on images ({gain['detections']} detections "
+        f"the head did not train on): mask AP maskness {ap['maskness']:.2f}, "
+        + ", ".join(f"{k} {v:.2f}" for k, v in ap.items() if k != "maskness")
+        + f": {gain['best']} {gain['gain']:+.2f} over maskness")
+    if gain["gain"] <= 0:
+        warnings.warn(f"the add-on did not beat maskness on its own held-out images "
+                      f"({gain['best']} {gain['gain']:+.2f} mask AP on {gain['images']} "
+                      "images): it may not help on this data; label more images, or use "
+                      "the maskness score", stacklevel=3)
 
 
 def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1: str,
@@ -374,21 +393,11 @@ def fit_addon(model: nn.Module, dataset: Any, cfg: AddonConfig, *, detector_sha1
                                                 cfg.recalibration else
                                                 ": no masks cached to search the weights by AP"))
     gain = heldout_gain(samples, recal_rows, pred, recal, dataset, x, match)
-    if gain is not None:
-        ap = gain["mask_ap"]
-        log(f"held-out check on {gain['images']} add-on images ({gain['detections']} detections "
-            f"the head did not train on): mask AP maskness {ap['maskness']:.2f}, "
-            + ", ".join(f"{k} {v:.2f}" for k, v in ap.items() if k != "maskness")
-            + f": {gain['best']} {gain['gain']:+.2f} over maskness")
-        if gain["gain"] <= 0:
-            warnings.warn(f"the add-on did not beat maskness on its own held-out images "
-                          f"({gain['best']} {gain['gain']:+.2f} mask AP on {gain['images']} "
-                          "images): it may not help on this data; label more images, or use "
-                          "the maskness score", stacklevel=2)
+    report_gain(gain, log)
     if recal is not None:
         if recalibration_kept(gain):
             recal.install(head)  # the model's own final score from now on
-            fit_score_map(head, recal, samples, recal_rows, x, dataset, log)
+            fit_score_map(head, recal, samples, recal_rows, x, dataset, log, match)
         else:
             log(f"the model returns the head's rescoring: the recalibration scored "
                 f"{gain['mask_ap']['recalibrated']:.2f} against its "
