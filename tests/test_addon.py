@@ -95,6 +95,26 @@ def test_train_head_lowers_the_loss_and_leaves_a_contiguous_eval_head():
         train_head(head, samples, AddonConfig(min_target=1.0), progress=False)
 
 
+def test_heldout_loss_is_logged_without_changing_the_training():
+    samples = random_samples()
+    cfg = AddonConfig(epochs=3, batch_size=16, target="iou", loss="l2")
+    train, held = torch.arange(48), torch.arange(48, 64)
+    heads = []
+    for heldout in (None, held):
+        torch.manual_seed(0)
+        heads.append(MaskIoUHead(8, 3, conv_channels=8, num_convs=2, fc_dim=32,
+                                 score_inputs=2))
+        log = train_head(heads[-1], samples, cfg, train, progress=False, heldout=heldout)
+    for a, b in zip(heads[0].state_dict().values(), heads[1].state_dict().values()):
+        assert torch.equal(a, b)  # measuring the held-out rows leaves the training as it was
+    assert "heldout_loss" not in train_head(heads[0], samples, cfg, train, progress=False)[0]
+    # the last epoch's held-out loss: the mean squared error of the trained head's predicted
+    # IoU (clamped to [0, 1]) on the held-out rows
+    pred = predict_ious(heads[1], samples, held)
+    want = float(((pred - samples.targets[held]) ** 2).mean())
+    assert log[-1]["heldout_loss"] == pytest.approx(want, rel=1e-6)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("addon")

@@ -171,13 +171,26 @@ def predict_ious(head: MaskIoUHead, samples: Samples, rows: Tensor | None = None
     return torch.cat(out).clamp(0, 1) if out else torch.zeros(0)
 
 
+@torch.no_grad()
+def heldout_loss(head: MaskIoUHead, samples: Samples, rows: Tensor, cfg: AddonConfig,
+                 workers: int | None = None) -> float:
+    """The head's regression loss (``cfg.loss`` against ``cfg.target``, no ranking term) on
+    the samples at ``rows``, which it does not train on; the head is left in eval mode."""
+    head.eval()
+    pred = predict_ious(head, samples, rows, workers=workers)
+    target = regression_target(samples.targets[rows.cpu()], cfg.target)
+    return float(head_loss(pred, target, cfg.loss))
+
+
 def train_head(head: MaskIoUHead, samples: Samples, cfg: AddonConfig,
                rows: Tensor | None = None, *, progress: bool = True, workers: int | None = None,
-               log: Any = None) -> list[dict[str, float]]:
+               log: Any = None, heldout: Tensor | None = None) -> list[dict[str, float]]:
     """Train ``head`` alone on cached samples (all, or ``rows``): AdamW, cosine schedule,
     batches from one seeded permutation per epoch, on the head's device.
 
-    Returns the per-epoch log (mean loss, seconds, samples/s).
+    Returns the per-epoch log (mean loss, seconds, samples/s; with ``heldout`` rows, the loss
+    on them after the epoch, ``heldout_loss``: measured only, it changes nothing of the
+    training).
     """
     rows = torch.arange(len(samples)) if rows is None else rows
     if cfg.min_target >= 0:
@@ -186,6 +199,7 @@ def train_head(head: MaskIoUHead, samples: Samples, cfg: AddonConfig,
         raise ValueError("no detections to train the MaskIoU head on: the detector found "
                          "nothing on the add-on images (or none above min_target)")
     device = next(head.parameters()).device
+    source = samples  # held-out rows index it, not the staged copy
     samples, rows = staged(samples, rows, device)
     g = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
@@ -223,6 +237,8 @@ def train_head(head: MaskIoUHead, samples: Samples, cfg: AddonConfig,
         seconds = time.perf_counter() - t0
         epoch_log.append({"epoch": epoch + 1, "loss": mean, "seconds": seconds,
                           "samples_per_s": len(rows) / max(seconds, 1e-9)})
+        if heldout is not None and len(heldout):
+            epoch_log[-1]["heldout_loss"] = heldout_loss(head, source, heldout, cfg, workers)
         bar.set_postfix(loss=f"{mean:.4f}")
     bar.close()
     head.to(memory_format=torch.contiguous_format).eval()
