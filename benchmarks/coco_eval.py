@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -91,19 +92,24 @@ def converted(args: argparse.Namespace, cfg: object) -> str:
                                 val, out))
 
 
-def main(argv: list[str] | None = None) -> int:
-    from maskiou.addon.cli import config_from_args
+def error(message: str) -> int:
+    """Print ``coco_eval: error: message`` on stderr; the exit status of a refused run, 2."""
+    print(f"coco_eval: error: {message}", file=sys.stderr)
+    return 2
 
-    args = parse_args(argv)
-    if bool(args.train_json) != bool(args.train_images):
-        print("coco_eval: error: --train-json and --train-images go together", file=sys.stderr)
-        return 2
+
+def data_overrides(args: argparse.Namespace
+                   ) -> tuple[dict[str, Any], bool, tuple[str, str] | None]:
+    """(the recipe's overrides from the data flags, whether the data is the user's, the add-on
+    head's images or None): with --checkpoint, --train-json/--train-images are the add-on's
+    images; without it, what the model is trained on first."""
     data = {"coco_root": args.coco_root, "val_json": args.val_json,
             "val_images": args.val_images}
     custom_data = any(data.values())
     addon_train = None
-    overrides = dict(data, max_iters=args.max_iters, synthetic_train=args.synthetic_train,
-                     synthetic_val=args.synthetic_val)
+    overrides: dict[str, Any] = dict(data, max_iters=args.max_iters,
+                                     synthetic_train=args.synthetic_train,
+                                     synthetic_val=args.synthetic_val)
     if args.checkpoint and args.train_json:
         addon_train = (args.train_json, args.train_images)  # the add-on head's images
     elif args.train_json:
@@ -111,29 +117,32 @@ def main(argv: list[str] | None = None) -> int:
         custom_data = True
     if custom_data:
         overrides["dataset"] = "coco"
-    if args.detector_config and not args.checkpoint:
-        print("coco_eval: error: --detector-config names the config of --checkpoint (the "
-              "weights file)", file=sys.stderr)
-        return 2
-    try:  # bad values are refused here, before torch is imported
-        cfg = resolve(args.config, overrides)
-        addon = config_from_args(args)
-    except ConfigError as e:
-        print(f"coco_eval: error: {e}", file=sys.stderr)
-        return 2
+    return overrides, custom_data, addon_train
+
+
+def training_problem(args: argparse.Namespace, custom_data: bool) -> str | None:
+    """Why no model can be trained for a run without --checkpoint on the user's data, or None:
+    maskiou's trainer does not build the framework's models, or there is nothing to train on."""
     from maskiou.models.load import trainer_framework
 
-    if (args.checkpoint is None and custom_data
-            and args.detector_framework != trainer_framework()):
-        print(f"coco_eval: error: maskiou's own trainer does not build {args.detector_framework} "
-              f"models (it builds {trainer_framework()} models): train it with "
-              f"{args.detector_framework} itself and pass --checkpoint WEIGHTS --detector-config "
-              "CONFIG", file=sys.stderr)
-        return 2
-    if args.checkpoint is None and custom_data and not (args.coco_root or args.train_json):
-        print("coco_eval: error: without --checkpoint a model must be trained: give "
-              "--coco-root or --train-json/--train-images", file=sys.stderr)
-        return 2
+    if args.checkpoint is not None or not custom_data:
+        return None
+    if args.detector_framework != trainer_framework():
+        return (f"maskiou's own trainer does not build {args.detector_framework} "
+                f"models (it builds {trainer_framework()} models): train it with "
+                f"{args.detector_framework} itself and pass --checkpoint WEIGHTS "
+                "--detector-config CONFIG")
+    if not (args.coco_root or args.train_json):
+        return ("without --checkpoint a model must be trained: give --coco-root or "
+                "--train-json/--train-images")
+    return None
+
+
+def measure(args: argparse.Namespace, cfg: Any, addon: Any, addon_train: tuple[str, str] | None,
+            custom_data: bool) -> dict[str, Any] | None:
+    """The main job (:func:`maskiou.evaluation.benchmark.run`) on the scored split, checked
+    first; its metrics ({} on the other ranks), or None after printing the one-line error of
+    bad input."""
     from maskiou import distributed as D
     from maskiou.addon.recalibration import RecalibrationError
     from maskiou.attach import UnknownFrameworkError
@@ -146,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
         set_max_pixels,
     )
     from maskiou.evaluation.benchmark import ADDON_IMAGES, run
-    from maskiou.evaluation.report import markdown_report
     from maskiou.models.checkpoint import CheckpointError
     from maskiou.models.paths import resolve_split
 
@@ -159,21 +167,45 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint = converted(args, cfg)
         runs = Path(args.runs_dir) if args.runs_dir else (
             Path(args.output_dir) / "runs" if custom_data else None)
-        metrics = run(cfg, output_dir=Path(args.output_dir), checkpoint=args.checkpoint,
-                      addon_train=addon_train, baseline_checkpoint=args.baseline_checkpoint,
-                      end_to_end_checkpoint=args.end_to_end_checkpoint,
-                      train_baseline=args.train_baseline, device=args.device,
-                      batch_size=args.batch_size, backend=args.eval_backend,
-                      progress=not args.no_progress, retrain=args.retrain, run_root=runs,
-                      addon=addon, addon_images=args.addon_images or
-                      ADDON_IMAGES, framework=args.detector_framework)
+        return run(cfg, output_dir=Path(args.output_dir), checkpoint=args.checkpoint,
+                   addon_train=addon_train, baseline_checkpoint=args.baseline_checkpoint,
+                   end_to_end_checkpoint=args.end_to_end_checkpoint,
+                   train_baseline=args.train_baseline, device=args.device,
+                   batch_size=args.batch_size, backend=args.eval_backend,
+                   progress=not args.no_progress, retrain=args.retrain, run_root=runs,
+                   addon=addon, addon_images=args.addon_images or
+                   ADDON_IMAGES, framework=args.detector_framework)
     except (CocoFormatError, CheckpointError, RecalibrationError, ValueError,
             FileNotFoundError, UnknownFrameworkError, AdapterContractError) as e:
-        print(f"coco_eval: error: {one_line(e)}", file=sys.stderr)
-        return 2
+        error(one_line(e))
+        return None
     finally:
         D.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from maskiou.addon.cli import config_from_args
+
+    args = parse_args(argv)
+    if bool(args.train_json) != bool(args.train_images):
+        return error("--train-json and --train-images go together")
+    overrides, custom_data, addon_train = data_overrides(args)
+    if args.detector_config and not args.checkpoint:
+        return error("--detector-config names the config of --checkpoint (the weights file)")
+    try:  # bad values are refused here, before torch is imported
+        cfg = resolve(args.config, overrides)
+        addon = config_from_args(args)
+    except ConfigError as e:
+        return error(str(e))
+    problem = training_problem(args, custom_data)
+    if problem:
+        return error(problem)
+    metrics = measure(args, cfg, addon, addon_train, custom_data)
+    if metrics is None:
+        return 2
     if metrics:
+        from maskiou.evaluation.report import markdown_report
+
         print()
         print(markdown_report(metrics))
         print(f"wrote {args.output_dir}/report.md, metrics.json, results_*.json, "

@@ -59,12 +59,7 @@ class MaskScoringRoIHeads(RoIHeads):
     ) -> Tuple[List[Dict[str, Tensor]], Dict[str, Tensor]]:
         """``RoIHeads.forward`` with the MaskIoU branch: ``loss_maskiou`` in training;
         ``cls_scores``, ``mask_quality``, ``maskness`` (and the final ``scores``) at inference."""
-        if targets is not None:
-            for t in targets:
-                if not t["boxes"].is_floating_point():
-                    raise TypeError("target boxes must be of float type")
-                if t["labels"].dtype != torch.int64:
-                    raise TypeError("target labels must be of int64 type")
+        check_target_types(targets)
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
@@ -80,10 +75,7 @@ class MaskScoringRoIHeads(RoIHeads):
 
         result: List[Dict[str, Tensor]] = []
         losses: Dict[str, Tensor] = {}
-        mask_proposals: List[Tensor] = []
         pos_matched: List[Tensor] = []
-        pos_labels: List[Tensor] = []
-        pos_scores: List[Tensor] = []  # classification score of each mask RoI's class
         if self.training:
             # TorchScript refines the Optionals here; select_training_samples set all three
             if (labels is None or regression_targets is None  # pragma: no mutate
@@ -92,21 +84,11 @@ class MaskScoringRoIHeads(RoIHeads):
             loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels,
                                                           regression_targets)
             losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-            probs_all = class_logits.detach().softmax(1).split([p.shape[0] for p in proposals])
-            for props, lab, idx, cls_probs in zip(proposals, labels, matched_idxs, probs_all):
-                pos = torch.where(lab > 0)[0]
-                mask_proposals.append(props[pos])
-                pos_matched.append(idx[pos])
-                pos_labels.append(lab[pos])
-                pos_scores.append(cls_probs[pos, lab[pos]])
+            mask_proposals, pos_matched, pos_labels, pos_scores = self._maskiou_positive_rois(
+                class_logits, proposals, labels, matched_idxs)
         else:
-            boxes, scores, det_labels = self.postprocess_detections(
+            result, mask_proposals, pos_labels, pos_scores = self._maskiou_detections(
                 class_logits, box_regression, proposals, image_shapes)
-            for b, s, lab in zip(boxes, scores, det_labels):
-                result.append({"boxes": b, "labels": lab, "scores": s})
-                mask_proposals.append(b)
-                pos_labels.append(lab)
-                pos_scores.append(s)
 
         # TorchScript refines the Optional; attach refuses a model without a mask branch
         if self.mask_roi_pool is None:  # pragma: no mutate
@@ -117,35 +99,116 @@ class MaskScoringRoIHeads(RoIHeads):
         if self.training:
             if targets is None:  # pragma: no mutate (TorchScript refinement; checked above)
                 raise ValueError("targets are required")  # pragma: no mutate (unreachable)
-            gt_masks = [t["masks"] for t in targets]
-            gt_labels = [t["labels"] for t in targets]
-            losses["loss_mask"] = maskrcnn_loss(mask_logits, mask_proposals, gt_masks, gt_labels,
-                                                pos_matched)
-            probs, iou_targets, all_labels = maskiou_training_inputs(
-                mask_logits, pos_labels, mask_proposals, gt_masks, pos_matched)
-            head_features = roi_features
-            if self.maskiou_detach_inputs:
-                head_features, probs = roi_features.detach(), probs.detach()
-            pred = self.maskiou_head(head_features, probs,
-                                     head_score_inputs(self.maskiou_head.score_inputs, pos_scores,
-                                                       probs))
-            losses["loss_maskiou"] = mask_iou_loss(pred, all_labels, iou_targets,
-                                                   self.maskiou_loss_weight)
+            loss_mask, loss_maskiou = self._maskiou_mask_losses(
+                roi_features, mask_logits, mask_proposals, pos_matched, pos_labels, pos_scores,
+                targets)
+            losses["loss_mask"] = loss_mask
+            losses["loss_maskiou"] = loss_maskiou
         else:
-            probs, all_labels = predicted_mask_probs(mask_logits, pos_labels)
-            pred = self.maskiou_head(roi_features, probs,
-                                     head_score_inputs(self.maskiou_head.score_inputs, pos_scores,
-                                                       probs))
-            quality, mask_maskness = maskiou_outputs(pred, probs, all_labels,
-                                                     [x.shape[0] for x in pos_labels])
-            masks = maskrcnn_inference(mask_logits, pos_labels)
-            for i, r in enumerate(result):
-                r["masks"] = masks[i]
-                final = self.maskiou_head.calibration(
-                    r["scores"], quality[i], mask_maskness[i], r["boxes"], r["labels"],
-                    image_shapes[i])
-                add_maskiou_outputs(r, quality[i], mask_maskness[i], self.maskiou_rescore, final)
+            self._maskiou_add_outputs(result, roi_features, mask_logits, pos_labels, pos_scores,
+                                      image_shapes)
         return result, losses
+
+    def _maskiou_positive_rois(
+        self,
+        class_logits: Tensor,
+        proposals: List[Tensor],
+        labels: List[Tensor],
+        matched_idxs: List[Tensor],
+    ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
+        """Per image, the positive training RoIs (label > 0), as the mask loss takes them:
+        (boxes Tensor[P, 4], matched GT index Tensor[P], label Tensor[P], classification
+        probability of that label Tensor[P], detached)."""
+        mask_proposals: List[Tensor] = []
+        pos_matched: List[Tensor] = []
+        pos_labels: List[Tensor] = []
+        pos_scores: List[Tensor] = []  # classification score of each mask RoI's class
+        probs_all = class_logits.detach().softmax(1).split([p.shape[0] for p in proposals])
+        for props, lab, idx, cls_probs in zip(proposals, labels, matched_idxs, probs_all):
+            pos = torch.where(lab > 0)[0]
+            mask_proposals.append(props[pos])
+            pos_matched.append(idx[pos])
+            pos_labels.append(lab[pos])
+            pos_scores.append(cls_probs[pos, lab[pos]])
+        return mask_proposals, pos_matched, pos_labels, pos_scores
+
+    def _maskiou_detections(
+        self,
+        class_logits: Tensor,
+        box_regression: Tensor,
+        proposals: List[Tensor],
+        image_shapes: List[Tuple[int, int]],
+    ) -> Tuple[List[Dict[str, Tensor]], List[Tensor], List[Tensor], List[Tensor]]:
+        """The detector's final detections (its ``postprocess_detections``) as result dicts
+        (boxes, labels, scores), with per image their boxes, labels and scores for the mask
+        branch."""
+        boxes, scores, det_labels = self.postprocess_detections(
+            class_logits, box_regression, proposals, image_shapes)
+        result: List[Dict[str, Tensor]] = []
+        for b, s, lab in zip(boxes, scores, det_labels):
+            result.append({"boxes": b, "labels": lab, "scores": s})
+        return result, boxes, det_labels, scores
+
+    def _maskiou_mask_losses(
+        self,
+        roi_features: Tensor,
+        mask_logits: Tensor,
+        mask_proposals: List[Tensor],
+        pos_matched: List[Tensor],
+        pos_labels: List[Tensor],
+        pos_scores: List[Tensor],
+        targets: List[Dict[str, Tensor]],
+    ) -> Tuple[Tensor, Tensor]:
+        """(torchvision's ``loss_mask``, ``loss_maskiou``) of the positive RoIs: the head on
+        their RoI features (Tensor[P, C, S, S]) and predicted masks of the GT class, against
+        the whole-instance MaskIoU of those masks."""
+        gt_masks = [t["masks"] for t in targets]
+        gt_labels = [t["labels"] for t in targets]
+        loss_mask = maskrcnn_loss(mask_logits, mask_proposals, gt_masks, gt_labels, pos_matched)
+        probs, iou_targets, all_labels = maskiou_training_inputs(
+            mask_logits, pos_labels, mask_proposals, gt_masks, pos_matched)
+        head_features = roi_features
+        if self.maskiou_detach_inputs:
+            head_features, probs = roi_features.detach(), probs.detach()
+        pred = self.maskiou_head(head_features, probs,
+                                 head_score_inputs(self.maskiou_head.score_inputs, pos_scores,
+                                                   probs))
+        return loss_mask, mask_iou_loss(pred, all_labels, iou_targets, self.maskiou_loss_weight)
+
+    def _maskiou_add_outputs(
+        self,
+        result: List[Dict[str, Tensor]],
+        roi_features: Tensor,
+        mask_logits: Tensor,
+        pos_labels: List[Tensor],
+        pos_scores: List[Tensor],
+        image_shapes: List[Tuple[int, int]],
+    ) -> None:
+        """Put each detection's pasted-in-box mask, ``cls_scores``, ``mask_quality`` (the head
+        on its RoI features and predicted mask), ``maskness`` and final score in ``result``."""
+        probs, all_labels = predicted_mask_probs(mask_logits, pos_labels)
+        pred = self.maskiou_head(roi_features, probs,
+                                 head_score_inputs(self.maskiou_head.score_inputs, pos_scores,
+                                                   probs))
+        quality, mask_maskness = maskiou_outputs(pred, probs, all_labels,
+                                                 [x.shape[0] for x in pos_labels])
+        masks = maskrcnn_inference(mask_logits, pos_labels)
+        for i, r in enumerate(result):
+            r["masks"] = masks[i]
+            final = self.maskiou_head.calibration(
+                r["scores"], quality[i], mask_maskness[i], r["boxes"], r["labels"],
+                image_shapes[i])
+            add_maskiou_outputs(r, quality[i], mask_maskness[i], self.maskiou_rescore, final)
+
+
+def check_target_types(targets: List[Dict[str, Tensor]] | None) -> None:
+    """torchvision's checks of the targets' types: float boxes, int64 labels."""
+    if targets is not None:
+        for t in targets:
+            if not t["boxes"].is_floating_point():
+                raise TypeError("target boxes must be of float type")
+            if t["labels"].dtype != torch.int64:
+                raise TypeError("target labels must be of int64 type")
 
 
 #: torchrun's variables: a child trainer that saw them would wait for the other ranks.

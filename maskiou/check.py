@@ -316,13 +316,7 @@ def check_adapter(adapter: Any, model: nn.Module, images: list[Tensor] | None = 
     if report.problems:
         return _finish(report, raise_errors)
     caps = capabilities_of(adapter)
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    if images is None:
-        g = torch.Generator().manual_seed(0)
-        images = [torch.rand(3, 64, 64, generator=g).to(device) for _ in range(2)]
-    sub = _Subject(adapter, model, images, device)
-
+    sub = _subject(adapter, model, images)
     check.run("matches", lambda: _check_matches(sub))
     sizes = check.run("head_defaults", lambda: _check_head_defaults(sub))
     if sizes is None:
@@ -331,19 +325,49 @@ def check_adapter(adapter: Any, model: nn.Module, images: list[Tensor] | None = 
     if model_with_head is None:
         return _finish(report, raise_errors)
     head = find_maskiou_head(model_with_head)
-    plain = copy.deepcopy(model).eval()
-    k = sizes["num_classes"]
+    unsorted = _run_predict_checks(check, sub, caps, model_with_head, head,
+                                   sizes["num_classes"])
+    _run_capability_checks(check, sub, caps, model_with_head, head, unsorted, targets, detector)
+    return _finish(report, raise_errors)
 
-    unsorted = None
-    if "predict" in caps:
-        plain_out = check.run("predict (plain model)",
-                              lambda: _check_predict(sub, plain, k, None))
-        check.run("predict (head attached)", lambda: _check_predict(sub, model_with_head, k, head))
-        unsorted = check.run("predict: detector outputs unchanged by attaching",
-                             lambda: _check_unchanged(sub, plain_out))
-    else:
-        report.skipped.append("predict (not declared)")
 
+def _subject(adapter: Any, model: nn.Module, images: list[Tensor] | None) -> _Subject:
+    """What the checks run on: ``images`` on the model's device, by default two random
+    64 x 64 images (seeded)."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if images is None:
+        g = torch.Generator().manual_seed(0)
+        images = [torch.rand(3, 64, 64, generator=g).to(device) for _ in range(2)]
+    return _Subject(adapter, model, images, device)
+
+
+def _run_predict_checks(check: _Checker, sub: _Subject, caps: frozenset[str],
+                        model_with_head: nn.Module, head: nn.Module | None, num_classes: int
+                        ) -> list[dict[str, Tensor]] | None:
+    """With ``predict``: the records of the plain model and of the model with the head, and
+    the detector's outputs unchanged by attaching; returns the latter's records (the
+    detector's order), or None where they are not there."""
+    if "predict" not in caps:
+        check.report.skipped.append("predict (not declared)")
+        return None
+    plain = copy.deepcopy(sub.model).eval()
+    plain_out = check.run("predict (plain model)",
+                          lambda: _check_predict(sub, plain, num_classes, None))
+    check.run("predict (head attached)",
+              lambda: _check_predict(sub, model_with_head, num_classes, head))
+    return check.run("predict: detector outputs unchanged by attaching",
+                     lambda: _check_unchanged(sub, plain_out))
+
+
+def _run_capability_checks(check: _Checker, sub: _Subject, caps: frozenset[str],
+                           model_with_head: nn.Module, head: nn.Module | None,
+                           unsorted: list[dict[str, Tensor]] | None,
+                           targets: list[dict[str, Tensor]] | None,
+                           detector: Mapping[str, Any] | None) -> None:
+    """The checks of ``collect``, ``losses``, ``cost`` and ``load`` where declared (and given
+    what they need); the others, and those it could not run, noted as skipped."""
+    report = check.report
     if "collect" in caps:
         check.run("collect", lambda: _check_collect(sub, model_with_head, head, unsorted))
     else:
@@ -365,7 +389,6 @@ def check_adapter(adapter: Any, model: nn.Module, images: list[Tensor] | None = 
         report.skipped.append("load_detector (give detector=, a checkpoint's detector entry)")
     for cap in sorted(caps & {"convert", "train"}):
         report.skipped.append(f"{cap} (declared; needs the framework's files or a training run)")
-    return _finish(report, raise_errors)
 
 
 def _finish(report: AdapterReport, raise_errors: bool) -> AdapterReport:

@@ -299,6 +299,172 @@ def _load_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _read_images(data: dict[str, Any], name: str) -> dict[int, dict[str, Any]]:
+    """The image entries of a COCO file by id, each checked: id, file name, and a size within
+    the pixel limit (:func:`_image_size`); ``name`` is the file's name for the messages."""
+    images: dict[int, dict[str, Any]] = {}
+    for k, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or not all(
+            key in img for key in ("id", "file_name", "height", "width")
+        ):
+            msg = f"{name}: image #{k} needs id, file_name, height and width"
+            raise CocoFormatError(msg)
+        if not (_is_int(img["id"]) and isinstance(img["file_name"], str)):
+            raise CocoFormatError(f"{name}: image #{k}: id must be an integer and "
+                                  f"file_name a string, got {img['id']!r}, "
+                                  f"{img['file_name']!r}")
+        if img["id"] in images:
+            raise CocoFormatError(f"{name}: duplicate image id {img['id']}")
+        _image_size(img, f"{name}: image id {img['id']} ({img['file_name']})")
+        images[img["id"]] = img
+    return images
+
+
+def _read_categories(data: dict[str, Any], name: str) -> dict[int, dict[str, Any]]:
+    """The categories of a COCO file by id, each with an integer id and a name."""
+    cats: dict[int, dict[str, Any]] = {}
+    for k, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+            raise CocoFormatError(f"{name}: category #{k} needs id and name")
+        if not _is_int(cat["id"]):
+            raise CocoFormatError(f"{name}: category #{k}: id must be an integer, got "
+                                  f"{cat['id']!r}")
+        if cat["id"] in cats:
+            raise CocoFormatError(f"{name}: duplicate category id {cat['id']}")
+        cats[cat["id"]] = cat
+    return cats
+
+
+def _require_masks(anns: list[Any], name: str) -> None:
+    """Refuse a detection-only file: annotations, none of them with a segmentation."""
+    if anns and not any(isinstance(a, dict) and "segmentation" in a for a in anns):
+        raise CocoFormatError(
+            f"{name}: has no segmentation in any of its {len(anns)} annotations: "
+            "this is a detection-only dataset, instance masks are required"
+        )
+
+
+def _check_annotation_keys(ann: Any, k: int, name: str, images: dict[int, Any],
+                           cats: dict[int, Any], seen: set[Any]) -> str:
+    """Check annotation #``k``'s id (new to ``seen``, which it joins), image id, category id,
+    segmentation key and iscrowd; returns the place to name in its messages."""
+    if not isinstance(ann, dict) or not isinstance(ann.get("id"), (int, str)):
+        raise CocoFormatError(f"{name}: annotation #{k} is not an object with an 'id'")
+    where = f"{name}: annotation id {ann['id']} (image id {ann.get('image_id')})"
+    if ann["id"] in seen:  # COCOeval's index would keep one of them
+        raise CocoFormatError(f"{where}: duplicate annotation id")
+    seen.add(ann["id"])
+    if not _is_int(ann.get("image_id")) or ann["image_id"] not in images:
+        raise CocoFormatError(f"{where}: unknown image id {ann.get('image_id')}")
+    if not _is_int(ann.get("category_id")) or ann["category_id"] not in cats:
+        raise CocoFormatError(f"{where}: unknown category id {ann.get('category_id')}")
+    if "segmentation" not in ann:
+        raise CocoFormatError(f"{where}: has no segmentation")
+    if ann.get("iscrowd", 0) not in (0, 1):  # True == 1, False == 0
+        raise CocoFormatError(f"{where}: iscrowd must be 0/1 or a boolean")
+    return where
+
+
+def _repair_annotation(ann: dict[str, Any], h: int, w: int, where: str) -> Any:
+    """Make a checked annotation of an ``h`` x ``w`` image one COCOeval reads, in place:
+    iscrowd an int, a checked segmentation (an empty RLE for no polygon), bbox and area filled
+    in from the mask where missing, then checked. Returns the cleaned segmentation (``[]``
+    where no polygon is left)."""
+    ann["iscrowd"] = int(ann.get("iscrowd", 0))
+    seg = _check_segmentation(ann["segmentation"], h, w, where)
+    # pycocotools cannot decode an empty polygon list: COCOeval gets an empty RLE
+    ann["segmentation"] = seg if seg != [] else _empty_rle(h, w)
+    if "bbox" not in ann or "area" not in ann:  # COCOeval needs both: fill them in
+        rle = _to_rle(seg, h, w) if seg != [] else None
+        ann.setdefault("bbox", mask_utils.toBbox(rle).tolist() if rle else [0, 0, 0, 0])
+        ann.setdefault("area", float(mask_utils.area(rle)) if rle else 0.0)
+    bbox = ann["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)
+            and all(math.isfinite(v) for v in bbox)):
+        raise CocoFormatError(f"{where}: bbox must be [x, y, w, h], finite numbers")
+    if not (_is_num(ann["area"]) and math.isfinite(ann["area"])):
+        raise CocoFormatError(f"{where}: area must be a finite number")
+    return seg
+
+
+def _usable_box(ann: dict[str, Any], seg: Any, h: int, w: int
+                ) -> tuple[float, float, float, float] | None:
+    """The xyxy box of a repaired annotation clipped to the ``h`` x ``w`` image, or None where
+    it is degenerate (w or h <= 1 px, area <= 0, or no polygon)."""
+    bbox = ann["bbox"]
+    x0, y0 = min(max(bbox[0], 0), w), min(max(bbox[1], 0), h)
+    x1, y1 = min(max(bbox[0] + bbox[2], 0), w), min(max(bbox[1] + bbox[3], 0), h)
+    if x1 - x0 <= 1 or y1 - y0 <= 1 or float(ann["area"]) <= 0 or seg == []:
+        return None
+    return (float(x0), float(y0), float(x1), float(y1))
+
+
+class _Sorted(NamedTuple):
+    """The annotations of a file sorted out by :func:`_sort_annotations`."""
+
+    per_image: dict[int, list[Instance]]  # image id -> its usable instances
+    degenerate: list[Any]  # annotation ids left out for a degenerate box or mask
+    n_background: int  # left out: of a category named as a background
+    n_crowd: int  # left out: crowd regions
+
+
+def _sort_annotations(anns: list[Any], name: str, images: dict[int, dict[str, Any]],
+                      cats: dict[int, Any], mapping: CategoryMap) -> _Sorted:
+    """Check and repair every annotation (in place), then keep the usable ones per image with
+    their contiguous labels and count what is left out (crowd, background, degenerate)."""
+    per_image: dict[int, list[Instance]] = {i: [] for i in images}
+    degenerate: list[Any] = []
+    n_background = n_crowd = 0
+    ann_ids: set[Any] = set()
+    for k, ann in enumerate(anns):
+        where = _check_annotation_keys(ann, k, name, images, cats, ann_ids)
+        img = images[ann["image_id"]]
+        h, w = int(img["height"]), int(img["width"])  # checked by _read_images
+        seg = _repair_annotation(ann, h, w, where)
+        if ann["iscrowd"]:
+            n_crowd += 1
+            continue
+        if ann["category_id"] in mapping.skipped:
+            n_background += 1
+            continue
+        box = _usable_box(ann, seg, h, w)
+        if box is None:
+            degenerate.append(ann["id"])
+            continue
+        label = mapping.cat_id_to_label[ann["category_id"]]
+        per_image[ann["image_id"]].append(Instance(ann["id"], label, seg, box,
+                                                   float(ann["area"])))
+    return _Sorted(per_image, degenerate, n_background, n_crowd)
+
+
+def _log_left_out(name: str, cats: dict[int, Any], skipped: set[int], n_background: int,
+                  degenerate: list[Any]) -> None:
+    """One warning for the background categories skipped, one for the degenerate annotations
+    dropped (the first ten ids)."""
+    if skipped:
+        names = ", ".join(f"id {c} '{cats[c]['name']}'" for c in sorted(skipped))
+        dropped = f" and dropped its {n_background} annotations" if n_background else ""
+        logger.warning(
+            "%s: skipped background category %s (label 0 is the implicit background)%s",
+            name, names, dropped,
+        )  # fmt: skip
+    if degenerate:
+        ids = ", ".join(map(str, degenerate[:10])) + (", ..." if len(degenerate) > 10 else "")
+        logger.warning(
+            "%s: dropped %d annotations with degenerate boxes (w or h <= 1 px) or empty "
+            "masks (ids %s)", name, len(degenerate), ids,
+        )  # fmt: skip
+
+
+def _coco_index(data: dict[str, Any]) -> COCO:
+    """pycocotools' ``COCO`` of already loaded data, without its prints."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
 class CocoInstanceDataset(torch.utils.data.Dataset):
     """Instance segmentation from any COCO-format JSON + image folder.
 
@@ -322,120 +488,29 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self.transforms = transforms
         name = self.ann_file.name
         data = _load_json(self.ann_file)
-
-        images: dict[int, dict[str, Any]] = {}
-        for k, img in enumerate(data["images"]):
-            if not isinstance(img, dict) or not all(
-                key in img for key in ("id", "file_name", "height", "width")
-            ):
-                msg = f"{name}: image #{k} needs id, file_name, height and width"
-                raise CocoFormatError(msg)
-            if not (_is_int(img["id"]) and isinstance(img["file_name"], str)):
-                raise CocoFormatError(f"{name}: image #{k}: id must be an integer and "
-                                      f"file_name a string, got {img['id']!r}, "
-                                      f"{img['file_name']!r}")
-            if img["id"] in images:
-                raise CocoFormatError(f"{name}: duplicate image id {img['id']}")
-            _image_size(img, f"{name}: image id {img['id']} ({img['file_name']})")
-            images[img["id"]] = img
-        cats = {}
-        for k, cat in enumerate(data["categories"]):
-            if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-                raise CocoFormatError(f"{name}: category #{k} needs id and name")
-            if not _is_int(cat["id"]):
-                raise CocoFormatError(f"{name}: category #{k}: id must be an integer, got "
-                                      f"{cat['id']!r}")
-            if cat["id"] in cats:
-                raise CocoFormatError(f"{name}: duplicate category id {cat['id']}")
-            cats[cat["id"]] = cat
+        images = _read_images(data, name)
+        cats = _read_categories(data, name)
         mapping = category_map(cats)
-        skipped = mapping.skipped
         self.cat_id_to_label: dict[int, int] = mapping.cat_id_to_label
         self.label_to_cat_id: dict[int, int] = mapping.label_to_cat_id
         self.class_names: list[str] = mapping.class_names
         self.num_classes: int = len(self.class_names)
 
         anns = data["annotations"]
-        if anns and not any(isinstance(a, dict) and "segmentation" in a for a in anns):
-            raise CocoFormatError(
-                f"{name}: has no segmentation in any of its {len(anns)} annotations: "
-                "this is a detection-only dataset, instance masks are required"
-            )
-        per_image: dict[int, list[Instance]] = {i: [] for i in images}
-        degenerate: list[Any] = []
-        n_background = n_crowd = 0
-        ann_ids: set[Any] = set()
-        for k, ann in enumerate(anns):
-            if not isinstance(ann, dict) or not isinstance(ann.get("id"), (int, str)):
-                raise CocoFormatError(f"{name}: annotation #{k} is not an object with an 'id'")
-            where = f"{name}: annotation id {ann['id']} (image id {ann.get('image_id')})"
-            if ann["id"] in ann_ids:  # COCOeval's index would keep one of them
-                raise CocoFormatError(f"{where}: duplicate annotation id")
-            ann_ids.add(ann["id"])
-            if not _is_int(ann.get("image_id")) or ann["image_id"] not in images:
-                raise CocoFormatError(f"{where}: unknown image id {ann.get('image_id')}")
-            if not _is_int(ann.get("category_id")) or ann["category_id"] not in cats:
-                raise CocoFormatError(f"{where}: unknown category id {ann.get('category_id')}")
-            if "segmentation" not in ann:
-                raise CocoFormatError(f"{where}: has no segmentation")
-            if ann.get("iscrowd", 0) not in (0, 1):  # True == 1, False == 0
-                raise CocoFormatError(f"{where}: iscrowd must be 0/1 or a boolean")
-            img = images[ann["image_id"]]
-            h, w = int(img["height"]), int(img["width"])  # checked above
-            ann["iscrowd"] = int(ann.get("iscrowd", 0))
-            seg = _check_segmentation(ann["segmentation"], h, w, where)
-            # pycocotools cannot decode an empty polygon list: COCOeval gets an empty RLE
-            ann["segmentation"] = seg if seg != [] else _empty_rle(h, w)
-            if "bbox" not in ann or "area" not in ann:  # COCOeval needs both: fill them in
-                rle = _to_rle(seg, h, w) if seg != [] else None
-                ann.setdefault("bbox", mask_utils.toBbox(rle).tolist() if rle else [0, 0, 0, 0])
-                ann.setdefault("area", float(mask_utils.area(rle)) if rle else 0.0)
-            bbox = ann["bbox"]
-            if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)
-                    and all(math.isfinite(v) for v in bbox)):
-                raise CocoFormatError(f"{where}: bbox must be [x, y, w, h], finite numbers")
-            if not (_is_num(ann["area"]) and math.isfinite(ann["area"])):
-                raise CocoFormatError(f"{where}: area must be a finite number")
-            if ann["iscrowd"]:
-                n_crowd += 1
-                continue
-            if ann["category_id"] in skipped:
-                n_background += 1
-                continue
-            x0, y0 = min(max(bbox[0], 0), w), min(max(bbox[1], 0), h)
-            x1, y1 = min(max(bbox[0] + bbox[2], 0), w), min(max(bbox[1] + bbox[3], 0), h)
-            if x1 - x0 <= 1 or y1 - y0 <= 1 or float(ann["area"]) <= 0 or seg == []:
-                degenerate.append(ann["id"])
-                continue
-            label = self.cat_id_to_label[ann["category_id"]]
-            box = (float(x0), float(y0), float(x1), float(y1))
-            inst = Instance(ann["id"], label, seg, box, float(ann["area"]))
-            per_image[ann["image_id"]].append(inst)
-        if skipped:
-            names = ", ".join(f"id {c} '{cats[c]['name']}'" for c in sorted(skipped))
-            dropped = f" and dropped its {n_background} annotations" if n_background else ""
-            logger.warning(
-                "%s: skipped background category %s (label 0 is the implicit background)%s",
-                name, names, dropped,
-            )  # fmt: skip
-        if degenerate:
-            ids = ", ".join(map(str, degenerate[:10])) + (", ..." if len(degenerate) > 10 else "")
-            logger.warning(
-                "%s: dropped %d annotations with degenerate boxes (w or h <= 1 px) or empty "
-                "masks (ids %s)", name, len(degenerate), ids,
-            )  # fmt: skip
+        _require_masks(anns, name)
+        sorted_out = _sort_annotations(anns, name, images, cats, mapping)
+        _log_left_out(name, cats, mapping.skipped, sorted_out.n_background,
+                      sorted_out.degenerate)
+        per_image = sorted_out.per_image
 
-        self.coco: COCO = COCO()
-        self.coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco.createIndex()
+        self.coco: COCO = _coco_index(data)
         self._images = images
         self._instances = per_image
         # what the annotations gave: usable instances, and what was left out and why
         self.num_annotations = len(anns)
         self.num_instances = sum(len(v) for v in per_image.values())
-        self.left_out = {"crowd": n_crowd, "background": n_background,
-                         "degenerate": len(degenerate)}
+        self.left_out = {"crowd": sorted_out.n_crowd, "background": sorted_out.n_background,
+                         "degenerate": len(sorted_out.degenerate)}
         self.image_ids: list[int] = sorted(
             i for i in images if not (drop_empty and not per_image[i])
         )

@@ -384,77 +384,153 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
     from maskiou.data.coco import CocoInstanceDataset
 
     _, _, dev = D.init_distributed(device)
+    job = _Job(cfg, dev, cfg.dataset == "synthetic" and not (cfg.val_json or cfg.coco_root),
+               framework, progress, retrain, run_root or model_dir().parent)
     addon = addon or AddonConfig()
-    embedded = cfg.dataset == "synthetic" and not (cfg.val_json or cfg.coco_root)
-    run_root = run_root or model_dir().parent
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    if D.is_main():  # generate the embedded data once, not once per rank
-        resolve_split(cfg, "val", progress=progress)
-    D.barrier()
-    val_json, val_images = resolve_split(cfg, "val", progress=False)
-    timings["data"] = time.perf_counter() - t_start
-
+    val_json, val_images = _val_split(cfg, progress)
+    timings: dict[str, float] = {"data": time.perf_counter() - t_start}
+    checkpoint, end_to_end_checkpoint = _main_checkpoints(job, checkpoint, end_to_end_checkpoint)
     models: dict[str, str] = {}
-    if checkpoint is None and embedded:
-        checkpoint = str(embedded_detector(framework, progress, retrain, dev))
-        if end_to_end_checkpoint is None:
-            e2e = default_end_to_end(progress, retrain, cfg, framework)
-            end_to_end_checkpoint = str(e2e) if e2e else None
-    elif checkpoint is None:
-        checkpoint = str(train_or_reuse(cfg, run_root / "maskiou", progress, retrain))
     if is_plain(checkpoint):
         t0 = time.perf_counter()
-        if addon_train is None:
-            if not embedded:
-                raise ValueError(f"{checkpoint} is a plain detector: give --train-json and "
-                                 "--train-images, labeled images it did not train on, for the "
-                                 "add-on head to train on")
-            addon_train = tuple(map(str, addon_split(
-                addon_images, progress, cfg.synthetic_image_size,
-                generator=cfg.synthetic_generator)))
+        addon_train = _addon_images(job, checkpoint, addon_train, addon_images)
         timings["addon_data"] = time.perf_counter() - t0
-        plain, addon_name = shipped_name(framework, "plain"), shipped_name(framework, "addon")
-        default = (embedded and addon_images == ADDON_IMAGES and plain and addon_name
-                   and Path(checkpoint) == model_dir(plain) / "model_final.pt")
-        run_dir = model_dir(addon_name) if default else \
-            run_root / f"addon-{file_sha1(checkpoint)[:8]}"
+        run_dir = _addon_run_dir(job, checkpoint, addon_images)
         t0 = time.perf_counter()
         addon_or_reuse(Path(checkpoint), Path(addon_train[0]), Path(addon_train[1]), run_dir,
                        addon, progress, retrain, dev)
         timings["addon_training"] = time.perf_counter() - t0
-        models["plain"] = checkpoint
-        models["addon"] = str(run_dir / "model_final.pt")
+        models.update(plain=checkpoint, addon=str(run_dir / "model_final.pt"))
         main_model = "addon"
     else:
         models["model"] = checkpoint
         main_model = "model"
-    if baseline_checkpoint or train_baseline:
-        if baseline_checkpoint is None:
-            base_cfg = dataclasses.replace(cfg, maskiou=False)
-            baseline_checkpoint = str(train_or_reuse(
-                base_cfg, run_root / ("synthetic-cpu-baseline" if embedded else "baseline"),
-                progress, retrain))
-        models["baseline"] = baseline_checkpoint
-    if end_to_end_checkpoint:
-        models["end_to_end"] = end_to_end_checkpoint
+    models.update(_reference_models(job, baseline_checkpoint, train_baseline,
+                                    end_to_end_checkpoint))
 
     dataset = CocoInstanceDataset(val_json, val_images)
-    evaluated: dict[str, Any] = {}
     t0 = time.perf_counter()
-    for name, path in models.items():
-        if name == "plain":
-            continue  # the add-on's own cls and maskness rows: the same frozen detector
-        evaluated[name] = evaluate_checkpoint(path, dataset, dev, batch_size=batch_size,
-                                              backend=backend, progress=progress,
-                                              desc=f"inference ({name})")
+    evaluated = _evaluate_models(models, dataset, dev, batch_size, backend, progress)
     timings["evaluation"] = time.perf_counter() - t0
     if not D.is_main():
         return {}
+    metrics = _job_metrics(evaluated, models, main_model, len(dataset), val_json)
+    if "plain" in models:
+        metrics["addon"] = {"train_json": addon_train[0], "config": dataclasses.asdict(addon),
+                            "images": addon_images if job.embedded else None}
+    timings["total"] = time.perf_counter() - t_start
+    metrics["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    write_outputs(output_dir, metrics, evaluated[main_model], dataset)
+    return metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What every step of :func:`run` reads: the recipe, the device, whether the data is the
+    embedded default, the framework of its shipped models, and where trained models go."""
+
+    cfg: TrainConfig
+    device: torch.device
+    embedded: bool
+    framework: str
+    progress: bool
+    retrain: bool
+    run_root: Path
+
+
+def _val_split(cfg: TrainConfig, progress: bool) -> tuple[Path, Path]:
+    """(annotation JSON, image folder) of the validation split, the embedded data generated
+    once by the main process (not once per rank)."""
+    if D.is_main():
+        resolve_split(cfg, "val", progress=progress)
+    D.barrier()
+    return resolve_split(cfg, "val", progress=False)
+
+
+def _main_checkpoints(job: _Job, checkpoint: str | None, end_to_end: str | None
+                      ) -> tuple[str, str | None]:
+    """(the model to measure, the end-to-end model beside it or None): on the embedded data by
+    default the shipped plain detector and end-to-end model of the framework; on the user's
+    data by default a Mask Scoring R-CNN trained (or reused) under ``run_root/maskiou``."""
+    if checkpoint is None and job.embedded:
+        checkpoint = str(embedded_detector(job.framework, job.progress, job.retrain,
+                                           job.device))
+        if end_to_end is None:
+            e2e = default_end_to_end(job.progress, job.retrain, job.cfg, job.framework)
+            end_to_end = str(e2e) if e2e else None
+    elif checkpoint is None:
+        checkpoint = str(train_or_reuse(job.cfg, job.run_root / "maskiou", job.progress,
+                                        job.retrain))
+    return checkpoint, end_to_end
+
+
+def _addon_images(job: _Job, checkpoint: str, addon_train: tuple[str, str] | None,
+                  addon_images: int) -> tuple[str, str]:
+    """(annotation JSON, image folder) the add-on head of the plain ``checkpoint`` trains on:
+    the user's, or on the embedded data ``addon_images`` generated ones."""
+    if addon_train is not None:
+        return addon_train
+    if not job.embedded:
+        raise ValueError(f"{checkpoint} is a plain detector: give --train-json and "
+                         "--train-images, labeled images it did not train on, for the "
+                         "add-on head to train on")
+    return tuple(map(str, addon_split(addon_images, job.progress, job.cfg.synthetic_image_size,
+                                      generator=job.cfg.synthetic_generator)))
+
+
+def _addon_run_dir(job: _Job, checkpoint: str, addon_images: int) -> Path:
+    """Where the add-on of ``checkpoint`` is trained: the shipped add-on's folder for the
+    main job's default (the shipped plain detector, the default number of add-on images),
+    else a folder named by the detector's hash."""
+    plain, addon_name = (shipped_name(job.framework, "plain"),
+                         shipped_name(job.framework, "addon"))
+    default = (job.embedded and addon_images == ADDON_IMAGES and plain and addon_name
+               and Path(checkpoint) == model_dir(plain) / "model_final.pt")
+    if default:
+        return model_dir(addon_name)
+    return job.run_root / f"addon-{file_sha1(checkpoint)[:8]}"
+
+
+def _reference_models(job: _Job, baseline: str | None, train_baseline: bool,
+                      end_to_end: str | None) -> dict[str, str]:
+    """The models scored beside the main one: a plain baseline (given, or trained with
+    ``train_baseline``) and an end-to-end model, where there are."""
+    models: dict[str, str] = {}
+    if baseline or train_baseline:
+        if baseline is None:
+            base_cfg = dataclasses.replace(job.cfg, maskiou=False)
+            folder = "synthetic-cpu-baseline" if job.embedded else "baseline"
+            baseline = str(train_or_reuse(base_cfg, job.run_root / folder, job.progress,
+                                          job.retrain))
+        models["baseline"] = baseline
+    if end_to_end:
+        models["end_to_end"] = end_to_end
+    return models
+
+
+def _evaluate_models(models: dict[str, str], dataset: Any, device: torch.device,
+                     batch_size: int, backend: str, progress: bool) -> dict[str, Any]:
+    """:func:`evaluate_checkpoint` of each model but the add-on's plain detector (its cls and
+    maskness rows are the add-on's own: the same frozen detector), by name."""
+    evaluated: dict[str, Any] = {}
+    for name, path in models.items():
+        if name == "plain":
+            continue
+        evaluated[name] = evaluate_checkpoint(path, dataset, device, batch_size=batch_size,
+                                              backend=backend, progress=progress,
+                                              desc=f"inference ({name})")
+    return evaluated
+
+
+def _job_metrics(evaluated: dict[str, Any], models: dict[str, str], main_model: str,
+                 num_images: int, val_json: Path) -> dict[str, Any]:
+    """metrics.json's dict: the main model's figures, and each model's own (without the
+    detections and scores the report reads)."""
     main = evaluated[main_model]
     metrics: dict[str, Any] = {
         "segm": main["segm"], "bbox": main["bbox"], "correlation": main["correlation"],
-        "num_images": len(dataset), "num_detections": main["num_detections"],
+        "num_images": num_images, "num_detections": main["num_detections"],
         "main_model": main_model, "checkpoint": models[main_model],
         "framework": main["framework"],
         **{k: main[k] for k in ("model_scoring", "head_target", "calibration", "keep")
@@ -467,11 +543,6 @@ def run(cfg: TrainConfig, *, output_dir: Path, checkpoint: str | None = None,
     if "plain" in models:
         metrics["models"]["plain"] = {"checkpoint": models["plain"], "note": "the add-on's "
                                       "detector, frozen: its cls and maskness rows"}
-        metrics["addon"] = {"train_json": addon_train[0], "config": dataclasses.asdict(addon),
-                            "images": addon_images if embedded else None}
-    timings["total"] = time.perf_counter() - t_start
-    metrics["seconds"] = {k: round(v, 1) for k, v in timings.items()}
-    write_outputs(output_dir, metrics, main, dataset)
     return metrics
 
 

@@ -86,55 +86,38 @@ def build_maskrcnn(
             (a frozen detector with random predictors would be useless).
         **detector_kwargs: passed to ``MaskRCNN`` (min_size, max_size, rpn_*, box_*).
     """
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    _check_build_args(name, anchor_sizes, returned_layers)
     stock = (fpn_channels, mask_head_channels, mask_head_convs, box_head_dim) == (256, 256, 4,
                                                                                   1024)
-    d = torchvision.models.detection
-    levels = len(returned_layers or [1, 2, 3, 4]) + 1
-    if anchor_sizes and len(anchor_sizes) != levels and name != "maskrcnn_mobilenet_v3_large_fpn":
-        raise ValueError(f"anchor_sizes needs one size per FPN level ({levels}), got "
-                         f"{anchor_sizes}")
     if weights is not None:
-        if name not in ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2") or not stock:
-            raise ValueError(f"weights={weights!r}: torchvision has detector weights only for "
-                             "maskrcnn_resnet50_fpn(_v2) with stock head widths")
-        model = getattr(d, name)(weights=weights, **detector_kwargs)
-        if num_classes != model.roi_heads.box_predictor.cls_score.out_features:
-            _adapt_predictors(model, num_classes, label_to_cat_id, keep_predictors)
-        return model
+        return _pretrained_detector(name, num_classes, weights, stock, label_to_cat_id,
+                                    keep_predictors, detector_kwargs)
     if name == "maskrcnn_resnet50_fpn_v2":
-        if not stock or norm != "frozen_bn" or head_norm:
-            raise ValueError("maskrcnn_resnet50_fpn_v2 is built as torchvision defines it; "
-                             "use maskrcnn_resnet50_fpn for custom widths or norms")
-        return d.maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=weights_backbone,
-                                          num_classes=num_classes, **detector_kwargs)
+        return _resnet50_v2(num_classes, weights_backbone, stock and norm == "frozen_bn"
+                            and not head_norm, detector_kwargs)
     if trainable_layers is None:
         trainable_layers = 3 if weights_backbone else 5
     fpn_norm = norm_layer(head_norm) if head_norm else None
     if name == "maskrcnn_mobilenet_v3_large_fpn":
-        body = torchvision.models.mobilenet_v3_large(weights=weights_backbone,
-                                                     norm_layer=norm_layer(norm))
-        backbone = _mobilenet_extractor(body, True, min(trainable_layers + 1, 6),
-                                        norm_layer=fpn_norm)
-        if fpn_channels != 256:
-            backbone = _refit_fpn(backbone, fpn_channels, fpn_norm)
-        featmaps = ["0", "1"]
-        sizes = (tuple(anchor_sizes or (32, 64, 128, 256, 512)),) * 3
-        detector_kwargs.setdefault("rpn_anchor_generator",
-                                   AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 3))
+        backbone, featmaps, anchors = _mobilenet_fpn(weights_backbone, norm, trainable_layers,
+                                                     fpn_norm, anchor_sizes)
     else:
-        arch = "resnet18" if name == "maskrcnn_resnet18_fpn" else "resnet50"
-        body = getattr(torchvision.models, arch)(weights=weights_backbone,
-                                                 norm_layer=norm_layer(norm))
-        backbone = _resnet_fpn_extractor(body, trainable_layers, returned_layers,
-                                         norm_layer=fpn_norm)
-        if fpn_channels != 256:
-            backbone = _refit_fpn(backbone, fpn_channels, fpn_norm)
-        featmaps = [str(i) for i in range(levels - 1)]
-        if anchor_sizes and tuple(anchor_sizes) != (32, 64, 128, 256, 512):
-            detector_kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(
-                tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes)))
+        backbone, featmaps, anchors = _resnet_fpn(name, weights_backbone, norm, trainable_layers,
+                                                  returned_layers, fpn_norm, anchor_sizes)
+    if fpn_channels != 256:
+        backbone = _refit_fpn(backbone, fpn_channels, fpn_norm)
+    if anchors is not None:
+        detector_kwargs.setdefault("rpn_anchor_generator", anchors)
+    return _with_heads(backbone, featmaps, num_classes, fpn_channels, mask_head_channels,
+                       mask_head_convs, box_head_dim, head_norm, detector_kwargs)
+
+
+def _with_heads(backbone: BackboneWithFPN, featmaps: list[str], num_classes: int,
+                fpn_channels: int, mask_head_channels: int, mask_head_convs: int,
+                box_head_dim: int, head_norm: str | None, detector_kwargs: dict[str, Any]
+                ) -> MaskRCNN:
+    """A ``MaskRCNN`` of ``backbone`` with box and mask heads of the given widths, pooling the
+    feature maps ``featmaps`` (7 x 7 for boxes, 14 x 14 for masks)."""
     mask_norm = norm_layer(head_norm) if head_norm else None
     return MaskRCNN(
         backbone,
@@ -148,6 +131,76 @@ def build_maskrcnn(
         mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes),
         **detector_kwargs,
     )
+
+
+def _check_build_args(name: str, anchor_sizes: list[int] | None,
+                      returned_layers: list[int] | None) -> None:
+    """Refuse an unknown model name, or anchor sizes that are not one per FPN level (the ResNet
+    stages that feed it, plus the pooled one)."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    levels = len(returned_layers or [1, 2, 3, 4]) + 1
+    if anchor_sizes and len(anchor_sizes) != levels and name != "maskrcnn_mobilenet_v3_large_fpn":
+        raise ValueError(f"anchor_sizes needs one size per FPN level ({levels}), got "
+                         f"{anchor_sizes}")
+
+
+def _pretrained_detector(name: str, num_classes: int, weights: str, stock: bool,
+                         label_to_cat_id: dict[int, int] | None, keep_predictors: bool,
+                         detector_kwargs: dict[str, Any]) -> MaskRCNN:
+    """torchvision's detector ``name`` with its ``weights`` (resnet50 models with stock head
+    widths only), its predictors given ``num_classes`` outputs (:func:`_adapt_predictors`)."""
+    if name not in ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2") or not stock:
+        raise ValueError(f"weights={weights!r}: torchvision has detector weights only for "
+                         "maskrcnn_resnet50_fpn(_v2) with stock head widths")
+    model = getattr(torchvision.models.detection, name)(weights=weights, **detector_kwargs)
+    if num_classes != model.roi_heads.box_predictor.cls_score.out_features:
+        _adapt_predictors(model, num_classes, label_to_cat_id, keep_predictors)
+    return model
+
+
+def _resnet50_v2(num_classes: int, weights_backbone: str | None, as_defined: bool,
+                 detector_kwargs: dict[str, Any]) -> MaskRCNN:
+    """torchvision's ``maskrcnn_resnet50_fpn_v2`` without detector weights; ``as_defined``:
+    the widths and norms asked for are torchvision's (no other is built)."""
+    if not as_defined:
+        raise ValueError("maskrcnn_resnet50_fpn_v2 is built as torchvision defines it; "
+                         "use maskrcnn_resnet50_fpn for custom widths or norms")
+    return torchvision.models.detection.maskrcnn_resnet50_fpn_v2(
+        weights=None, weights_backbone=weights_backbone, num_classes=num_classes,
+        **detector_kwargs)
+
+
+def _mobilenet_fpn(weights_backbone: str | None, norm: str, trainable_layers: int,
+                   fpn_norm: Callable[[int], nn.Module] | None, anchor_sizes: list[int] | None
+                   ) -> tuple[BackboneWithFPN, list[str], AnchorGenerator]:
+    """MobileNetV3-Large with torchvision's two-level FPN (256 channels), the names of the
+    feature maps the RoI heads pool, and its anchors (the sizes at each of its 3 levels)."""
+    body = torchvision.models.mobilenet_v3_large(weights=weights_backbone,
+                                                 norm_layer=norm_layer(norm))
+    backbone = _mobilenet_extractor(body, True, min(trainable_layers + 1, 6),
+                                    norm_layer=fpn_norm)
+    sizes = (tuple(anchor_sizes or (32, 64, 128, 256, 512)),) * 3
+    return backbone, ["0", "1"], AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 3)
+
+
+def _resnet_fpn(name: str, weights_backbone: str | None, norm: str, trainable_layers: int,
+                returned_layers: list[int] | None, fpn_norm: Callable[[int], nn.Module] | None,
+                anchor_sizes: list[int] | None
+                ) -> tuple[BackboneWithFPN, list[str], AnchorGenerator | None]:
+    """ResNet-18 or -50 with an FPN (256 channels) over ``returned_layers``, the names of the
+    feature maps the RoI heads pool, and anchors of ``anchor_sizes`` (None: torchvision's)."""
+    arch = "resnet18" if name == "maskrcnn_resnet18_fpn" else "resnet50"
+    body = getattr(torchvision.models, arch)(weights=weights_backbone,
+                                             norm_layer=norm_layer(norm))
+    backbone = _resnet_fpn_extractor(body, trainable_layers, returned_layers,
+                                     norm_layer=fpn_norm)
+    featmaps = [str(i) for i in range(len(returned_layers or [1, 2, 3, 4]))]
+    anchors = None
+    if anchor_sizes and tuple(anchor_sizes) != (32, 64, 128, 256, 512):
+        anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes),
+                                  ((0.5, 1.0, 2.0),) * len(anchor_sizes))
+    return backbone, featmaps, anchors
 
 
 def _refit_fpn(backbone: BackboneWithFPN, channels: int,
