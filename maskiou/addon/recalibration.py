@@ -91,17 +91,17 @@ def soft_logistic(x: np.ndarray, y: np.ndarray, standardize: bool = False
     """Weights Float64[k] and bias of a logistic model of soft labels ``y`` (Float[N] in
     [0, 1]) on ``x`` Float[N, k]: each row a positive with weight y and a negative with weight
     1 - y, scikit-learn's L2-penalized fit (C = 1). ``standardize``: the penalty weighs every
-    column alike (each centred and scaled to unit variance for the fit, as scikit-learn's
-    ``StandardScaler`` does; a constant column is left unscaled); the weights and bias are
-    those of ``x`` as given either way: sigmoid(x @ weights + bias)."""
+    column alike (each centred and scaled to unit variance for the fit by scikit-learn's
+    ``StandardScaler``; a constant column is left unscaled); the weights and bias are those of
+    ``x`` as given either way: sigmoid(x @ weights + bias)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
 
     x = np.asarray(x, np.float64)
-    mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    mean, scale, z = np.zeros(x.shape[1]), np.ones(x.shape[1]), x
     if standardize:
-        mean, scale = x.mean(0), x.std(0)
-        scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
-    z = (x - mean) / scale
+        scaler = StandardScaler().fit(x)
+        mean, scale, z = scaler.mean_, scaler.scale_, scaler.transform(x)
     model = LogisticRegression(C=1.0, max_iter=1000)
     model.fit(np.concatenate([z, z]), np.r_[np.ones(len(y)), np.zeros(len(y))],
               sample_weight=np.r_[y, 1.0 - y] + 1e-6)
