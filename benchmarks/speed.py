@@ -33,7 +33,7 @@ from maskiou.evaluation.cost import head_cost  # noqa: E402
 from maskiou.models.builders import MODEL_NAMES, build_maskrcnn  # noqa: E402
 from maskiou.targets import mask_iou_targets, project_masks  # noqa: E402
 
-# the light head for CPU deployment (the "light" row of benchmarks/ablation.py): a 1x1
+# the light head for CPU deployment (the "light" row of research/ablation.py): a 1x1
 # convolution to 32 channels, two 3x3 convolutions of 32 (the last with stride 2), FC 256
 LIGHT_HEAD = {"reduce_channels": 32, "conv_channels": 32, "num_convs": 2, "fc_dim": 256}
 

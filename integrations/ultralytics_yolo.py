@@ -28,7 +28,7 @@ validator and exports are what they were, and the detections' boxes, labels, cla
 masks are bit for bit those of the plain model when the head's score is ignored.
 
 :func:`detect` is the one prediction function of maskiou's records (the adapter's ``predict``
-and ``collect``, the benchmarks, the add-on, ``benchmarks/yolo_plain_eval.py``). ultralytics'
+and ``collect``, the benchmarks, the add-on, ``research/yolo_plain_eval.py``). ultralytics'
 own ``YOLO.predict`` on a ``YOLO`` the head was attached to runs ultralytics' predictor, whose
 ``Results`` rows get the same head code (:func:`mask_probs_in_boxes`, :func:`roi_features`,
 :func:`score_records`) in :mod:`maskiou_integrations.ultralytics_results`.

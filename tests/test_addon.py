@@ -25,7 +25,10 @@ from maskiou.addon.recalibration import (
     MatchInputs,
     Recalibration,
     RecalibrationError,
+    detection_groups,
     detection_signals,
+    search_exponents,
+    soft_logistic,
 )
 from maskiou.addon.run import holdout_images, holdout_split, load_recalibration, train_addon
 from maskiou.data.coco import CocoInstanceDataset
@@ -222,10 +225,10 @@ def test_logistic_recalibration_learns_which_signals_count_and_round_trips():
             Recalibration.fit(kind, x, true, {})
 
 
-def test_the_searched_recalibration_ranks_by_the_signal_that_finds_the_objects():
-    """One object per image, two detections each: the class score is noise, the maskness finds
-    the right one. The search gives the maskness weight (from 0), the scale and bias
-    make the score estimate the target, and each detection gets an out-of-sample score."""
+def _pairs_case(n: int = 12):
+    """One object per image of n, two detections each (the first the object): the class score
+    is noise, the maskness finds the right one. Returns (signals Float[2n, 5], true MaskIoU,
+    MatchInputs)."""
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
 
@@ -236,7 +239,6 @@ def test_the_searched_recalibration_ranks_by_the_signal_that_finds_the_objects()
         out["counts"] = out["counts"].decode()
         return out
 
-    n = 12
     coco = COCO()
     coco.dataset = {"images": [{"id": i, "width": 32, "height": 32} for i in range(n)],
                     "categories": [{"id": 5, "name": "a"}],
@@ -253,6 +255,14 @@ def test_the_searched_recalibration_ranks_by_the_signal_that_finds_the_objects()
     x = detection_signals(cls, np.ones(2 * n), mk, np.full(2 * n, 0.25), boxes,
                           np.ones(2 * n, np.int64), image_ids)
     match = MatchInputs(coco, image_ids, np.full(2 * n, 5), [rle(0, 0), rle(16, 16)] * n)
+    return x, right, match
+
+
+def test_the_searched_recalibration_ranks_by_the_signal_that_finds_the_objects():
+    """The search gives the maskness weight (from 0), the scale and bias make the score
+    estimate the target, and each detection gets an out-of-sample score."""
+    n = 12
+    x, right, match = _pairs_case(n)
     recal = Recalibration.fit("search", x, right, {"h": 1}, match, target="iou")
     assert recal.kind == "search" and recal.weights[2] > 0  # maskness now counts
     s = recal.predict(x)
@@ -261,6 +271,79 @@ def test_the_searched_recalibration_ranks_by_the_signal_that_finds_the_objects()
     assert recal.check_scores.shape == (2 * n,) and (recal.check_scores > 0).all()
     # without masks (nothing to measure AP with) the fit is the logistic one
     assert Recalibration.fit("search", x, right, {}, None).kind == "logistic"
+
+
+@pytest.mark.parametrize("columns", [4, 5, 6])
+def test_the_search_set_up_is_the_one_the_levers_script_copied(columns):
+    """``search_exponents`` on fewer or more columns than the five signals is the set-up
+    research/recalibration_levers.py once carried as its own copy: a MatchTable built on the
+    rows' own images, the rescoring's start (1, 1, then 0) and the head's weight fixed."""
+    from maskiou.addon.apsearch import MatchTable, search_weights
+
+    x, right, match = _pairs_case()
+    x = np.c_[x, x[:, 2]][:, :columns]  # a sixth column: the maskness again
+    rows = np.arange(4, 20)
+    old_table = MatchTable(match.coco, sorted(set(match.image_ids[rows].tolist())),
+                           match.image_ids[rows], match.category_ids[rows],
+                           [match.rles[i] for i in rows])
+    start = np.zeros(columns)
+    start[0] = start[1] = 1.0
+    old, _ = search_weights(x[rows], old_table, start, fixed=1)
+    new = search_exponents(x, match, rows)
+    assert new.tolist() == old.tolist() and new[1] == 1.0 and new[2] > 0
+
+
+def test_detection_groups_are_the_old_keys_groups():
+    """One grouping of detections by image and view: the same groups as each key it replaced
+    (``ids * 256 + views`` in the add-on, ``ids * 16 + views`` in the levers script, a sort of
+    one key in the recalibration), ordered by (image, view), each in detection order."""
+    ids = np.array([7, 3, 7, 3, 7, 3, 7])
+    views = np.array([0, 0, 1, 0, 0, 2, 1])
+    groups = [g.tolist() for g in detection_groups(ids, views)]
+    assert groups == [[1, 3], [5], [0, 4], [2, 6]]
+    for key in (ids * 256 + views, ids * 16 + views):
+        assert groups == [np.flatnonzero(key == k).tolist() for k in np.unique(key)]
+        order = np.argsort(key, kind="stable")
+        old = np.split(order, np.flatnonzero(np.diff(key[order])) + 1)
+        assert groups == [np.sort(g).tolist() for g in old]
+    assert [g.tolist() for g in detection_groups(ids)] == [[1, 3, 5], [0, 2, 4, 6]]
+    assert detection_groups(np.zeros(0, np.int64)) == []
+    with pytest.raises(ValueError, match="7 image ids but 2 views"):
+        detection_groups(ids, views[:2])
+
+
+def test_detection_signals_see_each_view_of_an_image_apart():
+    """Two detections of one box in one image: in the same view the lower one is contested
+    (IoU 1 with a higher one of its class, uncontested at the floor 1e-4); in two views of
+    the image, neither is."""
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10.0]])
+    args = (np.array([0.9, 0.6]), np.ones(2), np.ones(2), np.full(2, 0.5), boxes,
+            np.array([1, 1]), np.array([4, 4]))
+    assert np.exp(detection_signals(*args)[:, 4]).tolist() == pytest.approx([1.0, 1e-4])
+    assert np.exp(detection_signals(*args, np.array([0, 1]))[:, 4]).tolist() == [1.0, 1.0]
+
+
+def test_the_standardized_logistic_fit_is_the_levers_scripts_pipeline():
+    """``soft_logistic(..., standardize=True)`` gives the scores of the fit the levers script
+    carried as its own copy (scikit-learn's StandardScaler then LogisticRegression, C = 1, soft
+    labels as weights) on a fixed input with a constant column; without it the weights are the
+    unscaled fit's, a different model on columns of other scales."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(80, 4)) * [1.0, 10.0, 0.1, 0.0] + [0.0, 5.0, -2.0, 0.7]
+    y = np.clip(0.4 + 0.2 * x[:, 0] + 0.02 * x[:, 1] + rng.normal(0, 0.1, 80), 0, 1)
+    old = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    old.fit(np.concatenate([x, x]), np.r_[np.ones(80), np.zeros(80)],
+            logisticregression__sample_weight=np.r_[y, 1.0 - y] + 1e-6)
+    w, b = soft_logistic(x, y, standardize=True)
+    np.testing.assert_allclose(1 / (1 + np.exp(-(x @ w + b))), old.predict_proba(x)[:, 1],
+                               rtol=0, atol=1e-12)
+    assert abs(w[3]) < 1e-9 and np.sign(w[:3]).tolist() == np.sign(old[-1].coef_[0][:3]).tolist()
+    plain, _ = soft_logistic(x, y)
+    assert np.abs(plain - w).max() > 1e-3
 
 
 def test_recalibration_refuses_the_images_it_was_fitted_on_naming_their_ids():
@@ -373,7 +456,7 @@ def test_ablation_scores_a_cross_fitted_add_on_and_the_ensemble_of_its_fold_head
 
     from maskiou.addon.run import attach_to_detector
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research"))
     import ablation
 
     train = CocoInstanceDataset(data["addon"].train_json, data["addon"].train_images)
@@ -422,7 +505,7 @@ def test_the_ablations_pretrain_start_comes_from_the_named_training_images(monke
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research"))
     import ablation
 
     calls = []
@@ -439,7 +522,7 @@ def test_the_ablations_pretrain_start_comes_from_the_named_training_images(monke
 @pytest.mark.parametrize("row", ["mask-head-features", "context-features", "image-pixels"])
 def test_the_ablations_feature_rows_rewire_what_the_head_sees_and_keep_the_masks(data, tmp_path,
                                                                                   row):
-    """The head-input rows of benchmarks/ablation.py change only what the MaskIoU head is
+    """The head-input rows of research/ablation.py change only what the MaskIoU head is
     given: the same boxes, scores and masks, and as features the mask head's output (the same
     shape), or the box's own RoI features followed by those of the box enlarged twice or by
     the box's pixels."""
@@ -450,7 +533,7 @@ def test_the_ablations_feature_rows_rewire_what_the_head_sees_and_keep_the_masks
     from maskiou.addon.run import attach_to_detector
     from maskiou.attach import find_maskiou_head
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research"))
     import ablation
 
     train = CocoInstanceDataset(data["addon"].train_json, data["addon"].train_images)

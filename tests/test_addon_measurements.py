@@ -90,7 +90,7 @@ def test_learning_curve_table_is_the_measured_run():
     """The learning curve page's table is curve_table() of docs/measurements/curve.json, and the
     2,000-image row is the main job's add-on."""
     doc = flat("benchmarks/learning-curve")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "research"))
     import ablation
 
     results = load("curve.json")
@@ -110,7 +110,7 @@ def test_levers_table_is_the_measured_runs():
     """The few-labels levers of the learning curve page are levers_table() of the curve runs in
     docs/measurements/ (curve-*.json, one per --curve-set), named as the page names them."""
     doc = flat("benchmarks/learning-curve")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "research"))
     import ablation
 
     for line in ablation.levers_table(lever_runs()).splitlines():
@@ -210,7 +210,7 @@ def test_the_default_below_a_thousand_images_meets_the_few_labels_bar():
     (with the logistic fit and with today's AP search, whose heads are the same), but not in
     every draw, as the page says; and it beats maskness in every draw of 250 images (measured
     with the logistic fit)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "research"))
     import ablation
 
     from maskiou.addon.fit import AddonConfig
@@ -244,15 +244,15 @@ LEVER_COLUMNS = {"embedded, torchvision": "levers_shapes_torchvision.json",
 
 
 def test_the_recalibration_levers_table_is_the_measured_runs():
-    """docs/benchmarks/levers.md's table is side_by_side() of the three levers runs, and what the
+    """docs/benchmarks/levers.md's table is levers_table() of the three levers runs, and what the
     add-on kept (the AP search with the uncontested signal) gains over the logistic fit it
     replaced on every column, as the page says."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "research"))
     import recalibration_levers as levers
 
     runs = {name: load(file) for name, file in LEVER_COLUMNS.items()}
     table = marked("benchmarks/levers", "levers")
-    assert table == levers.side_by_side(runs).strip()
+    assert table == levers.levers_table(runs)
     kept = "AP search, + contested (1 - overlap same class)"
     for run in runs.values():
         assert run["rows"][kept]["all"] > run["rows"][levers.BASE_ROW]["all"]
@@ -339,7 +339,7 @@ def test_the_head_inputs_table_is_the_measured_runs_and_none_is_kept():
     and the add-on's head keeps its inputs as they were."""
     from maskiou.addon.config import AddonConfig
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "research"))
     import ablation
 
     runs = {name: load(file) for name, file in HEAD_INPUT_COLUMNS.items()}
@@ -389,7 +389,7 @@ def test_the_levers_search_per_class_scores_each_class_with_its_own_weights(monk
     weights searched on all of them (the search itself is apsearch's, tested there)."""
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "research"))
     import recalibration_levers as levers
 
     def table(cats: list[int]) -> dict:
@@ -399,17 +399,15 @@ def test_the_levers_search_per_class_scores_each_class_with_its_own_weights(monk
 
     ct, vt = table([1, 1, 2, 2]), table([1, 2, 3])
 
-    def search_fit(ct, rows, rles, coco, names, y):  # the weights tell which rows they saw
+    def search_fit(ct, rows, match, names):  # the weights tell which rows they saw
         classes = set(ct["category_ids"][rows].tolist())
-        return np.full(5, 10.0 * next(iter(classes)) if len(classes) == 1 else 1.0), None
+        return np.full(5, 10.0 * next(iter(classes)) if len(classes) == 1 else 1.0)
 
     scored = []
     monkeypatch.setattr(levers, "search_fit", search_fit)
     monkeypatch.setattr(levers, "ap", lambda coco, dets, scores: scored.append(scores) or 0.0)
-    res = levers.measure_search(ct, vt, {"rles": None}, None, ["contested"], [], None, None,
-                                np.zeros(4), per_class=True)
+    res = levers.measure_search(ct, vt, None, ["contested"], [], None, None, per_class=True)
     assert res["all"] == 0.0 and res["weights"] == [[1.0] * 5]
     np.testing.assert_array_equal(scored[0], [50.0, 100.0, 5.0])  # 5 signals of 1 x weight
-    levers.measure_search(ct, vt, {"rles": None}, None, ["contested"], [], None, None,
-                          np.zeros(4))
+    levers.measure_search(ct, vt, None, ["contested"], [], None, None)
     np.testing.assert_array_equal(scored[1], [5.0, 5.0, 5.0])  # one search for all

@@ -165,7 +165,7 @@ def test_ablation_rows_measured_in_the_final_state_are_the_pages():
     """The rows of the ablation table that have their JSON here, printed by ablation.py's own
     table(), appear on the ablation page word for word (the reference row too)."""
     text = page("benchmarks/ablation")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "research"))
     import ablation
 
     rows = json.loads((MEASURED / "ablation.json").read_text())
@@ -178,7 +178,7 @@ def test_ablation_rows_measured_in_the_final_state_are_the_pages():
 
 
 def test_checksum_cost_rows_are_the_measured_ones():
-    """docs/robustness.md's table: ``benchmarks/checksum_cost.py``'s JSON, formatted the page's
+    """docs/robustness.md's table: ``research/checksum_cost.py``'s JSON, formatted the page's
     way (shares of the collection in percent)."""
     m = json.loads((MEASURED / "checksum_cost.json").read_text())
     text = page("robustness")
@@ -209,4 +209,4 @@ def test_checksum_cost_rows_are_the_measured_ones():
 def test_readme_checksum_share_is_the_measured_one():
     m = json.loads((MEASURED / "checksum_cost.json").read_text())
     assert (f"the cache's checksums cost {100 * m['xxh3_128_share_of_collection']:.3f}% of the "
-            "collection's time (`python benchmarks/checksum_cost.py`") in flat("README")
+            "collection's time (`python research/checksum_cost.py`") in flat("README")

@@ -367,7 +367,7 @@ def test_the_yolo_page_shows_the_measured_run():
 
 
 def test_the_plain_yolo_detector_has_one_figure_per_scoring():
-    """One prediction function, one maskness: ``benchmarks/yolo_plain_eval.py`` and the main
+    """One prediction function, one maskness: ``research/yolo_plain_eval.py`` and the main
     job give the plain detector's cls, maskness and oracle rows to the last digit, and the notes
     page shows them."""
     from test_shipped import marked_rows

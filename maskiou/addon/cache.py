@@ -73,7 +73,7 @@ def no_rows(field: str) -> np.ndarray:
 # ``views``: how the detector saw the image of each detection (0: as it is, the test-time view
 # the recalibration fits on; others: augmented views, see maskiou.addon.views.VIEWS)
 SHARD_FILES = tuple(f"{f}.bin" for f in FEATURES) + ("rows.npz", "rles.json")
-CHECKSUM = "xxh3_128"  # 10 GB/s here, against blake2b's 0.4 (benchmarks/checksum_cost.py)
+CHECKSUM = "xxh3_128"  # 10 GB/s here, against blake2b's 0.4 (research/checksum_cost.py)
 _READONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 

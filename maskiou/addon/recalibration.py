@@ -51,36 +51,62 @@ class RecalibrationError(ValueError):
     """A recalibration model asked to score images it was fitted on."""
 
 
+def detection_groups(image_ids: np.ndarray, views: np.ndarray | None = None
+                     ) -> list[np.ndarray]:
+    """The detections of each image as the detector saw it: for N detections, one Int array of
+    indices per distinct (image id, view) pair, the groups ordered by image then view, each
+    group's indices in the detections' own order. ``image_ids`` Int[N]; ``views`` Int[N], each
+    detection's view of its image (:data:`maskiou.addon.views.VIEWS`' codes; None: one view)."""
+    ids = np.asarray(image_ids).astype(np.int64).reshape(-1)
+    v = np.zeros_like(ids) if views is None else np.asarray(views).astype(np.int64).reshape(-1)
+    if len(v) != len(ids):
+        raise ValueError(f"detection_groups: {len(ids)} image ids but {len(v)} views")
+    order = np.lexsort((v, ids))  # stable: by image, then view, then detection order
+    key = np.c_[ids[order], v[order]]
+    cuts = np.flatnonzero((np.diff(key, axis=0) != 0).any(1)) + 1
+    return np.split(order, cuts) if len(order) else []
+
+
 def detection_signals(cls: np.ndarray, head: np.ndarray, maskness: np.ndarray,
                       rel_area: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-                      groups: np.ndarray) -> np.ndarray:
+                      image_ids: np.ndarray, views: np.ndarray | None = None) -> np.ndarray:
     """Float64[N, 5]: the log of each signal of N detections, as the model computes them
-    (:func:`maskiou.calibration.signal_logs`); ``boxes`` Float[N, 4] (x1, y1, x2, y2) and
-    ``groups`` Int[N] (detections of one image as the detector saw it share a value) give each
-    detection's ``uncontested`` among the detections of its group."""
+    (:func:`maskiou.calibration.signal_logs`); ``boxes`` Float[N, 4] (x1, y1, x2, y2),
+    ``image_ids`` Int[N] and ``views`` Int[N] (None: one view) give each detection's
+    ``uncontested`` among the detections of its image as the detector saw it
+    (:func:`detection_groups`)."""
     t = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in
          (("cls", cls), ("head", head), ("maskness", maskness), ("rel_area", rel_area))}
     box = torch.as_tensor(np.asarray(boxes, dtype=np.float64)).reshape(-1, 4)
     lab = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     free = torch.ones(len(lab), dtype=torch.float64)
-    groups = np.asarray(groups)
-    order = np.argsort(groups, kind="stable")
-    cuts = np.flatnonzero(np.diff(groups[order])) + 1
-    for idx in np.split(order, cuts) if len(order) else []:
-        i = torch.as_tensor(np.sort(idx))  # the detections' own order within the group
+    for idx in detection_groups(image_ids, views):
+        i = torch.as_tensor(idx)
         free[i] = uncontested(t["cls"][i], box[i], lab[i])
     return signal_logs(t["cls"], t["head"], t["maskness"], t["rel_area"], free).numpy()
 
 
-def soft_logistic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Weights and bias of a logistic model of soft labels ``y`` (Float[N] in [0, 1]) on
-    ``x`` Float[N, k]: each row a positive with weight y and a negative with weight 1 - y."""
+def soft_logistic(x: np.ndarray, y: np.ndarray, standardize: bool = False
+                  ) -> tuple[np.ndarray, float]:
+    """Weights Float64[k] and bias of a logistic model of soft labels ``y`` (Float[N] in
+    [0, 1]) on ``x`` Float[N, k]: each row a positive with weight y and a negative with weight
+    1 - y, scikit-learn's L2-penalized fit (C = 1). ``standardize``: the penalty weighs every
+    column alike (each centred and scaled to unit variance for the fit by scikit-learn's
+    ``StandardScaler``; a constant column is left unscaled); the weights and bias are those of
+    ``x`` as given either way: sigmoid(x @ weights + bias)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
 
+    x = np.asarray(x, np.float64)
+    mean, scale, z = np.zeros(x.shape[1]), np.ones(x.shape[1]), x
+    if standardize:
+        scaler = StandardScaler().fit(x)
+        mean, scale, z = scaler.mean_, scaler.scale_, scaler.transform(x)
     model = LogisticRegression(C=1.0, max_iter=1000)
-    model.fit(np.concatenate([x, x]), np.r_[np.ones(len(y)), np.zeros(len(y))],
+    model.fit(np.concatenate([z, z]), np.r_[np.ones(len(y)), np.zeros(len(y))],
               sample_weight=np.r_[y, 1.0 - y] + 1e-6)
-    return model.coef_[0].astype(np.float64), float(model.intercept_[0])
+    w = model.coef_[0].astype(np.float64) / scale
+    return w, float(model.intercept_[0] - w @ mean)
 
 
 @dataclass
@@ -107,13 +133,23 @@ class MatchInputs:
         return self._every.subset(np.asarray(rows))
 
 
+def search_exponents(x: np.ndarray, match: MatchInputs, rows: np.ndarray) -> np.ndarray:
+    """The weights Float[k] that :func:`maskiou.addon.apsearch.search_weights` finds for AP on
+    ``rows`` (Int[R]) of ``x`` Float[N, k] (the signals' logs in :data:`SIGNALS`' order, any
+    column beyond them a further signal): from the rescoring (:data:`START`; a further column
+    from 0), the head's weight fixed at 1 (it sets the scale: AP depends on order only)."""
+    from .apsearch import search_weights
+
+    start = np.zeros(x.shape[1])
+    start[:min(len(START), len(start))] = START[:len(start)]
+    return search_weights(x[rows], match.table(rows), start, SCALE_SIGNAL)[0]
+
+
 def searched(x: np.ndarray, y: np.ndarray, match: MatchInputs, rows: np.ndarray
              ) -> tuple[list[float], float]:
     """The searched weights on ``rows`` (Int[R]) of ``x`` Float[N, 5], scaled with a bias so
     that sigmoid(bias + x @ weights) estimates ``y``."""
-    from .apsearch import search_weights
-
-    w, _ = search_weights(x[rows], match.table(rows), np.array(START), SCALE_SIGNAL)
+    w = search_exponents(x, match, rows)
     (scale,), bias = soft_logistic((x[rows] @ w)[:, None], y[rows])
     return [float(v) for v in scale * w], bias
 

@@ -190,8 +190,8 @@ def recalibration_signals(samples: Samples, rows: Tensor, pred: Tensor) -> Any:
     return detection_signals(
         samples.cls_scores[rows].numpy(), pred.numpy(), samples.maskness[rows].numpy(),
         samples.rel_areas[rows].numpy(), samples.boxes[rows].numpy(),
-        samples.labels[rows].numpy(),
-        samples.image_ids[rows].numpy() * 256 + samples.views[rows].numpy())
+        samples.labels[rows].numpy(), samples.image_ids[rows].numpy(),
+        samples.views[rows].numpy())
 
 
 def match_inputs(samples: Samples, rows: Tensor, dataset: Any) -> Any:

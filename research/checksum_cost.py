@@ -1,7 +1,7 @@
 """What the add-on cache's checksums cost on the main job: the time to hash the bytes of its
 shards against the time to collect them, in one run.
 
-    python benchmarks/checksum_cost.py      # writes docs/measurements/checksum_cost.json
+    python research/checksum_cost.py        # writes docs/measurements/checksum_cost.json
 
 Runs the main job's collection once, as ``python benchmarks/coco_eval.py`` does it (the shipped
 plain detector over the 2,000 add-on images and the mirror views of the 1,600 the head trains

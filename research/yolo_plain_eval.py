@@ -1,8 +1,8 @@
 """Mask AP of the shipped plain YOLO-seg detector on the embedded validation split, under its
 class score, class score x maskness and the oracle (class score x true MaskIoU).
 
-    python benchmarks/yolo_plain_eval.py                      # the shipped detector
-    python benchmarks/yolo_plain_eval.py --checkpoint ckpt.pt --no-validator
+    python research/yolo_plain_eval.py                      # the shipped detector
+    python research/yolo_plain_eval.py --checkpoint ckpt.pt --no-validator
 
 Detections as the main job makes them: ``maskiou.evaluation.predict`` through the adapter's
 one prediction function (``maskiou_integrations.ultralytics_yolo.detect``: ultralytics'

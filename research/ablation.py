@@ -1,12 +1,12 @@
 """Ablation of the add-on's levers, each a row measured on the same frozen detector.
 
-    python benchmarks/ablation.py                          # every row, embedded default
-    python benchmarks/ablation.py --rows shipped no-flip   # some rows
-    python benchmarks/ablation.py --detector plain.pt --train-json a.json --train-images a/ \\
-        --val-json v.json --val-images v/                  # any COCO-format dataset
-    python benchmarks/ablation.py --curve --curve-sizes 250 500 \
+    python research/ablation.py                          # every row, embedded default
+    python research/ablation.py --rows shipped no-flip   # some rows
+    python research/ablation.py --detector plain.pt --train-json a.json --train-images a/ \\
+        --val-json v.json --val-images v/                # any COCO-format dataset
+    python research/ablation.py --curve --curve-sizes 250 500 \
         --curve-set crossfit_folds=5 zoom=both [--pretrain]   # the few-labels levers
-    python benchmarks/ablation.py --columns embedded=a/ablation.json scenes=b/ablation.json
+    python research/ablation.py --columns embedded=a/ablation.json scenes=b/ablation.json
 
 Each row trains a head alone on the cached detections of the add-on images (the same cache the
 main job uses) and scores the cached detections of the validation split with it, so a row costs
@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from head_inputs import FEATURE_ROWS  # noqa: E402
+from runs_table import print_columns, side_by_side  # noqa: E402
 
 from maskiou.addon.collect import collect_samples  # noqa: E402
 from maskiou.addon.fit import AddonConfig, predict_ious  # noqa: E402
@@ -311,26 +312,23 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def columns_table(columns: dict[str, list[dict[str, Any]]], base: str = "shipped") -> str:
     """Rows of several ablation runs (column name -> ablation.json's rows) side by side as one
-    Markdown table: each cell the recalibrated mask AP, its change against the column's
-    ``base`` row, and the rescored AP; the references (maskness, oracle) first."""
-    names = list(columns)
+    Markdown table (:func:`runs_table.side_by_side`): each cell the recalibrated mask AP, its
+    change against the column's ``base`` row, and the rescored AP; the references (maskness,
+    oracle) first."""
     by_row = [{r["row"]: r for r in rows} for rows in columns.values()]
-    order = [name for name in ROWS if any(name in col for col in by_row)]
-    lines = ["| row | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for ref in ("maskness", "oracle"):
-        lines.append(f"| ({ref}) | " + " | ".join(f"{col[base]['segm'][ref]['AP']:.2f}"
-                                                   for col in by_row) + " |")
-    for name in order:
-        cells = []
-        for col in by_row:
-            if name not in col:
-                cells.append("-")
-                continue
-            seg, ref = col[name]["segm"], col[base]["segm"]["recalibrated"]["AP"]
-            recal = seg["recalibrated"]["AP"]
-            cells.append(f"{recal:.2f} ({recal - ref:+.2f}) · {seg['rescored']['AP']:.2f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    def cell(col: dict[str, Any], name: str) -> str:
+        if name not in col:
+            return "-"
+        seg, ref = col[name]["segm"], col[base]["segm"]["recalibrated"]["AP"]
+        recal = seg["recalibrated"]["AP"]
+        return f"{recal:.2f} ({recal - ref:+.2f}) · {seg['rescored']['AP']:.2f}"
+
+    lines = [(f"({ref})", [f"{col[base]['segm'][ref]['AP']:.2f}" for col in by_row])
+             for ref in ("maskness", "oracle")]
+    lines += [(name, [cell(col, name) for col in by_row]) for name in ROWS
+              if any(name in col for col in by_row)]
+    return side_by_side("row", list(columns), lines)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -367,9 +365,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if argv is None:
         argv = sys.argv[1:]
-    if argv and argv[0] == "--columns":  # the docs' table of earlier runs: NAME=ablation.json
-        runs = dict(a.split("=", 1) for a in argv[1:])
-        print(columns_table({k: json.loads(Path(v).read_text()) for k, v in runs.items()}))
+    if print_columns(argv, "--columns", columns_table):  # NAME=ablation.json ...
         return 0
 
     args = parser().parse_args(argv)

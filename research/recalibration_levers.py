@@ -1,16 +1,19 @@
 """The recalibration's levers, each a row: which signals the final score should combine.
 
-    python benchmarks/recalibration_levers.py --checkpoint ADDON.pt \\
+    python research/recalibration_levers.py --checkpoint ADDON.pt \\
         --calib-json c.json --calib-images c/ --val-json v.json --val-images v/ \\
         --output-dir results/levers-shapes
+    python research/recalibration_levers.py --table NAME=levers.json ...   # runs side by side
 
 A trained add-on (detector + head) runs once over held-out labeled images neither the detector
 nor its head saw (the calibration images) and once over the validation split. Every row fits the
-recalibration's logistic model (:class:`maskiou.addon.recalibration.Recalibration`'s soft-label
-fit) on a different set of signals of the calibration detections and measures mask AP on the
-validation split. Each row is fitted on all calibration images and on each of three disjoint
-thirds of them (their mean and spread show what a third of the labels gives). Reference rows:
-the class score, maskness, the head's rescoring, the oracle; a monotone gradient-boosting row
+recalibration's logistic model (:func:`maskiou.addon.recalibration.soft_logistic`, the
+soft-label fit, its signals standardized) on a different set of signals of the calibration
+detections and measures mask AP on the validation split. Each row is fitted on all calibration
+images and on each of three disjoint thirds of them (their mean and spread show what a third of
+the labels gives). Reference rows: the class score, maskness, the head's rescoring, the oracle
+(:func:`maskiou.evaluation.metrics.scorings`); the AP search's rows use the add-on's own search
+(:func:`maskiou.addon.recalibration.search_exponents`); a monotone gradient-boosting row
 (scikit-learn, every signal constrained in the direction the logistic fit gives it) and, where
 netcal is installed, its ``LogisticCalibration(detection=True)`` on the same signals.
 Writes levers.json and levers.md.
@@ -30,21 +33,34 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from runs_table import print_columns, side_by_side  # noqa: E402
+
 from maskiou.addon.collect import collect_samples  # noqa: E402
 from maskiou.addon.fit import predict_ious, regression_target  # noqa: E402
+from maskiou.addon.recalibration import (  # noqa: E402
+    MatchInputs,
+    detection_groups,
+    search_exponents,
+    sigmoid,
+    soft_logistic,
+)
 from maskiou.attach import find_maskiou_head  # noqa: E402
 from maskiou.calibration import signal_logs  # noqa: E402
 from maskiou.data.coco import CocoInstanceDataset  # noqa: E402
+from maskiou.evaluation.metrics import scorings  # noqa: E402
 from maskiou.models.load import load_trained_model  # noqa: E402
 from maskiou.records import Detections, coco_ap, coco_results  # noqa: E402
 from maskiou.signals import CONTEXT, SHAPE, image_context, mask_shape  # noqa: E402
 
 BASE = ["cls", "head", "maskness", "rel_area"]
 SMALL_PX = 32 * 32  # COCO's "small" objects: box area below 32^2 pixels
+# every row's reference: the logistic fit of the four signals the add-on shipped with before
+# the AP search (what ships now is the row "AP search, + contested ...")
+BASE_ROW = "base (logistic fit: cls, head, maskness, box share)"
 
-# row -> signals (beyond BASE unless it starts with "only:")
+# row -> signals (beyond BASE)
 ROWS: dict[str, list[str]] = {
-    "base (shipped: cls, head, maskness, box share)": [],
+    BASE_ROW: [],
     "+ gap": ["gap"],
     "+ rank": ["rank"],
     "+ overlap same class": ["overlap_same"],
@@ -80,9 +96,7 @@ def signal_table(samples: Any, dets: Any, quality: np.ndarray) -> dict[str, np.n
     boxes = torch.as_tensor(dets.boxes_xywh, dtype=torch.float64).clone()
     boxes[:, 2:] += boxes[:, :2]
     context = np.zeros((len(cls), len(CONTEXT)))
-    keys = samples.image_ids.numpy() * 16 + samples.views.numpy()
-    for key in np.unique(keys):
-        idx = np.flatnonzero(keys == key)
+    for idx in detection_groups(samples.image_ids.numpy(), samples.views.numpy()):
         context[idx] = image_context(cls[idx], boxes[idx], samples.labels[idx]).numpy()
     table.update({name: context[:, i] for i, name in enumerate(CONTEXT)})
     shape = mask_shape(samples.mask_probs.double()).numpy()
@@ -111,17 +125,18 @@ def design(table: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
     return np.stack(cols, 1)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray) -> Any:
-    """The recalibration's fit: logistic regression on soft labels (each detection a positive
-    with weight y and a negative with weight 1 - y), features standardized."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+class Logistic:
+    """The recalibration's logistic fit of soft labels ``y`` (Float[N]) on ``x`` Float[N, k]
+    (:func:`maskiou.addon.recalibration.soft_logistic`, the signals standardized so that its
+    penalty weighs each alike), as a fitted model."""
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-    model.fit(np.concatenate([x, x]), np.r_[np.ones(len(y)), np.zeros(len(y))],
-              logisticregression__sample_weight=np.r_[y, 1.0 - y] + 1e-6)
-    return model
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.weights, self.bias = soft_logistic(x, y, standardize=True)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Float64[N, 2]: (1 - score, score) of each row of ``x``, as scikit-learn's."""
+        p = sigmoid(x @ self.weights + self.bias)
+        return np.c_[1.0 - p, p]
 
 
 class RankedLogistic:
@@ -153,7 +168,7 @@ class RankedLogistic:
         rank.fit(np.concatenate([d, -d]), np.r_[sign, 1 - sign],
                  sample_weight=np.r_[np.abs(diff[keep]), np.abs(diff[keep])])
         self.w = rank.coef_[0]
-        self.platt = fit_logistic((z @ self.w)[:, None], y)
+        self.platt = Logistic((z @ self.w)[:, None], y)
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -170,37 +185,29 @@ def fit_boosting(x: np.ndarray, y: np.ndarray, signs: np.ndarray) -> Any:
     return model.fit(x, y)
 
 
-def search_fit(ct: dict[str, np.ndarray], rows: np.ndarray, rles: list[Any], coco: Any,
-               names: list[str], y: np.ndarray) -> tuple[np.ndarray, Any]:
-    """The AP-searched weights on calibration ``rows`` (Bool[N]) and their Platt scaling."""
-    from maskiou.addon.apsearch import MatchTable, search_weights
-
-    x = design(ct, names)
-    idx = np.flatnonzero(rows)
-    table = MatchTable(coco, sorted(set(ct["image_ids"][idx].tolist())), ct["image_ids"][idx],
-                       ct["category_ids"][idx], [rles[i] for i in idx])
-    start = np.zeros(x.shape[1])
-    start[0] = start[1] = 1.0
-    w, _ = search_weights(x[idx], table, start, fixed=1)
-    return w, fit_logistic((x[idx] @ w)[:, None], y[idx])
+def search_fit(ct: dict[str, np.ndarray], rows: np.ndarray, match: MatchInputs,
+               names: list[str]) -> np.ndarray:
+    """The AP-searched weights on calibration ``rows`` (Bool[N]) of the signals BASE +
+    ``names``: the add-on's own search (:func:`maskiou.addon.recalibration.search_exponents`)
+    on ``match``, the calibration detections' masks and ground truth."""
+    return search_exponents(design(ct, names), match, np.flatnonzero(rows))
 
 
-def measure_search(ct: dict[str, np.ndarray], vt: dict[str, np.ndarray], calib: dict[str, Any],
-                   calib_coco: Any, names: list[str], draws: list[np.ndarray], coco: Any,
-                   vd: Any, y: np.ndarray, per_class: bool = False) -> dict[str, Any]:
+def measure_search(ct: dict[str, np.ndarray], vt: dict[str, np.ndarray], match: MatchInputs,
+                   names: list[str], draws: list[np.ndarray], coco: Any, vd: Any,
+                   per_class: bool = False) -> dict[str, Any]:
     """The AP search's validation AP, fitted on all calibration detections and on each third.
     ``per_class``: each class's weights searched on its own detections (COCO's AP is the mean
     of the classes' APs, each set by the order of its own detections alone); a class without
     calibration detections gets the weights searched on all."""
     res: dict[str, Any] = {"thirds": [], "weights": []}
     xv = design(vt, names)
-    for rows in [np.ones(len(y), bool)] + draws:
-        w, _ = search_fit(ct, rows, calib["rles"], calib_coco, names, y)
+    for rows in [np.ones(len(ct["category_ids"]), bool)] + draws:
+        w = search_fit(ct, rows, match, names)
         weights = np.repeat(w[None], len(xv), 0)
         for c in np.unique(ct["category_ids"][rows]) if per_class else []:
             own = rows & (ct["category_ids"] == c)
-            weights[vt["category_ids"] == c] = search_fit(ct, own, calib["rles"], calib_coco,
-                                                          names, y)[0]
+            weights[vt["category_ids"] == c] = search_fit(ct, own, match, names)
         res["weights"].append(w.round(3).tolist())
         res["thirds"].append(ap(coco, vd, (xv * weights).sum(1)))
     res["all"] = res["thirds"].pop(0)
@@ -305,9 +312,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "calib_images": calib["images"], "val_images": val["images"],
                            "calib_detections": len(y), "val_detections": len(cls),
                            "reference": {}, "rows": {}}
-    out["reference"] = {"cls": ap(coco, vd, cls), "maskness": ap(coco, vd, cls * mk),
-                        "rescored": ap(coco, vd, cls * vt["quality"]),
-                        "oracle": ap(coco, vd, cls * vt["true_iou"])}
+    out["reference"] = {k: ap(coco, vd, s) for k, s in
+                        scorings(cls, vt["quality"], mk, vt["true_iou"]).items()}
     print(json.dumps(out["reference"]), flush=True)
     rng = np.random.default_rng(0)
     images = np.unique(ct["image_ids"])
@@ -322,11 +328,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "thirds_std": float(np.std(parts))}
 
     for row, names in ({} if args.only_search else ROWS).items():
-        out["rows"][row] = measure(lambda x, t, lab: fit_logistic(x, t), names)
+        out["rows"][row] = measure(lambda x, t, lab: Logistic(x, t), names)
         print(f"{row}: {out['rows'][row]}", flush=True)
     every = list(CONTEXT) + list(SHAPE)
     if not args.only_search:
-        signs = np.sign(fit_logistic(design(ct, every), y)[-1].coef_[0])
+        signs = np.sign(Logistic(design(ct, every), y).weights)
         out["rows"]["monotone gradient boosting, context + shape"] = measure(
             lambda x, t, lab: fit_boosting(x, t, signs), every)
         for row, names in (("base", []), ("+ context", list(CONTEXT)), ("+ shape", list(SHAPE)),
@@ -335,15 +341,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 lambda x, t, lab: RankedLogistic().fit(x, t, lab), names)
             print(f"ranked {row}: {out['rows'][f'ranked logistic, {row}']}", flush=True)
 
-    calib_coco = CocoInstanceDataset(args.calib_json, args.calib_images).coco
+    match = MatchInputs(CocoInstanceDataset(args.calib_json, args.calib_images).coco,
+                        ct["image_ids"], ct["category_ids"], calib["rles"])
     for row, names in (("base", []), ("+ contested (1 - overlap same class)", ["contested"]),
                        ("+ contested + overlap any", ["contested", "uncontested_any"])):
-        out["rows"][f"AP search, {row}"] = measure_search(ct, vt, calib, calib_coco, names,
-                                                          draws, coco, vd, y)
+        out["rows"][f"AP search, {row}"] = measure_search(ct, vt, match, names, draws, coco,
+                                                          vd)
         print(f"search {row}: {out['rows'][f'AP search, {row}']}", flush=True)
     contested = ["contested"]
     out["rows"]["AP search per class, + contested"] = measure_search(
-        ct, vt, calib, calib_coco, contested, draws, coco, vd, y, per_class=True)
+        ct, vt, match, contested, draws, coco, vd, per_class=True)
     print(f"search per class: {out['rows']['AP search per class, + contested']}", flush=True)
 
     def unit(a: dict[str, np.ndarray]) -> np.ndarray:  # the base signals as they are, in [0, 1]
@@ -382,34 +389,24 @@ def cell(r: dict[str, Any] | None, ref: float) -> str:
     return out
 
 
-def side_by_side(results: dict[str, dict[str, Any]]) -> str:
-    """The levers of several runs (column name -> levers.json) as one Markdown table: each row
-    against the shipped logistic fit ("base") of its column."""
-    names = list(results)
+def levers_table(results: dict[str, dict[str, Any]]) -> str:
+    """The levers of several runs (column name -> levers.json) as one Markdown table
+    (:func:`runs_table.side_by_side`): each row against the logistic fit of the four signals
+    (:data:`BASE_ROW`) of its column."""
     rows: list[str] = []
     for res in results.values():
         rows += [r for r in res["rows"] if r not in rows]
-    head = "| lever | " + " | ".join(names) + " |"
-    lines = [head, "|---" * (len(names) + 1) + "|"]
-    for k in ("cls", "maskness", "rescored", "oracle"):
-        lines.append(f"| ({k}) | " + " | ".join(f"{r['reference'][k]:.2f}"
-                                                 for r in results.values()) + " |")
-    for row in rows:
-        cells = [cell(res["rows"].get(row), res["rows"][BASE_ROW]["all"])
-                 for res in results.values()]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-BASE_ROW = "base (shipped: cls, head, maskness, box share)"
+    lines = [(f"({k})", [f"{r['reference'][k]:.2f}" for r in results.values()])
+             for k in ("cls", "maskness", "rescored", "oracle")]
+    lines += [(row, [cell(res["rows"].get(row), res["rows"][BASE_ROW]["all"])
+                     for res in results.values()]) for row in rows]
+    return side_by_side("lever", list(results), lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    if argv and argv[0] == "--table":  # the docs' table of earlier runs: NAME=levers.json ...
-        runs = dict(a.split("=", 1) for a in argv[1:])
-        print(side_by_side({k: json.loads(Path(v).read_text()) for k, v in runs.items()}))
+    if print_columns(argv, "--table", levers_table):  # NAME=levers.json ...
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)

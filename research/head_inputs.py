@@ -5,7 +5,7 @@ image pixels, beside them.
 Each function changes an attached torchvision Mask R-CNN in place so that the head's recorded
 ``roi_features`` are the other features while the detector's boxes, scores and masks stay as
 they were; the add-on's collection and training then run unchanged on them. Measurement levers
-of the benchmarks, not maskiou options (docs/benchmarks/levers.md, "The head's inputs").
+of the research scripts, not maskiou options (docs/benchmarks/levers.md, "The head's inputs").
 """
 
 from __future__ import annotations
