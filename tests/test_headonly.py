@@ -122,13 +122,14 @@ def wheel_install(tmp_path, monkeypatch):
 def test_without_the_clone_the_repository_models_are_named_in_one_line(wheel_install):
     assert paths.shipped_frameworks() == ["torchvision"]
     assert paths.shipped_name("detectron2", "plain") is None
-    line = ("the shipped ultralytics_plain model is not in the installed package: it lives in "
-            "the repository's weights/ folder (its licence in weights/README.md); run from a "
-            "clone (pip install -e .) or give --checkpoint")
+    line = ("the shipped ultralytics_plain model is not in the installed package (it holds "
+            "torchvision's): the repository's weights/ folder holds the others (licences in "
+            "weights/README.md); run from a clone (pip install -e .) or give --checkpoint")
     with pytest.raises(ValueError) as e:
         benchmark.embedded_detector("ultralytics", progress=False)
     assert str(e.value) == line
-    with pytest.raises(CheckpointError, match="^the shipped detectron2_addon model is not in"):
+    with pytest.raises(CheckpointError, match="^the shipped detectron2_addon model is not in "
+                       "the installed package"):
         benchmark.shipped_checkpoint("detectron2_addon")
     # what the main job and the demo need is in the package
     assert len(benchmark.shipped_checkpoint("torchvision_addon")["model"]) == \

@@ -172,8 +172,8 @@ def test_a_wheel_install_has_the_main_jobs_models_and_names_where_the_others_are
     out = _run(CHECK_SHIPPED, site, tmp_path)  # outside the checkout: no weights/ folder
     assert "frameworks: ['torchvision']" in out
     assert "addon tensors: 169" in out  # the plain detector's 156 joined to the head's 13
-    assert "ultralytics: the shipped ultralytics_plain model is not in the installed package: " \
-        "it lives in the repository's weights/ folder" in out
+    assert "ultralytics: the shipped ultralytics_plain model is not in the installed package " \
+        "(it holds torchvision's): the repository's weights/ folder holds the others" in out
 
 
 def test_non_editable_install_finds_the_torchvision_adapter(wheel, tmp_path):

@@ -28,13 +28,11 @@ from maskiou.models.headonly import join_detector
 from maskiou.models.load import load_trained_model
 from maskiou.models.paths import (
     DEFAULT_FRAMEWORK,
-    REPOSITORY_FRAMEWORKS,
     addon_dir,
     default_model,
     missing_shipped,
     model_dir,
     resolve_split,
-    shipped_frameworks,
     shipped_model_path,
     shipped_name,
 )
@@ -162,11 +160,8 @@ def embedded_detector(framework: str = DEFAULT_FRAMEWORK, progress: bool = True,
     from maskiou.attach import framework_adapter
 
     name = shipped_name(framework, "plain")
-    if name is None and framework in REPOSITORY_FRAMEWORKS:
-        raise ValueError(missing_shipped(f"{framework}_plain"))
     if name is None:
-        raise ValueError(f"no embedded {framework} detector is shipped (frameworks with one: "
-                         f"{', '.join(shipped_frameworks())}); give --checkpoint")
+        raise ValueError(missing_shipped(f"{framework}_plain"))
     final = model_dir(name) / "model_final.pt"
     if retrain and D.is_main():
         final.unlink(missing_ok=True)

@@ -116,9 +116,6 @@ REPOSITORY_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 (an editable install), never in the wheel. ``weights/README.md`` states each file's licence."""
 SHIPPED_DIRS = (PRETRAINED, REPOSITORY_WEIGHTS)
 DEFAULT_FRAMEWORK = "torchvision"  # the main job's (``coco_eval.py --detector-framework``)
-REPOSITORY_FRAMEWORKS = ("detectron2", "ultralytics")
-"""The frameworks whose shipped models live in :data:`REPOSITORY_WEIGHTS` (ultralytics': trained
-with ultralytics' trainer, AGPL-3.0, so never inside the MIT wheel)."""
 KINDS = ("plain", "addon", "end_to_end")
 """The shipped models of the embedded data, per framework: ``plain`` (the detector a user has),
 ``addon`` (it with the head the main job trains alone) and ``end_to_end`` (Mask Scoring R-CNN
@@ -134,23 +131,21 @@ def _file_name(name: str) -> str:
 def shipped_model_path(name: str) -> Path:
     """A shipped checkpoint, ``name`` = ``<framework>_<kind>`` (see :data:`KINDS`), e.g.
     ``"torchvision_plain"``, ``"detectron2_addon"``: the file in the package or in the
-    repository's ``weights/`` folder; where neither holds it, the path it would have (its
-    framework's folder), which :func:`missing_shipped` explains."""
+    repository's ``weights/`` folder; where neither holds it, the path it would have in
+    ``weights/`` (what the package lacks is the repository's: :func:`missing_shipped`)."""
     for folder in SHIPPED_DIRS:
         path = folder / _file_name(name)
         if path.is_file():
             return path
-    folder = REPOSITORY_WEIGHTS if name.split("_")[0] in REPOSITORY_FRAMEWORKS else PRETRAINED
-    return folder / _file_name(name)
+    return REPOSITORY_WEIGHTS / _file_name(name)
 
 
 def missing_shipped(name: str) -> str:
     """One line saying where the shipped model ``name`` is to be had when it is not here."""
-    if name.split("_")[0] in REPOSITORY_FRAMEWORKS:
-        return (f"the shipped {name} model is not in the installed package: it lives in the "
-                f"repository's weights/ folder (its licence in weights/README.md); run from a "
-                f"clone (pip install -e .) or give --checkpoint")
-    return f"no shipped {name} model ({shipped_model_path(name)} is missing); give --checkpoint"
+    return (f"the shipped {name} model is not in the installed package (it holds "
+            f"{', '.join(shipped_frameworks())}'s): the repository's weights/ folder holds the "
+            f"others (licences in weights/README.md); run from a clone (pip install -e .) or "
+            f"give --checkpoint")
 
 
 def shipped_name(framework: str, kind: str) -> str | None:
