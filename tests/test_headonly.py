@@ -144,3 +144,6 @@ def test_in_a_clone_the_repository_models_are_found():
         assert paths.shipped_model_path(name).is_file()
     for name in ("torchvision_plain", "torchvision_addon", "torchvision_end_to_end"):
         assert paths.shipped_model_path(name).parent == paths.PRETRAINED
+    # what the package itself holds, whatever the clone adds
+    assert paths.missing_shipped("x_plain").startswith(
+        "the shipped x_plain model is not in the installed package (it holds torchvision's): ")

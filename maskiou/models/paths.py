@@ -142,10 +142,10 @@ def shipped_model_path(name: str) -> Path:
 
 def missing_shipped(name: str) -> str:
     """One line saying where the shipped model ``name`` is to be had when it is not here."""
-    return (f"the shipped {name} model is not in the installed package (it holds "
-            f"{', '.join(shipped_frameworks())}'s): the repository's weights/ folder holds the "
-            f"others (licences in weights/README.md); run from a clone (pip install -e .) or "
-            f"give --checkpoint")
+    held = ", ".join(_plain_frameworks((PRETRAINED,)))
+    return (f"the shipped {name} model is not in the installed package (it holds {held}'s): "
+            f"the repository's weights/ folder holds the others (licences in weights/README.md); "
+            f"run from a clone (pip install -e .) or give --checkpoint")
 
 
 def shipped_name(framework: str, kind: str) -> str | None:
@@ -157,7 +157,11 @@ def shipped_name(framework: str, kind: str) -> str | None:
 def shipped_frameworks() -> list[str]:
     """The frameworks with a shipped plain detector of the embedded data here (in a clone:
     all three; from a wheel: torchvision)."""
-    return sorted({p.name[len("synthetic_cpu_"):-len("_plain.pt")] for folder in SHIPPED_DIRS
+    return _plain_frameworks(SHIPPED_DIRS)
+
+
+def _plain_frameworks(folders: tuple[Path, ...]) -> list[str]:
+    return sorted({p.name[len("synthetic_cpu_"):-len("_plain.pt")] for folder in folders
                    for p in folder.glob("synthetic_cpu_*_plain.pt")})
 
 
