@@ -14,7 +14,7 @@ readable with ``torch.load(..., weights_only=True)`` (no pickled ultralytics obj
 YOLO class ``k`` is maskiou label ``k + 1`` (see :mod:`maskiou_integrations.ultralytics_data`).
 
     python -m maskiou_integrations.ultralytics_models train --output-dir runs/yolo --epochs 150
-    python -m maskiou_integrations.ultralytics_models ship runs/yolo   # into maskiou/pretrained
+    python -m maskiou_integrations.ultralytics_models ship runs/yolo   # into weights/ (AGPL-3.0)
 """
 
 from __future__ import annotations
@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--threads", type=int, help="torch CPU threads")
     s = sub.add_parser("ship", help="write the maskiou checkpoint of a run (and its log)")
     s.add_argument("run", help="ultralytics' run folder (OUTPUT_DIR/train)")
-    s.add_argument("--out", help="default: the package's shipped detector file")
+    s.add_argument("--out", help="default: the shipped detector file, weights/ of the "
+                   "repository (AGPL-3.0: never in the package)")
     s.add_argument("--weights", default="best.pt")
     args = p.parse_args(argv)
     if args.command == "ship":

@@ -175,9 +175,9 @@ def as_yolo(model: nn.Module, class_names: list[str] | None = None) -> Any:
 def yolo_of(checkpoint: str | Path, device: str = "cpu") -> Any:
     """A maskiou checkpoint of an ultralytics model (plain, or with its add-on head) as
     ultralytics' ``YOLO`` (:func:`as_yolo`), for its ``predict`` (with the final score), ``val``
-    and ``export``. (The add-on shipped in the package holds the head alone:
-    ``maskiou.evaluation.benchmark.shipped_checkpoint`` joins it to the shipped detector's
-    weights.)"""
+    and ``export``. (The shipped add-on, in the repository's ``weights/``, holds the head
+    alone: reading it joins the shipped detector's weights back,
+    :func:`maskiou.models.headonly.join_detector`.)"""
     from maskiou.models.load import load_trained_model
 
     model, meta = load_trained_model(checkpoint, device)

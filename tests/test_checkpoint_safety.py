@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from maskiou.models.checkpoint import SCHEMA, CheckpointError, load_checkpoint, read_checkpoint
-from maskiou.models.paths import PRETRAINED
+from maskiou.models.paths import PRETRAINED, SHIPPED_DIRS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,8 @@ def test_no_loader_unpickles():
     assert found == []
 
 
-@pytest.mark.parametrize("path", sorted(PRETRAINED.glob("*.pt")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(p for d in SHIPPED_DIRS for p in d.glob("*.pt")),
+                         ids=lambda p: p.name)
 def test_the_shipped_checkpoints_are_plain_data_of_the_current_schema(path):
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     # schema 2 (the plain detectors, no calibration) reads as it is

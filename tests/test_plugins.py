@@ -3,6 +3,7 @@ torchvision one included, and the package installs no generic top-level ``integr
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -122,10 +123,57 @@ def test_wheel_installs_maskiou_integrations_not_a_top_level_integrations(wheel)
     assert tops == {"maskiou", "maskiou_integrations"}
     assert "maskiou_integrations/torchvision_maskrcnn.py" in names
     assert "maskiou/pretrained/synthetic_cpu_torchvision_end_to_end.pt" in names
+    assert not [n for n in names if n.startswith("weights/")]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[maskiou.adapters]" in text
     assert "maskiou_integrations.torchvision_maskrcnn:TorchvisionMaskRCNNAdapter" in text
+
+
+WHEEL_LIMIT = 30_000_000  # bytes (issue 38: a wheel a user would download)
+
+
+def test_the_wheel_is_lean_and_holds_no_ultralytics_trained_file(wheel):
+    """The wheel carries the shipped models the main job and the demo need (torchvision's: the
+    plain detector, the add-on's head alone, the end-to-end model); detectron2's and the
+    ultralytics-trained (AGPL-3.0) ones stay in the repository's weights/ folder."""
+    assert wheel.stat().st_size <= WHEEL_LIMIT
+    z = zipfile.ZipFile(wheel)
+    models = sorted(n for n in z.namelist() if n.endswith((".pt", ".pth", ".onnx", ".ts")))
+    assert models == [f"maskiou/pretrained/synthetic_cpu_torchvision_{kind}.pt"
+                      for kind in ("addon", "end_to_end", "plain")]
+    for name in models:
+        ckpt = torch.load(io.BytesIO(z.read(name)), weights_only=True)
+        assert ckpt["framework"] == "torchvision", name
+    assert not data_files_naming("ultralytics", z) and not data_files_naming("yolo", z)
+
+
+def data_files_naming(word: str, z: zipfile.ZipFile) -> list[str]:
+    """The files of the wheel, code aside, whose path names ``word`` (logs, configs)."""
+    return [n for n in z.namelist() if word in n.lower() and not n.endswith(".py")]
+
+
+CHECK_SHIPPED = """
+from maskiou.evaluation.benchmark import embedded_detector, shipped_checkpoint
+from maskiou.models.paths import shipped_frameworks
+print("frameworks:", shipped_frameworks())
+print("addon tensors:", len(shipped_checkpoint("torchvision_addon")["model"]))
+try:
+    embedded_detector("ultralytics", progress=False)
+except ValueError as e:
+    print("ultralytics:", e)
+"""
+
+
+def test_a_wheel_install_has_the_main_jobs_models_and_names_where_the_others_are(wheel,
+                                                                                 tmp_path):
+    site = tmp_path / "site"
+    _pip("install", "--no-deps", "--target", str(site), str(wheel), cwd=tmp_path)
+    out = _run(CHECK_SHIPPED, site, tmp_path)  # outside the checkout: no weights/ folder
+    assert "frameworks: ['torchvision']" in out
+    assert "addon tensors: 169" in out  # the plain detector's 156 joined to the head's 13
+    assert "ultralytics: the shipped ultralytics_plain model is not in the installed package " \
+        "(it holds torchvision's): the repository's weights/ folder holds the others" in out
 
 
 def test_non_editable_install_finds_the_torchvision_adapter(wheel, tmp_path):

@@ -56,7 +56,11 @@ def assert_default_at_addon_images(cfg: AddonConfig) -> None:
 
 
 def test_shipped_addon_is_what_the_main_job_trains():
-    ckpt = load_checkpoint(shipped_model_path("torchvision_addon"))
+    ckpt = benchmark.shipped_checkpoint("torchvision_addon")
+    # the package carries the detector once: the add-on file holds the head alone
+    alone = load_checkpoint(shipped_model_path("torchvision_addon"))
+    assert alone["detector_weights"] == "torchvision_plain"
+    assert alone["model"] and all(".maskiou_head." in k for k in alone["model"])
     # written before the head had its own config record and before the zoom views: it reads
     # as today's default, with no zoom views, which is what "auto" gives at its 2,000 images
     assert_default_at_addon_images(AddonConfig.from_dict(ckpt["addon"]["config"]))

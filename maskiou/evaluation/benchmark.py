@@ -24,14 +24,15 @@ from maskiou.addon.run import ADDON_VERSION, load_recalibration, train_addon
 from maskiou.attach import find_maskiou_head
 from maskiou.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from maskiou.models.config import TrainConfig
+from maskiou.models.headonly import join_detector
 from maskiou.models.load import load_trained_model
 from maskiou.models.paths import (
     DEFAULT_FRAMEWORK,
     addon_dir,
     default_model,
+    missing_shipped,
     model_dir,
     resolve_split,
-    shipped_frameworks,
     shipped_model_path,
     shipped_name,
 )
@@ -120,19 +121,15 @@ def train_or_reuse(cfg: TrainConfig, run_dir: Path, progress: bool, retrain: boo
 
 
 def shipped_checkpoint(name: str) -> dict[str, Any]:
-    """A shipped checkpoint as a dict. An add-on shipped without its detector's weights
-    (``"detector_weights"``: the name of the shipped plain detector it was trained on, so
-    that the package does not carry the same detector twice) gets them back, once that
-    detector is checked to be the file the add-on was trained on."""
-    ckpt = load_checkpoint(shipped_model_path(name))
-    detector = ckpt.pop("detector_weights", None)
-    if detector:
-        path = shipped_model_path(detector)
-        if file_sha1(path) != ckpt["addon"]["detector_sha1"]:
-            raise CheckpointError(f"{shipped_model_path(name)}: its head was trained on another "
-                                  f"detector than the shipped {path.name}")
-        ckpt["model"] = {**load_checkpoint(path)["model"], **ckpt["model"]}
-    return ckpt
+    """A shipped checkpoint as a dict. An add-on shipped head-only (``"detector_weights"``: the
+    name of the shipped plain detector it was trained on, written by ``maskiou-export
+    --head-only``, so that nothing carries the same detector twice) gets the detector's weights
+    back, once that detector's file is checked by its sha1 to be the one the add-on was trained
+    on (``addon.detector_sha1``)."""
+    path = shipped_model_path(name)
+    if not path.is_file():
+        raise CheckpointError(missing_shipped(name))
+    return join_detector(load_checkpoint(path), path)
 
 
 def install_shipped_addon(name: str = default_model("addon")) -> Path | None:
@@ -156,15 +153,15 @@ def embedded_config(**overrides: Any) -> TrainConfig:
 def embedded_detector(framework: str = DEFAULT_FRAMEWORK, progress: bool = True,
                       retrain: bool = False, device: str | torch.device = "cpu") -> Path:
     """The plain detector of ``framework`` for the embedded data, in its run folder: the
-    shipped one (``maskiou/pretrained/index.json``), or with ``retrain`` one trained again the
-    way the shipped one was, by the framework's trainer through its adapter (capability
-    ``train``: torchvision's runs ``maskiou-train`` with the ``synthetic-cpu`` recipe)."""
+    shipped one (:func:`maskiou.models.paths.shipped_model_path`), or with ``retrain`` one
+    trained again the way the shipped one was, by the framework's trainer through its adapter
+    (capability ``train``: torchvision's runs ``maskiou-train`` with the ``synthetic-cpu``
+    recipe)."""
     from maskiou.attach import framework_adapter
 
     name = shipped_name(framework, "plain")
     if name is None:
-        raise ValueError(f"no embedded {framework} detector is shipped (frameworks with one: "
-                         f"{', '.join(shipped_frameworks())}); give --checkpoint")
+        raise ValueError(missing_shipped(f"{framework}_plain"))
     final = model_dir(name) / "model_final.pt"
     if retrain and D.is_main():
         final.unlink(missing_ok=True)

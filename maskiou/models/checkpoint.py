@@ -210,8 +210,11 @@ def detector_entry(cfg: Any, num_classes: int, source: dict[str, Any]) -> dict[s
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """:func:`load_checkpoint` in the current schema (:func:`migrate`), with the entries every
-    model loader needs checked."""
-    ckpt = migrate(load_checkpoint(path), path)
+    model loader needs checked; a shipped add-on in its head-only form gets its detector's
+    weights back first (:func:`maskiou.models.headonly.join_detector`)."""
+    from .headonly import join_detector
+
+    ckpt = migrate(join_detector(load_checkpoint(path), path), path)
     missing = [k for k in ("framework", "detector", "class_names") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: a {ckpt.get('framework', 'maskiou')} checkpoint without "

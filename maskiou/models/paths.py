@@ -109,30 +109,60 @@ def addon_dir(num_images: int, image_size: int = 128, seed: int = ADDON_SEED,
 
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
+"""The shipped models inside the package (in the wheel): torchvision's, what the main job and
+the demo need."""
+REPOSITORY_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
+"""The other shipped models: the repository's ``weights/`` folder, beside the package in a clone
+(an editable install), never in the wheel. ``weights/README.md`` states each file's licence."""
+SHIPPED_DIRS = (PRETRAINED, REPOSITORY_WEIGHTS)
 DEFAULT_FRAMEWORK = "torchvision"  # the main job's (``coco_eval.py --detector-framework``)
 KINDS = ("plain", "addon", "end_to_end")
 """The shipped models of the embedded data, per framework: ``plain`` (the detector a user has),
 ``addon`` (it with the head the main job trains alone) and ``end_to_end`` (Mask Scoring R-CNN
-trained with the head by maskiou's own trainer). Each is ``pretrained/synthetic_cpu_<name>.pt``,
-``<name>`` = ``<framework>_<kind>``, with its config and training log beside it."""
+trained with the head by maskiou's own trainer). Each is ``synthetic_cpu_<name>.pt``,
+``<name>`` = ``<framework>_<kind>``, with its config and training log beside it, in
+:data:`PRETRAINED` (torchvision) or :data:`REPOSITORY_WEIGHTS` (detectron2, ultralytics)."""
+
+
+def _file_name(name: str) -> str:
+    return f"synthetic_cpu_{name}.pt"
 
 
 def shipped_model_path(name: str) -> Path:
-    """A checkpoint shipped in the package, ``name`` = ``<framework>_<kind>`` (see
-    :data:`KINDS`), e.g. ``"torchvision_plain"``, ``"detectron2_addon"``."""
-    return PRETRAINED / f"synthetic_cpu_{name}.pt"
+    """A shipped checkpoint, ``name`` = ``<framework>_<kind>`` (see :data:`KINDS`), e.g.
+    ``"torchvision_plain"``, ``"detectron2_addon"``: the file in the package or in the
+    repository's ``weights/`` folder; where neither holds it, the path it would have in
+    ``weights/`` (what the package lacks is the repository's: :func:`missing_shipped`)."""
+    for folder in SHIPPED_DIRS:
+        path = folder / _file_name(name)
+        if path.is_file():
+            return path
+    return REPOSITORY_WEIGHTS / _file_name(name)
+
+
+def missing_shipped(name: str) -> str:
+    """One line saying where the shipped model ``name`` is to be had when it is not here."""
+    held = ", ".join(_plain_frameworks((PRETRAINED,)))
+    return (f"the shipped {name} model is not in the installed package (it holds {held}'s): "
+            f"the repository's weights/ folder holds the others (licences in weights/README.md); "
+            f"run from a clone (pip install -e .) or give --checkpoint")
 
 
 def shipped_name(framework: str, kind: str) -> str | None:
-    """The name of the shipped ``kind`` model of ``framework``, or None when none is shipped."""
+    """The name of the shipped ``kind`` model of ``framework``, or None when none is here."""
     name = f"{framework}_{kind}"
     return name if shipped_model_path(name).is_file() else None
 
 
 def shipped_frameworks() -> list[str]:
-    """The frameworks with a shipped plain detector of the embedded data."""
-    return sorted(p.name[len("synthetic_cpu_"):-len("_plain.pt")]
-                  for p in PRETRAINED.glob("synthetic_cpu_*_plain.pt"))
+    """The frameworks with a shipped plain detector of the embedded data here (in a clone:
+    all three; from a wheel: torchvision)."""
+    return _plain_frameworks(SHIPPED_DIRS)
+
+
+def _plain_frameworks(folders: tuple[Path, ...]) -> list[str]:
+    return sorted({p.name[len("synthetic_cpu_"):-len("_plain.pt")] for folder in folders
+                   for p in folder.glob("synthetic_cpu_*_plain.pt")})
 
 
 def default_model(kind: str) -> str:

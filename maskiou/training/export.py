@@ -4,12 +4,16 @@ metadata), and write its TorchScript or ONNX form.
     maskiou-export runs/synthetic-cpu/model_final.pt \\
         maskiou/pretrained/synthetic_cpu_torchvision_end_to_end.pt
     maskiou-export runs/x/model_final.pt --torchscript model.ts --onnx model.onnx
+    maskiou-export --head-only runs/addon/model_final.pt \\
+        maskiou/pretrained/synthetic_cpu_torchvision_addon.pt
 
-This is how the shipped models in ``maskiou/pretrained/`` were made. Loading
-casts the weights back to the model's dtype. The slim copy works for a checkpoint of any
-framework; TorchScript and ONNX for those whose adapter declares the capability ``export``
-(torchvision's); another framework's checkpoint is refused in one line that says why, before
-anything is written.
+This is how the shipped models (``maskiou/pretrained/``, the repository's ``weights/``) were
+made. ``--head-only`` writes a shipped add-on: its head and calibration alone, its detector
+named as the shipped plain detector whose file has the sha1 the add-on recorded (and checked,
+tensor by tensor, to be the detector the add-on embeds). Loading casts the weights back to the
+model's dtype. The slim copy works for a checkpoint of any framework; TorchScript and ONNX for
+those whose adapter declares the capability ``export`` (torchvision's); another framework's
+checkpoint is refused in one line that says why, before anything is written.
 """
 
 from __future__ import annotations
@@ -38,12 +42,24 @@ def export_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> in
     return Path(dst).stat().st_size
 
 
+def export_head_only(src: str | Path, dst: str | Path) -> int:
+    """Write the head-only form of the add-on ``src`` to ``dst``
+    (:func:`maskiou.models.headonly.head_only_checkpoint`); returns its size in bytes."""
+    from maskiou.models.headonly import head_only_checkpoint
+
+    save_atomic(head_only_checkpoint(src, KEEP), dst)
+    return Path(dst).stat().st_size
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="maskiou-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="a maskiou-train (or add-on) checkpoint")
     p.add_argument("dst", nargs="?", help="slim checkpoint to write")
     p.add_argument("--float32", action="store_true", help="keep float32 weights")
+    p.add_argument("--head-only", action="store_true", help="DST holds the add-on's head and "
+                   "calibration alone, naming the shipped plain detector it was trained on by "
+                   "that file's sha1 (how a shipped add-on is written)")
     p.add_argument("--torchscript", metavar="PATH", help="also write the scripted model")
     p.add_argument("--onnx", metavar="PATH", help="also write an ONNX graph (one image at a "
                    "time; needs the export extra)")
@@ -52,10 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not (args.dst or args.torchscript or args.onnx):
         p.error("give DST, --torchscript PATH or --onnx PATH")
+    if args.head_only and not args.dst:
+        p.error("--head-only writes DST: give it")
     try:
         adapter = _exporter(args.src) if (args.torchscript or args.onnx) else None
         if args.dst:
-            size = export_checkpoint(args.src, args.dst, half=not args.float32)
+            size = (export_head_only(args.src, args.dst) if args.head_only
+                    else export_checkpoint(args.src, args.dst, half=not args.float32))
             print(f"wrote {args.dst} ({size / 2**20:.1f} MiB)")
         if adapter is not None:
             from maskiou.models.load import load_trained_model
