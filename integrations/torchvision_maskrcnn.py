@@ -37,6 +37,7 @@ from maskiou.branch import (
     maskiou_training_inputs,
     predicted_mask_probs,
 )
+from maskiou.keep import keep_as_switched
 from maskiou.loss import mask_iou_loss
 from maskiou.roi_heads import RoIHeadsAdapter, records_with_head_inputs, roi_size_of
 from maskiou.scoring import add_maskiou_outputs
@@ -139,12 +140,15 @@ class MaskScoringRoIHeads(RoIHeads):
             quality, mask_maskness = maskiou_outputs(pred, probs, all_labels,
                                                      [x.shape[0] for x in pos_labels])
             masks = maskrcnn_inference(mask_logits, pos_labels)
+            calibration = self.maskiou_head.calibration
             for i, r in enumerate(result):
                 r["masks"] = masks[i]
-                final = self.maskiou_head.calibration(
-                    r["scores"], quality[i], mask_maskness[i], r["boxes"], r["labels"],
-                    image_shapes[i])
+                final = calibration(r["scores"], quality[i], mask_maskness[i], r["boxes"],
+                                    r["labels"], image_shapes[i])
                 add_maskiou_outputs(r, quality[i], mask_maskness[i], self.maskiou_rescore, final)
+            if self.maskiou_rescore:  # the switch of maskiou.set_keep, a buffer: no branch
+                result = [keep_as_switched(r, calibration.class_thresholds,
+                                           calibration.keep_worth_only) for r in result]
         return result, losses
 
 
