@@ -217,3 +217,26 @@ def test_predict_keep_returns_only_the_kept_masks(fitted):
     assert len(every) == sum(len(r["scores"]) for r in everything)
     assert len(worth) == sum(len(r["scores"]) for r in by_hand(everything, t1))
     assert keep_setting(model) == "all"  # predict's option does not touch the model's switch
+
+
+def test_the_export_cli_writes_the_switch_into_the_slim_copy_and_the_scripted_model(tmp_path):
+    from demo.testing import write_tiny_checkpoint, write_tiny_plain_checkpoint
+
+    from maskiou.models.load import load_trained_model
+    from maskiou.training.export import main
+
+    names = ["__background__", "rectangle", "ring"]
+    src = write_tiny_checkpoint(tmp_path / "tiny.pt", names)
+    args = [str(src), str(tmp_path / "slim.pt"), "--torchscript", str(tmp_path / "m.ts")]
+    assert main([*args, "--keep", "worth"]) == 0
+    slim, _ = load_trained_model(tmp_path / "slim.pt")
+    assert keep_setting(slim) == "worth"
+    scripted = torch.jit.load(str(tmp_path / "m.ts"))
+    assert bool(scripted.roi_heads.maskiou_head.calibration.keep_worth_only)
+    assert main([str(tmp_path / "slim.pt"), str(tmp_path / "again.pt")]) == 0  # kept as it is
+    assert keep_setting(load_trained_model(tmp_path / "again.pt")[0]) == "worth"
+    assert main([str(tmp_path / "slim.pt"), str(tmp_path / "off.pt"), "--keep", "all"]) == 0
+    assert keep_setting(load_trained_model(tmp_path / "off.pt")[0]) == "all"
+    plain = write_tiny_plain_checkpoint(tmp_path / "plain.pt", names)
+    assert main([str(plain), str(tmp_path / "p.pt"), "--keep", "worth"]) == 2
+    assert not (tmp_path / "p.pt").exists()
