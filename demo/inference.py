@@ -91,7 +91,7 @@ class Predictor:
         """image: UInt8[H, W, 3]. Returns numpy arrays: boxes [n, 4], labels [n], cls_scores
         [n], maskness [n], mask_quality [n] and scores [n] (the head's output and the final
         score the model returns; None without a head), kept Bool[n] (whether the final score
-        reaches its class's stored threshold, :mod:`maskiou.keep`; None without a head),
+        reaches its class's stored threshold, :func:`maskiou.kept`; None without a head),
         masks Bool[n, H, W]."""
         tensor = torch.from_numpy(np.array(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         with self.lock:

@@ -91,7 +91,7 @@ class ScoreCalibration(nn.Module):
     Tensor[5] (per signal of ``SIGNALS``), ``bias`` Tensor[] and ``fitted`` Tensor[] bool;
     ``class_curves`` Tensor[num_classes, CURVE_KNOTS], the map per class (indexed by the
     detection's label, as the head's outputs are), and ``class_fitted`` Tensor[] bool;
-    ``class_thresholds`` Tensor[num_classes], the masks worth keeping (:mod:`maskiou.keep`),
+    ``class_thresholds`` Tensor[num_classes], the masks worth keeping (:func:`maskiou.kept`),
     and ``keep_worth_only`` Tensor[] bool, whether the model's own output keeps only those
     (:func:`maskiou.set_keep`). A state dict written before any of these (no such keys) loads
     without them: no map, every mask kept.

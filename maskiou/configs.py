@@ -108,7 +108,7 @@ class MaskIoUConfig:
             branch (the paper trains end to end, so the default is False).
         freeze_detector: only the head trains (set by ``attach_maskiou_head``).
         keep: ``"all"`` detections in the model's outputs, or only the masks ``"worth"``
-            keeping (final score at least the class's stored threshold, :mod:`maskiou.keep`);
+            keeping (final score at least the class's stored threshold, :func:`maskiou.kept`);
             needs ``rescore_outputs``. Stored in the head (``maskiou.set_keep`` changes it).
     """
 

@@ -78,6 +78,11 @@ def set_keep(model: nn.Module, keep: str) -> nn.Module:
     head = find_maskiou_head(model)
     if head is None:
         raise ValueError("set_keep: the model has no MaskIoU head (attach_maskiou_head)")
+    holders = [m for m in model.modules() if getattr(m, "maskiou_head", None) is head]
+    if keep == "worth" and any(not getattr(m, "maskiou_rescore", True) for m in holders):
+        raise ValueError("set_keep: 'worth' needs the head's rescoring (this model was "
+                         "attached with rescore_outputs=False; the thresholds are of the "
+                         "final score)")
     head.calibration.keep_worth_only.fill_(keep == "worth")
     return model
 

@@ -106,9 +106,13 @@ def test_attach_takes_the_switch_and_refuses_nonsense():
     with pytest.raises(ConfigError, match="rescore_outputs"):
         attach_maskiou_head(copy.deepcopy(model), keep="worth", rescore_outputs=False)
     with pytest.raises(ValueError, match="keep must be one of all, worth"):
-        set_keep(attach_maskiou_head(model), "yes")
+        set_keep(attach_maskiou_head(copy.deepcopy(model)), "yes")
     with pytest.raises(ValueError, match="no MaskIoU head"):
         set_keep(torch.nn.Linear(2, 2), "worth")
+    unscored = attach_maskiou_head(copy.deepcopy(model), rescore_outputs=False)
+    with pytest.raises(ValueError, match="needs the head's rescoring"):
+        set_keep(unscored, "worth")
+    assert keep_setting(set_keep(unscored, "all")) == "all"
 
 
 def test_the_scripted_model_applies_the_switch_equal_to_eager(fitted):
@@ -221,7 +225,6 @@ def test_predict_keep_returns_only_the_kept_masks(fitted):
 
 def test_the_export_cli_writes_the_switch_into_the_slim_copy_and_the_scripted_model(tmp_path):
     from demo.testing import write_tiny_checkpoint, write_tiny_plain_checkpoint
-
     from maskiou.models.load import load_trained_model
     from maskiou.training.export import main
 
