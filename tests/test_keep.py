@@ -243,3 +243,14 @@ def test_the_export_cli_writes_the_switch_into_the_slim_copy_and_the_scripted_mo
     plain = write_tiny_plain_checkpoint(tmp_path / "plain.pt", names)
     assert main([str(plain), str(tmp_path / "p.pt"), "--keep", "worth"]) == 2
     assert not (tmp_path / "p.pt").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+def test_on_a_gpu_the_switch_keeps_what_kept_keeps(fitted):
+    model, _, _ = fitted
+    gpu = copy.deepcopy(model).cuda()
+    with torch.no_grad():
+        every = gpu([image.cuda() for image in images()])
+        worth = set_keep(gpu, "worth")([image.cuda() for image in images()])
+    assert_equal(worth, kept(every, gpu))
+    assert sum(len(r["scores"]) for r in worth) < sum(len(r["scores"]) for r in every)
