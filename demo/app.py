@@ -8,7 +8,9 @@ Panels: the classification score (Mask R-CNN), cls x maskness (free), cls x the 
 the final score the model returns (``model(images)``'s ``scores``: the head's recalibration of
 these signals), and, for images with ground truth, cls x the true MaskIoU (the oracle). Each
 shows the detections whose score clears the threshold, numbered as in the table, which ranks
-every detection under every scoring and highlights those the final score moves. The gallery opens on
+every detection under every scoring and highlights those the final score moves; detections the
+model's per-class thresholds drop (the masks worth keeping, ``maskiou.kept``) are drawn grey and
+marked "dropped" (a checkbox hides them). The gallery opens on
 the validation images where the head fixes the ranking most (from the benchmark's gallery.json).
 
 The page is :func:`build_app`; its handlers are ``demo/handlers.py``; the logic they call,
@@ -117,6 +119,9 @@ def build_app(detectors: list[str] | None = None, heads: list[str] | None = None
                                      elem_id="order")
                 gt_box = gr.Checkbox(False, label="Show the ground truth (white contours)",
                                      elem_id="show_gt")
+                kept_box = gr.Checkbox(False, label="Only the masks worth keeping (the "
+                                       "model's per-class thresholds; else dropped ones grey)",
+                                       elem_id="only_kept")
                 train_button = None
                 if app.allow_training:
                     train_button = gr.Button("Train the add-on head (detector frozen; minutes "
@@ -136,26 +141,26 @@ def build_app(detectors: list[str] | None = None, heads: list[str] | None = None
         pred_state, current = gr.State(None), gr.State(None)
         view = [*panels, table, plot, status]
         outputs = [*view, pred_state, current]
-        settings = [threshold_box, order_box, gt_box]
+        settings = [threshold_box, order_box, gt_box, kept_box]
         models = [detector_box, head_box]
         upload.upload(app.detect, [upload, *models, *settings], outputs, api_name="detect")
 
         def pick(evt: gr.SelectData, detector: str, head: str, threshold: float, order: str,
-                 show_gt: bool) -> tuple[Any, ...]:
-            return app.example(evt.index, detector, head, threshold, order, show_gt)
+                 show_gt: bool, only_kept: bool) -> tuple[Any, ...]:
+            return app.example(evt.index, detector, head, threshold, order, show_gt, only_kept)
 
         gallery.select(pick, [*models, *settings], outputs, api_name=False)
         # the same as a gallery click, for API clients (a click's event data has no API form)
         example_number = gr.Number(0, precision=0, visible=False)
         example_button = gr.Button(visible=False)
-        example_button.click(lambda n, d, h, t, o, g: app.example(n, d, h, t, o, g),
+        example_button.click(lambda n, d, h, t, o, g, k: app.example(n, d, h, t, o, g, k),
                              [example_number, *models, *settings], outputs, api_name="example")
         for box in settings:
             box.change(app.redraw, [pred_state, *settings], view, api_name=False)
         for box in models:
             box.change(app.rerun, [current, *models, *settings], outputs, api_name=False)
         if split is not None and len(split.example_indices):
-            demo.load(lambda d, h, t, o, g: app.example(0, d, h, t, o, g),
+            demo.load(lambda d, h, t, o, g, k: app.example(0, d, h, t, o, g, k),
                       [*models, *settings], outputs, api_name="first_example")
 
         def train(progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:  # noqa: B008

@@ -13,19 +13,23 @@ PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
            "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000",
            "#aaffc3", "#808000", "#ffd8b1", "#000075", "#a9a9a9", "#ffe119"]
 FILL_ALPHA = 0.35
+DIMMED_ALPHA = 0.12  # a detection the stored thresholds drop: faint, grey
+DROPPED_COLOR = "#9e9e9e"
 SCALE_TO = 384  # small images are enlarged (nearest neighbour) so that labels stay readable
 
 
 @dataclass
 class Shape:
     """One thing to draw: mask Bool[H, W], box (x1, y1, x2, y2) in pixels, colour "#rrggbb",
-    a label, and whether it is ground truth (dashed white contour, no fill)."""
+    a label, whether it is ground truth (dashed white contour, no fill), and whether it is
+    dimmed (a fainter fill: a detection the model's thresholds drop)."""
 
     mask: np.ndarray
     box: tuple[float, float, float, float]
     color: str
     label: str
     ground_truth: bool = False
+    dimmed: bool = False
 
 
 def color(i: int) -> str:
@@ -69,7 +73,8 @@ def draw(image: np.ndarray, shapes: list[Shape]) -> np.ndarray:
         m = np.repeat(np.repeat(s.mask.astype(bool), k, 0), k, 1)
         rgb = _rgb(s.color)
         if not s.ground_truth:
-            canvas[m] = (1 - FILL_ALPHA) * canvas[m] + FILL_ALPHA * rgb
+            alpha = DIMMED_ALPHA if s.dimmed else FILL_ALPHA
+            canvas[m] = (1 - alpha) * canvas[m] + alpha * rgb
         edge = contour(m, line + 1)
         canvas[edge] = 0.0  # a dark rim under the coloured line: readable on light images
         canvas[contour(m, line)] = 255.0 if s.ground_truth else rgb

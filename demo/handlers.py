@@ -260,9 +260,10 @@ class DemoApp:
         return upload_problem(real)
 
     def view(self, pred: Prediction | None, status: str, threshold: float, order_by: str,
-             show_gt: bool) -> tuple[Any, ...]:
+             show_gt: bool, only_kept: bool = False) -> tuple[Any, ...]:
         """Every output of the page for ``pred``: the panels (one per scoring of
-        :data:`~demo.inference.PANELS`), the table, the plot, the status line."""
+        :data:`~demo.inference.PANELS`; ``only_kept``: without the detections the model's
+        stored thresholds drop, else those dimmed), the table, the plot, the status line."""
         blank = (None,) * len(PANELS)
         problem = settings_problem(threshold, order_by)
         if problem or not (pred is None or isinstance(pred, Prediction)):
@@ -271,55 +272,65 @@ class DemoApp:
         if pred is None:
             return (*blank, pd.DataFrame(), None, status)
         scores = pred.scores()
-        panels = tuple(panel(pred, name, threshold, show_gt) if name in scores else None
-                       for name in PANELS)
+        panels = tuple(panel(pred, name, threshold, show_gt, bool(only_kept))
+                       if name in scores else None for name in PANELS)
         df = table(pred, order_by)
         moves = rank_changes(pred)
         text = (f"{len(pred)} detections; the final score the model returns changes the rank "
                 f"of {moves}. " if "final" in scores else f"{len(pred)} detections. ") \
-            + pred.caption
+            + kept_line(pred) + pred.caption
         if pred.notes:
             text += "  \nNote: " + "; ".join(pred.notes) + "."
         return (*panels, style_moves(df), iou_plot(pred), text)
 
     def detect(self, file: str | None, detector: str, head: str, threshold: float,
-               order_by: str, show_gt: bool) -> tuple[Any, ...]:
+               order_by: str, show_gt: bool, only_kept: bool = False) -> tuple[Any, ...]:
         """Handler of an upload (and the ``/detect`` API endpoint)."""
         pred, status = self.analyse(file, None, detector, head)
-        return (*self.view(pred, status, threshold, order_by, show_gt), pred,
+        return (*self.view(pred, status, threshold, order_by, show_gt, only_kept), pred,
                 {"source": file, "example": None})
 
     def example(self, number: int, detector: str, head: str, threshold: float, order_by: str,
-                show_gt: bool) -> tuple[Any, ...]:
+                show_gt: bool, only_kept: bool = False) -> tuple[Any, ...]:
         """Run on gallery image ``number`` (0-based)."""
         count = len(self.split.example_indices) if self.split is not None else 0
         k = _index(number, count)
         if k is None:
             status = (f"⚠️ {number!r}: no such gallery image (this app has {count}, numbered "
                       f"0 to {count - 1})" if count else "⚠️ this app has no gallery images")
-            return (*self.view(None, status, threshold, order_by, show_gt), None,
+            return (*self.view(None, status, threshold, order_by, show_gt, only_kept), None,
                     {"source": None, "example": None})
         index = self.split.example_indices[k]
         pred, status = self.analyse(None, index, detector, head)
-        return (*self.view(pred, status, threshold, order_by, show_gt), pred,
+        return (*self.view(pred, status, threshold, order_by, show_gt, only_kept), pred,
                 {"source": None, "example": index})
 
     def rerun(self, current: dict[str, Any] | None, detector: str, head: str, threshold: float,
-              order_by: str, show_gt: bool) -> tuple[Any, ...]:
+              order_by: str, show_gt: bool, only_kept: bool = False) -> tuple[Any, ...]:
         """Run the current input again (after a model choice changed)."""
         current = current if isinstance(current, dict) else {}
         pred, status = self.analyse(current.get("source"), current.get("example"), detector,
                                     head)
         if pred is None and not status:
             status = self.model_status(detector, head)[0]
-        return (*self.view(pred, status, threshold, order_by, show_gt), pred, current)
+        return (*self.view(pred, status, threshold, order_by, show_gt, only_kept), pred,
+                current)
 
-    def redraw(self, pred: Prediction | None, threshold: float, order_by: str, show_gt: bool
-               ) -> tuple[Any, ...]:
-        """Redraw at a new threshold, order or ground-truth toggle without running the model."""
+    def redraw(self, pred: Prediction | None, threshold: float, order_by: str, show_gt: bool,
+               only_kept: bool = False) -> tuple[Any, ...]:
+        """Redraw at a new threshold, order, ground-truth or kept-only toggle without running
+        the model."""
         if pred is None and settings_problem(threshold, order_by) is None:
             return (gr.update(),) * (len(PANELS) + 3)
-        return self.view(pred, "", threshold, order_by, show_gt)
+        return self.view(pred, "", threshold, order_by, show_gt, only_kept)
+
+
+def kept_line(pred: Prediction) -> str:
+    """How many detections the model's stored thresholds keep ("" without a head)."""
+    if pred.kept is None:
+        return ""
+    return (f"{int(pred.kept.sum())} of {len(pred)} are worth keeping by the per-class "
+            "thresholds stored in the model. ")
 
 
 def _index(value: Any, count: int) -> int | None:

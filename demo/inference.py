@@ -18,12 +18,13 @@ import pandas as pd
 import torch
 from pycocotools import mask as mask_utils
 
-from demo.draw import Shape, color, draw
+from demo.draw import DROPPED_COLOR, Shape, color, draw
 from demo.images import ImageSource, load_image
 from maskiou.attach import find_maskiou_head
 from maskiou.configs import TARGET_NAMES
 from maskiou.evaluation.metrics import scorings
 from maskiou.evaluation.predict import predictor
+from maskiou.keep import stored_thresholds
 from maskiou.records import encode_masks
 from maskiou.scoring import maskness
 
@@ -89,7 +90,9 @@ class Predictor:
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """image: UInt8[H, W, 3]. Returns numpy arrays: boxes [n, 4], labels [n], cls_scores
         [n], maskness [n], mask_quality [n] and scores [n] (the head's output and the final
-        score the model returns; None without a head), masks Bool[n, H, W]."""
+        score the model returns; None without a head), kept Bool[n] (whether the final score
+        reaches its class's stored threshold, :func:`maskiou.kept`; None without a head),
+        masks Bool[n, H, W]."""
         tensor = torch.from_numpy(np.array(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         with self.lock:
             out = self._run([tensor.to(self.device)])[0]
@@ -103,8 +106,20 @@ class Predictor:
             "maskness": mk.float().cpu().numpy(),
             "mask_quality": head_field(out, "mask_quality"),
             "scores": head_field(out, "scores"),
+            "kept": self.kept(out),
             "masks": (probs > MASK_THRESHOLD).cpu().numpy(),
         }
+
+    def kept(self, out: dict[str, torch.Tensor]) -> np.ndarray | None:
+        """Bool[n]: the detections of one output whose final score reaches its label's
+        threshold stored in the model's head (all of them where none was fitted); None for a
+        model without the head."""
+        thresholds = (stored_thresholds(self.model) if isinstance(self.model, torch.nn.Module)
+                      else None)
+        if thresholds is None or "mask_quality" not in out:
+            return None
+        labels = out["labels"].to(thresholds.device).long()
+        return (out["scores"].to(thresholds) >= thresholds[labels]).cpu().numpy()
 
     @property
     def target(self) -> str:
@@ -134,8 +149,9 @@ class GroundTruth:
 @dataclass
 class Prediction:
     """One image's detections, kept compact (RLE masks) between redraws. Arrays are [n], in the
-    model's order; ``mask_quality`` (the head's output) and ``final_scores`` (the score the
-    model returns) are None without a head, ``true_ious`` without ground truth; ``target`` says
+    model's order; ``mask_quality`` (the head's output), ``final_scores`` (the score the
+    model returns) and ``kept`` (Bool[n]: the masks worth keeping, by the thresholds stored in
+    the model) are None without a head, ``true_ious`` without ground truth; ``target`` says
     what the head's output estimates."""
 
     image: np.ndarray  # UInt8[H, W, 3]
@@ -152,6 +168,7 @@ class Prediction:
     ground_truth: GroundTruth | None = None
     notes: list[str] = field(default_factory=list)
     caption: str = ""
+    kept: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -219,7 +236,7 @@ def predict(image: ImageSource, predictor: Predictor, ground_truth: GroundTruth 
     pred = Prediction(loaded.array, predictor.class_names, out["labels"], out["boxes"],
                       out["cls_scores"], out["maskness"], out["mask_quality"], rles,
                       final_scores=out["scores"], target=predictor.target,
-                      notes=list(loaded.notes))
+                      notes=list(loaded.notes), kept=out.get("kept"))
     if ground_truth is not None:
         if ground_truth.masks.shape[1:] != loaded.array.shape[:2]:
             pred.notes.append("ground truth not used: its size differs from the image's")
@@ -235,23 +252,27 @@ def predict(image: ImageSource, predictor: Predictor, ground_truth: GroundTruth 
     return pred
 
 
-def panel(pred: Prediction, scoring: str, threshold: float, show_gt: bool = False
-          ) -> np.ndarray:
+def panel(pred: Prediction, scoring: str, threshold: float, show_gt: bool = False,
+          only_kept: bool = False) -> np.ndarray:
     """The image with the detections whose ``scoring`` score is >= ``threshold``, labelled
-    ``#k class cls→score`` (k: the detection's number in the table), best on top."""
+    ``#k class cls→score`` (k: the detection's number in the table), best on top. Where the
+    model has stored thresholds (``pred.kept``), a detection they drop is drawn dimmed (grey,
+    its label ending in "dropped"); with ``only_kept`` it is not drawn at all."""
     scores = pred.scores()[scoring]
     shapes = []
     if show_gt and pred.ground_truth is not None:
         for m in pred.ground_truth.masks:
             shapes.append(Shape(np.asarray(m, bool), (0, 0, 0, 0), "#ffffff", "", True))
     for i in np.argsort(scores, kind="stable"):  # lowest first: the best is drawn on top
-        if scores[i] < threshold:
+        dropped = pred.kept is not None and not bool(pred.kept[i])
+        if scores[i] < threshold or (dropped and only_kept):
             continue
         text = f"#{i + 1} {pred.class_name(int(pred.labels[i]))} "
         text += f"{scores[i]:.2f}" if scoring == "cls" else \
             f"{pred.cls_scores[i]:.2f}→{scores[i]:.2f}"
         shapes.append(Shape(mask_utils.decode(pred.rles[i]).astype(bool),
-                            tuple(pred.boxes[i]), color(i), text))
+                            tuple(pred.boxes[i]), DROPPED_COLOR if dropped else color(i),
+                            text + " dropped" if dropped else text, dimmed=dropped))
     return draw(pred.image, shapes)
 
 
@@ -272,6 +293,8 @@ def table(pred: Prediction, order_by: str = "final") -> pd.DataFrame:
         df["final score"] = np.asarray(pred.final_scores).round(3)
     if pred.true_ious is not None:
         df["true MaskIoU"] = pred.true_ious.round(3)
+    if pred.kept is not None:  # the masks worth keeping, by the model's stored thresholds
+        df["kept"] = np.where(pred.kept, "kept", "dropped")
     for name, s in scores.items():
         df[f"rank: {name}"] = ranks(s)
     if "final" in scores:

@@ -14,7 +14,8 @@ the attached model with only ``roi_heads.maskiou_head.*`` new.
   to the image, ``BitMasks`` used as they are: the same targets for the same pixels).
 - Inference: each ``Instances`` gains ``cls_scores``, ``mask_quality`` (the head's output) and
   ``maskness`` (dtype of ``scores``), and with ``rescore_outputs`` its ``scores`` become the
-  final score (the head's calibration of these signals), re-sorted.
+  final score (the head's calibration of these signals), re-sorted; with the head's switch
+  ``maskiou.set_keep(model, "worth")``, only the masks worth keeping.
 
 ``predict`` and ``collect`` take maskiou's images through ``DefaultPredictor``'s test-time path
 (the uint8 image in ``INPUT.FORMAT``, ``ResizeShortestEdge`` to the test size), so that a plain
@@ -193,7 +194,11 @@ class MaskIoUMaskBranch(StandardROIHeads):
         order = score_order(final)
         out = inst[order]
         out.scores = final[order]
-        return out
+        # maskiou.set_keep's switch (a buffer, no Python branch): only the masks worth keeping
+        calibration = self.maskiou_head.calibration
+        keep = (out.scores >= calibration.class_thresholds.to(out.scores.dtype)[
+            out.pred_classes + 1]) | ~calibration.keep_worth_only
+        return out[torch.where(keep)[0]]
 
 
 class MaskScoringStandardROIHeads(MaskIoUMaskBranch):

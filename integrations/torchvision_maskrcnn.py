@@ -37,6 +37,7 @@ from maskiou.branch import (
     maskiou_training_inputs,
     predicted_mask_probs,
 )
+from maskiou.keep import keep_as_switched
 from maskiou.loss import mask_iou_loss
 from maskiou.roi_heads import RoIHeadsAdapter, records_with_head_inputs, roi_size_of
 from maskiou.scoring import add_maskiou_outputs
@@ -107,6 +108,10 @@ class MaskScoringRoIHeads(RoIHeads):
         else:
             self._maskiou_add_outputs(result, roi_features, mask_logits, pos_labels, pos_scores,
                                       image_shapes)
+            if self.maskiou_rescore:  # the switch of maskiou.set_keep, a buffer: no branch
+                calibration = self.maskiou_head.calibration
+                result = [keep_as_switched(r, calibration.class_thresholds,
+                                           calibration.keep_worth_only) for r in result]
         return result, losses
 
     def _maskiou_positive_rois(

@@ -19,6 +19,7 @@ from ultralytics.engine.model import Model as UltralyticsModel
 from ultralytics.nn.modules.head import Segment
 
 from maskiou.branch import head_score_inputs, maskiou_outputs
+from maskiou.keep import keep_as_switched
 from maskiou.scoring import add_maskiou_outputs, maskness
 
 from .ultralytics_predict import preprocess, soft_masks, split_output
@@ -175,7 +176,9 @@ def detect(model: nn.Module, images: list[np.ndarray], head_inputs: bool = False
 def score_records(model: nn.Module, records: list[dict[str, Tensor]], features: Tensor,
                   probs: Tensor, image_shapes: list[tuple[int, int]]) -> None:
     """Run the head on every detection of the batch at once and add its outputs to each
-    record (in place): ``cls_scores``, ``mask_quality``, ``maskness``, the final ``scores``."""
+    record (in place): ``cls_scores``, ``mask_quality``, ``maskness``, the final ``scores``;
+    with the head's switch on (``maskiou.set_keep(model, "worth")``) every per-detection field
+    keeps only the masks worth keeping (a record's ``row``: which rows of its image remain)."""
     head = model.maskiou_head
     labels = torch.cat([r["labels"] for r in records])
     extra = head_score_inputs(head.score_inputs, [r["scores"] for r in records], probs)
@@ -185,3 +188,6 @@ def score_records(model: nn.Module, records: list[dict[str, Tensor]], features: 
     for r, q, m, shape in zip(records, quality, mask_maskness, image_shapes):
         final = head.calibration(r["scores"], q, m, r["boxes"], r["labels"], shape)
         add_maskiou_outputs(r, q, m, model.maskiou_rescore, final)
+        if model.maskiou_rescore:  # maskiou.set_keep's switch: only the masks worth keeping
+            r.update(keep_as_switched(r, head.calibration.class_thresholds,
+                                      head.calibration.keep_worth_only))

@@ -319,6 +319,7 @@ def attach_maskiou_head(
     rescore_outputs: bool = True,
     loss_weight: float = 1.0,
     detach_inputs: bool = False,
+    keep: str = "all",
     adapter: Adapter | None = None,
     **head_kwargs: Any,
 ) -> nn.Module:
@@ -332,6 +333,9 @@ def attach_maskiou_head(
             scores stay in ``cls_scores``, the head's output in ``mask_quality``).
         loss_weight: weight of ``loss_maskiou`` (paper: 1).
         detach_inputs: keep the MaskIoU loss out of the RoI features and the mask branch.
+        keep: ``"all"`` detections in ``model(images)``, or only the masks ``"worth"`` keeping
+            (by the per-class thresholds the add-on stores in the head; scripted and ONNX
+            models too). A switch in the head's state dict; ``maskiou.set_keep`` changes it.
         adapter: use this adapter instead of looking one up.
         **head_kwargs: passed to :class:`MaskIoUHead` over the model's defaults
             (``conv_channels``, ``num_convs``, ``fc_dim``, ``fusion``, ...).
@@ -356,6 +360,8 @@ def attach_maskiou_head(
     if param is not None:
         head = head.to(device=param.device, dtype=param.dtype)
     config = MaskIoUConfig(rescore_outputs=rescore_outputs, loss_weight=loss_weight,
-                           detach_inputs=detach_inputs, freeze_detector=freeze_detector)
+                           detach_inputs=detach_inputs, freeze_detector=freeze_detector,
+                           keep=keep)  # type: ignore[arg-type] (checked by the config)
+    head.calibration.keep_worth_only.fill_(config.keep == "worth")
     adapter.install(model, head, config)
     return model

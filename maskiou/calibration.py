@@ -90,8 +90,11 @@ class ScoreCalibration(nn.Module):
     Buffers (in the model's state dict, so every checkpoint carries them): ``weights``
     Tensor[5] (per signal of ``SIGNALS``), ``bias`` Tensor[] and ``fitted`` Tensor[] bool;
     ``class_curves`` Tensor[num_classes, CURVE_KNOTS], the map per class (indexed by the
-    detection's label, as the head's outputs are), and ``class_fitted`` Tensor[] bool. A state
-    dict written before the map (no ``class_*`` keys) loads without one.
+    detection's label, as the head's outputs are), and ``class_fitted`` Tensor[] bool;
+    ``class_thresholds`` Tensor[num_classes], the masks worth keeping (:func:`maskiou.kept`),
+    and ``keep_worth_only`` Tensor[] bool, whether the model's own output keeps only those
+    (:func:`maskiou.set_keep`). A state dict written before any of these (no such keys) loads
+    without them: no map, every mask kept.
     """
 
     def __init__(self, num_classes: int) -> None:
@@ -106,10 +109,13 @@ class ScoreCalibration(nn.Module):
         self.register_buffer("class_fitted", torch.zeros((), dtype=torch.bool))
         # per label, the LRP-optimal threshold of the final score (0: keep every mask)
         self.register_buffer("class_thresholds", torch.zeros(num_classes))
+        # the model's own output keeps only the masks worth keeping (maskiou.set_keep)
+        self.register_buffer("keep_worth_only", torch.zeros((), dtype=torch.bool))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
         if prefix + "weights" in state_dict:  # written before the map: none fitted
-            for name in ("class_curves", "class_fitted", "class_thresholds"):
+            for name in ("class_curves", "class_fitted", "class_thresholds",
+                         "keep_worth_only"):
                 if prefix + name not in state_dict:
                     state_dict[prefix + name] = getattr(self, name).clone()
                     if name != "class_curves":

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .options import bounded, check_fields
+from .options import ConfigError, bounded, check_fields
 
 Fusion = Literal["concat", "multiply", "mask", "roi"]
 FUSIONS: tuple[str, ...] = typing.get_args(Fusion)
@@ -20,6 +20,7 @@ FUSIONS: tuple[str, ...] = typing.get_args(Fusion)
 MaskInput = Literal["probs", "logits"]
 Output = Literal["linear", "sigmoid"]
 Target = Literal["iou", "coco"]
+Keep = Literal["all", "worth"]
 TARGET_NAMES = {"iou": "predicted MaskIoU", "coco": "predicted COCO-threshold share"}
 """How tables and the demo call a head's output, by its ``target``."""
 
@@ -106,14 +107,21 @@ class MaskIoUConfig:
         detach_inputs: stop the MaskIoU loss from flowing into the RoI features and the mask
             branch (the paper trains end to end, so the default is False).
         freeze_detector: only the head trains (set by ``attach_maskiou_head``).
+        keep: ``"all"`` detections in the model's outputs, or only the masks ``"worth"``
+            keeping (final score at least the class's stored threshold, :func:`maskiou.kept`);
+            needs ``rescore_outputs``. Stored in the head (``maskiou.set_keep`` changes it).
     """
 
     rescore_outputs: bool = True
     loss_weight: float = bounded(1.0, 0.0)
     detach_inputs: bool = False
     freeze_detector: bool = False
+    keep: Keep = "all"
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.keep == "worth" and not self.rescore_outputs:
+            raise ConfigError("MaskIoUConfig.keep: 'worth' needs rescore_outputs=True (the "
+                              "thresholds are of the final score)")
 
 

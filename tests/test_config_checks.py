@@ -34,7 +34,7 @@ def test_the_choice_fields_are_the_ones_the_configs_have():
         "TrainConfig.synthetic_generator",
         "AddonConfig.target", "AddonConfig.zoom", "AddonConfig.loss", "AddonConfig.recalibration",
         "AddonConfig.crossfit_final", "HeadConfig.fusion", "HeadConfig.mask_input",
-        "HeadConfig.output", "HeadConfig.target"}
+        "HeadConfig.output", "HeadConfig.target", "MaskIoUConfig.keep"}
 
 
 @pytest.mark.parametrize("cls, name", choice_fields(), ids=lambda x: getattr(x, "__name__", x))

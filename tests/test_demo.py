@@ -9,6 +9,7 @@ add-on head on a handful of images, for seconds.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import warnings
 from pathlib import Path
@@ -381,25 +382,29 @@ def test_live_app_every_endpoint(live_app, split: ValSplit, checkpoints) -> None
     client = gradio_client.Client(url, verbose=False)
     plain, head = str(checkpoints["plain"]), str(checkpoints["head"])
     # first screen: the first gallery image, rescored
-    *panels, table_, plot, status = client.predict(plain, head, 0.25, "rescored", False,
+    *panels, table_, plot, status = client.predict(plain, head, 0.25, "rescored", False, False,
                                                    api_name="/first_example")
     assert "the final score the model returns changes the rank of" in status
     assert "with ground truth" in status
+    # no thresholds fitted in this head: every detection is worth keeping
+    kept_count = re.search(r"(\d+) of (\d+) are worth keeping by the per-class thresholds",
+                           status)
+    assert kept_count is not None and kept_count.group(1) == kept_count.group(2)
     assert all(Path(p).is_file() for p in panels) and Path(plot).is_file()
     rows = table_["data"]
     assert table_["headers"][:2] == ["#", "class"] and len(rows) >= 2
     # an upload of a validation image: recognised, so its ground truth is used
     path = gradio_client.handle_file(str(split.dataset.image_path(1)))
-    *_, status = client.predict(path, plain, head, 0.25, "cls", True, api_name="/detect")
+    *_, status = client.predict(path, plain, head, 0.25, "cls", True, False, api_name="/detect")
     assert "with ground truth" in status
     # a gallery image by number (what a click does), with the plain detector alone
-    *_, status = client.predict(2, plain, NO_HEAD, 0.25, "cls", False, api_name="/example")
+    *_, status = client.predict(2, plain, NO_HEAD, 0.25, "cls", False, False, api_name="/example")
     assert "(plain)" in status and "validation image" in status
     # a non-image upload: the message comes back, the server stays up
     bad = Path(checkpoints["head"]).with_name("notes.txt")
     bad.write_text("hello")
     out = client.predict(gradio_client.handle_file(str(bad)), plain, head, 0.25, "rescored",
-                         False, api_name="/detect")
+                         False, False, api_name="/detect")
     assert "notes.txt: not an image file" in out[-1]
     # training, for real on 10 add-on images and one epoch (the page is local-only here)
     status, choice = client.predict(api_name="/train")
@@ -410,7 +415,7 @@ def test_live_app_every_endpoint(live_app, split: ValSplit, checkpoints) -> None
     label = next(lab for lab, value in choice["choices"] if value == choice["value"])
     assert label.endswith("/synthetic-cpu-torchvision-addon/model_final.pt")
     assert not label.startswith("/") and str(Path.home()) not in label
-    *_, status = client.predict(3, plain, choice["value"], 0.25, "rescored", False,
+    *_, status = client.predict(3, plain, choice["value"], 0.25, "rescored", False, False,
                                 api_name="/example")
     assert "(add-on)" in status
     assert demo.maskiou_app.trainings == 1
@@ -421,7 +426,7 @@ def test_live_app_concurrent_clients(live_app, split: ValSplit, checkpoints) -> 
     clients = [gradio_client.Client(url, verbose=False) for _ in range(3)]
     jobs = [c.submit(gradio_client.handle_file(str(split.dataset.image_path(i))),
                      str(checkpoints["plain"]), str(checkpoints["head"]), 0.25, "rescored",
-                     False, api_name="/detect") for i, c in enumerate(clients)]
+                     False, False, api_name="/detect") for i, c in enumerate(clients)]
     for job in jobs:
         assert "the final score the model returns changes the rank of" in \
             job.result(timeout=120)[-1]

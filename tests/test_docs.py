@@ -77,6 +77,7 @@ def test_readme_quickstart_runs(monkeypatch):
     assert {"boxes", "labels", "masks", "scores", "cls_scores", "mask_quality",
             "maskness"} <= out.keys()
     assert len({len(v) for v in out.values()}) == 1  # one row per detection in every field
+    assert maskiou.keep_setting(scope["model"]) == "worth"  # the kept-mask switch it names
 
 
 def test_readme_links_lead_to_files_that_exist():

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from maskiou.attach import find_adapter
 from maskiou.contract import require
+from maskiou.keep import kept
 from maskiou.records import Detections, output_to_detections
 
 
@@ -29,8 +30,11 @@ def predictor(model: torch.nn.Module) -> Any:
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset: Any, indices: list[int] | None = None, *,
             device: str | torch.device = "cpu", batch_size: int = 4, progress: bool = True,
-            desc: str = "inference") -> Detections:
-    """Run ``model`` over ``dataset`` items (all, or ``indices``) in batches."""
+            desc: str = "inference", keep: bool = False) -> Detections:
+    """Run ``model`` over ``dataset`` items (all, or ``indices``) in batches; with ``keep``,
+    only the masks worth keeping (:func:`maskiou.kept`: each class's threshold stored in the
+    model's head; the model needs one). The model's own switch (:func:`maskiou.set_keep`) is
+    not touched: a model switched to ``"worth"`` returns only those masks either way."""
     model.eval().to(device)
     indices = list(range(len(dataset))) if indices is None else indices
     parts = []
@@ -39,6 +43,8 @@ def predict(model: torch.nn.Module, dataset: Any, indices: list[int] | None = No
                       dynamic_ncols=True):
         batch = [dataset[i] for i in indices[start:start + batch_size]]
         outputs = run([img.to(device) for img, _ in batch])
+        if keep:
+            outputs = kept(outputs, model)
         for (_, target), out in zip(batch, outputs):
             parts.append(output_to_detections(out, int(target["image_id"]),
                                               dataset.label_to_cat_id))

@@ -223,7 +223,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 OPTIONAL_KEYS = ("calibration.class_curves", "calibration.class_fitted",
-                 "calibration.class_thresholds")
+                 "calibration.class_thresholds", "calibration.keep_worth_only")
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path,

@@ -6,6 +6,7 @@ metadata), and write its TorchScript or ONNX form.
     maskiou-export runs/x/model_final.pt --torchscript model.ts --onnx model.onnx
     maskiou-export --head-only runs/addon/model_final.pt \\
         maskiou/pretrained/synthetic_cpu_torchvision_addon.pt
+    maskiou-export runs/x/model_final.pt slim.pt --onnx model.onnx --keep worth
 
 This is how the shipped models (``maskiou/pretrained/``, the repository's ``weights/``) were
 made. ``--head-only`` writes a shipped add-on: its head and calibration alone, its detector
@@ -31,13 +32,18 @@ KEEP = ("schema", "framework", "detector", "maskiou_head", "config", "class_name
         "label_to_cat_id", "iteration", "format", "addon")
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> int:
+def export_checkpoint(src: str | Path, dst: str | Path, half: bool = True,
+                      keep: str | None = None) -> int:
     """Write the slim copy of ``src`` to ``dst``; returns its size in bytes. The MaskIoU head
     stays float32: it is small, and an add-on head then scores exactly as trained (a detector
-    that came from a float16 checkpoint round-trips exactly)."""
+    that came from a float16 checkpoint round-trips exactly). ``keep`` (``"all"`` or
+    ``"worth"``): the model's kept-mask switch in the copy (:func:`maskiou.set_keep`); None
+    leaves it as ``src`` has it."""
     ckpt = read_checkpoint(src)
     model = {k: (v.half() if half and v.is_floating_point() and ".maskiou_head." not in k
                  else v) for k, v in ckpt["model"].items()}
+    if keep is not None:
+        model = with_keep(model, keep, src)
     save_atomic({"model": model, **{k: ckpt[k] for k in KEEP if k in ckpt}}, dst)
     return Path(dst).stat().st_size
 
@@ -49,6 +55,20 @@ def export_head_only(src: str | Path, dst: str | Path) -> int:
 
     save_atomic(head_only_checkpoint(src, KEEP), dst)
     return Path(dst).stat().st_size
+
+
+def with_keep(state: dict[str, torch.Tensor], keep: str, src: str | Path
+              ) -> dict[str, torch.Tensor]:
+    """``state`` (a model's state dict) with its head's switch ``calibration.keep_worth_only``
+    set for ``keep`` (added to a state dict written before the switch), or a
+    :class:`CheckpointError` for a model without a head."""
+    heads = [k[:-len("calibration.weights")] for k in state
+             if k.endswith("maskiou_head.calibration.weights")]
+    if not heads:
+        raise CheckpointError(f"{src}: --keep needs a model with a MaskIoU head; this one has "
+                              "none")
+    return {**state, **{p + "calibration.keep_worth_only": torch.tensor(keep == "worth")
+                        for p in heads}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                    "time; needs the export extra)")
     p.add_argument("--onnx-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="example image size for the ONNX export (default: the model's min size)")
+    p.add_argument("--keep", choices=("all", "worth"), help="the model's kept-mask switch in "
+                   "everything written: only the masks worth keeping (its per-class thresholds), "
+                   "or all (default: as SRC has it; maskiou.set_keep)")
     args = p.parse_args(argv)
     if not (args.dst or args.torchscript or args.onnx):
         p.error("give DST, --torchscript PATH or --onnx PATH")
@@ -74,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         adapter = _exporter(args.src) if (args.torchscript or args.onnx) else None
         if args.dst:
             size = (export_head_only(args.src, args.dst) if args.head_only
-                    else export_checkpoint(args.src, args.dst, half=not args.float32))
+                    else export_checkpoint(args.src, args.dst, half=not args.float32,
+                                           keep=args.keep))
             print(f"wrote {args.dst} ({size / 2**20:.1f} MiB)")
         if adapter is not None:
             from maskiou.models.load import load_trained_model
@@ -82,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             from .deploy import export_onnx, script_model
 
             model, _ = load_trained_model(args.src)
+            if args.keep is not None:
+                from maskiou.keep import set_keep
+
+                try:
+                    set_keep(model, args.keep)
+                except ValueError as e:
+                    raise CheckpointError(f"{args.src}: --keep: {e}") from e
             if args.torchscript:
                 script_model(model, args.torchscript)
                 print(f"wrote {args.torchscript} (TorchScript)")
