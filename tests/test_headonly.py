@@ -38,10 +38,13 @@ def test_head_only_holds_the_head_and_names_its_detector(full_addon, tmp_path, c
     stored = load_checkpoint(out)
     assert stored["detector_weights"] == "torchvision_plain"
     assert stored["addon"]["detector_sha1"] == file_sha1(PLAIN)
-    # the shipped head: 2 convs, 3 FCs, and its calibration (weights, bias, fitted)
+    # the shipped head: 2 convs, 3 FCs, and its calibration (weights, bias, fitted, the map
+    # per class, the thresholds and the kept-mask switch)
     assert sorted(stored["model"]) == sorted(
         f"roi_heads.maskiou_head.{k}" for k in (
             "calibration.weights", "calibration.bias", "calibration.fitted",
+            "calibration.class_curves", "calibration.class_fitted",
+            "calibration.class_thresholds", "calibration.keep_worth_only",
             "convs.0.weight", "convs.0.bias", "convs.1.weight", "convs.1.bias", "fc1.weight",
             "fc1.bias", "fc2.weight", "fc2.bias", "predictor.weight", "predictor.bias"))
     assert out.stat().st_size < PLAIN.stat().st_size / 2
@@ -133,7 +136,7 @@ def test_without_the_clone_the_repository_models_are_named_in_one_line(wheel_ins
         benchmark.shipped_checkpoint("detectron2_addon")
     # what the main job and the demo need is in the package
     assert len(benchmark.shipped_checkpoint("torchvision_addon")["model"]) == \
-        len(load_checkpoint(PLAIN)["model"]) + 13
+        len(load_checkpoint(PLAIN)["model"]) + 17  # the head and its calibration
 
 
 def test_in_a_clone_the_repository_models_are_found():
