@@ -281,3 +281,35 @@ def test_the_readme_threshold_figures_are_the_main_job_run():
     assert s["recalibrated"]["LaECE"] <= 0.045
     assert s["recalibrated"]["LaECE"] == min(v["LaECE"] for k, v in s.items() if k != "oracle")
     assert keep["stored"] - keep["optimal"] <= 0.02 and keep["stored"] < keep["cls_0.5"]
+
+
+def test_the_frameworks_calibration_table_is_their_main_jobs():
+    """docs/outputs.md's table of the three stories: each row from the main job's metrics.json
+    (torchvision: the README's run), the AP rows those of each framework's own main-job
+    measurement, and the bars issue 37 sets: the final score the best calibrated but the
+    oracle, the stored thresholds better than ``cls >= 0.5``."""
+    import json
+    from pathlib import Path
+
+    from pages import marked
+
+    root = Path(__file__).resolve().parents[1]
+    table = marked("outputs", "laece-frameworks")
+    runs = {"torchvision (main job)": ("main_job_cpu_laece_metrics.json",
+                                       "main_job_cpu_laece_metrics.json"),
+            "detectron2": ("laece_detectron2_metrics.json", "main_job_detectron2_cpu_metrics.json"),
+            "YOLO-seg": ("laece_ultralytics_metrics.json", "main_job_ultralytics_cpu_metrics.json")}
+    for story, (name, page_run) in runs.items():
+        m = json.loads((root / "docs/measurements" / name).read_text())
+        before = json.loads((root / "docs/measurements" / page_run).read_text())
+        s, keep = m["segm"], m["keep"]
+        order = ("cls", "maskness", "rescored", "recalibrated", "oracle")
+        row = (f"| {story} | " + " / ".join(f"{s[k]['LaECE']:.3f}" for k in order)
+               + f" | {s['recalibrated']['AP']:.2f} | "
+               + " / ".join(f"{keep[k]:.3f}" for k in ("stored", "optimal", "final_0.5", "cls_0.5"))
+               + " |")
+        assert row in table, story
+        for k in order:  # the same heads as the pages' runs: every AP row unchanged
+            assert abs(s[k]["AP"] - before["segm"][k]["AP"]) <= 0.05, (story, k)
+        assert s["recalibrated"]["LaECE"] == min(s[k]["LaECE"] for k in order[:4]), story
+        assert keep["stored"] < keep["cls_0.5"], story
