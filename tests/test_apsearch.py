@@ -223,8 +223,42 @@ def test_a_subset_is_the_table_its_detections_would_build():
     for seed in range(3):
         scores = np.round(np.random.default_rng(seed).random(len(rows)), 1)
         assert sub.ap(scores) == again.ap(scores)
-    with pytest.raises(ValueError, match="distinct indices below"):
-        table.subset(np.array([0, 0]))
+    for bad in ([0, 0], [-1], [table.n]):  # repeated, negative, past the end
+        with pytest.raises(ValueError, match=f"distinct indices below {table.n}"):
+            table.subset(np.array(bad))
+
+
+def test_it_equals_pycocotools_with_large_image_ids_no_iscrowd_key_and_over_100_detections():
+    """Image ids beyond 16 bits (65,536 exactly, and above 2^17), annotations without an
+    ``iscrowd`` key (COCO reads them as not crowd), 105 detections of one class in one image
+    (maxDets 100 cuts the last 5, among them right ones) and an image without detections."""
+    ids = [65536, 140000, 7]
+    coco = coco_of([(1, 1, (0, 0, 16, 16), 0), (2, 1, (8, 8, 24, 24), 0),
+                    (3, 2, (0, 16, 16, 32), 0), (3, 1, (16, 0, 32, 16), 0)], 3)
+    old_to_new = {1: ids[0], 2: ids[1], 3: ids[2]}
+    for im in coco.dataset["images"]:
+        im["id"] = old_to_new[im["id"]]
+    for a in coco.dataset["annotations"]:
+        a["image_id"] = old_to_new[a["image_id"]]
+    coco.createIndex()
+    keyless = COCO()  # the same without the key (pycocotools' evaluate needs it)
+    keyless.dataset = {**coco.dataset, "annotations": [
+        {k: v for k, v in a.items() if k != "iscrowd"} for a in coco.dataset["annotations"]]}
+    keyless.createIndex()
+    rng = np.random.default_rng(4)
+    image_ids, cats, rles = [], [], []
+    for _ in range(105):  # one image, one class: near copies of its object and misses
+        x, y = (int(v) for v in rng.integers(0, 17, 2))
+        image_ids.append(ids[0]), cats.append(1), rles.append(rle(x, y, x + 16, y + 16))
+    for box, cat in (((8, 8, 24, 24), 1), ((0, 0, 8, 8), 1)):
+        image_ids.append(ids[1]), cats.append(cat), rles.append(rle(*box))
+    image_ids, cats = np.array(image_ids), np.array(cats)
+    images = sorted(ids)
+    table = MatchTable(keyless, images, image_ids, cats, rles)
+    for seed in range(3):
+        scores = np.round(np.random.default_rng(seed).random(len(rles)), 2)
+        want = cocoeval_ap(coco, image_ids, cats, rles, scores, images)
+        assert table.ap(scores) == pytest.approx(want, abs=1e-9)
 
 
 def test_bad_inputs_are_named():
@@ -358,3 +392,41 @@ def test_the_addons_heldout_check_is_pycocotools_ap_rounded_as_coco_ap_rounds():
             assert gain["mask_ap"][name] == expected, name
         assert gain["images"] == len(set(image_ids.tolist())) and gain["detections"] == n
     assert lent._every is not None  # the lent table was the one used
+
+
+def test_categories_without_ground_truth_are_left_out_wherever_they_sort():
+    only_b = coco_of([(1, 2, (0, 0, 16, 16), 0)], 1)  # category 1 ("a") has no object
+    table = MatchTable(only_b, [1], np.array([1, 1]), np.array([1, 2]),
+                       [rle(0, 0, 16, 16), rle(0, 0, 16, 16)])
+    assert table.ap(np.array([0.9, 0.5])) == pytest.approx(100.0, abs=1e-12)
+    empty = coco_of([], 1)  # no object at all: no category counts, AP 0
+    assert MatchTable(empty, [1], np.array([1]), np.array([1]),
+                      [rle(0, 0, 4, 4)]).ap(np.array([0.5])) == 0.0
+
+
+def test_a_subset_of_some_detections_of_an_image_drops_the_others():
+    coco = coco_of([(1, 1, (0, 0, 16, 16), 0)], 1)
+    rles = [rle(16, 16, 32, 32), rle(0, 0, 16, 16), rle(0, 0, 8, 8)]
+    table = MatchTable(coco, [1], np.ones(3, np.int64), np.ones(3, np.int64), rles)
+    sub = table.subset(np.array([1]))  # the right mask alone
+    assert sub.n == 1 and sub.ap(np.array([0.1])) == pytest.approx(100.0, abs=1e-12)
+    sub = table.subset(np.array([2, 0]))  # two wrong masks, in that order
+    assert sub.ap(np.array([0.9, 0.1])) == 0.0
+    # a subset of a subset: the table of its detections too
+    both = table.subset(np.array([0, 1])).subset(np.array([1]))
+    assert both.images.tolist() == [1] and both.ap(np.array([0.3])) == pytest.approx(
+        100.0, abs=1e-12)
+
+
+def test_the_search_keeps_its_bounds_and_moves_nothing_that_leaves_ap_level():
+    coco = coco_of([(1, 1, (0, 0, 16, 16), 0), (2, 1, (0, 0, 16, 16), 0)], 2)
+    rles = [rle(0, 0, 16, 16), rle(16, 16, 32, 32)] * 2
+    table = MatchTable(coco, [1, 2], np.array([1, 1, 2, 2]), np.ones(4, np.int64), rles)
+    x = np.log(np.array([[0.5, 0.9, 1.0], [0.9, 0.1, 1.0], [0.5, 0.9, 1.0], [0.9, 0.1, 1.0]]))
+    # the first step (0.5) would overshoot the bound 0.3, which already ranks the right copies
+    # first: the weight stops at the bound
+    w, ap = search_weights(x[:, :2], table, np.array([1.0, 0.0]), fixed=0, bounds=(-3.0, 0.3))
+    assert w.tolist() == [1.0, 0.3] and ap == pytest.approx(100.0, abs=1e-12)
+    # a constant signal (log 1 = 0) changes no order: its weight stays, even with no least gain
+    w, _ = search_weights(x, table, np.array([1.0, 0.0, 0.0]), fixed=0, min_gain=0.0)
+    assert w[2] == 0.0

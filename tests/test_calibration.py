@@ -64,12 +64,15 @@ def test_fitted_it_is_the_logistic_function_of_the_signals_logs():
     assert torch.equal(cal(*signals()), cls * quality)
 
 
-def test_float64_stays_float64_and_the_script_equals_eager():
+def test_float64_stays_float64():
     cal = ScoreCalibration(3).double()
     cal.set([0.3, 1.0, 2.0, 0.1, 1.5], -0.5)
     cls, quality, mk, boxes, labels, size = signals()
     assert cal(cls.double(), quality.double(), mk.double(), boxes.double(), labels,
                size).dtype == torch.float64
+
+
+def test_the_script_equals_eager():
     eager = ScoreCalibration(3)
     eager.set([0.3, 1.0, 2.0, 0.1, 1.5], -0.5)
     scripted = torch.jit.script(eager)
@@ -79,21 +82,33 @@ def test_float64_stays_float64_and_the_script_equals_eager():
                     SIZE).shape == (0,)
 
 
-def test_the_class_map_runs_each_score_through_its_class_curve_and_scripts():
+def class_mapped() -> tuple[ScoreCalibration, torch.Tensor, torch.Tensor]:
+    """A fitted calibration with a map per class (label 1: half of the score; label 2: a
+    constant 0.3), its scores of :func:`signals` before the map, and the curves."""
     from maskiou.calibration import CURVE_KNOTS
 
     cal = ScoreCalibration(3)
     cal.set([1.0, 2.0, 0.5, -0.25, 3.0], 0.75)
     before = cal(*signals())
     knots = torch.linspace(0, 1, CURVE_KNOTS)
-    # label 1: half of the score (a straight line through the knots); label 2: constant 0.3
     curves = torch.stack([knots, knots / 2, torch.full((CURVE_KNOTS,), 0.3)])
     cal.set_class_curves(curves.tolist())
+    return cal, before, curves
+
+
+def test_the_class_map_scripts():
+    cal, _, _ = class_mapped()
+    assert torch.equal(torch.jit.script(cal)(*signals()), cal(*signals()))
+
+
+def test_the_class_map_runs_each_score_through_its_class_curve():
+    from maskiou.calibration import CURVE_KNOTS
+
+    cal, before, curves = class_mapped()
     out = cal(*signals())  # labels 1, 1, 2
     expected = 0.99 * torch.stack([before[0] / 2, before[1] / 2, torch.tensor(0.3)]) \
         + 0.01 * before
     assert torch.allclose(out, expected, atol=1e-6)
-    assert torch.equal(torch.jit.script(cal)(*signals()), out)
     # between two knots, linear: a score of 0.1 lies 1/2 + 0.5 of the way 0.08 -> 0.12
     from maskiou.calibration import class_curve
 
@@ -200,3 +215,61 @@ def test_keep_worth_keeps_each_detection_at_or_above_its_class_threshold():
         cal.set_class_thresholds([0.1, 0.2])
     cal.clear()
     assert cal.class_thresholds.tolist() == [0.0] * 3
+
+
+def test_class_curve_clamps_scores_and_reads_the_last_knot_of_the_last_class():
+    from maskiou.calibration import CURVE_KNOTS, class_curve
+
+    curves = torch.full((2, CURVE_KNOTS), 0.7)  # label 0's curve: a score never reads it
+    curves[1] = torch.linspace(0, 1, CURVE_KNOTS) ** 2  # not a straight line at its end
+    got = class_curve(torch.tensor([-0.5, 1.0, 1.5, 0.98]), torch.tensor([1, 1, 1, 1]), curves)
+    # below 0 reads the first knot, 1 and above the last; 0.98 is halfway from 0.96 to 1.0
+    assert got.tolist() == pytest.approx([0.0, 1.0, 1.0, (0.96 ** 2 + 1.0) / 2])
+    assert class_curve(torch.tensor([0.5], dtype=torch.float64), torch.tensor([1]),
+                       curves).dtype == torch.float64
+
+
+def test_signal_logs_clip_at_one_and_widen_half_inputs():
+    from maskiou.calibration import signal_logs
+
+    one = torch.ones(2)
+    x = signal_logs(torch.tensor([0.5, 1.0]), torch.tensor([2.0, 1.0]), one, one, one)
+    assert x[:, 1].tolist() == [0.0, 0.0]  # a signal above 1 counts as 1
+    half = signal_logs(*(torch.tensor([0.5, 0.25], dtype=torch.float16),) * 5)
+    assert half.dtype == torch.float32
+    assert half[:, 0].tolist() == pytest.approx([math.log(0.5), math.log(0.25)])
+    mixed = signal_logs(torch.tensor([0.5], dtype=torch.float64), torch.tensor([0.5]),
+                        torch.tensor([0.5]), torch.tensor([0.5]), torch.tensor([0.5]))
+    assert mixed.dtype == torch.float64
+
+
+def test_box_area_share_uses_each_side_of_each_box():
+    boxes = torch.tensor([[2.0, 8.0, 10.0, 12.0],   # 8 x 4
+                          [4.0, 6.0, 8.0, 6.5],     # 4 x 0.5
+                          [4.0, 6.0, 8.0, 2.0]])    # upside down: 0
+    assert box_area_share(boxes, (10, 20)).tolist() == pytest.approx([32 / 200, 2 / 200, 0.0])
+
+
+def test_one_class_is_enough_none_is_refused_and_the_map_starts_as_the_identity(tmp_path):
+    from maskiou.calibration import CURVE_KNOTS
+
+    assert ScoreCalibration(1).class_curves.shape == (1, CURVE_KNOTS)
+    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
+        ScoreCalibration(0)
+    identity = torch.linspace(0, 1, CURVE_KNOTS)
+    assert torch.equal(ScoreCalibration(2).class_curves, identity.repeat(2, 1))
+    cal = ScoreCalibration(2)
+    old = {k: v for k, v in ScoreCalibration(2).state_dict().items() if "class_" not in k}
+    cal.load_state_dict(old)  # no map in the old state dict: the identity, not fitted
+    assert torch.equal(cal.class_curves, identity.repeat(2, 1)) and not bool(cal.class_fitted)
+
+
+def test_the_score_keeps_the_detections_dtype_whatever_the_calibrations():
+    cal = ScoreCalibration(3)  # float32 buffers
+    cal.set([1.0, 2.0, 0.5, -0.25, 3.0], 0.75)
+    cls, quality, mk, boxes, labels, size = signals()
+    want = cal(*signals())
+    wide = cal(cls.double(), quality.double(), mk.double(), boxes.double(), labels, size)
+    assert wide.dtype == torch.float64 and torch.allclose(wide.float(), want, atol=1e-6)
+    narrow = cal(cls.half(), quality.half(), mk.half(), boxes, labels, size)
+    assert narrow.dtype == torch.float16

@@ -161,6 +161,21 @@ def test_mutation_figures_are_the_recorded_runs():
             f"({first_killed / int(total):.1%})") in text
 
 
+def test_the_final_score_files_mutation_figures_are_the_recorded_run():
+    """calibration.py and addon/apsearch.py: the page's counts are those of mutmut's results
+    file, at least 90% caught (killed or timed out)."""
+    text = page("development")
+    final = dict(line.rsplit(": ", 1) for line in
+                 (MEASURED / "mutmut_final_score_results.txt").read_text().splitlines())
+    assert {k.split(".x")[0] for k in final} == {"maskiou.calibration", "maskiou.addon.apsearch"}
+    counts = {s: sum(v == s for v in final.values()) for s in ("killed", "timeout", "survived")}
+    assert sum(counts.values()) == len(final)  # every mutant checked
+    caught = counts["killed"] + counts["timeout"]
+    assert (f"**{len(final)} mutants, {counts['killed']} killed and {counts['timeout']} timed "
+            f"out ({caught / len(final):.1%} caught), {counts['survived']} survived**") in text
+    assert caught / len(final) >= 0.90  # issue 38's bar
+
+
 def test_ablation_rows_measured_in_the_final_state_are_the_pages():
     """The rows of the ablation table that have their JSON here, printed by ablation.py's own
     table(), appear on the ablation page word for word (the reference row too)."""
