@@ -177,7 +177,7 @@ def yolo_of(checkpoint: str | Path, device: str = "cpu") -> Any:
     ultralytics' ``YOLO`` (:func:`as_yolo`), for its ``predict`` (with the final score), ``val``
     and ``export``. (The shipped add-on, in the repository's ``weights/``, holds the head
     alone: reading it joins the shipped detector's weights back,
-    :func:`maskiou.models.headonly.join_detector`.)"""
+    :func:`maskiou.models.checkpoint.join_detector`.)"""
     from maskiou.models.load import load_trained_model
 
     model, meta = load_trained_model(checkpoint, device)

@@ -57,8 +57,8 @@ def test_records_and_results_keep_only_the_worth_with_the_switch_on():
     # the model's switch: detect's records and YOLO.predict's Results keep the same rows
     set_keep(yolo, "worth")
     (on,) = detect(yolo.model, [to_uint8(images()[0])])
-    for k in FIELDS:
-        assert torch.equal(on[k], record[k][keep]), k
+    for k in FIELDS:  # the same rows (floats to the last bits a second forward may move)
+        torch.testing.assert_close(on[k], record[k][keep], atol=1e-6, rtol=0, msg=k)
     yolo.predictor = None  # ultralytics predicts with a copy of the model made at set-up
     result = yolo.predict(image, conf=0.001, imgsz=64, verbose=False)[0]
     assert len(result.boxes) == int(keep.sum())

@@ -171,7 +171,7 @@ def test_a_wheel_install_has_the_main_jobs_models_and_names_where_the_others_are
     _pip("install", "--no-deps", "--target", str(site), str(wheel), cwd=tmp_path)
     out = _run(CHECK_SHIPPED, site, tmp_path)  # outside the checkout: no weights/ folder
     assert "frameworks: ['torchvision']" in out
-    assert "addon tensors: 169" in out  # the plain detector's 156 joined to the head's 13
+    assert "addon tensors: 173" in out  # the plain detector's 156 joined to the head's 17
     assert "ultralytics: the shipped ultralytics_plain model is not in the installed package " \
         "(it holds torchvision's): the repository's weights/ folder holds the others" in out
 

@@ -22,9 +22,8 @@ from maskiou import distributed as D
 from maskiou.addon.fit import AddonConfig
 from maskiou.addon.run import ADDON_VERSION, load_recalibration, train_addon
 from maskiou.attach import find_maskiou_head
-from maskiou.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from maskiou.models.checkpoint import CheckpointError, join_detector, load_checkpoint, save_atomic
 from maskiou.models.config import TrainConfig
-from maskiou.models.headonly import join_detector
 from maskiou.models.load import load_trained_model
 from maskiou.models.paths import (
     DEFAULT_FRAMEWORK,

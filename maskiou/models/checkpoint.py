@@ -32,6 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskiou.records import file_sha1
+
+from .paths import missing_shipped, shipped_model_path
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model."""
@@ -208,12 +212,32 @@ def detector_entry(cfg: Any, num_classes: int, source: dict[str, Any]) -> dict[s
     return {"config": plain, "num_classes": int(num_classes), "source": source}
 
 
+DETECTOR_KEY = "detector_weights"  # a head-only add-on: its shipped detector's name
+
+
+def join_detector(ckpt: dict[str, Any], where: str | Path) -> dict[str, Any]:
+    """``ckpt`` (read from ``where``) with its detector's weights: a head-only add-on gets them
+    from the shipped plain detector it names once that file's sha1 is the add-on's
+    ``addon.detector_sha1`` (else one :class:`CheckpointError` line saying so); any other
+    checkpoint comes back as it is."""
+    detector = ckpt.pop(DETECTOR_KEY, None)
+    if not detector:
+        return ckpt
+    path = shipped_model_path(detector)
+    if not path.is_file():
+        raise CheckpointError(f"{where}: holds the head alone; {missing_shipped(detector)}")
+    recorded, found = ckpt["addon"]["detector_sha1"], file_sha1(path)
+    if found != recorded:
+        raise CheckpointError(f"{where}: its head was trained on another detector than the "
+                              f"shipped {path.name} (sha1 {recorded} recorded, {found} found)")
+    ckpt["model"] = {**load_checkpoint(path)["model"], **ckpt["model"]}
+    return ckpt
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """:func:`load_checkpoint` in the current schema (:func:`migrate`), with the entries every
     model loader needs checked; a shipped add-on in its head-only form gets its detector's
-    weights back first (:func:`maskiou.models.headonly.join_detector`)."""
-    from .headonly import join_detector
-
+    weights back first (:func:`join_detector`)."""
     ckpt = migrate(join_detector(load_checkpoint(path), path), path)
     missing = [k for k in ("framework", "detector", "class_names") if k not in ckpt]
     if missing:

@@ -17,10 +17,8 @@ import torch
 
 from maskiou.records import file_sha1
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .paths import SHIPPED_DIRS, missing_shipped, shipped_model_path
-
-DETECTOR_KEY = "detector_weights"
+from .checkpoint import DETECTOR_KEY, CheckpointError, load_checkpoint
+from .paths import SHIPPED_DIRS, shipped_model_path
 
 
 def shipped_detector_by_sha1(sha1: str) -> str | None:
@@ -54,25 +52,6 @@ def head_only(ckpt: dict[str, Any], detector_name: str,
                                   f"{detector_name}'s")
     head = {k: v for k, v in model.items() if k not in detector_model}
     return {**ckpt, "model": head, DETECTOR_KEY: detector_name}
-
-
-def join_detector(ckpt: dict[str, Any], where: str | Path) -> dict[str, Any]:
-    """``ckpt`` (read from ``where``) with its detector's weights: a head-only add-on gets them
-    from the shipped plain detector it names once that file's sha1 is the add-on's
-    ``addon.detector_sha1`` (else one :class:`CheckpointError` line saying so); any other
-    checkpoint comes back as it is."""
-    detector = ckpt.pop(DETECTOR_KEY, None)
-    if not detector:
-        return ckpt
-    path = shipped_model_path(detector)
-    if not path.is_file():
-        raise CheckpointError(f"{where}: holds the head alone; {missing_shipped(detector)}")
-    recorded, found = ckpt["addon"]["detector_sha1"], file_sha1(path)
-    if found != recorded:
-        raise CheckpointError(f"{where}: its head was trained on another detector than the "
-                              f"shipped {path.name} (sha1 {recorded} recorded, {found} found)")
-    ckpt["model"] = {**load_checkpoint(path)["model"], **ckpt["model"]}
-    return ckpt
 
 
 def head_only_checkpoint(src: str | Path, keep: tuple[str, ...]) -> dict[str, Any]:
