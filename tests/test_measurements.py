@@ -176,6 +176,22 @@ def test_the_final_score_files_mutation_figures_are_the_recorded_run():
     assert caught / len(final) >= 0.90  # issue 38's bar
 
 
+def test_the_core_files_rerun_is_the_recorded_run():
+    """The rerun of the core files on today's code: the page's counts are the results file's,
+    which holds exactly scoring, targets, loss and head, at least 90% killed."""
+    text = page("development")
+    final = dict(line.rsplit(": ", 1) for line in
+                 (MEASURED / "mutmut_core_results.txt").read_text().splitlines())
+    assert {k.split(".x")[0] for k in final} <= {"maskiou.scoring", "maskiou.targets",
+                                                  "maskiou.loss", "maskiou.head"}
+    killed = sum(v == "killed" for v in final.values())
+    survived = sum(v == "survived" for v in final.values())
+    assert killed + survived == len(final)
+    assert (f"**{len(final)} mutants, {killed} killed ({killed / len(final):.1%}), {survived} "
+            "survived**") in text
+    assert killed / len(final) >= 0.90
+
+
 def test_ablation_rows_measured_in_the_final_state_are_the_pages():
     """The rows of the ablation table that have their JSON here, printed by ablation.py's own
     table(), appear on the ablation page word for word (the reference row too)."""
