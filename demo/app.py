@@ -21,7 +21,6 @@ without any UI, is ``demo/inference.py``, ``demo/draw.py``, ``demo/images.py`` a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python demo/app.py` from a checkout
     sys.path.insert(0, str(ROOT))
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
 
 try:
     import gradio as gr
@@ -85,7 +83,8 @@ def build_app(detectors: list[str] | None = None, heads: list[str] | None = None
         split.use_gallery(gallery_path)
     app = DemoApp(detectors, heads, split, predictor, metrics_path, device, allow_training,
                   train_args)
-    with gr.Blocks(title="maskiou: why the ranking changed") as demo:
+    # analytics off for this app alone (nothing leaves the machine; no environment variable set)
+    with gr.Blocks(title="maskiou: why the ranking changed", analytics_enabled=False) as demo:
         demo.maskiou_app = app  # for tests and notebooks
         gr.Markdown("# Why the ranking changed\nMask R-CNN ranks each mask by the confidence of "
                     "its *class*. The MaskIoU head predicts how good the mask is; the final "
