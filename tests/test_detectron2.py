@@ -216,16 +216,22 @@ def test_zero_detections_give_empty_fields():
     assert len(inst) == 0 and inst.mask_quality.shape == (0,) and inst.maskness.shape == (0,)
 
 
+def eager_and_scripted(model: torch.nn.Module) -> tuple[list, list]:
+    """``model`` (eval mode) and its ``scripting_with_instances`` form on the same two images:
+    their ``inference`` outputs without postprocessing, eager Instances and scripted ones."""
+    scripted = scripting_with_instances(model, FIELDS)
+    inputs = [{"image": img * 255} for img in images(2)]
+    with torch.no_grad():
+        return (model.inference(inputs, do_postprocess=False),
+                scripted.inference(inputs, do_postprocess=False))
+
+
 @pytest.mark.threads
 def test_an_attached_model_scripts_with_detectron2s_export_and_matches_eager():
     model = tiny_detectron2()
     attach_maskiou_head(model, score_inputs=2)
     model.eval()
-    scripted = scripting_with_instances(model, FIELDS)
-    inputs = [{"image": img * 255} for img in images(2)]
-    with torch.no_grad():
-        eager = model.inference(inputs, do_postprocess=False)
-        script = scripted.inference(inputs, do_postprocess=False)
+    eager, script = eager_and_scripted(model)
     for e, s in zip(eager, script):
         # the same kernels on the same images in one process: bit for bit
         for f in ("scores", "cls_scores", "mask_quality", "maskness", "pred_masks"):

@@ -12,8 +12,7 @@ import torch
 pytest.importorskip("detectron2", reason="detectron2 is not installed (see "
                     "docs/frameworks/detectron2.md)")
 
-from detectron2.export import scripting_with_instances  # noqa: E402
-from test_detectron2 import FIELDS, images, inference, tiny_detectron2  # noqa: E402
+from test_detectron2 import eager_and_scripted, images, inference, tiny_detectron2  # noqa: E402
 from test_keep import threshold_between  # noqa: E402
 
 from maskiou import attach_maskiou_head, find_adapter, kept, set_keep  # noqa: E402
@@ -70,11 +69,7 @@ def test_the_switch_filters_detectron2s_forward_and_kept_reads_its_outputs(fitte
 def test_the_scripted_detectron2_model_applies_the_switch_equal_to_eager(fitted):
     model, _, _, _ = fitted
     on = set_keep(copy.deepcopy(model), "worth").eval()
-    scripted = scripting_with_instances(on, FIELDS)
-    inputs = [{"image": img * 255} for img in images(2)]
-    with torch.no_grad():
-        eager = on.inference(inputs, do_postprocess=False)
-        script = scripted.inference(inputs, do_postprocess=False)
+    eager, script = eager_and_scripted(on)
     for e, s in zip(eager, script):
         assert len(e) == len(s.scores)
         for f in COMPARED:
