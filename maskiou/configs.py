@@ -21,6 +21,7 @@ MaskInput = Literal["probs", "logits"]
 Output = Literal["linear", "sigmoid"]
 Target = Literal["iou", "coco"]
 Keep = Literal["all", "worth"]
+KEEP_CHOICES: tuple[str, ...] = typing.get_args(Keep)  # every mask, or only those worth keeping
 TARGET_NAMES = {"iou": "predicted MaskIoU", "coco": "predicted COCO-threshold share"}
 """How tables and the demo call a head's output, by its ``target``."""
 

@@ -19,17 +19,19 @@ import torch
 from torch import Tensor, nn
 
 from .attach import find_maskiou_head
+from .configs import KEEP_CHOICES
 
-#: The values of the switch: every mask, or only those worth keeping.
-KEEP_CHOICES = ("all", "worth")
+
+def worth(scores: Tensor, labels: Tensor, thresholds: Tensor) -> Tensor:
+    """Whether each score (Tensor[n]) is at least its label's threshold (``labels`` Tensor[n]
+    int64 indexing ``thresholds`` Tensor[num_labels]): Tensor[n] bool."""
+    return scores >= thresholds.to(scores.dtype)[labels]
 
 
 def worth_rows(scores: Tensor, labels: Tensor, thresholds: Tensor) -> Tensor:
-    """The rows whose score (Tensor[n]) is at least its label's threshold (``labels``
-    Tensor[n] int64 indexing ``thresholds`` Tensor[num_labels]): Tensor[k] int64, in order.
-    TorchScript-able and exported to ONNX as Gather, GreaterOrEqual and NonZero."""
-    keep = scores >= thresholds.to(scores.dtype)[labels]
-    return torch.where(keep)[0]
+    """The rows :func:`worth` keeps: Tensor[k] int64, in order. TorchScript-able and exported
+    to ONNX as Gather, GreaterOrEqual and NonZero."""
+    return torch.where(worth(scores, labels, thresholds))[0]
 
 
 def select_rows(result: Dict[str, Tensor], rows: Tensor) -> Dict[str, Tensor]:
@@ -56,8 +58,7 @@ def keep_as_switched(result: Dict[str, Tensor], thresholds: Tensor, worth_only: 
     ``calibration.keep_worth_only``) is true, else every detection (the same values, bit for
     bit). No Python branch on a tensor: the same graph scripts and exports to ONNX, and the
     switch can change after scripting. The adapters call it in the model's forward."""
-    scores = result["scores"]
-    keep = (scores >= thresholds.to(scores.dtype)[result["labels"]]) | ~worth_only
+    keep = worth(result["scores"], result["labels"], thresholds) | ~worth_only
     return select_rows(result, torch.where(keep)[0])
 
 

@@ -17,7 +17,7 @@ import torch
 
 from maskiou.records import file_sha1
 
-from .checkpoint import DETECTOR_KEY, CheckpointError, load_checkpoint
+from .checkpoint import DETECTOR_KEY, CheckpointError, load_checkpoint, read_checkpoint
 from .paths import SHIPPED_DIRS, shipped_model_path
 
 
@@ -59,8 +59,6 @@ def head_only_checkpoint(src: str | Path, keep: tuple[str, ...]) -> dict[str, An
     the model), its detector found among the shipped plain detectors by the sha1 it recorded.
     Raises :class:`CheckpointError` in one line when ``src`` is no add-on or its detector is
     not shipped here."""
-    from .checkpoint import read_checkpoint
-
     ckpt = read_checkpoint(src)
     sha1 = (ckpt.get("addon") or {}).get("detector_sha1")
     if not sha1:

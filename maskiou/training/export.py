@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from maskiou.configs import KEEP_CHOICES
 from maskiou.models.checkpoint import CheckpointError, read_checkpoint, save_atomic
 
 KEEP = ("schema", "framework", "detector", "maskiou_head", "config", "class_names",
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                    "time; needs the export extra)")
     p.add_argument("--onnx-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="example image size for the ONNX export (default: the model's min size)")
-    p.add_argument("--keep", choices=("all", "worth"), help="the model's kept-mask switch in "
+    p.add_argument("--keep", choices=KEEP_CHOICES, help="the model's kept-mask switch in "
                    "everything written: only the masks worth keeping (its per-class thresholds), "
                    "or all (default: as SRC has it; maskiou.set_keep)")
     args = p.parse_args(argv)
