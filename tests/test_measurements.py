@@ -174,6 +174,8 @@ def test_the_final_score_files_mutation_figures_are_the_recorded_run():
     assert (f"**{len(final)} mutants, {counts['killed']} killed and {counts['timeout']} timed "
             f"out ({caught / len(final):.1%} caught), {counts['survived']} survived**") in text
     assert caught / len(final) >= 0.90  # issue 38's bar
+    assert f"{caught / len(final):.1%} of the final score's {len(final)} caught" in \
+        flat("README")
 
 
 def test_the_core_files_rerun_is_the_recorded_run():
@@ -190,6 +192,8 @@ def test_the_core_files_rerun_is_the_recorded_run():
     assert (f"**{len(final)} mutants, {killed} killed ({killed / len(final):.1%}), {survived} "
             "survived**") in text
     assert killed / len(final) >= 0.90
+    assert f"{killed / len(final):.1%} of the core's {len(final)} mutants killed" in \
+        flat("README")
 
 
 def test_ablation_rows_measured_in_the_final_state_are_the_pages():
