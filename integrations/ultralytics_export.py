@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from maskiou.branch import head_score_inputs
+from maskiou.keep import worth
 from maskiou.loss import select_class
 from maskiou.scoring import maskness
 
@@ -63,9 +64,13 @@ class FinalScore(nn.Module):
     ``forward(p3 [1, C, h/8, w/8], protos [1, 32, h/4, w/4], boxes [n, 4] (xyxy, network input
     pixels), coefficients [n, 32], cls_scores [n], labels [n] int64 (YOLO class + 1),
     image_boxes [n, 4] (xyxy, the image's pixels), image [H, W] (any tensor of the image's
-    size: its shape is read, so the graph keeps it dynamic))`` -> ``(scores [n], mask_quality
-    [n], maskness [n])`` in the detections' order: the final score (``cls_scores x quality``
-    while the calibration is not fitted; the class score when the model does not rescore).
+    size: its shape is read, so the graph keeps it dynamic))`` -> ``(scores [k], mask_quality
+    [k], maskness [k], rows [k] int64)`` in the detections' order: the final score
+    (``cls_scores x quality`` while the calibration is not fitted; the class score when the
+    model does not rescore) of the rows the model's kept-mask switch keeps (``rows`` indexes
+    the inputs: every row, k = n, unless :func:`maskiou.set_keep` turned the switch to
+    ``"worth"``; then the rows whose final score is at least their class's stored threshold,
+    as ``YOLO.predict`` keeps them).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -77,7 +82,7 @@ class FinalScore(nn.Module):
 
     def forward(self, p3: Tensor, protos: Tensor, boxes: Tensor, coefficients: Tensor,
                 cls_scores: Tensor, labels: Tensor, image_boxes: Tensor, image: Tensor
-                ) -> tuple[Tensor, Tensor, Tensor]:
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         input_shape = (protos.shape[2] * 4, protos.shape[3] * 4)
         probs = mask_probs_in_boxes(protos[0], coefficients, boxes, input_shape)
         features = roi_features(p3[0], boxes, self.stride)
@@ -88,7 +93,11 @@ class FinalScore(nn.Module):
         image_size = (image.shape[-2], image.shape[-1])
         final = self.head.calibration(cls_scores, quality, mask_maskness, image_boxes, labels,
                                       image_size)
-        return (final if self.rescore else cls_scores), quality, mask_maskness
+        scores = final if self.rescore else cls_scores
+        calibration = self.head.calibration
+        rows = torch.where(worth(scores, labels, calibration.class_thresholds)
+                           | ~calibration.keep_worth_only)[0]
+        return scores[rows], quality[rows], mask_maskness[rows], rows
 
 
 def export_onnx(model: nn.Module, detector_path: str | Path, score_path: str | Path,
@@ -113,11 +122,12 @@ def export_onnx(model: nn.Module, detector_path: str | Path, score_path: str | P
                torch.ones(n, dtype=torch.int64), boxes.clone(), torch.zeros(imgsz, imgsz))
     dynamic = {"boxes": {0: "n"}, "coefficients": {0: "n"}, "cls_scores": {0: "n"},
                "labels": {0: "n"}, "image_boxes": {0: "n"}, "image": {0: "height", 1: "width"},
-               "scores": {0: "n"}, "mask_quality": {0: "n"}, "maskness": {0: "n"}}
+               "scores": {0: "k"}, "mask_quality": {0: "k"}, "maskness": {0: "k"},
+               "rows": {0: "k"}}
     torch.onnx.export(FinalScore(model).eval(), example, str(score_path), dynamo=False,
                       opset_version=ONNX_OPSET,
                       input_names=["p3", "protos", "boxes", "coefficients", "cls_scores",
                                    "labels", "image_boxes", "image"],
-                      output_names=["scores", "mask_quality", "maskness"],
+                      output_names=["scores", "mask_quality", "maskness", "rows"],
                       dynamic_axes=dynamic)
     return Path(detector_path), Path(score_path)

@@ -4,6 +4,7 @@ ultralytics' own ``Results`` keep only the masks worth keeping; ``maskiou.kept``
 
 from __future__ import annotations
 
+import pytest
 import torch
 from offline_ultralytics import require_offline_ultralytics
 
@@ -11,7 +12,14 @@ require_offline_ultralytics()  # a skip without ultralytics; no network attempt,
 
 from test_contract import images  # noqa: E402
 from test_keep import threshold_between  # noqa: E402
-from test_ultralytics_yolo import HEAD, bgr, fit_calibration, yolov8_from_yaml  # noqa: E402
+from test_ultralytics_yolo import (  # noqa: E402
+    HEAD,
+    bgr,
+    fit_calibration,
+    run_score_graph,
+    score_inputs,
+    yolov8_from_yaml,
+)
 
 from maskiou import attach_maskiou_head, kept, set_keep  # noqa: E402
 from maskiou_integrations.ultralytics_yolo import detect, to_uint8  # noqa: E402
@@ -73,3 +81,35 @@ def test_the_switch_off_keeps_every_detection():
     (again,) = detect(yolo.model, [to_uint8(images()[0])])
     for k in FIELDS:
         assert torch.equal(again[k], record[k]), k
+
+
+def test_the_final_score_graph_keeps_the_rows_the_switch_keeps(tmp_path):
+    """``export_onnx`` after ``set_keep(model, "worth")``: the final-score graph returns only the
+    rows whose final score is at least their label's threshold, ``rows`` indexing its inputs,
+    with the scores of the records the eager model keeps; the same graph exported with the
+    switch off returns every row."""
+    ort = pytest.importorskip("onnxruntime")
+    from maskiou_integrations.ultralytics_export import DetectorWithFeatures, export_onnx
+    from maskiou_integrations.ultralytics_predict import preprocess
+
+    yolo, record, label, threshold = thresholded_yolo()
+    image = to_uint8(images()[0])
+    with torch.no_grad():
+        outputs = DetectorWithFeatures(yolo.model)(preprocess(image, 64, 32))
+    inputs = score_inputs(image, *outputs, nc=len(yolo.model.names))
+    graphs = {}
+    for switch in ("all", "worth"):
+        set_keep(yolo, switch)
+        _, path = export_onnx(yolo.model, tmp_path / f"d_{switch}.onnx",
+                              tmp_path / f"s_{switch}.onnx", imgsz=64)
+        graphs[switch] = run_score_graph(ort.InferenceSession(str(path)), inputs)
+    every, worth = graphs["all"], graphs["worth"]
+    labels = inputs[5]
+    expected = torch.where((labels != label) | (every[0] >= threshold))[0]
+    assert 0 < len(expected) < len(labels) and torch.equal(every[3], torch.arange(len(labels)))
+    assert torch.equal(worth[3], expected)
+    for ours, theirs in zip(worth[:3], every[:3]):
+        torch.testing.assert_close(ours, theirs[expected], atol=1e-6, rtol=0)
+    (on,) = detect(yolo.model, [image])  # the eager model's kept records: the same scores
+    torch.testing.assert_close(worth[0].sort().values, on["scores"].sort().values, atol=1e-5,
+                               rtol=0)

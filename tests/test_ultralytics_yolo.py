@@ -519,6 +519,33 @@ def test_maskiou_addon_takes_an_ultralytics_run_weights_alone(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "are not the dataset's" in err[0], err
 
 
+SCORE_GRAPH_INPUTS = ("p3", "protos", "boxes", "coefficients", "cls_scores", "labels",
+                      "image_boxes", "image")
+
+
+def score_inputs(image, predictions, protos, p3, imgsz: int = 64, nc: int = 3):
+    """NMS as ultralytics' predictor does it on the detector graph's outputs of ``image``
+    (HWC): the final-score graph's inputs, in NMS order."""
+    from ultralytics.utils import nms, ops
+
+    from maskiou_integrations.ultralytics_predict import soft_masks
+
+    (det,) = nms.non_max_suppression(predictions, 0.001, 0.7, nc=nc, max_det=100)
+    shape = image.shape[:2]
+    image_boxes = ops.scale_boxes((imgsz, imgsz), det[:, :4].clone(), shape)
+    binary, _ = soft_masks(protos[0], det[:, 6:], image_boxes, (imgsz, imgsz), shape)
+    keep = binary.flatten(1).any(1)  # as the predictor: no detection without a mask
+    det, image_boxes = det[keep], image_boxes[keep]
+    return (p3, protos, det[:, :4], det[:, 6:], det[:, 4], det[:, 5].long() + 1,
+            image_boxes, torch.zeros(shape))
+
+
+def run_score_graph(session, inputs) -> list[torch.Tensor]:
+    """The final-score graph (an onnxruntime session) on :func:`score_inputs`' tensors."""
+    out = session.run(None, {n: t.numpy() for n, t in zip(SCORE_GRAPH_INPUTS, inputs)})
+    return [torch.from_numpy(a) for a in out]
+
+
 def test_the_final_score_exports_as_two_onnx_graphs_around_nms(tmp_path):
     """The detector with P3 beside its outputs, ultralytics' NMS in between, then the head and
     its fitted calibration, each graph run by onnxruntime against the eager model: the detector
@@ -530,14 +557,12 @@ def test_the_final_score_exports_as_two_onnx_graphs_around_nms(tmp_path):
     model, whose boxes nearly all cover the image: not compared.) On an image of the network's
     size and on a letterboxed one."""
     ort = pytest.importorskip("onnxruntime")
-    from ultralytics.utils import nms, ops
-
     from maskiou_integrations.ultralytics_export import (
         DetectorWithFeatures,
         FinalScore,
         export_onnx,
     )
-    from maskiou_integrations.ultralytics_predict import preprocess, soft_masks
+    from maskiou_integrations.ultralytics_predict import preprocess
 
     model = attach_maskiou_head(model_64(), **HEAD)
     fit_calibration(model)
@@ -545,23 +570,9 @@ def test_the_final_score_exports_as_two_onnx_graphs_around_nms(tmp_path):
                                        tmp_path / "final_score.onnx", imgsz=64)
     detector = ort.InferenceSession(str(det_path))
     scorer = ort.InferenceSession(str(score_path))
-    names = ["p3", "protos", "boxes", "coefficients", "cls_scores", "labels", "image_boxes",
-             "image"]
-
-    def score_inputs(image, predictions, protos, p3):
-        """NMS as the predictor does it: the score graph's inputs, in NMS order."""
-        (det,) = nms.non_max_suppression(predictions, 0.001, 0.7, nc=3, max_det=100)
-        shape = image.shape[:2]
-        image_boxes = ops.scale_boxes((64, 64), det[:, :4].clone(), shape)
-        binary, _ = soft_masks(protos[0], det[:, 6:], image_boxes, (64, 64), shape)
-        keep = binary.flatten(1).any(1)  # as the predictor: no detection without a mask
-        det, image_boxes = det[keep], image_boxes[keep]
-        return (p3, protos, det[:, :4], det[:, 6:], det[:, 4], det[:, 5].long() + 1,
-                image_boxes, torch.zeros(shape))
 
     def run_graph(inputs):
-        out = scorer.run(None, {n: t.numpy() for n, t in zip(names, inputs)})
-        return [torch.from_numpy(a) for a in out]
+        return run_score_graph(scorer, inputs)
 
     for image in (to_uint8(images()[0]), to_uint8(images()[1])[:40]):
         record = detect(model, [image])[0]
@@ -577,6 +588,8 @@ def test_the_final_score_exports_as_two_onnx_graphs_around_nms(tmp_path):
             module = FinalScore(model)(*inputs)
         for ours, theirs in zip(graph, module):
             torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+        # the switch off (its default), thresholds stored: every row, in the inputs' order
+        assert torch.equal(graph[3], torch.arange(len(inputs[4])))
         assert len(graph[0]) == len(record["scores"]) > 3
         for ours, theirs in zip([*graph, inputs[4]], (record["scores"], record["mask_quality"],
                                                       record["maskness"],
