@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research"))
@@ -36,3 +37,35 @@ def test_the_columns_command_reads_each_named_run_in_order(tmp_path, capsys):
     assert not print_columns([], "--table", table)
     with pytest.raises(SystemExit, match="'one.json': expected NAME=FILE.json"):
         read_columns(["one.json"])
+
+
+
+def held_split():
+    """Class 1: scores 0.9 (TP), 0.8 (TP), 0.6 (FP), 0.4 (TP), 3 GT; class 2: 0.7 (TP), 0.2
+    (FP), 1 GT; every TP of IoU 1 (no localisation error)."""
+    return {"scores": np.array([0.9, 0.8, 0.6, 0.4, 0.7, 0.2]),
+            "labels": np.array([1, 1, 1, 1, 2, 2]),
+            "matched": np.array([1.0, 1.0, 0.0, 1.0, 1.0, 0.0]),
+            "num_gt": {1: 3, 2: 1}}
+
+
+def test_the_threshold_rules_on_a_hand_built_split():
+    """LRP = (FP + FN) / (FP + GT) here. Class 1 keeping >= 0.9: 2/3; >= 0.8: 1/3; >= 0.6: 2/4;
+    >= 0.4: 1/4, its optimum, with nothing below (the midpoint rule keeps 0.4). Class 2: >= 0.7
+    gives 0, its optimum; the midpoint to 0.2 is 0.45. One threshold t for both: the mean is 1/8
+    for t in (0.2, 0.4] (class 1 at 1/4, class 2 at 0), above it 1/4 or 1/6, at or below 0.2
+    3/8: the grid's highest such value is 0.4. On the validation split = the held-out split
+    (category id = label): per-class mLRP 1/8, the optimum; 0.5 keeps the FP at 0.6: (1/2 + 0)/2."""
+    import threshold_rules as tr
+
+    held = held_split()
+    assert tr.per_class(held) == {1: 0.4, 2: 0.7}
+    assert tr.per_class_midpoint(held) == {1: 0.4, 2: pytest.approx(0.45)}
+    assert tr.one_threshold(held) == {1: pytest.approx(0.4), 2: pytest.approx(0.4)}
+    assert tr.half(held) == {1: 0.5, 2: 0.5}
+    table = tr.rows(held, held, {1: 1, 2: 2})
+    assert table["optimal on the validation images"]["mLRP"] == pytest.approx(1 / 8)
+    assert table["per-class"]["mLRP"] == pytest.approx(1 / 8)
+    assert table["per-class"]["thresholds"] == {"1": 0.4, "2": 0.7}
+    assert table["one threshold"]["mLRP"] == pytest.approx(1 / 8)
+    assert table["0.5"]["mLRP"] == pytest.approx(1 / 4)
