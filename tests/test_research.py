@@ -69,3 +69,44 @@ def test_the_threshold_rules_on_a_hand_built_split():
     assert table["per-class"]["thresholds"] == {"1": 0.4, "2": 0.7}
     assert table["one threshold"]["mLRP"] == pytest.approx(1 / 8)
     assert table["0.5"]["mLRP"] == pytest.approx(1 / 4)
+
+
+def test_enlarge_coco_scales_a_hand_built_image_and_its_polygon(tmp_path):
+    """A 20 x 10 (w x h) image with a rectangle polygon (2, 1)-(6.5, 3.25), enlarged to a longer
+    side of 40 (factor 2): a 40 x 20 image, the polygon at (4, 2)-(13, 6.5), rounded to whole
+    pixels by the third-party rewrite (13, 6.5 -> 13, 6: round half to even), the box
+    [4, 2, 9, 4.5] -> [4, 2, 9, 4], area x 4, ``iscrowd`` a boolean, a background id 0."""
+    import enlarge_coco
+    from PIL import Image
+
+    (tmp_path / "src").mkdir()
+    Image.new("RGB", (20, 10), (200, 10, 10)).save(tmp_path / "src" / "a.png")
+    poly = [2, 1, 6.5, 1, 6.5, 3.25, 2, 3.25]
+    data = {"images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 10}],
+            "annotations": [{"id": 5, "image_id": 1, "category_id": 3, "segmentation": [poly],
+                             "bbox": [2, 1, 4.5, 2.25], "area": 10.125, "iscrowd": 0}],
+            "categories": [{"id": 3, "name": "box"}]}
+    (tmp_path / "src.json").write_text(json.dumps(data))
+    assert enlarge_coco.main([str(tmp_path / "src.json"), str(tmp_path / "src"),
+                              str(tmp_path / "out"), "--size", "40"]) == 0
+    out = json.loads((tmp_path / "out" / "instances.json").read_text())
+    with Image.open(tmp_path / "out" / "images" / "a.png") as im:
+        assert im.size == (40, 20)
+    assert out["images"][0]["width"] == 40 and out["images"][0]["height"] == 20
+    (ann,) = out["annotations"]
+    assert ann["segmentation"] == [[4, 2, 13, 2, 13, 6, 4, 6]]
+    assert ann["bbox"] == [4, 2, 9, 4] and ann["area"] == pytest.approx(40.5)
+    assert ann["iscrowd"] is False
+    assert [c["id"] for c in out["categories"]] == [0, 3]
+    # an RLE mask of the same rectangle's whole pixels (x 2..5, y 1..2): x 4..11, y 2..5 at 40
+    from pycocotools import mask as mask_utils
+
+    grid = np.zeros((10, 20), np.uint8)
+    grid[1:3, 2:6] = 1
+    rle = mask_utils.encode(np.asfortranarray(grid))
+    data["annotations"][0]["segmentation"] = {"size": rle["size"],
+                                              "counts": rle["counts"].decode()}
+    scaled = enlarge_coco.enlarge(data, tmp_path / "src", tmp_path / "x", 40)
+    mask = mask_utils.decode(scaled["annotations"][0]["segmentation"])
+    assert mask.shape == (20, 40) and int(mask.sum()) == 8 * 4
+    assert mask[2:6, 4:12].all()
