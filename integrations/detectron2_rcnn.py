@@ -441,11 +441,12 @@ class Detectron2RCNNAdapter(RoIHeadsAdapter):
         return checkpoint_from_files(config_file, weights, class_names, label_to_cat_id)
 
     def train_embedded(self, output_dir: str, device: str = "cpu") -> str:
-        """Train the embedded recipe with detectron2's DefaultTrainer (the shipped detector's
-        recipe); returns the maskiou checkpoint's path."""
-        from .detectron2_models import train_embedded
+        """Train the shipped detector again on the embedded data with detectron2's
+        DefaultTrainer (its recipe, with the optimizer it was trained with:
+        ``SHIPPED_OPTIMIZER``); returns the maskiou checkpoint's path."""
+        from .detectron2_models import SHIPPED_OPTIMIZER, train_embedded
 
-        return str(train_embedded(output_dir, device=device))
+        return str(train_embedded(output_dir, device=device, optimizer=SHIPPED_OPTIMIZER))
 
     def mask_branch(self, model: nn.Module) -> Any:
         """The mask head's layers as a function of the pooled RoI features (its cost)."""

@@ -145,3 +145,26 @@ def test_the_adamw_trainer_builds_adamw_with_the_torchvision_recipes_values():
     assert {g["weight_decay"] for g in opt.param_groups} == {1e-4, 0.0}  # none on norms
     with pytest.raises(ValueError, match="optimizer must be sgd or adamw"):
         train_embedded("unused", optimizer="adam")
+
+
+def test_the_recipe_trains_with_adamw_and_the_shipped_detector_again_with_sgd(monkeypatch):
+    """``train`` (the command and ``train_embedded``) uses AdamW unless told ``--optimizer
+    sgd``; ``coco_eval.py --retrain`` (the adapter's ``train_embedded``) trains the shipped
+    detector the way it was trained, with SGD."""
+    import inspect
+
+    import maskiou_integrations.detectron2_models as models
+    from maskiou_integrations.detectron2_rcnn import Detectron2RCNNAdapter
+
+    assert inspect.signature(models.train_embedded).parameters["optimizer"].default == "adamw"
+    calls = []
+
+    def fake(output_dir, **kwargs):
+        calls.append(kwargs["optimizer"])
+        return output_dir + "/model_final.pt"
+
+    monkeypatch.setattr(models, "train_embedded", fake)
+    assert models.main(["train", "--output-dir", "out"]) == 0
+    assert models.main(["train", "--output-dir", "out", "--optimizer", "sgd"]) == 0
+    assert Detectron2RCNNAdapter().train_embedded("out") == "out/model_final.pt"
+    assert calls == ["adamw", "sgd", models.SHIPPED_OPTIMIZER] == ["adamw", "sgd", "sgd"]

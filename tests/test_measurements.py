@@ -245,3 +245,43 @@ def test_readme_checksum_share_is_the_measured_one():
     m = json.loads((MEASURED / "checksum_cost.json").read_text())
     assert (f"the cache's checksums cost {100 * m['xxh3_128_share_of_collection']:.3f}% of the "
             "collection's time (`python research/checksum_cost.py`") in flat("README")
+
+
+def test_the_detectron2_optimizer_rows_are_the_measured_ones():
+    """The detectron2 page's optimizer tables are docs/measurements/detectron2_recipe_
+    optimizer.json at one decimal, its shipped rows are the main jobs' own class-score rows,
+    and the prose's differences are computed from the same file."""
+    from pages import marked
+
+    runs = load("detectron2_recipe_optimizer.json")
+
+    def cells(row: list[float]) -> str:
+        return " | ".join(f"{v:.1f}" for v in row)
+
+    for marker, key in (("d2-optimizer-embedded", "embedded"), ("d2-optimizer-600",
+                                                                 "enlarged_600")):
+        table = marked("frameworks/detectron2", marker).replace("**", "")
+        lines = table.splitlines()[2:]
+        assert len(lines) == len(runs[key]), marker
+        for line, row in zip(lines, runs[key].values()):
+            assert line.endswith(f"| {cells(row)} |"), (line, row)
+    emb, up = runs["embedded"], runs["enlarged_600"]
+    for name, job in (("SGD, 3000 iterations (the shipped detector)",
+                       "main_job_detectron2_cpu_metrics.json"),
+                      ("torchvision recipe, AdamW, 3000 iterations (the shipped detector)",
+                       "main_job_cpu_metrics.json")):
+        (row,) = [v for k, v in emb.items() if k.endswith(name)]
+        m = load(job)
+        assert row == [m["segm"]["cls"]["AP"], m["segm"]["cls"]["AP75"], m["bbox"]["cls"]["AP"]]
+    sgd = emb["detectron2 recipe, SGD, 3000 iterations (the shipped detector)"]
+    adamw = emb["detectron2 recipe, AdamW, 3000 iterations"]
+    d2_ft = up["detectron2, AdamW 3000 + 150 iterations AdamW lr 5e-4"]
+    tv_ft = up["torchvision (shipped) + 150 iterations AdamW lr 5e-4"]
+    sgd_ft = up["detectron2, SGD 3000 (shipped) + 150 iterations AdamW lr 5e-4"]
+    text = flat("frameworks/detectron2")
+    assert f"still {adamw[0] - sgd[0]:.1f} points below (box AP {adamw[2] - sgd[2]:.1f})" in text
+    assert f"now {tv_ft[0] - d2_ft[0]:.1f} mask AP apart" in text
+    assert f"{tv_ft[0] - sgd_ft[0]:.1f} with the SGD-trained one" in text
+    assert tv_ft[0] - d2_ft[0] <= 5.0
+    readme = flat("README")
+    assert f"trains with AdamW now: {adamw[0]:.1f} mask AP where SGD gave {sgd[0]:.1f}" in readme
