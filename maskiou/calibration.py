@@ -107,7 +107,8 @@ class ScoreCalibration(nn.Module):
         self.register_buffer("class_curves", torch.linspace(0, 1, CURVE_KNOTS).repeat(
             num_classes, 1))
         self.register_buffer("class_fitted", torch.zeros((), dtype=torch.bool))
-        # per label, the LRP-optimal threshold of the final score (0: keep every mask)
+        # per label, the threshold of the final score (the add-on's: one LRP-optimal value for
+        # every class, maskiou.quality.lrp.common_threshold; 0: keep every mask)
         self.register_buffer("class_thresholds", torch.zeros(num_classes))
         # the model's own output keeps only the masks worth keeping (maskiou.set_keep)
         self.register_buffer("keep_worth_only", torch.zeros((), dtype=torch.bool))

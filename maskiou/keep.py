@@ -1,6 +1,7 @@
-"""The masks worth keeping: each class's LRP-optimal threshold of the final score, fitted by
-the add-on on its held-out detections and stored in the head
-(``ScoreCalibration.class_thresholds``), applied to a model's outputs.
+"""The masks worth keeping: a threshold of the final score per label, stored in the head
+(``ScoreCalibration.class_thresholds``) and applied to a model's outputs. The add-on fits one
+LRP-optimal value for every class on its held-out detections
+(:func:`maskiou.quality.lrp.common_threshold`); any per-label values work.
 
 Two ways to use them:
 

@@ -14,11 +14,12 @@ classes with GT; lower is better) of the masks those thresholds keep, beside the
 best on the validation images themselves (the in-sample bound the issue compares with):
 
 - ``per-class``: each class's LRP-optimal threshold (:func:`maskiou.quality.lrp.molrp`, the
-  add-on's rule): the lowest kept score;
+  add-on's first rule): the lowest kept score;
 - ``per-class, midpoint``: the same cut, the threshold halfway to the next lower score of the
   class (the widest margin on both sides of the cut);
 - ``one threshold``: one threshold for every class, the one whose held-out mLRP is lowest (a
-  grid of 1,001 values over [0, 1]);
+  grid of 1,001 values over [0, 1]); the add-on's rule since these rows were measured
+  (before, ``per-class``);
 - ``0.5``: the final score at 0.5 (nothing fitted).
 
 Writes threshold_rules.json and threshold_rules.md.
@@ -40,9 +41,9 @@ from runs_table import print_columns, side_by_side  # noqa: E402
 
 import maskiou.quality.lrp as lrp_module  # noqa: E402
 from maskiou.evaluation import benchmark  # noqa: E402
-from maskiou.quality.lrp import mlrp_at, molrp  # noqa: E402
+from maskiou.quality.lrp import COMMON_GRID, common_threshold, mlrp_at, molrp  # noqa: E402
 
-GRID = np.linspace(0.0, 1.0, 1001)
+GRID = COMMON_GRID
 Split = dict[str, Any]  # scores, labels, matched Float/Int/Float[N]; num_gt {class: count}
 
 
@@ -64,12 +65,11 @@ def per_class_midpoint(held: Split) -> dict[int, float]:
 
 
 def one_threshold(held: Split) -> dict[int, float]:
-    """One threshold for every class: the grid value with the lowest held-out mLRP (the
-    highest among equals)."""
-    values = [mlrp_at(held["scores"], held["labels"], held["matched"], held["num_gt"],
-                      dict.fromkeys(held["num_gt"], float(t))) for t in GRID]
-    best = float(GRID[len(values) - 1 - int(np.argmin(values[::-1]))])
-    return dict.fromkeys(held["num_gt"], best)
+    """One threshold for every class (:func:`maskiou.quality.lrp.common_threshold`, what the
+    add-on stores): the grid value with the lowest held-out mLRP (the highest among equals)."""
+    t, _ = common_threshold(held["scores"], held["labels"], held["matched"], held["num_gt"],
+                            grid=GRID)
+    return dict.fromkeys(held["num_gt"], t)
 
 
 def half(held: Split) -> dict[int, float]:

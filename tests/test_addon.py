@@ -446,7 +446,9 @@ def test_crossfit_addon_reports_its_held_out_gain_and_warns_when_it_is_not_posit
         assert torch.allclose(curves, torch.tensor(load_recalibration(ckpt).class_curves))
         thresholds = next(v for k, v in ckpt["model"].items() if k.endswith("class_thresholds"))
         assert thresholds.tolist() == pytest.approx(load_recalibration(ckpt).class_thresholds)
-        assert any(m.startswith("the masks worth keeping") for m in logs)
+        # one common threshold for every class, none for background
+        assert thresholds[0] == 0 and len(set(thresholds[1:].tolist())) == 1
+        assert any(m.startswith("the masks worth keeping: final score >= ") for m in logs)
 
 
 def test_ablation_scores_a_cross_fitted_add_on_and_the_ensemble_of_its_fold_heads(data,
@@ -577,3 +579,12 @@ def test_the_ablations_feature_rows_rewire_what_the_head_sees_and_keep_the_masks
         # the mask head on the float16-stored inputs vs on the float32 ones: float16 rounding
         np.testing.assert_allclose(after["roi_features"].astype(np.float32),
                                    expected.astype(np.float32), atol=2e-2, rtol=1e-2)
+
+
+def test_the_stored_thresholds_of_one_common_threshold():
+    """Background (label 0) keeps 0, every other label the threshold; ``inf`` (keep nothing)
+    is stored as 2.0, above any score."""
+    from maskiou.addon.run import stored_thresholds
+
+    assert stored_thresholds(0.41, 4) == [0.0, 0.41, 0.41, 0.41]
+    assert stored_thresholds(float("inf"), 2) == [0.0, 2.0]

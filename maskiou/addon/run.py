@@ -246,7 +246,7 @@ def fit_score_map(head: nn.Module, recal: Any, samples: Samples, rows: Tensor, x
     map) for samples without their masks. ``match``: the :func:`match_inputs` of the same
     ``rows`` where the caller has them (their masks are then not read again)."""
     from maskiou.quality.laece import laece
-    from maskiou.quality.lrp import molrp
+    from maskiou.quality.lrp import common_threshold, molrp
     from maskiou.quality.matching import match_all
     from maskiou.records import mask_iou_groups
 
@@ -271,7 +271,7 @@ def fit_score_map(head: nn.Module, recal: Any, samples: Samples, rows: Tensor, x
     log(f"fitted the final score's map per class on {n} held-out detections: their mask LaECE "
         f"{laece(score, labels, target)[0]:.3f} -> {laece(after, labels, target)[0]:.3f} "
         "(in sample)")
-    # the masks worth keeping: each class's LRP-optimal threshold of the mapped score there
+    # the masks worth keeping: one LRP-optimal threshold of the mapped score for every class
     images = {int(i) for i in match.image_ids}
     cat_to_label = {c: lab for lab, c in dataset.label_to_cat_id.items()}
     num_gt: dict[int, int] = {}
@@ -279,13 +279,20 @@ def fit_score_map(head: nn.Module, recal: Any, samples: Samples, rows: Tensor, x
                                                             iscrowd=False)):
         lab = cat_to_label[int(ann["category_id"])]
         num_gt[lab] = num_gt.get(lab, 0) + 1
-    mean, per_class = molrp(after, labels, match_all(after, groups, 0.5), num_gt)
-    recal.class_thresholds = [0.0] * len(head.calibration.class_thresholds)
-    for lab, r in per_class.items():
-        recal.class_thresholds[lab] = min(float(r.threshold), 2.0)  # inf: keep none
+    matched = match_all(after, groups, 0.5)
+    threshold, mean = common_threshold(after, labels, matched, num_gt)
+    recal.class_thresholds = stored_thresholds(threshold, len(head.calibration.class_thresholds))
     head.calibration.set_class_thresholds(recal.class_thresholds)
-    log(f"the masks worth keeping: LRP-optimal thresholds per class on those detections "
-        f"(moLRP {mean:.3f} there)")
+    log(f"the masks worth keeping: final score >= {threshold:.3f} in every class, the "
+        f"LRP-optimal common threshold on those detections (mLRP {mean:.3f} there; each "
+        f"class's own optimum: moLRP {molrp(after, labels, matched, num_gt)[0]:.3f})")
+
+
+def stored_thresholds(threshold: float, num_labels: int) -> list[float]:
+    """The thresholds the head stores for one common ``threshold`` of the final score: the same
+    for every label but background's (0: never predicted), at most 2.0 (``inf``, keeping
+    nothing, as a finite value above any score)."""
+    return [0.0] + [min(float(threshold), 2.0)] * (num_labels - 1)
 
 
 def recalibration_kept(gain: dict[str, Any] | None) -> bool:

@@ -16,6 +16,11 @@ matching of all of them, and one matching serves every threshold.
 
 Thresholds (``grid``): by default every distinct score of the class (the exact minimum); a
 ``grid`` such as ``np.linspace(0, 1, 101)`` evaluates only those thresholds.
+
+:func:`common_threshold` is the one threshold for every class whose mean LRP over the classes
+is lowest: what the add-on stores for the masks worth keeping (one value fitted on all the
+held-out detections varies less from one set of images to the next than each class's own
+optimum; measured in docs/outputs.md).
 """
 
 from __future__ import annotations
@@ -135,3 +140,42 @@ def mlrp_at(scores: np.ndarray, labels: np.ndarray, matched_iou: np.ndarray,
     vals = [lrp_at(scores[labels == c], matched_iou[labels == c], g,
                    thresholds.get(c, -np.inf), tau) for c, g in sorted(num_gt.items()) if g > 0]
     return float(np.mean(vals)) if vals else float("nan")
+
+
+COMMON_GRID = np.linspace(0.0, 1.0, 1001)
+
+
+def common_threshold(scores: np.ndarray, labels: np.ndarray, matched_iou: np.ndarray,
+                     num_gt: dict[int, int], tau: float = TAU,
+                     grid: np.ndarray = COMMON_GRID) -> tuple[float, float]:
+    """One threshold for every class: the value of ``grid`` at which the mean over the classes
+    of ``num_gt`` with at least one GT of :func:`lrp_at` is lowest (the highest such value
+    among equals: the fewest detections kept).
+
+    Args:
+        scores, labels, matched_iou: Float[N], Int[N], Float[N] over all detections, as
+            :func:`molrp`.
+        num_gt: ``{class: GT instances}``; classes without GT are left out.
+        grid: Float[k], the thresholds tried.
+
+    Returns:
+        (the threshold, the mean LRP there); ``(inf, 1.0)`` without any class with GT.
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    matched_iou = np.asarray(matched_iou, dtype=np.float64)
+    classes = [(int(c), int(g)) for c, g in sorted(num_gt.items()) if g > 0]
+    if not classes:
+        return float("inf"), 1.0
+    t = np.sort(np.asarray(grid, dtype=np.float64))[::-1]  # highest first: argmin keeps it
+    total = np.zeros(len(t))
+    for c, g in classes:
+        s, q = scores[labels == c], matched_iou[labels == c]
+        order = np.argsort(-s, kind="stable")
+        s, q = s[order], q[order]
+        k = np.searchsorted(-s, -t, side="right")  # detections kept at each threshold
+        tp = np.concatenate([[0], np.cumsum(q > 0)])[k]
+        loc = np.concatenate([[0.0], np.cumsum(np.where(q > 0, 1.0 - q, 0.0))])[k]
+        fp = k - tp
+        total += (loc / (1.0 - tau) + fp + (g - tp)) / (fp + g)
+    best = int(np.argmin(total))
+    return float(t[best]), float(total[best] / len(classes))
