@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from maskiou.branch import head_score_inputs
-from maskiou.keep import worth
+from maskiou.keep import switched_rows
 from maskiou.loss import select_class
 from maskiou.scoring import maskness
 
@@ -95,8 +95,8 @@ class FinalScore(nn.Module):
                                       image_size)
         scores = final if self.rescore else cls_scores
         calibration = self.head.calibration
-        rows = torch.where(worth(scores, labels, calibration.class_thresholds)
-                           | ~calibration.keep_worth_only)[0]
+        rows = switched_rows(scores, labels, calibration.class_thresholds,
+                             calibration.keep_worth_only)
         return scores[rows], quality[rows], mask_maskness[rows], rows
 
 

@@ -59,8 +59,15 @@ def keep_as_switched(result: Dict[str, Tensor], thresholds: Tensor, worth_only: 
     ``calibration.keep_worth_only``) is true, else every detection (the same values, bit for
     bit). No Python branch on a tensor: the same graph scripts and exports to ONNX, and the
     switch can change after scripting. The adapters call it in the model's forward."""
-    keep = worth(result["scores"], result["labels"], thresholds) | ~worth_only
-    return select_rows(result, torch.where(keep)[0])
+    return select_rows(result, switched_rows(result["scores"], result["labels"], thresholds,
+                                             worth_only))
+
+
+def switched_rows(scores: Tensor, labels: Tensor, thresholds: Tensor, worth_only: Tensor
+                  ) -> Tensor:
+    """The rows the switch keeps (Tensor[k] int64, in order): :func:`worth_rows` where
+    ``worth_only`` (Tensor[] bool) is true, else every row; no Python branch on a tensor."""
+    return torch.where(worth(scores, labels, thresholds) | ~worth_only)[0]
 
 
 def set_keep(model: nn.Module, keep: str) -> nn.Module:

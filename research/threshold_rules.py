@@ -41,9 +41,8 @@ from runs_table import print_columns, side_by_side  # noqa: E402
 
 import maskiou.quality.lrp as lrp_module  # noqa: E402
 from maskiou.evaluation import benchmark  # noqa: E402
-from maskiou.quality.lrp import COMMON_GRID, common_threshold, mlrp_at, molrp  # noqa: E402
+from maskiou.quality.lrp import common_threshold, mlrp_at, molrp  # noqa: E402
 
-GRID = COMMON_GRID
 Split = dict[str, Any]  # scores, labels, matched Float/Int/Float[N]; num_gt {class: count}
 
 
@@ -67,8 +66,7 @@ def per_class_midpoint(held: Split) -> dict[int, float]:
 def one_threshold(held: Split) -> dict[int, float]:
     """One threshold for every class (:func:`maskiou.quality.lrp.common_threshold`, what the
     add-on stores): the grid value with the lowest held-out mLRP (the highest among equals)."""
-    t, _ = common_threshold(held["scores"], held["labels"], held["matched"], held["num_gt"],
-                            grid=GRID)
+    t, _ = common_threshold(held["scores"], held["labels"], held["matched"], held["num_gt"])
     return dict.fromkeys(held["num_gt"], t)
 
 
