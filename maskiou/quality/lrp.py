@@ -68,9 +68,6 @@ def optimal_lrp(scores: np.ndarray, matched_iou: np.ndarray, num_gt: int, tau: f
         raise ValueError(f"optimal_lrp: the TP threshold tau must be in (0, 1), got {tau}")
     order = np.argsort(-s, kind="stable")
     s, q = s[order], q[order]
-    tp = np.cumsum(q > 0)
-    fp = np.arange(1, len(s) + 1) - tp
-    loc = np.cumsum(np.where(q > 0, 1.0 - q, 0.0)) / (1.0 - tau)
     if grid is None:  # cut after the last of each run of equal scores
         cut = np.flatnonzero(np.append(s[1:] != s[:-1], True)) if len(s) else np.zeros(0, int)
         thresholds = s[cut]
@@ -79,13 +76,23 @@ def optimal_lrp(scores: np.ndarray, matched_iou: np.ndarray, num_gt: int, tau: f
         k = np.searchsorted(-s, -thresholds, side="right")
         keep = k > 0
         thresholds, cut = thresholds[keep], k[keep] - 1
-    lrp = (loc[cut] + fp[cut] + (num_gt - tp[cut])) / (fp[cut] + num_gt)
+    lrp, tp, fp = _lrp_of_top(q, cut + 1, num_gt, tau)
     if len(lrp) == 0 or lrp.min() >= 1.0:
         return OptimalLRP(1.0, float("inf"), 0, 0, int(num_gt))
     best = int(np.argmin(lrp))  # the first minimum: the highest threshold
-    i = cut[best]
-    return OptimalLRP(float(lrp[best]), float(thresholds[best]), int(tp[i]), int(fp[i]),
-                      int(num_gt - tp[i]))
+    return OptimalLRP(float(lrp[best]), float(thresholds[best]), int(tp[best]), int(fp[best]),
+                      int(num_gt - tp[best]))
+
+
+def _lrp_of_top(q: np.ndarray, kept: np.ndarray, num_gt: int, tau: float
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LRP of one class keeping the first ``kept`` (Int[k], 0 = none) of its detections in
+    descending score order, whose matched IoUs are ``q`` (Float[n], 0 for a false positive):
+    (LRP Float[k], TPs Int[k], FPs Int[k])."""
+    tp = np.concatenate([[0], np.cumsum(q > 0)])[kept]
+    loc = np.concatenate([[0.0], np.cumsum(np.where(q > 0, 1.0 - q, 0.0))])[kept] / (1.0 - tau)
+    fp = kept - tp
+    return (loc + fp + (num_gt - tp)) / (fp + num_gt), tp, fp
 
 
 def molrp(scores: np.ndarray, labels: np.ndarray, matched_iou: np.ndarray,
@@ -171,11 +178,7 @@ def common_threshold(scores: np.ndarray, labels: np.ndarray, matched_iou: np.nda
     for c, g in classes:
         s, q = scores[labels == c], matched_iou[labels == c]
         order = np.argsort(-s, kind="stable")
-        s, q = s[order], q[order]
-        k = np.searchsorted(-s, -t, side="right")  # detections kept at each threshold
-        tp = np.concatenate([[0], np.cumsum(q > 0)])[k]
-        loc = np.concatenate([[0.0], np.cumsum(np.where(q > 0, 1.0 - q, 0.0))])[k]
-        fp = k - tp
-        total += (loc / (1.0 - tau) + fp + (g - tp)) / (fp + g)
+        kept = np.searchsorted(-s[order], -t, side="right")  # detections kept at each threshold
+        total += _lrp_of_top(q[order], kept, g, tau)[0]
     best = int(np.argmin(total))
     return float(t[best]), float(total[best] / len(classes))
