@@ -357,8 +357,10 @@ def test_the_frameworks_calibration_table_is_their_main_jobs():
     per_image = m["num_detections"] / m["num_images"]
     assert f"{100 * unmatched:.0f}% of its {per_image:.0f} detections an image" in text
     # the README's claim rests on each story's asserts above
-    assert "`maskiou.kept(model(images), model)`; the same on detectron2, YOLO-seg and scenes" \
-        in flat("README")
+    assert ("`maskiou.kept(model(images), model)`; the same on detectron2, YOLO-seg and scenes "
+            f"(scenes: LaECE {s['recalibrated']['LaECE']:.3f}, mLRP {keep['stored']:.3f} against "
+            f"{keep['optimal']:.3f} best, {keep['cls_0.5']:.3f} at `cls > 0.5`; "
+            "`python research/threshold_rules.py -- ARGS`") in flat("README")
 
 
 def test_the_common_threshold_on_a_hand_built_case():
