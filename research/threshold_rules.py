@@ -84,13 +84,13 @@ def capture(coco_eval_args: list[str]) -> tuple[Split, Split, dict[int, int]]:
     validation split the keep measures read (category ids) and the validation
     ``label -> category id``."""
     seen: dict[str, Any] = {}
-    fit_molrp, measures = lrp_module.molrp, benchmark.keep_measures
+    fit, measures = lrp_module.common_threshold, benchmark.keep_measures
 
-    def molrp_spy(scores, labels, matched, num_gt, *args, **kwargs):  # noqa: ANN001, ANN002
+    def fit_spy(scores, labels, matched, num_gt, *args, **kwargs):  # noqa: ANN001, ANN002
         seen["held"] = {"scores": np.asarray(scores, np.float64),
                         "labels": np.asarray(labels), "matched": np.asarray(matched),
                         "num_gt": dict(num_gt)}
-        return fit_molrp(scores, labels, matched, num_gt, *args, **kwargs)
+        return fit(scores, labels, matched, num_gt, *args, **kwargs)
 
     def measures_spy(dets, scores, model_scoring, groups, dataset, thresholds):  # noqa: ANN001
         from maskiou.evaluation.cocoeval import gt_counts
@@ -103,14 +103,14 @@ def capture(coco_eval_args: list[str]) -> tuple[Split, Split, dict[int, int]]:
         seen["cats"] = dict(dataset.label_to_cat_id)
         return measures(dets, scores, model_scoring, groups, dataset, thresholds)
 
-    lrp_module.molrp, benchmark.keep_measures = molrp_spy, measures_spy
+    lrp_module.common_threshold, benchmark.keep_measures = fit_spy, measures_spy
     try:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
         import coco_eval
 
         code = coco_eval.main(coco_eval_args)
     finally:
-        lrp_module.molrp, benchmark.keep_measures = fit_molrp, measures
+        lrp_module.common_threshold, benchmark.keep_measures = fit, measures
     if code != 0 or "held" not in seen or "val" not in seen:
         raise SystemExit(f"threshold_rules: the main job ended with {code} or fitted no "
                          "thresholds (an add-on with its map is needed)")
